@@ -1,0 +1,490 @@
+//! The messages that cross the rings and their fixed-slot encoding.
+//!
+//! Every message is encoded into one [`SLOT_SIZE`]-byte slot: byte 0 is the
+//! tag, the rest little-endian fields at fixed offsets. Decoding validates the
+//! tag and every enumerated field, so a corrupt slot is an error, not UB.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::ring::Wire;
+
+/// Size of one ring slot in bytes.
+pub const SLOT_SIZE: usize = 128;
+
+/// A slot's bytes could not be decoded into a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The tag byte names no message of this ring.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    /// The encryption mode byte names no mode.
+    #[error("unknown encryption mode {0}")]
+    UnknownMode(u8),
+    /// The address family byte is neither 0 (none), 4 nor 6.
+    #[error("unknown address family {0}")]
+    UnknownFamily(u8),
+}
+
+/// A transport encryption mode, in the order Ready advertises them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Mode {
+    /// `aead_aes256_gcm_rtpsize`: AES-256-GCM, 4-byte counter nonce suffix.
+    Aes256GcmRtpSize = 1,
+    /// `aead_xchacha20_poly1305_rtpsize`: IETF XChaCha20-Poly1305.
+    XChaCha20Poly1305RtpSize = 2,
+    /// `xsalsa20_poly1305_lite`: secretbox, 4-byte counter nonce suffix.
+    XSalsa20Poly1305Lite = 3,
+    /// `xsalsa20_poly1305_suffix`: secretbox, 24 random nonce bytes appended.
+    XSalsa20Poly1305Suffix = 4,
+    /// `xsalsa20_poly1305`: secretbox, nonce is the RTP header.
+    XSalsa20Poly1305 = 5,
+}
+
+impl Mode {
+    /// Every mode, in the order the gateway's Ready lists them.
+    pub const ALL: [Mode; 5] = [
+        Mode::Aes256GcmRtpSize,
+        Mode::XChaCha20Poly1305RtpSize,
+        Mode::XSalsa20Poly1305Lite,
+        Mode::XSalsa20Poly1305Suffix,
+        Mode::XSalsa20Poly1305,
+    ];
+
+    /// The mode's name on the voice gateway.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Aes256GcmRtpSize => "aead_aes256_gcm_rtpsize",
+            Mode::XChaCha20Poly1305RtpSize => "aead_xchacha20_poly1305_rtpsize",
+            Mode::XSalsa20Poly1305Lite => "xsalsa20_poly1305_lite",
+            Mode::XSalsa20Poly1305Suffix => "xsalsa20_poly1305_suffix",
+            Mode::XSalsa20Poly1305 => "xsalsa20_poly1305",
+        }
+    }
+
+    /// The mode with this gateway name.
+    pub fn from_name(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    fn from_u8(b: u8) -> Result<Mode, DecodeError> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| *m as u8 == b)
+            .ok_or(DecodeError::UnknownMode(b))
+    }
+}
+
+/// Everything a core needs to forward one sender's media.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    /// The session's SSRC (`ssrc % cores` is the owning core).
+    pub ssrc: u32,
+    /// Control's numeric id of the voice channel.
+    pub channel: u64,
+    /// The user's snowflake.
+    pub user: u64,
+    /// The transport encryption mode chosen at Select Protocol.
+    pub mode: Mode,
+    /// The 32-byte secret key sent in Session Description.
+    pub key: [u8; 32],
+    /// The address the client declared in Select Protocol, if it parsed.
+    pub declared: Option<SocketAddr>,
+}
+
+/// Control → core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// The SSRC was handed out at Identify: answer IP discovery for it and
+    /// remember the observed address. No key yet, nothing is forwarded.
+    AnnounceSsrc {
+        /// The SSRC from Ready.
+        ssrc: u32,
+        /// Control's numeric id of the voice channel.
+        channel: u64,
+        /// The user's snowflake.
+        user: u64,
+    },
+    /// Create or replace a session with its key (Select Protocol).
+    UpsertSession(SessionSpec),
+    /// Forget one SSRC (disconnect, voice state destroyed).
+    RemoveSession {
+        /// The SSRC to forget.
+        ssrc: u32,
+    },
+    /// Forget every session of a channel (channel destroyed).
+    RemoveChannel {
+        /// Control's numeric id of the voice channel.
+        channel: u64,
+    },
+}
+
+/// Why a core dropped a datagram. The discriminant indexes [`CoreStats::drops`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Too short, wrong RTP version, bad lengths: not a packet we speak.
+    Malformed = 0,
+    /// An SSRC this core has no session or announcement for.
+    UnknownSsrc = 1,
+    /// The SSRC is announced but has no key yet (before Select Protocol).
+    NoKey = 2,
+    /// Authentication (AEAD tag / MAC) failed.
+    AuthFailed = 3,
+    /// A nonce or counter already seen (replay window).
+    Replay = 4,
+    /// The kernel refused a send.
+    SendFailed = 5,
+    /// A packet type we do not forward (e.g. an unknown RTCP type).
+    Unsupported = 6,
+    /// A discovery request for an SSRC that is not announced.
+    DiscoveryUnknown = 7,
+}
+
+impl DropReason {
+    /// Number of reasons (length of [`CoreStats::drops`]).
+    pub const COUNT: usize = 8;
+    /// Every reason, by index.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Malformed,
+        DropReason::UnknownSsrc,
+        DropReason::NoKey,
+        DropReason::AuthFailed,
+        DropReason::Replay,
+        DropReason::SendFailed,
+        DropReason::Unsupported,
+        DropReason::DiscoveryUnknown,
+    ];
+
+    /// A stable snake_case name for metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSsrc => "unknown_ssrc",
+            DropReason::NoKey => "no_key",
+            DropReason::AuthFailed => "auth_failed",
+            DropReason::Replay => "replay",
+            DropReason::SendFailed => "send_failed",
+            DropReason::Unsupported => "unsupported",
+            DropReason::DiscoveryUnknown => "discovery_unknown",
+        }
+    }
+}
+
+/// Cumulative counters of one core since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Core index.
+    pub core: u32,
+    /// Live sessions (announced or keyed) on the core.
+    pub sessions: u32,
+    /// Datagrams received.
+    pub packets_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Datagrams sent (forwarded media, discovery replies, keepalive echoes).
+    pub packets_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Nanoseconds the core spent handling packets (not waiting).
+    pub busy_ns: u64,
+    /// Dropped datagrams by [`DropReason`] index.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl CoreStats {
+    /// Count of drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+}
+
+/// Core → control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The core saw this SSRC at this address (IP discovery or an
+    /// authenticated packet from a new address).
+    AddressLearned {
+        /// The SSRC.
+        ssrc: u32,
+        /// Where its packets come from.
+        addr: SocketAddr,
+    },
+    /// Periodic statistics.
+    Stats(CoreStats),
+}
+
+const TAG_ANNOUNCE: u8 = 1;
+const TAG_UPSERT: u8 = 2;
+const TAG_REMOVE_SESSION: u8 = 3;
+const TAG_REMOVE_CHANNEL: u8 = 4;
+const TAG_ADDRESS: u8 = 1;
+const TAG_STATS: u8 = 2;
+
+/// Little-endian field writer over one slot.
+struct Put<'a> {
+    buf: &'a mut [u8; SLOT_SIZE],
+    at: usize,
+}
+
+impl Put<'_> {
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+        self
+    }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.bytes(&[v])
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.bytes(&v.to_le_bytes())
+    }
+    /// 19 bytes: family (0, 4, 6), 16 address bytes, port.
+    fn addr(&mut self, a: Option<SocketAddr>) -> &mut Self {
+        let (family, ip) = match a.map(|a| a.ip()) {
+            None => (0, [0; 16]),
+            Some(IpAddr::V4(v4)) => {
+                let mut ip = [0; 16];
+                ip[..4].copy_from_slice(&v4.octets());
+                (4, ip)
+            }
+            Some(IpAddr::V6(v6)) => (6, v6.octets()),
+        };
+        self.u8(family).bytes(&ip);
+        self.bytes(&a.map_or(0, |a| a.port()).to_le_bytes())
+    }
+}
+
+/// Little-endian field reader over one slot.
+struct Get<'a> {
+    buf: &'a [u8; SLOT_SIZE],
+    at: usize,
+}
+
+impl Get<'_> {
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0; N];
+        out.copy_from_slice(&self.buf[self.at..self.at + N]);
+        self.at += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.array::<1>()[0]
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.array())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.array())
+    }
+    fn addr(&mut self) -> Result<Option<SocketAddr>, DecodeError> {
+        let family = self.u8();
+        let ip: [u8; 16] = self.array();
+        let port = u16::from_le_bytes(self.array());
+        match family {
+            0 => Ok(None),
+            4 => Ok(Some(SocketAddr::new(
+                Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).into(),
+                port,
+            ))),
+            6 => Ok(Some(SocketAddr::new(Ipv6Addr::from(ip).into(), port))),
+            f => Err(DecodeError::UnknownFamily(f)),
+        }
+    }
+}
+
+impl Wire for Command {
+    fn encode(&self, slot: &mut [u8; SLOT_SIZE]) {
+        let mut p = Put { buf: slot, at: 0 };
+        match self {
+            Command::AnnounceSsrc {
+                ssrc,
+                channel,
+                user,
+            } => {
+                p.u8(TAG_ANNOUNCE).u32(*ssrc).u64(*channel).u64(*user);
+            }
+            Command::UpsertSession(s) => {
+                p.u8(TAG_UPSERT)
+                    .u32(s.ssrc)
+                    .u64(s.channel)
+                    .u64(s.user)
+                    .u8(s.mode as u8)
+                    .bytes(&s.key)
+                    .addr(s.declared);
+            }
+            Command::RemoveSession { ssrc } => {
+                p.u8(TAG_REMOVE_SESSION).u32(*ssrc);
+            }
+            Command::RemoveChannel { channel } => {
+                p.u8(TAG_REMOVE_CHANNEL).u64(*channel);
+            }
+        }
+    }
+
+    fn decode(slot: &[u8; SLOT_SIZE]) -> Result<Self, DecodeError> {
+        let mut g = Get { buf: slot, at: 0 };
+        Ok(match g.u8() {
+            TAG_ANNOUNCE => Command::AnnounceSsrc {
+                ssrc: g.u32(),
+                channel: g.u64(),
+                user: g.u64(),
+            },
+            TAG_UPSERT => Command::UpsertSession(SessionSpec {
+                ssrc: g.u32(),
+                channel: g.u64(),
+                user: g.u64(),
+                mode: Mode::from_u8(g.u8())?,
+                key: g.array(),
+                declared: g.addr()?,
+            }),
+            TAG_REMOVE_SESSION => Command::RemoveSession { ssrc: g.u32() },
+            TAG_REMOVE_CHANNEL => Command::RemoveChannel { channel: g.u64() },
+            t => return Err(DecodeError::UnknownTag(t)),
+        })
+    }
+}
+
+impl Wire for Event {
+    fn encode(&self, slot: &mut [u8; SLOT_SIZE]) {
+        let mut p = Put { buf: slot, at: 0 };
+        match self {
+            Event::AddressLearned { ssrc, addr } => {
+                p.u8(TAG_ADDRESS).u32(*ssrc).addr(Some(*addr));
+            }
+            Event::Stats(s) => {
+                p.u8(TAG_STATS)
+                    .u32(s.core)
+                    .u32(s.sessions)
+                    .u64(s.packets_in)
+                    .u64(s.bytes_in)
+                    .u64(s.packets_out)
+                    .u64(s.bytes_out)
+                    .u64(s.busy_ns);
+                for d in s.drops {
+                    p.u64(d);
+                }
+            }
+        }
+    }
+
+    fn decode(slot: &[u8; SLOT_SIZE]) -> Result<Self, DecodeError> {
+        let mut g = Get { buf: slot, at: 0 };
+        Ok(match g.u8() {
+            TAG_ADDRESS => {
+                let ssrc = g.u32();
+                match g.addr()? {
+                    Some(addr) => Event::AddressLearned { ssrc, addr },
+                    None => return Err(DecodeError::UnknownFamily(0)),
+                }
+            }
+            TAG_STATS => {
+                let mut s = CoreStats {
+                    core: g.u32(),
+                    sessions: g.u32(),
+                    packets_in: g.u64(),
+                    bytes_in: g.u64(),
+                    packets_out: g.u64(),
+                    bytes_out: g.u64(),
+                    busy_ns: g.u64(),
+                    drops: [0; DropReason::COUNT],
+                };
+                for d in &mut s.drops {
+                    *d = g.u64();
+                }
+                Event::Stats(s)
+            }
+            t => return Err(DecodeError::UnknownTag(t)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T: Wire + PartialEq + std::fmt::Debug>(m: T) {
+        let mut slot = [0xAA; SLOT_SIZE];
+        m.encode(&mut slot);
+        assert_eq!(T::decode(&slot).unwrap(), m);
+    }
+
+    #[test]
+    fn commands_roundtrip() {
+        roundtrip(Command::AnnounceSsrc {
+            ssrc: 0xDEAD_BEEF,
+            channel: u64::MAX,
+            user: 42,
+        });
+        for declared in [
+            None,
+            Some("127.0.0.1:5000".parse().unwrap()),
+            Some("[::1]:65535".parse().unwrap()),
+        ] {
+            for mode in Mode::ALL {
+                roundtrip(Command::UpsertSession(SessionSpec {
+                    ssrc: 3,
+                    channel: 9,
+                    user: 81_234_567_890_123_456,
+                    mode,
+                    key: std::array::from_fn(|i| i as u8),
+                    declared,
+                }));
+            }
+        }
+        roundtrip(Command::RemoveSession { ssrc: 1 });
+        roundtrip(Command::RemoveChannel { channel: 2 });
+    }
+
+    #[test]
+    fn events_roundtrip() {
+        roundtrip(Event::AddressLearned {
+            ssrc: 5,
+            addr: "10.0.0.1:1234".parse().unwrap(),
+        });
+        roundtrip(Event::Stats(CoreStats {
+            core: 1,
+            sessions: 4,
+            packets_in: 1,
+            bytes_in: 2,
+            packets_out: 3,
+            bytes_out: 4,
+            busy_ns: 5,
+            drops: [6, 7, 8, 9, 10, 11, 12, 13],
+        }));
+    }
+
+    #[test]
+    fn corrupt_slots_are_errors() {
+        let mut slot = [0; SLOT_SIZE];
+        slot[0] = 99;
+        assert_eq!(Command::decode(&slot), Err(DecodeError::UnknownTag(99)));
+        assert_eq!(Event::decode(&slot), Err(DecodeError::UnknownTag(99)));
+        Command::UpsertSession(SessionSpec {
+            ssrc: 1,
+            channel: 1,
+            user: 1,
+            mode: Mode::XSalsa20Poly1305,
+            key: [0; 32],
+            declared: None,
+        })
+        .encode(&mut slot);
+        slot[21] = 77; // the mode byte
+        assert_eq!(Command::decode(&slot), Err(DecodeError::UnknownMode(77)));
+        slot[21] = 1;
+        slot[54] = 5; // the address family byte
+        assert_eq!(Command::decode(&slot), Err(DecodeError::UnknownFamily(5)));
+    }
+
+    #[test]
+    fn mode_names() {
+        for m in Mode::ALL {
+            assert_eq!(Mode::from_name(m.name()), Some(m));
+        }
+        assert_eq!(Mode::from_name("plain"), None);
+        assert_eq!(Mode::ALL[0].name(), "aead_aes256_gcm_rtpsize");
+    }
+}
