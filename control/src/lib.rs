@@ -1,1 +1,42 @@
-//! control
+//! Control plane of the voice server.
+//!
+//! Serves LVSP to Litecord ([`lvsp`]) and the Discord voice gateway to
+//! clients ([`gateway`]), keeps the [`registry`] of channels, voice states and
+//! sessions, and drives the data plane through the shared-memory rings of the
+//! `shared` crate ([`link`]).
+//!
+//! # Layout
+//!
+//! - [`lvsp`], [`gateway`]: sans-IO protocol state machines. They take parsed
+//!   input and `now`, and return [`Output`]s; they never touch a socket or a
+//!   clock.
+//! - [`registry`]: the state both protocols change, emitting effects
+//!   (data-plane commands, messages for gateway connections).
+//! - [`server`]: the thin tokio/tungstenite layer: listeners, one task per
+//!   websocket, effect dispatch, the dataplane child process.
+//! - [`link`]: the control side of the rings, with back-pressure.
+//! - [`config`]: typed configuration with documented defaults.
+//!
+//! Drive it with [`server::Server::start`] and a shutdown future.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod gateway;
+pub mod link;
+pub mod lvsp;
+pub mod registry;
+pub mod server;
+
+/// What a protocol state machine wants done on its socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a text frame.
+    Text(String),
+    /// Send a close frame with this code and reason, then stop reading.
+    Close {
+        /// Websocket close code (4000-4999).
+        code: u16,
+        /// Human-readable reason.
+        reason: String,
+    },
+}

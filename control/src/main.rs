@@ -1,1 +1,123 @@
-fn main() {}
+//! `control`: runs the voice server (LVSP + voice gateway) and, unless told
+//! otherwise, the dataplane as a child process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use control::config::{Config, DataplaneMode};
+use control::server::Server;
+
+/// Voice server control plane. Every flag has an embedded default: with none
+/// it serves on loopback with a generated secret.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// LVSP listen address.
+    #[arg(long, default_value = "127.0.0.1:5470")]
+    lvsp_listen: SocketAddr,
+    /// Voice gateway listen address.
+    #[arg(long, default_value = "127.0.0.1:5480")]
+    gateway_listen: SocketAddr,
+    /// UDP address the data plane binds (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:5490")]
+    udp_bind: SocketAddr,
+    /// IPv4 address clients are told to send UDP to (default: the UDP bind
+    /// address, or 127.0.0.1 when that is unspecified).
+    #[arg(long)]
+    public_ip: Option<std::net::Ipv4Addr>,
+    /// Secret shared with Litecord (also read from VOICE_SECRET). Default:
+    /// generated and printed.
+    #[arg(long, env = "VOICE_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Data-plane cores (default: all CPUs).
+    #[arg(long)]
+    cores: Option<u32>,
+    /// The dataplane binary (default: `dataplane` next to this one).
+    #[arg(long)]
+    dataplane_bin: Option<PathBuf>,
+    /// Do not spawn the dataplane: wait for one started by hand.
+    #[arg(long)]
+    external_dataplane: bool,
+    /// Shared-memory file (default /dev/shm/voice-<pid>).
+    #[arg(long)]
+    shm: Option<PathBuf>,
+    /// LVSP heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    lvsp_heartbeat_ms: u64,
+    /// Gateway heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 13_750)]
+    gateway_heartbeat_ms: u64,
+}
+
+impl Args {
+    fn into_config(self) -> Config {
+        let mut c = Config::new();
+        c.lvsp_listen = self.lvsp_listen;
+        c.gateway_listen = self.gateway_listen;
+        c.udp_bind = self.udp_bind;
+        c.public_ip = self
+            .public_ip
+            .unwrap_or_else(|| Config::public_ip_for(self.udp_bind));
+        if let Some(s) = self.secret {
+            c.secret = s;
+        }
+        if let Some(n) = self.cores {
+            c.cores = n;
+        }
+        if self.external_dataplane {
+            c.dataplane = DataplaneMode::External;
+        } else if let Some(bin) = self.dataplane_bin {
+            c.dataplane = DataplaneMode::Spawn(bin);
+        }
+        if let Some(p) = self.shm {
+            c.shm_path = p;
+        }
+        c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
+        c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
+        c
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Args::parse().into_config();
+    let secret = config.secret.clone();
+    let server = Server::start(config)
+        .await
+        .context("starting the voice server")?;
+    // Machine-readable "key: value" lines on stdout (the tests parse them).
+    println!("voice server ready");
+    println!("lvsp: ws://{}", server.lvsp_addr);
+    println!("secret: {secret}");
+    println!("gateway: ws://{}/?v=8", server.gateway_addr);
+    println!("udp: {}", server.udp_addr);
+    println!("cores: {}", server.cores);
+    println!("shm: {}", server.shm_path.display());
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -102,7 +102,9 @@ impl RegionConfig {
             ("event_slots", self.event_slots),
         ] {
             if !n.is_power_of_two() || !(2..=65536).contains(&n) {
-                return Err(format!("{name} must be a power of two in 2..=65536, got {n}"));
+                return Err(format!(
+                    "{name} must be a power of two in 2..=65536, got {n}"
+                ));
             }
         }
         Ok(())
@@ -259,7 +261,9 @@ impl Region {
             .map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len() as usize;
         if file_len < HEADER_BYTES {
-            return Err(layout(format!("file is {file_len} bytes, smaller than the header")));
+            return Err(layout(format!(
+                "file is {file_len} bytes, smaller than the header"
+            )));
         }
         let map = Mapping::map(&file, file_len).map_err(io)?;
         let h = map.header();
@@ -319,7 +323,10 @@ impl Region {
     /// by the dataplane once every core's socket is up).
     pub fn publish_udp_port(&self, port: u16) {
         // Release: control, on seeing the port, may rely on the sockets.
-        self.map.header().udp_port.store(u32::from(port), Ordering::Release);
+        self.map
+            .header()
+            .udp_port
+            .store(u32::from(port), Ordering::Release);
     }
 
     /// The UDP port the dataplane published, once it has.
@@ -331,8 +338,7 @@ impl Region {
     }
 
     fn command_ring_offset(&self, core: u32) -> usize {
-        let per_core =
-            ring_bytes(self.config.command_slots) + ring_bytes(self.config.event_slots);
+        let per_core = ring_bytes(self.config.command_slots) + ring_bytes(self.config.event_slots);
         HEADER_BYTES + core as usize * per_core
     }
 
@@ -361,7 +367,10 @@ impl Region {
 
     /// Control's ends for one core: the command producer and event consumer.
     /// Once per core per process; the other process must take the other side.
-    pub fn control_side(&self, core: u32) -> Result<(Producer<Command>, Consumer<Event>), RegionError> {
+    pub fn control_side(
+        &self,
+        core: u32,
+    ) -> Result<(Producer<Command>, Consumer<Event>), RegionError> {
         self.take(core, 0)?;
         let (c, e) = (self.command_ring_offset(core), self.event_ring_offset(core));
         // SAFETY: offsets and sizes come from the validated config; `take`
@@ -376,7 +385,10 @@ impl Region {
     }
 
     /// A core's ends: the command consumer and event producer.
-    pub fn core_side(&self, core: u32) -> Result<(Consumer<Command>, Producer<Event>), RegionError> {
+    pub fn core_side(
+        &self,
+        core: u32,
+    ) -> Result<(Consumer<Command>, Producer<Event>), RegionError> {
         self.take(core, 1)?;
         let (c, e) = (self.command_ring_offset(core), self.event_ring_offset(core));
         // SAFETY: as in `control_side`, for the opposite ends.
@@ -432,7 +444,10 @@ mod tests {
     fn attach_rejects_garbage_and_mismatches() {
         let p = temp_path("bad");
         std::fs::write(&p, [0u8; 10]).unwrap();
-        assert!(matches!(Region::attach(&p), Err(RegionError::Layout { .. })));
+        assert!(matches!(
+            Region::attach(&p),
+            Err(RegionError::Layout { .. })
+        ));
         std::fs::write(&p, vec![0u8; 4096]).unwrap();
         assert!(matches!(Region::attach(&p), Err(RegionError::BadMagic(_))));
         std::fs::remove_file(&p).unwrap();
@@ -445,13 +460,22 @@ mod tests {
         };
         patch(8, &99u32.to_le_bytes());
         let err = Region::attach(&p).unwrap_err();
-        assert!(matches!(err, RegionError::Version { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, RegionError::Version { found: 99, .. }),
+            "{err}"
+        );
         patch(8, &LAYOUT_VERSION.to_le_bytes());
         patch(12, &7u32.to_le_bytes()); // cores: the length no longer adds up
-        assert!(matches!(Region::attach(&p), Err(RegionError::Layout { .. })));
+        assert!(matches!(
+            Region::attach(&p),
+            Err(RegionError::Layout { .. })
+        ));
         patch(12, &1u32.to_le_bytes());
         patch(16, &3u32.to_le_bytes()); // command_slots not a power of two
-        assert!(matches!(Region::attach(&p), Err(RegionError::Layout { .. })));
+        assert!(matches!(
+            Region::attach(&p),
+            Err(RegionError::Layout { .. })
+        ));
         patch(16, &1024u32.to_le_bytes());
         Region::attach(&p).unwrap();
         drop(region);
@@ -464,7 +488,10 @@ mod tests {
         let r = Region::create(&p, RegionConfig::new(2)).unwrap();
         let _a = r.control_side(1).unwrap();
         assert!(matches!(r.control_side(1), Err(RegionError::Taken(1))));
-        assert!(matches!(r.core_side(2), Err(RegionError::NoSuchCore { .. })));
+        assert!(matches!(
+            r.core_side(2),
+            Err(RegionError::NoSuchCore { .. })
+        ));
         let _b = r.core_side(1).unwrap();
     }
 
@@ -494,7 +521,12 @@ mod tests {
         let region = Region::create(&p, RegionConfig::new(2)).unwrap();
         let (mut commands, mut events) = region.control_side(1).unwrap();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "region::tests::child_process", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "region::tests::child_process",
+                "--ignored",
+                "--nocapture",
+            ])
             .env("VOICE_REGION_CHILD", &p)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -504,7 +536,11 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while got < N {
             assert!(std::time::Instant::now() < deadline, "child too slow");
-            if sent < N && commands.push(&Command::RemoveSession { ssrc: sent }).is_ok() {
+            if sent < N
+                && commands
+                    .push(&Command::RemoveSession { ssrc: sent })
+                    .is_ok()
+            {
                 sent += 1;
             }
             match events.pop() {

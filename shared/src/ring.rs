@@ -110,7 +110,9 @@ pub struct Producer<T> {
 
 impl<T> std::fmt::Debug for Producer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Producer").field("tail", &self.tail).finish()
+        f.debug_struct("Producer")
+            .field("tail", &self.tail)
+            .finish()
     }
 }
 
@@ -175,7 +177,9 @@ pub struct Consumer<T> {
 
 impl<T> std::fmt::Debug for Consumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("head", &self.head).finish()
+        f.debug_struct("Consumer")
+            .field("head", &self.head)
+            .finish()
     }
 }
 

@@ -1,0 +1,125 @@
+//! Typed configuration, every field with its default and unit.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the data plane runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataplaneMode {
+    /// Control starts this binary as a child and stops it on shutdown.
+    /// Default: the `dataplane` binary next to the running executable.
+    Spawn(PathBuf),
+    /// The operator runs the dataplane; control only creates the region
+    /// and waits for it to attach.
+    External,
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// LVSP websocket listener. Default `127.0.0.1:5470`.
+    pub lvsp_listen: SocketAddr,
+    /// Voice gateway websocket listener. Default `127.0.0.1:5480`.
+    pub gateway_listen: SocketAddr,
+    /// UDP address every data-plane core binds. Default `127.0.0.1:5490`.
+    pub udp_bind: SocketAddr,
+    /// IPv4 address clients are told to send UDP to (Ready `ip`).
+    /// Default: the UDP bind address when it is IPv4 and not unspecified,
+    /// else 127.0.0.1.
+    pub public_ip: Ipv4Addr,
+    /// Secret shared with Litecord. Default: 32 random hex digits, printed.
+    pub secret: String,
+    /// Data-plane cores (executors). Default: all available CPUs.
+    pub cores: u32,
+    /// How the data plane runs. Default: spawned.
+    pub dataplane: DataplaneMode,
+    /// Shared-memory file. Default `/dev/shm/voice-<pid>`.
+    pub shm_path: PathBuf,
+    /// LVSP heartbeat interval (milliseconds on the wire). Default 10 s.
+    pub lvsp_heartbeat: Duration,
+    /// Gateway heartbeat interval (milliseconds on the wire). Default 13.75 s.
+    pub gateway_heartbeat: Duration,
+    /// Largest websocket message accepted, bytes. Default 64 KiB.
+    pub max_message_size: usize,
+    /// How long to wait for the dataplane to come up. Default 20 s.
+    pub dataplane_start_timeout: Duration,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Out-of-range or inconsistent settings.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// The embedded defaults: everything on loopback, a fresh secret.
+    pub fn new() -> Config {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .unwrap_or_default();
+        Config {
+            lvsp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5470)),
+            gateway_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5480)),
+            udp_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 5490)),
+            public_ip: Ipv4Addr::LOCALHOST,
+            secret: hex::encode(rand::random::<[u8; 16]>()),
+            cores,
+            dataplane: DataplaneMode::Spawn(exe_dir.join("dataplane")),
+            shm_path: PathBuf::from(format!("/dev/shm/voice-{}", std::process::id())),
+            lvsp_heartbeat: Duration::from_millis(10_000),
+            gateway_heartbeat: Duration::from_millis(13_750),
+            max_message_size: 64 << 10,
+            dataplane_start_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// The Ready IP that follows from a UDP bind address.
+    pub fn public_ip_for(udp_bind: SocketAddr) -> Ipv4Addr {
+        match udp_bind.ip() {
+            IpAddr::V4(v4) if !v4.is_unspecified() => v4,
+            _ => Ipv4Addr::LOCALHOST,
+        }
+    }
+
+    /// Checks the settings, with a message saying what is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=256).contains(&self.cores) {
+            return bad(format!("cores must be 1..=256, got {}", self.cores));
+        }
+        if self.secret.is_empty() {
+            return bad("the LVSP secret must not be empty".into());
+        }
+        for (name, d) in [
+            ("lvsp heartbeat", self.lvsp_heartbeat),
+            ("gateway heartbeat", self.gateway_heartbeat),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                return bad(format!("{name} must be 100 ms..600 s, got {d:?}"));
+            }
+        }
+        if self.max_message_size < 1024 {
+            return bad("max message size must be at least 1024 bytes".into());
+        }
+        if let DataplaneMode::Spawn(p) = &self.dataplane {
+            if !p.is_file() {
+                return bad(format!(
+                    "dataplane binary {} not found (build it, or pass --dataplane-bin)",
+                    p.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new()
+    }
+}

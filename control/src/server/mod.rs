@@ -1,0 +1,524 @@
+//! The thin I/O layer: listeners, one task per websocket driving a protocol
+//! state machine, effect dispatch, the dataplane child and the ring poller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use shared::{Event, Region, RegionConfig, RegionError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::{Config, DataplaneMode};
+use crate::link::{self, Events, Link, Load};
+use crate::registry::{ConnId, Effect, Push, Registry};
+use crate::{gateway, lvsp, Output};
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration does not validate.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The shared-memory region could not be set up.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// A listener could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The dataplane failed to start or died.
+    #[error("dataplane: {0}")]
+    Dataplane(String),
+}
+
+/// Which close codes the server sent, per protocol (for metrics).
+pub type CloseCounts = BTreeMap<(&'static str, u16), u64>;
+
+/// State shared by every task; one lock so that registry changes and the
+/// effects they cause are applied in the same order they happened.
+#[derive(Debug)]
+struct Hub {
+    registry: Registry,
+    link: Link,
+    gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
+    load: Load,
+    closes: CloseCounts,
+}
+
+#[derive(Debug)]
+struct Shared {
+    hub: Mutex<Hub>,
+    lvsp: Arc<lvsp::Config>,
+    gateway: Arc<gateway::Config>,
+    ws: WebSocketConfig,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        // A panic while holding the lock must not take the server down.
+        self.hub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the registry, then carries out its effects under the same
+    /// lock (ring pushes and channel sends never block).
+    fn with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut guard = self.hub();
+        let hub = &mut *guard;
+        let r = f(&mut hub.registry);
+        for effect in hub.registry.drain_effects() {
+            match effect {
+                Effect::Dataplane { core, command } => hub.link.send(core, command),
+                Effect::Gateway { conn, push } => {
+                    if let Some(tx) = hub.gateways.get(&conn) {
+                        let _ = tx.send(push);
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
+/// A started server: listeners bound, dataplane up.
+#[derive(Debug)]
+pub struct Server {
+    /// Where LVSP listens.
+    pub lvsp_addr: SocketAddr,
+    /// Where the voice gateway listens.
+    pub gateway_addr: SocketAddr,
+    /// Where the data plane receives UDP.
+    pub udp_addr: SocketAddr,
+    /// Data-plane cores.
+    pub cores: u32,
+    /// The shared-memory file.
+    pub shm_path: PathBuf,
+    shared: Arc<Shared>,
+    events: Events,
+    region: Region,
+    child: Option<tokio::process::Child>,
+    lvsp: TcpListener,
+    gateway: TcpListener,
+}
+
+impl Server {
+    /// Creates the region, starts (or waits for) the dataplane and binds the
+    /// listeners.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let region = Region::create(&config.shm_path, RegionConfig::new(config.cores))?;
+        let (link, events) = link::attach(&region)?;
+        let mut child = match &config.dataplane {
+            DataplaneMode::Spawn(bin) => Some(
+                tokio::process::Command::new(bin)
+                    .arg("--shm")
+                    .arg(&config.shm_path)
+                    .arg("--bind")
+                    .arg(config.udp_bind.to_string())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| ServerError::Dataplane(format!("spawn {}: {e}", bin.display())))?,
+            ),
+            DataplaneMode::External => {
+                tracing::info!(
+                    "waiting for an external dataplane: dataplane --shm {} --bind {}",
+                    config.shm_path.display(),
+                    config.udp_bind
+                );
+                None
+            }
+        };
+        let started = Instant::now();
+        let udp_port = loop {
+            if let Some(port) = region.udp_port() {
+                break port;
+            }
+            if let Some(c) = child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(ServerError::Dataplane(format!(
+                        "exited at start-up: {status}"
+                    )));
+                }
+            }
+            if started.elapsed() > config.dataplane_start_timeout {
+                return Err(ServerError::Dataplane(format!(
+                    "did not bind its sockets within {:?}",
+                    config.dataplane_start_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let udp_addr = SocketAddr::new(config.udp_bind.ip(), udp_port);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen { addr, source })
+        };
+        let lvsp_listener = bind(config.lvsp_listen).await?;
+        let gateway_listener = bind(config.gateway_listen).await?;
+        let local = |l: &TcpListener, addr| l.local_addr().unwrap_or(addr);
+        let ws = WebSocketConfig {
+            max_message_size: Some(config.max_message_size),
+            max_frame_size: Some(config.max_message_size),
+            ..WebSocketConfig::default()
+        };
+        let shared = Arc::new(Shared {
+            hub: Mutex::new(Hub {
+                registry: Registry::new(config.cores),
+                link,
+                gateways: HashMap::new(),
+                load: Load::new(config.cores),
+                closes: CloseCounts::new(),
+            }),
+            lvsp: Arc::new(lvsp::Config {
+                secret: config.secret.clone(),
+                heartbeat_interval: config.lvsp_heartbeat,
+            }),
+            gateway: Arc::new(gateway::Config {
+                heartbeat_interval: config.gateway_heartbeat,
+                udp_ip: config.public_ip,
+                udp_port,
+            }),
+            ws,
+            next_conn: AtomicU64::new(1),
+        });
+        Ok(Server {
+            lvsp_addr: local(&lvsp_listener, config.lvsp_listen),
+            gateway_addr: local(&gateway_listener, config.gateway_listen),
+            udp_addr,
+            cores: config.cores,
+            shm_path: config.shm_path.clone(),
+            shared,
+            events,
+            region,
+            child,
+            lvsp: lvsp_listener,
+            gateway: gateway_listener,
+        })
+    }
+
+    /// Serves until `shutdown` completes (or the dataplane dies), then stops
+    /// the dataplane and closes every connection.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            shared,
+            mut events,
+            region,
+            mut child,
+            lvsp,
+            gateway,
+            ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let accept_lvsp = tokio::spawn(accept_loop(
+            lvsp,
+            shared.clone(),
+            stop_rx.clone(),
+            Kind::Lvsp,
+        ));
+        let accept_gw = tokio::spawn(accept_loop(
+            gateway,
+            shared.clone(),
+            stop_rx.clone(),
+            Kind::Gateway,
+        ));
+        let poller = {
+            let shared = shared.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => poll_rings(&shared, &mut events),
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
+        let child_exit = async {
+            match child.as_mut() {
+                Some(c) => c
+                    .wait()
+                    .await
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            _ = shutdown => Ok(()),
+            status = child_exit => Err(ServerError::Dataplane(format!("exited: {status}"))),
+        };
+        let _ = stop_tx.send(true);
+        for task in [accept_lvsp, accept_gw, poller] {
+            let _ = task.await;
+        }
+        if let Some(mut c) = child {
+            stop_child(&mut c).await;
+        }
+        let closes = shared.hub().closes.clone();
+        tracing::info!(?closes, "stopped");
+        drop(region);
+        result
+    }
+
+    /// Close codes sent so far, by protocol.
+    pub fn close_counts(&self) -> CloseCounts {
+        self.shared.hub().closes.clone()
+    }
+}
+
+/// SIGTERM, then SIGKILL if it lingers.
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("dataplane ignored SIGTERM, killing it");
+        let _ = child.kill().await;
+    }
+}
+
+fn poll_rings(shared: &Shared, events: &mut Events) {
+    let now = Instant::now();
+    let mut hub = shared.hub();
+    let hub = &mut *hub;
+    hub.link.flush();
+    let corrupt = events.drain(|core, ev| match ev {
+        Event::Stats(s) => hub.load.record(now, s),
+        Event::AddressLearned { ssrc, addr } => {
+            tracing::debug!(core, ssrc, %addr, "address learned");
+        }
+    });
+    if corrupt > 0 {
+        tracing::warn!(corrupt, "undecodable event slots");
+    }
+    let health = hub.load.health();
+    hub.registry.set_health(health);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Lvsp,
+    Gateway,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    kind: Kind,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(stream, peer, shared.clone(), stop.clone(), kind));
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// The common shape of both protocol state machines.
+trait Machine {
+    const NAME: &'static str;
+    fn on_text(&mut self, now: Instant, text: &str, registry: &mut Registry);
+    fn on_binary(&mut self);
+    fn on_push(&mut self, push: Push);
+    fn on_timeout(&mut self, now: Instant);
+    fn on_closed(&mut self, registry: &mut Registry);
+    fn next_output(&mut self) -> Option<Output>;
+    fn deadline(&self) -> Option<Instant>;
+}
+
+impl Machine for lvsp::Connection {
+    const NAME: &'static str = "lvsp";
+    fn on_text(&mut self, now: Instant, text: &str, registry: &mut Registry) {
+        self.handle_text(now, text, registry)
+    }
+    fn on_binary(&mut self) {
+        self.handle_binary()
+    }
+    fn on_push(&mut self, _push: Push) {}
+    fn on_timeout(&mut self, now: Instant) {
+        self.handle_timeout(now)
+    }
+    fn on_closed(&mut self, _registry: &mut Registry) {}
+    fn next_output(&mut self) -> Option<Output> {
+        self.poll_output()
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+}
+
+impl Machine for gateway::Connection {
+    const NAME: &'static str = "gateway";
+    fn on_text(&mut self, now: Instant, text: &str, registry: &mut Registry) {
+        self.handle_text(now, text, registry)
+    }
+    fn on_binary(&mut self) {
+        self.handle_binary()
+    }
+    fn on_push(&mut self, push: Push) {
+        self.handle_push(push)
+    }
+    fn on_timeout(&mut self, now: Instant) {
+        self.handle_timeout(now)
+    }
+    fn on_closed(&mut self, registry: &mut Registry) {
+        self.closed(registry)
+    }
+    fn next_output(&mut self) -> Option<Output> {
+        self.poll_output()
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    kind: Kind,
+) {
+    let mut query: Option<String> = None;
+    // The error type is tungstenite's; it is never built here.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| {
+        query = req.uri().query().map(str::to_owned);
+        Ok(resp)
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.ws));
+    let ws = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, %e, "websocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "websocket handshake timed out");
+            return;
+        }
+    };
+    let now = Instant::now();
+    match kind {
+        Kind::Lvsp => {
+            let machine = lvsp::Connection::new(shared.lvsp.clone(), now);
+            drive(ws, machine, &shared, None, stop).await;
+        }
+        Kind::Gateway => {
+            let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+            let version = gateway::version_from_query(query.as_deref()).unwrap_or(4);
+            let (tx, rx) = mpsc::unbounded_channel();
+            shared.hub().gateways.insert(conn, tx);
+            let supported = gateway::VERSIONS.contains(&version);
+            let version = if supported { version } else { 4 };
+            let mut machine = gateway::Connection::new(shared.gateway.clone(), conn, version, now);
+            if !supported {
+                machine.handle_push(Push::Close {
+                    code: 4020,
+                    reason: "unsupported gateway version",
+                });
+            }
+            drive(ws, machine, &shared, Some(rx), stop).await;
+            shared.hub().gateways.remove(&conn);
+        }
+    }
+}
+
+/// Runs one websocket until either side closes, feeding the state machine.
+async fn drive<M: Machine>(
+    mut ws: WebSocketStream<TcpStream>,
+    mut machine: M,
+    shared: &Shared,
+    mut pushes: Option<mpsc::UnboundedReceiver<Push>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    'run: loop {
+        while let Some(out) = machine.next_output() {
+            match out {
+                Output::Text(text) => {
+                    if ws.send(Message::Text(text)).await.is_err() {
+                        break 'run;
+                    }
+                }
+                Output::Close { code, reason } => {
+                    *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
+                    send_close(&mut ws, code, reason).await;
+                    break 'run;
+                }
+            }
+        }
+        let deadline = machine
+            .deadline()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    shared.with(|r| machine.on_text(Instant::now(), &text, r));
+                }
+                Some(Ok(Message::Binary(_))) => machine.on_binary(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break 'run,
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    *shared.hub().closes.entry((M::NAME, 1009)).or_default() += 1;
+                    send_close(&mut ws, 1009, e.to_string()).await;
+                    break 'run;
+                }
+                Some(Err(_)) => break 'run,
+            },
+            Some(push) = async {
+                match pushes.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => machine.on_push(push),
+            _ = tokio::time::sleep_until(deadline) => machine.on_timeout(Instant::now()),
+            _ = stop.changed() => {
+                send_close(&mut ws, 1001, "server shutting down".into()).await;
+                break 'run;
+            }
+        }
+    }
+    shared.with(|r| machine.on_closed(r));
+}
+
+async fn send_close(ws: &mut WebSocketStream<TcpStream>, code: u16, reason: String) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}
