@@ -22,6 +22,9 @@ pub struct Config {
     pub lvsp_listen: SocketAddr,
     /// Voice gateway websocket listener. Default `127.0.0.1:5480`.
     pub gateway_listen: SocketAddr,
+    /// HTTP listener for `/metrics` and `/health`; None disables it.
+    /// Default `127.0.0.1:5491`.
+    pub metrics_listen: Option<SocketAddr>,
     /// UDP address every data-plane core binds. Default `127.0.0.1:5490`.
     pub udp_bind: SocketAddr,
     /// IPv4 address clients are told to send UDP to (Ready `ip`).
@@ -65,6 +68,7 @@ impl Config {
         Config {
             lvsp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5470)),
             gateway_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5480)),
+            metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5491))),
             udp_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 5490)),
             public_ip: Ipv4Addr::LOCALHOST,
             secret: hex::encode(rand::random::<[u8; 16]>()),

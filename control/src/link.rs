@@ -117,6 +117,11 @@ impl Load {
         *slot = Some((now, stats));
     }
 
+    /// Number of cores tracked.
+    pub fn cores(&self) -> u32 {
+        self.latest.len() as u32
+    }
+
     /// The latest report of a core.
     pub fn stats(&self, core: u32) -> Option<&CoreStats> {
         self.latest.get(core as usize)?.as_ref().map(|(_, s)| s)

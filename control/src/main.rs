@@ -21,6 +21,9 @@ struct Args {
     /// Voice gateway listen address.
     #[arg(long, default_value = "127.0.0.1:5480")]
     gateway_listen: SocketAddr,
+    /// HTTP address for /metrics and /health ("off" disables it).
+    #[arg(long, default_value = "127.0.0.1:5491")]
+    metrics_listen: String,
     /// UDP address the data plane binds (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:5490")]
     udp_bind: SocketAddr,
@@ -53,8 +56,12 @@ struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> Config {
+    fn into_config(self) -> anyhow::Result<Config> {
         let mut c = Config::new();
+        c.metrics_listen = match self.metrics_listen.as_str() {
+            "off" => None,
+            addr => Some(addr.parse().context("--metrics-listen")?),
+        };
         c.lvsp_listen = self.lvsp_listen;
         c.gateway_listen = self.gateway_listen;
         c.udp_bind = self.udp_bind;
@@ -77,7 +84,7 @@ impl Args {
         }
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
-        c
+        Ok(c)
     }
 }
 
@@ -89,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Args::parse().into_config();
+    let config = Args::parse().into_config()?;
     let secret = config.secret.clone();
     let server = Server::start(config)
         .await
@@ -100,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
     println!("secret: {secret}");
     println!("gateway: ws://{}/?v=8", server.gateway_addr);
     println!("udp: {}", server.udp_addr);
+    if let Some(m) = server.metrics_addr {
+        println!("metrics: http://{m}/metrics");
+    }
     println!("cores: {}", server.cores);
     println!("shm: {}", server.shm_path.display());
     server.run(shutdown_signal()).await?;

@@ -24,6 +24,8 @@ use crate::link::{self, Events, Link, Load};
 use crate::registry::{ConnId, Effect, Push, Registry};
 use crate::{gateway, lvsp, Output};
 
+mod metrics;
+
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -104,6 +106,8 @@ pub struct Server {
     pub gateway_addr: SocketAddr,
     /// Where the data plane receives UDP.
     pub udp_addr: SocketAddr,
+    /// Where `/metrics` and `/health` are served, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// Data-plane cores.
     pub cores: u32,
     /// The shared-memory file.
@@ -114,6 +118,7 @@ pub struct Server {
     child: Option<tokio::process::Child>,
     lvsp: TcpListener,
     gateway: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 impl Server {
@@ -171,6 +176,10 @@ impl Server {
         };
         let lvsp_listener = bind(config.lvsp_listen).await?;
         let gateway_listener = bind(config.gateway_listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let local = |l: &TcpListener, addr| l.local_addr().unwrap_or(addr);
         let ws = WebSocketConfig {
             max_message_size: Some(config.max_message_size),
@@ -201,6 +210,7 @@ impl Server {
             lvsp_addr: local(&lvsp_listener, config.lvsp_listen),
             gateway_addr: local(&gateway_listener, config.gateway_listen),
             udp_addr,
+            metrics_addr: metrics.as_ref().and_then(|l| l.local_addr().ok()),
             cores: config.cores,
             shm_path: config.shm_path.clone(),
             shared,
@@ -209,6 +219,7 @@ impl Server {
             child,
             lvsp: lvsp_listener,
             gateway: gateway_listener,
+            metrics,
         })
     }
 
@@ -222,6 +233,7 @@ impl Server {
             mut child,
             lvsp,
             gateway,
+            metrics,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -237,6 +249,7 @@ impl Server {
             stop_rx.clone(),
             Kind::Gateway,
         ));
+        let metrics = metrics.map(|l| tokio::spawn(metrics::serve(l, shared.clone(), stop_rx.clone())));
         let poller = {
             let shared = shared.clone();
             let mut stop = stop_rx.clone();
@@ -266,7 +279,7 @@ impl Server {
             status = child_exit => Err(ServerError::Dataplane(format!("exited: {status}"))),
         };
         let _ = stop_tx.send(true);
-        for task in [accept_lvsp, accept_gw, poller] {
+        for task in [accept_lvsp, accept_gw, poller].into_iter().chain(metrics) {
             let _ = task.await;
         }
         if let Some(mut c) = child {

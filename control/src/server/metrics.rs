@@ -1,0 +1,136 @@
+//! The operator's HTTP endpoint: `GET /metrics` (Prometheus text format) and
+//! `GET /health` (JSON). Requests are parsed with `httparse`; anything else
+//! gets 404 or 400.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::DropReason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::{Hub, Shared};
+
+/// Renders every counter the server keeps.
+pub(super) fn render(hub: &Hub) -> String {
+    let mut out = String::new();
+    let metric = |out: &mut String, name: &str, help: &str, kind: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    metric(&mut out, "voice_health", "Server health in [0, 1].", "gauge");
+    let _ = writeln!(out, "voice_health {}", hub.registry.health());
+    metric(&mut out, "voice_channels", "Voice channels assigned.", "gauge");
+    let _ = writeln!(out, "voice_channels {}", hub.registry.channel_count());
+    metric(&mut out, "voice_states", "Voice states created over LVSP.", "gauge");
+    let _ = writeln!(out, "voice_states {}", hub.registry.voice_state_count());
+    metric(&mut out, "voice_sessions", "Identified gateway sessions.", "gauge");
+    let _ = writeln!(out, "voice_sessions {}", hub.registry.session_count());
+    metric(
+        &mut out,
+        "voice_closes_total",
+        "Websocket close codes sent, by protocol.",
+        "counter",
+    );
+    for ((proto, code), n) in &hub.closes {
+        let _ = writeln!(
+            out,
+            "voice_closes_total{{protocol=\"{proto}\",code=\"{code}\"}} {n}"
+        );
+    }
+    let cores = hub.load.cores();
+    for (name, help, get) in [
+        (
+            "voice_packets_in_total",
+            "Datagrams received.",
+            (|s| s.packets_in) as fn(&shared::CoreStats) -> u64,
+        ),
+        ("voice_bytes_in_total", "Bytes received.", |s| s.bytes_in),
+        ("voice_packets_out_total", "Datagrams sent.", |s| s.packets_out),
+        ("voice_bytes_out_total", "Bytes sent.", |s| s.bytes_out),
+        ("voice_busy_nanoseconds_total", "Nanoseconds cores spent handling packets.", |s| s.busy_ns),
+    ] {
+        metric(&mut out, name, help, "counter");
+        for core in 0..cores {
+            if let Some(s) = hub.load.stats(core) {
+                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(s));
+            }
+        }
+    }
+    metric(
+        &mut out,
+        "voice_drops_total",
+        "Datagrams dropped, by core and reason.",
+        "counter",
+    );
+    for core in 0..cores {
+        if let Some(s) = hub.load.stats(core) {
+            for r in DropReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "voice_drops_total{{core=\"{core}\",reason=\"{}\"}} {}",
+                    r.name(),
+                    s.dropped(r)
+                );
+            }
+        }
+    }
+    out
+}
+
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &shared)).await;
+                    });
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    let (status, content_type, body) = loop {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                break match (req.method, req.path) {
+                    (Some("GET"), Some("/metrics")) => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        render(&shared.hub()),
+                    ),
+                    (Some("GET"), Some("/health")) => (
+                        "200 OK",
+                        "application/json",
+                        format!("{{\"health\":{}}}\n", shared.hub().registry.health()),
+                    ),
+                    _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+                };
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            _ => break ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

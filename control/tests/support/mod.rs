@@ -1,0 +1,180 @@
+//! Runs the real `control` binary (which spawns the real `dataplane`) on
+//! random loopback ports and reads what it prints.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running server: control plus its dataplane child.
+pub struct ServerProcess {
+    child: Child,
+    /// `ws://127.0.0.1:port`
+    pub lvsp_url: String,
+    /// The LVSP shared secret.
+    pub secret: String,
+    /// `ws://127.0.0.1:port` (no path or query).
+    pub gateway_url: String,
+    /// The data plane's UDP address.
+    pub udp: SocketAddr,
+    /// `127.0.0.1:port` of the metrics endpoint.
+    pub metrics: String,
+}
+
+/// The dataplane binary next to the control binary (both built by
+/// `cargo test --workspace`).
+fn dataplane_bin() -> PathBuf {
+    let control = PathBuf::from(env!("CARGO_BIN_EXE_control"));
+    let bin = control.with_file_name("dataplane");
+    assert!(
+        bin.is_file(),
+        "{} missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+impl ServerProcess {
+    /// Starts control on random ports with `cores` data-plane cores.
+    pub fn start(cores: u32, extra: &[&str]) -> ServerProcess {
+        let shm = format!(
+            "/dev/shm/voice-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
+            .args([
+                "--lvsp-listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--udp-bind",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--cores",
+                &cores.to_string(),
+                "--shm",
+                &shm,
+                "--secret",
+                "e2e-secret",
+            ])
+            .arg("--dataplane-bin")
+            .arg(dataplane_bin())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn control");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fields = HashMap::new();
+        while !fields.contains_key("shm") {
+            let line = match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => line,
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("control did not print its addresses: {e}");
+                }
+            };
+            if let Some((k, v)) = line.split_once(": ") {
+                fields.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let gateway = fields["gateway"].trim_end_matches("/?v=8").to_owned();
+        ServerProcess {
+            child,
+            lvsp_url: fields["lvsp"].clone(),
+            secret: fields["secret"].clone(),
+            gateway_url: gateway,
+            udp: fields["udp"].parse().expect("udp address"),
+            metrics: fields["metrics"]
+                .trim_start_matches("http://")
+                .trim_end_matches("/metrics")
+                .to_owned(),
+        }
+    }
+
+    /// `GET /metrics`, parsed into `name{labels}` → value.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let body = http_get(&self.metrics, "/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect()
+    }
+
+    /// One metric, 0 when absent.
+    pub fn metric(&self, key: &str) -> f64 {
+        self.metrics().get(key).copied().unwrap_or(0.0)
+    }
+
+    /// Sum of a metric over all its label sets that contain `labels`.
+    pub fn metric_sum(&self, name: &str, labels: &str) -> f64 {
+        self.metrics()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(labels))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Polls until `cond` holds on the metrics, or panics after `wait`.
+    pub fn wait_metrics(&self, wait: Duration, what: &str, cond: impl Fn(&Self) -> bool) {
+        let deadline = std::time::Instant::now() + wait;
+        while !cond(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                http_get(&self.metrics, "/metrics")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal control");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait control") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "control did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET for the metrics endpoint.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}

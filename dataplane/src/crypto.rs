@@ -1,0 +1,515 @@
+//! The five transport encryption modes as packet transforms (DESIGN.md,
+//! "Encryption modes").
+//!
+//! [`open`] authenticates and decrypts a received packet in place and leaves
+//! the whole plaintext RTP/RTCP packet (clear header followed by the
+//! decrypted rest) at the front of the buffer, whatever the mode, so that
+//! [`seal`] can re-encrypt it for a member using any other mode. Neither
+//! allocates.
+//!
+//! | mode | wire after the clear header | nonce |
+//! | --- | --- | --- |
+//! | AES-GCM rtpsize | ct ‖ tag ‖ counter | counter ‖ 8 zeros |
+//! | XChaCha rtpsize | ct ‖ tag ‖ counter | counter ‖ 20 zeros |
+//! | lite | mac ‖ ct ‖ counter | counter ‖ 20 zeros |
+//! | suffix | mac ‖ ct ‖ nonce | 24 bytes on the wire |
+//! | plain | mac ‖ ct | clear header ‖ zeros |
+//!
+//! The clear header is 12 + 4·CC bytes (+4 with the X bit: the extension
+//! preamble, not its body) in the rtpsize modes and 12 bytes in the legacy
+//! ones; for RTCP it is the first 8 bytes in every mode.
+
+use shared::Mode;
+
+use crate::packet::Kind;
+use crate::sys::sodium::{self, Aes256Gcm, SecretBox, SodiumError, XChaCha20Poly1305, TAG_BYTES};
+
+/// Bytes of the counter suffix in the rtpsize and lite modes.
+pub const COUNTER_BYTES: usize = 4;
+/// Bytes of the nonce suffix in the suffix mode.
+pub const SUFFIX_NONCE_BYTES: usize = 24;
+/// The most bytes any mode adds to a plaintext packet.
+pub const MAX_OVERHEAD: usize = TAG_BYTES + SUFFIX_NONCE_BYTES;
+
+/// Why a packet could not be opened or sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// Too short for the mode, or its header lengths do not add up.
+    #[error("malformed packet for this mode")]
+    Malformed,
+    /// The tag or MAC did not verify.
+    #[error("authentication failed")]
+    Auth,
+    /// The output buffer cannot hold the sealed packet.
+    #[error("output buffer too small")]
+    BufferTooSmall,
+    /// The CPU cannot do AES-256-GCM.
+    #[error("AES-256-GCM unavailable on this CPU")]
+    AesUnavailable,
+    /// libsodium failed to initialise.
+    #[error("libsodium initialisation failed")]
+    Init,
+}
+
+impl From<SodiumError> for CryptoError {
+    fn from(e: SodiumError) -> Self {
+        match e {
+            SodiumError::Init => CryptoError::Init,
+            SodiumError::AesUnavailable => CryptoError::AesUnavailable,
+            SodiumError::Auth => CryptoError::Auth,
+            SodiumError::Length => CryptoError::BufferTooSmall,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Cipher {
+    Aes(Aes256Gcm),
+    XChaCha(XChaCha20Poly1305),
+    SecretBox(SecretBox),
+}
+
+/// A session's mode and expanded key, built once at session upsert.
+#[derive(Debug)]
+pub struct KeyState {
+    mode: Mode,
+    cipher: Cipher,
+    /// Random first 20 bytes of the suffix-mode nonces we send; the last 4
+    /// are the member's outgoing counter, so nonces never repeat under one
+    /// key before 2^32 packets.
+    suffix_prefix: [u8; 20],
+}
+
+impl KeyState {
+    /// Expands `key` for `mode`.
+    pub fn new(mode: Mode, key: &[u8; 32]) -> Result<Self, CryptoError> {
+        let cipher = match mode {
+            Mode::Aes256GcmRtpSize => Cipher::Aes(Aes256Gcm::new(key)?),
+            Mode::XChaCha20Poly1305RtpSize => Cipher::XChaCha(XChaCha20Poly1305::new(key)?),
+            Mode::XSalsa20Poly1305Lite | Mode::XSalsa20Poly1305Suffix | Mode::XSalsa20Poly1305 => {
+                Cipher::SecretBox(SecretBox::new(key)?)
+            }
+        };
+        let mut suffix_prefix = [0; 20];
+        sodium::random_bytes(&mut suffix_prefix);
+        Ok(KeyState {
+            mode,
+            cipher,
+            suffix_prefix,
+        })
+    }
+
+    /// The session's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+/// What identifies a received packet for the replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayId {
+    /// The 4-byte counter of the rtpsize and lite modes.
+    Counter(u32),
+    /// The RTP sequence number (suffix and plain modes).
+    Sequence(u16),
+    /// Nothing to track (RTCP in the suffix and plain modes).
+    None,
+}
+
+/// A successfully opened packet: `packet[..len]` is the plaintext packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// Length of the plaintext packet at the front of the buffer.
+    pub len: usize,
+    /// The value the replay window checks.
+    pub replay: ReplayId,
+}
+
+/// Length of the clear header of an RTP packet in the rtpsize modes.
+fn rtpsize_rtp_header(p: &[u8]) -> Option<usize> {
+    let b0 = *p.first()?;
+    let mut h = 12 + 4 * usize::from(b0 & 0x0f);
+    if b0 & 0x10 != 0 {
+        h += 4;
+    }
+    (h <= p.len()).then_some(h)
+}
+
+fn clear_header(mode: Mode, kind: Kind, p: &[u8]) -> Option<usize> {
+    let h = match (kind, mode) {
+        (Kind::Rtcp, _) => 8,
+        (Kind::Rtp, Mode::Aes256GcmRtpSize | Mode::XChaCha20Poly1305RtpSize) => {
+            return rtpsize_rtp_header(p)
+        }
+        (Kind::Rtp, _) => 12,
+    };
+    (h <= p.len()).then_some(h)
+}
+
+/// Checks that a plaintext RTP packet's CSRC list and header extension fit.
+fn rtp_plain_ok(p: &[u8]) -> bool {
+    let Some(&b0) = p.first() else { return false };
+    let mut h = 12 + 4 * usize::from(b0 & 0x0f);
+    if b0 & 0x10 != 0 {
+        let Some(words) = p.get(h + 2..h + 4) else {
+            return false;
+        };
+        h += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    h <= p.len()
+}
+
+fn counter_nonce<const N: usize>(counter: [u8; 4]) -> [u8; N] {
+    let mut n = [0; N];
+    n[..4].copy_from_slice(&counter);
+    n
+}
+
+fn tag_at(p: &[u8], at: usize) -> [u8; TAG_BYTES] {
+    let mut t = [0; TAG_BYTES];
+    t.copy_from_slice(&p[at..at + TAG_BYTES]);
+    t
+}
+
+/// Authenticates and decrypts `packet` (a whole datagram of `kind`) with
+/// `key`. On success the plaintext packet is `packet[..Opened::len]`. On
+/// failure the buffer's contents are unspecified but no state changes.
+pub fn open(key: &KeyState, kind: Kind, packet: &mut [u8]) -> Result<Opened, CryptoError> {
+    let len = packet.len();
+    let h = clear_header(key.mode, kind, packet).ok_or(CryptoError::Malformed)?;
+    let opened = match (key.mode, &key.cipher) {
+        (Mode::Aes256GcmRtpSize | Mode::XChaCha20Poly1305RtpSize, cipher) => {
+            let body = len
+                .checked_sub(h + TAG_BYTES + COUNTER_BYTES)
+                .ok_or(CryptoError::Malformed)?;
+            let counter: [u8; 4] = packet[len - 4..]
+                .try_into()
+                .map_err(|_| CryptoError::Malformed)?;
+            let tag = tag_at(packet, h + body);
+            let (aad, rest) = packet.split_at_mut(h);
+            let ct = &mut rest[..body];
+            match cipher {
+                Cipher::Aes(c) => c.open_in_place(&counter_nonce(counter), aad, ct, &tag)?,
+                Cipher::XChaCha(c) => c.open_in_place(&counter_nonce(counter), aad, ct, &tag)?,
+                Cipher::SecretBox(_) => return Err(CryptoError::Malformed),
+            }
+            Opened {
+                len: h + body,
+                replay: ReplayId::Counter(u32::from_be_bytes(counter)),
+            }
+        }
+        (mode, Cipher::SecretBox(sb)) => {
+            let (nonce, suffix, replay) = match mode {
+                Mode::XSalsa20Poly1305Lite => {
+                    let c: [u8; 4] = packet
+                        .get(len.saturating_sub(4)..)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(CryptoError::Malformed)?;
+                    (
+                        counter_nonce(c),
+                        COUNTER_BYTES,
+                        ReplayId::Counter(u32::from_be_bytes(c)),
+                    )
+                }
+                Mode::XSalsa20Poly1305Suffix => {
+                    let n: [u8; 24] = packet
+                        .get(len.saturating_sub(SUFFIX_NONCE_BYTES)..)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(CryptoError::Malformed)?;
+                    (n, SUFFIX_NONCE_BYTES, seq_replay(kind, packet))
+                }
+                _ => {
+                    let mut n = [0; 24];
+                    n[..h].copy_from_slice(&packet[..h]);
+                    (n, 0, seq_replay(kind, packet))
+                }
+            };
+            let body = len
+                .checked_sub(h + TAG_BYTES + suffix)
+                .ok_or(CryptoError::Malformed)?;
+            let mac = tag_at(packet, h);
+            let ct_at = h + TAG_BYTES;
+            sb.open_in_place(&nonce, &mut packet[ct_at..ct_at + body], &mac)?;
+            packet.copy_within(ct_at..ct_at + body, h);
+            Opened {
+                len: h + body,
+                replay,
+            }
+        }
+        _ => return Err(CryptoError::Malformed),
+    };
+    if kind == Kind::Rtp && !rtp_plain_ok(&packet[..opened.len]) {
+        return Err(CryptoError::Malformed);
+    }
+    Ok(opened)
+}
+
+fn seq_replay(kind: Kind, p: &[u8]) -> ReplayId {
+    match kind {
+        Kind::Rtp => ReplayId::Sequence(u16::from_be_bytes([p[2], p[3]])),
+        Kind::Rtcp => ReplayId::None,
+    }
+}
+
+/// Encrypts the plaintext packet `plain` of `kind` for a member using `key`
+/// and that member's outgoing `counter`, writing the datagram into `out`.
+/// Returns its length.
+pub fn seal(
+    key: &KeyState,
+    kind: Kind,
+    counter: u32,
+    plain: &[u8],
+    out: &mut [u8],
+) -> Result<usize, CryptoError> {
+    if kind == Kind::Rtp && !rtp_plain_ok(plain) {
+        return Err(CryptoError::Malformed);
+    }
+    let h = clear_header(key.mode, kind, plain).ok_or(CryptoError::Malformed)?;
+    let body = plain.len() - h;
+    let (head, src) = plain.split_at(h);
+    let ctr = counter.to_be_bytes();
+    match (key.mode, &key.cipher) {
+        (Mode::Aes256GcmRtpSize | Mode::XChaCha20Poly1305RtpSize, cipher) => {
+            let total = h + body + TAG_BYTES + COUNTER_BYTES;
+            let out = out.get_mut(..total).ok_or(CryptoError::BufferTooSmall)?;
+            out[..h].copy_from_slice(head);
+            let (dst, tail) = out[h..].split_at_mut(body);
+            let (tag, ctr_out) = tail.split_at_mut(TAG_BYTES);
+            let tag: &mut [u8; TAG_BYTES] =
+                tag.try_into().map_err(|_| CryptoError::BufferTooSmall)?;
+            match cipher {
+                Cipher::Aes(c) => c.seal(&counter_nonce(ctr), head, src, dst, tag)?,
+                Cipher::XChaCha(c) => c.seal(&counter_nonce(ctr), head, src, dst, tag)?,
+                Cipher::SecretBox(_) => return Err(CryptoError::Malformed),
+            }
+            ctr_out.copy_from_slice(&ctr);
+            Ok(total)
+        }
+        (mode, Cipher::SecretBox(sb)) => {
+            let mut nonce = [0u8; 24];
+            let suffix = match mode {
+                Mode::XSalsa20Poly1305Lite => {
+                    nonce[..4].copy_from_slice(&ctr);
+                    COUNTER_BYTES
+                }
+                Mode::XSalsa20Poly1305Suffix => {
+                    nonce[..20].copy_from_slice(&key.suffix_prefix);
+                    nonce[20..].copy_from_slice(&ctr);
+                    SUFFIX_NONCE_BYTES
+                }
+                _ => {
+                    nonce[..h].copy_from_slice(head);
+                    0
+                }
+            };
+            let total = h + TAG_BYTES + body + suffix;
+            let out = out.get_mut(..total).ok_or(CryptoError::BufferTooSmall)?;
+            out[..h].copy_from_slice(head);
+            let (mac, rest) = out[h..].split_at_mut(TAG_BYTES);
+            let (dst, suffix_out) = rest.split_at_mut(body);
+            let mac: &mut [u8; TAG_BYTES] =
+                mac.try_into().map_err(|_| CryptoError::BufferTooSmall)?;
+            sb.seal(&nonce, src, dst, mac)?;
+            match mode {
+                Mode::XSalsa20Poly1305Lite => suffix_out.copy_from_slice(&ctr),
+                Mode::XSalsa20Poly1305Suffix => suffix_out.copy_from_slice(&nonce),
+                _ => {}
+            }
+            Ok(total)
+        }
+        _ => Err(CryptoError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+
+    const KEY: [u8; 32] = [0x42; 32];
+
+    fn rtp(cc: u8, ext_words: Option<u16>, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![
+            0x80 | cc | if ext_words.is_some() { 0x10 } else { 0 },
+            0x78,
+            0x12,
+            0x34,
+        ];
+        p.extend_from_slice(&[0, 0, 0x03, 0xC0]); // timestamp
+        p.extend_from_slice(&0x1122_3344u32.to_be_bytes());
+        for i in 0..cc {
+            p.extend_from_slice(&[i; 4]);
+        }
+        if let Some(w) = ext_words {
+            p.extend_from_slice(&[0xBE, 0xDE]);
+            p.extend_from_slice(&w.to_be_bytes());
+            for i in 0..w {
+                p.extend_from_slice(&[0x10 + i as u8; 4]);
+            }
+        }
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Seals the way a client does, with the reference AES-GCM crate.
+    fn reference_seal(plain: &[u8], header: usize, counter: u32) -> Vec<u8> {
+        let c = aes_gcm::Aes256Gcm::new_from_slice(&KEY).unwrap();
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&counter.to_be_bytes());
+        let ct = c
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: &plain[header..],
+                    aad: &plain[..header],
+                },
+            )
+            .unwrap();
+        let mut out = plain[..header].to_vec();
+        out.extend_from_slice(&ct);
+        out.extend_from_slice(&counter.to_be_bytes());
+        out
+    }
+
+    fn reference_open(packet: &[u8], header: usize) -> Option<Vec<u8>> {
+        let c = aes_gcm::Aes256Gcm::new_from_slice(&KEY).unwrap();
+        let n = packet.len();
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&packet[n - 4..]);
+        let body = c
+            .decrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: &packet[header..n - 4],
+                    aad: &packet[..header],
+                },
+            )
+            .ok()?;
+        let mut out = packet[..header].to_vec();
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    #[test]
+    fn aes_gcm_interoperates_with_reference() {
+        let key = KeyState::new(Mode::Aes256GcmRtpSize, &KEY).unwrap();
+        for (cc, ext, header) in [
+            (0, None, 12),
+            (2, None, 20),
+            (0, Some(2), 16),
+            (3, Some(1), 28),
+        ] {
+            let plain = rtp(cc, ext, b"opus frame bytes");
+            // client → us
+            let mut wire = reference_seal(&plain, header, 0xFFFF_FFFE);
+            let opened = open(&key, Kind::Rtp, &mut wire).unwrap();
+            assert_eq!(&wire[..opened.len], &plain[..]);
+            assert_eq!(opened.replay, ReplayId::Counter(0xFFFF_FFFE));
+            // us → client
+            let mut out = [0u8; 256];
+            let n = seal(&key, Kind::Rtp, 9, &plain, &mut out).unwrap();
+            assert_eq!(n, plain.len() + 20);
+            assert_eq!(&out[..header], &plain[..header], "clear header length");
+            assert_eq!(&out[n - 4..n], &9u32.to_be_bytes());
+            assert_eq!(reference_open(&out[..n], header).unwrap(), plain);
+            // our own seal opens with our open
+            let opened = open(&key, Kind::Rtp, &mut out[..n]).unwrap();
+            assert_eq!(&out[..opened.len], &plain[..]);
+        }
+    }
+
+    #[test]
+    fn aes_gcm_rejects_forgeries() {
+        let key = KeyState::new(Mode::Aes256GcmRtpSize, &KEY).unwrap();
+        let other = KeyState::new(Mode::Aes256GcmRtpSize, &[1; 32]).unwrap();
+        let plain = rtp(1, Some(1), b"payload");
+        let wire = reference_seal(&plain, 20, 5);
+        assert_eq!(
+            open(&other, Kind::Rtp, &mut wire.clone()),
+            Err(CryptoError::Auth)
+        );
+        for flip in [0, 13, wire.len() - 10, wire.len() - 5, wire.len() - 1] {
+            let mut w = wire.clone();
+            w[flip] ^= 0x01;
+            assert!(open(&key, Kind::Rtp, &mut w).is_err(), "flip at {flip}");
+        }
+        let mut short = wire[..19].to_vec();
+        assert_eq!(
+            open(&key, Kind::Rtp, &mut short),
+            Err(CryptoError::Malformed)
+        );
+    }
+
+    #[test]
+    fn rtcp_clear_header_is_eight_bytes() {
+        let key = KeyState::new(Mode::Aes256GcmRtpSize, &KEY).unwrap();
+        let mut plain = vec![0x81, 201, 0, 7];
+        plain.extend_from_slice(&77u32.to_be_bytes());
+        plain.extend_from_slice(&[9; 24]);
+        let mut wire = reference_seal(&plain, 8, 3);
+        let opened = open(&key, Kind::Rtcp, &mut wire).unwrap();
+        assert_eq!(&wire[..opened.len], &plain[..]);
+        let mut out = [0u8; 128];
+        let n = seal(&key, Kind::Rtcp, 1, &plain, &mut out).unwrap();
+        assert_eq!(reference_open(&out[..n], 8).unwrap(), plain);
+    }
+
+    #[test]
+    fn every_mode_roundtrips_and_converts() {
+        let plain = rtp(2, Some(1), b"some opus payload");
+        for from in Mode::ALL {
+            for to in Mode::ALL {
+                let a = KeyState::new(from, &KEY).unwrap();
+                let b = KeyState::new(to, &[3; 32]).unwrap();
+                let mut wire = [0u8; 256];
+                let n = seal(&a, Kind::Rtp, 41, &plain, &mut wire).unwrap();
+                let opened = open(&a, Kind::Rtp, &mut wire[..n]).unwrap();
+                assert_eq!(&wire[..opened.len], &plain[..], "{from:?}");
+                let mut out = [0u8; 256];
+                let m = seal(&b, Kind::Rtp, 1, &wire[..opened.len], &mut out).unwrap();
+                let back = open(&b, Kind::Rtp, &mut out[..m]).unwrap();
+                assert_eq!(&out[..back.len], &plain[..], "{from:?} -> {to:?}");
+                let mut bad = out;
+                bad[m - 1] ^= 0x80;
+                bad[m / 2] ^= 0x80;
+                assert!(open(&b, Kind::Rtp, &mut bad[..m]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn replay_ids_per_mode() {
+        let plain = rtp(0, None, b"x");
+        let expect = [
+            (Mode::Aes256GcmRtpSize, ReplayId::Counter(77)),
+            (Mode::XChaCha20Poly1305RtpSize, ReplayId::Counter(77)),
+            (Mode::XSalsa20Poly1305Lite, ReplayId::Counter(77)),
+            (Mode::XSalsa20Poly1305Suffix, ReplayId::Sequence(0x1234)),
+            (Mode::XSalsa20Poly1305, ReplayId::Sequence(0x1234)),
+        ];
+        for (mode, id) in expect {
+            let k = KeyState::new(mode, &KEY).unwrap();
+            let mut wire = [0u8; 128];
+            let n = seal(&k, Kind::Rtp, 77, &plain, &mut wire).unwrap();
+            assert_eq!(open(&k, Kind::Rtp, &mut wire[..n]).unwrap().replay, id);
+        }
+    }
+
+    #[test]
+    fn seal_checks_output_room_and_extension_length() {
+        let k = KeyState::new(Mode::Aes256GcmRtpSize, &KEY).unwrap();
+        let plain = rtp(0, None, &[0; 100]);
+        let mut small = [0u8; 100];
+        assert_eq!(
+            seal(&k, Kind::Rtp, 0, &plain, &mut small),
+            Err(CryptoError::BufferTooSmall)
+        );
+        let mut lying = rtp(0, Some(1), b"");
+        lying[15] = 9; // claims 9 extension words, has 1
+        let mut out = [0u8; 128];
+        assert_eq!(
+            seal(&k, Kind::Rtp, 0, &lying, &mut out),
+            Err(CryptoError::Malformed)
+        );
+    }
+}
