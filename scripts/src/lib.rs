@@ -1,1 +1,71 @@
-//! scripts
+//! Client library for testing and loading the voice server: it plays
+//! Litecord (speaking LVSP to the control plane) and Discord voice clients
+//! (voice gateway websocket, UDP IP discovery, encrypted RTP).
+//!
+//! Used by the end-to-end tests and by the UDP load generator.
+//!
+//! # Layout
+//!
+//! - [`lvsp`]: [`LvspClient`] — HELLO / IDENTIFY / READY, CHANNEL_REQ →
+//!   CHANNEL_ASSIGN, VOICE_STATE_CREATE → VOICE_STATE_DONE, heartbeats,
+//!   RESUME, raw frames and close codes.
+//! - [`gateway`]: [`GatewayClient`] — voice gateway v4-v8: Identify →
+//!   Ready, Select Protocol → Session Description, Speaking, Heartbeat
+//!   (both shapes), events and close codes.
+//! - [`udp`]: [`VoiceUdp`] — IP discovery, keepalives, sending and
+//!   receiving encrypted Opus.
+//! - [`rtp`]: RTP header build / parse (CSRCs, extensions, padding).
+//! - [`crypto`]: the five transport encryption [`Mode`]s and [`Cipher`].
+//! - [`voice`]: [`VoiceClient::join`], the whole client handshake in one
+//!   call.
+//! - [`error`]: [`ClientError`] for the networked layer; pure layers have
+//!   [`PacketError`](rtp::PacketError) and [`CryptoError`](crypto::CryptoError).
+//!
+//! Message shapes and packet formats are plain functions (`encode`,
+//! `decode`, `discovery_request`, ...) that tests can use without sockets.
+//!
+//! # Use
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), scripts::ClientError> {
+//! use scripts::{LvspClient, Mode, VoiceClient};
+//!
+//! let (mut lvsp, _ready) = LvspClient::connect("ws://127.0.0.1:5001", "secret").await?;
+//! let assign = lvsp.channel_req("100", Some("200")).await?;
+//! let state = lvsp.voice_state_create("300", "100", Some("200")).await?;
+//!
+//! let mut voice = VoiceClient::join(
+//!     "ws://127.0.0.1:5002", 8,
+//!     "200", "300", &state.session_id, &assign.token,
+//!     Mode::AeadAes256GcmRtpsize,
+//! ).await?;
+//! voice.gateway.speaking(1).await?;
+//! voice.udp.send_opus(&[0xf8, 0xff, 0xfe]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Websockets use `ws://`; `wss://` needs a TLS feature of
+//! tokio-tungstenite enabled, with no change to this API.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod crypto;
+pub mod error;
+pub mod gateway;
+pub mod lvsp;
+pub mod rtp;
+pub mod udp;
+pub mod voice;
+pub mod ws;
+
+#[cfg(test)]
+mod testutil;
+
+pub use crypto::{Cipher, Mode};
+pub use error::ClientError;
+pub use gateway::{GatewayClient, GatewayEvent};
+pub use lvsp::{LvspClient, LvspEvent};
+pub use udp::{ReceivedPacket, VoiceUdp};
+pub use voice::VoiceClient;
+pub use ws::{Frame, HeartbeatTask, WsWriter};

@@ -19,13 +19,33 @@ pub(super) fn render(hub: &Hub) -> String {
     let metric = |out: &mut String, name: &str, help: &str, kind: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    metric(&mut out, "voice_health", "Server health in [0, 1].", "gauge");
+    metric(
+        &mut out,
+        "voice_health",
+        "Server health in [0, 1].",
+        "gauge",
+    );
     let _ = writeln!(out, "voice_health {}", hub.registry.health());
-    metric(&mut out, "voice_channels", "Voice channels assigned.", "gauge");
+    metric(
+        &mut out,
+        "voice_channels",
+        "Voice channels assigned.",
+        "gauge",
+    );
     let _ = writeln!(out, "voice_channels {}", hub.registry.channel_count());
-    metric(&mut out, "voice_states", "Voice states created over LVSP.", "gauge");
+    metric(
+        &mut out,
+        "voice_states",
+        "Voice states created over LVSP.",
+        "gauge",
+    );
     let _ = writeln!(out, "voice_states {}", hub.registry.voice_state_count());
-    metric(&mut out, "voice_sessions", "Identified gateway sessions.", "gauge");
+    metric(
+        &mut out,
+        "voice_sessions",
+        "Identified gateway sessions.",
+        "gauge",
+    );
     let _ = writeln!(out, "voice_sessions {}", hub.registry.session_count());
     metric(
         &mut out,
@@ -47,9 +67,15 @@ pub(super) fn render(hub: &Hub) -> String {
             (|s| s.packets_in) as fn(&shared::CoreStats) -> u64,
         ),
         ("voice_bytes_in_total", "Bytes received.", |s| s.bytes_in),
-        ("voice_packets_out_total", "Datagrams sent.", |s| s.packets_out),
+        ("voice_packets_out_total", "Datagrams sent.", |s| {
+            s.packets_out
+        }),
         ("voice_bytes_out_total", "Bytes sent.", |s| s.bytes_out),
-        ("voice_busy_nanoseconds_total", "Nanoseconds cores spent handling packets.", |s| s.busy_ns),
+        (
+            "voice_busy_nanoseconds_total",
+            "Nanoseconds cores spent handling packets.",
+            |s| s.busy_ns,
+        ),
     ] {
         metric(&mut out, name, help, "counter");
         for core in 0..cores {
@@ -79,7 +105,11 @@ pub(super) fn render(hub: &Hub) -> String {
     out
 }
 
-pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -109,11 +139,9 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
                 break match (req.method, req.path) {
-                    (Some("GET"), Some("/metrics")) => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        render(&shared.hub()),
-                    ),
+                    (Some("GET"), Some("/metrics")) => {
+                        ("200 OK", "text/plain; version=0.0.4", render(&shared.hub()))
+                    }
                     (Some("GET"), Some("/health")) => (
                         "200 OK",
                         "application/json",

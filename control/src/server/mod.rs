@@ -249,7 +249,8 @@ impl Server {
             stop_rx.clone(),
             Kind::Gateway,
         ));
-        let metrics = metrics.map(|l| tokio::spawn(metrics::serve(l, shared.clone(), stop_rx.clone())));
+        let metrics =
+            metrics.map(|l| tokio::spawn(metrics::serve(l, shared.clone(), stop_rx.clone())));
         let poller = {
             let shared = shared.clone();
             let mut stop = stop_rx.clone();
