@@ -117,9 +117,9 @@ async fn call(server: &ServerProcess) {
 
     // Speaking reaches the others with the sender's user id and SSRC.
     clients[0].gateway.speaking(1).await.expect("speaking");
-    for other in 1..4 {
+    for other in &mut clients[1..] {
         loop {
-            match clients[other]
+            match other
                 .gateway
                 .next_event_timeout(Duration::from_secs(5))
                 .await
