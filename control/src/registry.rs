@@ -265,17 +265,31 @@ impl Registry {
         let Some(ch) = self.channels.remove(channel_id) else {
             return;
         };
-        for session_id in &ch.members {
-            if let Some(state) = self.states.remove(session_id) {
-                self.by_user
-                    .remove(&(state.channel_id.clone(), state.user_id.clone()));
-                self.release(ch.core, &state, false);
-            }
-        }
+        // The data plane forgets the channel before anyone is told: a member
+        // closed with 4014 can no longer send into the call.
         self.effects.push_back(Effect::Dataplane {
             core: ch.core,
             command: Command::RemoveChannel { channel: ch.num },
         });
+        for session_id in &ch.members {
+            let Some(state) = self.states.remove(session_id) else {
+                continue;
+            };
+            self.by_user.remove(&(state.channel_id, state.user_id));
+            if let Some(ssrc) = state.ssrc {
+                self.ssrcs.remove(&ssrc);
+                self.load[ch.core as usize] = self.load[ch.core as usize].saturating_sub(1);
+            }
+            if let Some(conn) = state.conn {
+                self.effects.push_back(Effect::Gateway {
+                    conn,
+                    push: Push::Close {
+                        code: 4014,
+                        reason: "disconnected",
+                    },
+                });
+            }
+        }
     }
 
     /// VOICE_STATE_CREATE: returns the session id (the same one on repeats).
@@ -326,12 +340,13 @@ impl Registry {
         if let Some(ch) = self.channels.get_mut(channel_id) {
             ch.members.remove(&sid);
             let core = ch.core;
-            self.release(core, &state, true);
+            self.release(core, &state);
         }
     }
 
-    /// Frees a removed state's SSRC and session; closes its gateway.
-    fn release(&mut self, core: u32, state: &VoiceState, announce: bool) {
+    /// Frees a removed state's SSRC and session, closes its gateway and
+    /// tells the other members it left.
+    fn release(&mut self, core: u32, state: &VoiceState) {
         if let Some(ssrc) = state.ssrc {
             self.ssrcs.remove(&ssrc);
             self.load[core as usize] = self.load[core as usize].saturating_sub(1);
@@ -348,11 +363,9 @@ impl Registry {
                     reason: "disconnected",
                 },
             });
-            if announce {
-                self.broadcast(&state.channel_id, conn, |_| Push::ClientDisconnect {
-                    user_id: state.user_id.clone(),
-                });
-            }
+            self.broadcast(&state.channel_id, conn, |_| Push::ClientDisconnect {
+                user_id: state.user_id.clone(),
+            });
         }
     }
 
@@ -656,6 +669,14 @@ mod tests {
         }));
         r.channel_destroy("100");
         let e = effects(&mut r);
+        assert_eq!(
+            e[0],
+            Effect::Dataplane {
+                core: 0,
+                command: Command::RemoveChannel { channel: 1 }
+            },
+            "the data plane forgets the channel before members are closed"
+        );
         for conn in [10, 11] {
             assert!(e.contains(&Effect::Gateway {
                 conn,

@@ -240,6 +240,13 @@ async fn bad_input(
         other => panic!("expected close 4004, got {other:?}"),
     }
 
+    // Every client's first IP discovery was answered: the core applies
+    // pending commands before judging a datagram.
+    assert_eq!(
+        server.metric_sum("voice_drops_total", "reason=\"discovery_unknown\""),
+        0.0
+    );
+
     // Garbage and an RTP packet with an SSRC nobody was given.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     udp.connect(server.udp).await.unwrap();

@@ -143,22 +143,18 @@ async fn run_core(
     let forwarder = Rc::new(RefCell::new(Forwarder::new(core)));
     tracing::info!(core, "core running");
 
-    let receive = glommio::spawn_local(receive_loop(socket.clone(), forwarder.clone()));
+    let commands = Rc::new(RefCell::new(commands));
+    let receive = glommio::spawn_local(receive_loop(
+        socket.clone(),
+        forwarder.clone(),
+        commands.clone(),
+    ));
 
     let mut next_stats = Instant::now() + config.stats_interval;
     loop {
         {
             let mut f = forwarder.borrow_mut();
-            while let Some(command) = commands.pop() {
-                match command {
-                    Ok(command) => {
-                        if let Err(e) = f.apply(command) {
-                            tracing::warn!(core, error = %e, "command not applied");
-                        }
-                    }
-                    Err(e) => tracing::warn!(core, error = %e, "corrupt command slot skipped"),
-                }
-            }
+            apply_commands(&mut f, &mut commands.borrow_mut());
             let now = Instant::now();
             if now >= next_stats {
                 next_stats = now + config.stats_interval;
@@ -192,7 +188,25 @@ async fn run_core(
     tracing::info!(core, "core stopped");
 }
 
-async fn receive_loop(socket: Rc<glommio::net::UdpSocket>, forwarder: Rc<RefCell<Forwarder>>) {
+/// Applies every command waiting in the ring.
+fn apply_commands(f: &mut Forwarder, commands: &mut Consumer<Command>) {
+    while let Some(command) = commands.pop() {
+        match command {
+            Ok(command) => {
+                if let Err(e) = f.apply(command) {
+                    tracing::warn!(core = f.core(), error = %e, "command not applied");
+                }
+            }
+            Err(e) => tracing::warn!(core = f.core(), error = %e, "corrupt command slot skipped"),
+        }
+    }
+}
+
+async fn receive_loop(
+    socket: Rc<glommio::net::UdpSocket>,
+    forwarder: Rc<RefCell<Forwarder>>,
+    commands: Rc<RefCell<Consumer<Command>>>,
+) {
     // One byte more than a slot, so an oversized datagram is seen as such.
     let mut buf = vec![0u8; SLOT_BYTES + 1];
     let mut out = Outbox::with_capacity(16);
@@ -210,7 +224,15 @@ async fn receive_loop(socket: Rc<glommio::net::UdpSocket>, forwarder: Rc<RefCell
         };
         let start = Instant::now();
         out.clear();
-        forwarder.borrow_mut().handle(from, &mut buf[..n], &mut out);
+        {
+            let mut f = forwarder.borrow_mut();
+            // Commands first (one atomic load when the ring is empty): a
+            // client that just got Ready or Session Description is known to
+            // the core before its first datagram is judged, without waiting
+            // for the next tick.
+            apply_commands(&mut f, &mut commands.borrow_mut());
+            f.handle(from, &mut buf[..n], &mut out);
+        }
         let mut next = 0;
         while next < out.len() {
             // Fast path: one sendmmsg for the whole fan-out, no waiting.
