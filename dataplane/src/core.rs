@@ -134,7 +134,7 @@ fn stop_requested(parent: u32) -> bool {
 async fn run_core(
     core: u32,
     socket: UdpSocket,
-    mut commands: Consumer<Command>,
+    commands: Consumer<Command>,
     mut events: Producer<Event>,
     config: CoreConfig,
     parent: u32,
