@@ -7,8 +7,11 @@ use std::time::Duration;
 /// How the data plane runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataplaneMode {
-    /// Control starts this binary as a child and stops it on shutdown.
-    /// Default: the `dataplane` binary next to the running executable.
+    /// Default: control starts its own executable as `<exe> dataplane ...`
+    /// (the `control` binary carries the data plane) and stops it on
+    /// shutdown. Only meaningful when the running executable is `control`.
+    Embedded,
+    /// Control starts this `dataplane` binary as its child.
     Spawn(PathBuf),
     /// The operator runs the dataplane; control only creates the region
     /// and waits for it to attach.
@@ -35,7 +38,8 @@ pub struct Config {
     pub secret: String,
     /// Data-plane cores (executors). Default: all available CPUs.
     pub cores: u32,
-    /// How the data plane runs. Default: spawned.
+    /// How the data plane runs. Default: embedded (a child process running
+    /// this executable's `dataplane` subcommand).
     pub dataplane: DataplaneMode,
     /// Shared-memory file. Default `/dev/shm/voice-<pid>`.
     pub shm_path: PathBuf,
@@ -61,10 +65,6 @@ impl Config {
     /// The embedded defaults: everything on loopback, a fresh secret.
     pub fn new() -> Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(PathBuf::from))
-            .unwrap_or_default();
         Config {
             lvsp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5470)),
             gateway_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5480)),
@@ -73,7 +73,7 @@ impl Config {
             public_ip: Ipv4Addr::LOCALHOST,
             secret: hex::encode(rand::random::<[u8; 16]>()),
             cores,
-            dataplane: DataplaneMode::Spawn(exe_dir.join("dataplane")),
+            dataplane: DataplaneMode::Embedded,
             shm_path: PathBuf::from(format!("/dev/shm/voice-{}", std::process::id())),
             lvsp_heartbeat: Duration::from_millis(10_000),
             gateway_heartbeat: Duration::from_millis(13_750),

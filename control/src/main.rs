@@ -1,8 +1,11 @@
 //! `control`: runs the voice server (LVSP + voice gateway) and, unless told
-//! otherwise, the dataplane as a child process.
+//! otherwise, the data plane as a child process: itself, re-executed as
+//! `control dataplane --shm <path> --bind <addr>` (the same entry point as
+//! the standalone `dataplane` binary).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -38,7 +41,8 @@ struct Args {
     /// Data-plane cores (default: all CPUs).
     #[arg(long)]
     cores: Option<u32>,
-    /// The dataplane binary (default: `dataplane` next to this one).
+    /// Run this `dataplane` binary as the child instead of this executable's
+    /// own `dataplane` subcommand.
     #[arg(long)]
     dataplane_bin: Option<PathBuf>,
     /// Do not spawn the dataplane: wait for one started by hand.
@@ -88,8 +92,31 @@ impl Args {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    // `control dataplane ...`: the child control starts for the data plane.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "dataplane") {
+        return dataplane::cli::main(std::env::args_os().skip(1));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("control: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -17,6 +17,8 @@
 //!   function over bytes and a session table, writing into an
 //!   [`forward::Outbox`].
 //! - [`core`]: the glommio glue (receive loop, command/event ring tick).
+//! - [`cli`]: the command line (shared by the `dataplane` binary and
+//!   `control dataplane`).
 //! - [`sys`]: the only `unsafe` code: sockets and BPF, libsodium, rlimits,
 //!   signals.
 //!
@@ -45,6 +47,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod core;
 pub mod crypto;
 pub mod forward;

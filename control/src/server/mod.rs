@@ -128,18 +128,31 @@ impl Server {
         config.validate()?;
         let region = Region::create(&config.shm_path, RegionConfig::new(config.cores))?;
         let (link, events) = link::attach(&region)?;
-        let mut child = match &config.dataplane {
-            DataplaneMode::Spawn(bin) => Some(
-                tokio::process::Command::new(bin)
+        let program = match &config.dataplane {
+            DataplaneMode::Embedded => {
+                let exe = std::env::current_exe().map_err(|e| {
+                    ServerError::Dataplane(format!("locating this executable: {e}"))
+                })?;
+                Some((exe, Some("dataplane")))
+            }
+            DataplaneMode::Spawn(bin) => Some((bin.clone(), None)),
+            DataplaneMode::External => None,
+        };
+        let mut child = match program {
+            Some((program, subcommand)) => Some(
+                tokio::process::Command::new(&program)
+                    .args(subcommand)
                     .arg("--shm")
                     .arg(&config.shm_path)
                     .arg("--bind")
                     .arg(config.udp_bind.to_string())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|e| ServerError::Dataplane(format!("spawn {}: {e}", bin.display())))?,
+                    .map_err(|e| {
+                        ServerError::Dataplane(format!("spawn {}: {e}", program.display()))
+                    })?,
             ),
-            DataplaneMode::External => {
+            None => {
                 tracing::info!(
                     "waiting for an external dataplane: dataplane --shm {} --bind {}",
                     config.shm_path.display(),

@@ -1,4 +1,5 @@
-//! Runs the real `control` binary (which spawns the real `dataplane`) on
+//! Runs the real `control` binary (which starts the data plane as its child
+//! process) on
 //! random loopback ports and reads what it prints.
 
 #![allow(dead_code)]
@@ -6,7 +7,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -24,19 +24,6 @@ pub struct ServerProcess {
     pub udp: SocketAddr,
     /// `127.0.0.1:port` of the metrics endpoint.
     pub metrics: String,
-}
-
-/// The dataplane binary next to the control binary (both built by
-/// `cargo test --workspace`).
-fn dataplane_bin() -> PathBuf {
-    let control = PathBuf::from(env!("CARGO_BIN_EXE_control"));
-    let bin = control.with_file_name("dataplane");
-    assert!(
-        bin.is_file(),
-        "{} missing: run the tests with `cargo test --workspace`",
-        bin.display()
-    );
-    bin
 }
 
 impl ServerProcess {
@@ -64,8 +51,6 @@ impl ServerProcess {
                 "--secret",
                 "e2e-secret",
             ])
-            .arg("--dataplane-bin")
-            .arg(dataplane_bin())
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

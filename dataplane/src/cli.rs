@@ -1,0 +1,112 @@
+//! The dataplane's command line: parsing, start-up and the run.
+//!
+//! `dataplane --shm <PATH> --bind <IP:PORT> [--stats-interval-ms 250]`
+//! attaches the shared-memory region control created, binds one UDP socket
+//! per core (the region's core count), publishes the bound port, and runs
+//! until SIGTERM/SIGINT or until the parent process exits. The `dataplane`
+//! binary and `control dataplane ...` (how control starts its child) both
+//! call [`main`].
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::core::{self, CoreConfig};
+use crate::sys;
+use anyhow::Context;
+use clap::Parser;
+use shared::Region;
+
+/// Locked memory asked for (io_uring rings and registered buffers).
+const MEMLOCK_WANTED: u64 = 256 << 20;
+/// Locked memory one core needs with the default [`CoreConfig`] (1 MiB of
+/// registered buffers plus three small rings), with headroom.
+const MEMLOCK_PER_CORE: u64 = 3 << 20;
+
+#[derive(Debug, Parser)]
+#[command(name = "dataplane", about = "glommio thread-per-core RTP forwarder")]
+struct Args {
+    /// The shared-memory region created by control.
+    #[arg(long)]
+    shm: PathBuf,
+    /// UDP address to bind (port 0 picks one and publishes it).
+    #[arg(long)]
+    bind: SocketAddr,
+    /// Interval between statistics reports, milliseconds.
+    #[arg(long, default_value_t = 250)]
+    stats_interval_ms: u64,
+}
+
+/// Parses `args` (the first one is the program name), runs the data plane
+/// until shutdown, and returns the process exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("dataplane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.stats_interval_ms == 0 {
+        anyhow::bail!("--stats-interval-ms must be at least 1");
+    }
+    sys::install_shutdown_signals().context("installing signal handlers")?;
+    sys::sodium::init().context("initialising libsodium")?;
+    if !sys::sodium::aes256gcm_available() {
+        tracing::warn!(
+            "AES-256-GCM unavailable on this CPU: aead_aes256_gcm_rtpsize sessions will be refused"
+        );
+    }
+    let region = Region::attach(&args.shm)
+        .with_context(|| format!("cannot attach shared memory region {}", args.shm.display()))?;
+    let cores = region.config().cores;
+    let needed = MEMLOCK_PER_CORE * u64::from(cores);
+    match sys::raise_memlock(MEMLOCK_WANTED) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "RLIMIT_MEMLOCK is low and could not be raised; glommio may fail to start \
+             (run privileged or raise `ulimit -l`)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "RLIMIT_MEMLOCK"),
+        Err(e) => tracing::warn!(error = %e, "reading RLIMIT_MEMLOCK failed"),
+    }
+    let sockets = sys::socket::bind_group(args.bind, cores)
+        .with_context(|| format!("binding {cores} UDP sockets to {}", args.bind))?;
+    let local = sockets[0]
+        .local_addr()
+        .context("reading the bound address")?;
+    region.publish_udp_port(local.port());
+    tracing::info!(%local, cores, "sockets bound, port published");
+    let config = CoreConfig {
+        stats_interval: Duration::from_millis(args.stats_interval_ms),
+        ..CoreConfig::default()
+    };
+    core::run(&region, sockets, &config)?;
+    tracing::info!("dataplane stopped");
+    Ok(())
+}
