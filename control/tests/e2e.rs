@@ -50,8 +50,13 @@ async fn a_call_through_control_rings_and_dataplane() {
     tokio::time::timeout(Duration::from_secs(120), call(&server))
         .await
         .expect("the call finished in time");
+    let (udp, shm) = (server.udp, server.shm.clone());
     let status = server.stop();
     assert!(status.success(), "control exited with {status}");
+    // Both processes are gone: the region is removed and the data plane's
+    // UDP port is free again.
+    assert!(!shm.exists(), "{} left behind", shm.display());
+    std::net::UdpSocket::bind(udp).expect("the data plane released its port");
 }
 
 async fn call(server: &ServerProcess) {

@@ -24,6 +24,8 @@ pub struct ServerProcess {
     pub udp: SocketAddr,
     /// `127.0.0.1:port` of the metrics endpoint.
     pub metrics: String,
+    /// The shared-memory file.
+    pub shm: std::path::PathBuf,
 }
 
 impl ServerProcess {
@@ -90,6 +92,7 @@ impl ServerProcess {
                 .trim_start_matches("http://")
                 .trim_end_matches("/metrics")
                 .to_owned(),
+            shm: fields["shm"].clone().into(),
         }
     }
 
@@ -132,23 +135,35 @@ impl ServerProcess {
 
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate().expect("control did not stop within 15 s")
+    }
+
+    /// SIGTERM and up to 15 s for the exit.
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal control");
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait control") {
-                return status;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
-            assert!(std::time::Instant::now() < deadline, "control did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
+        None
     }
 }
 
 impl Drop for ServerProcess {
+    /// A failed test still stops both processes cleanly when it can, so
+    /// no region or port is left behind.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            if self.terminate().is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let _ = std::fs::remove_file(&self.shm);
+            }
+        }
     }
 }
 
