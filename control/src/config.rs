@@ -18,6 +18,28 @@ pub enum DataplaneMode {
     External,
 }
 
+/// TLS for the websocket listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain `ws://` (only behind a TLS-terminating proxy, or in tests).
+    Off,
+    /// A certificate chain and private key, both PEM files.
+    Files {
+        /// Certificate chain (PEM).
+        cert: PathBuf,
+        /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// Default: a self-signed certificate generated at start-up for
+    /// `names`, its PEM written to `cert_out` for clients to trust.
+    SelfSigned {
+        /// Where the certificate is written.
+        cert_out: PathBuf,
+        /// Subject alternative names (DNS names or IP literals).
+        names: Vec<String>,
+    },
+}
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,6 +56,11 @@ pub struct Config {
     /// Default: the UDP bind address when it is IPv4 and not unspecified,
     /// else 127.0.0.1.
     pub public_ip: Ipv4Addr,
+    /// TLS of the LVSP listener. Default: self-signed.
+    pub lvsp_tls: Tls,
+    /// TLS of the voice gateway listener. Default: self-signed (the same
+    /// certificate as LVSP).
+    pub gateway_tls: Tls,
     /// Secret shared with Litecord. Default: 32 random hex digits, printed.
     pub secret: String,
     /// Data-plane cores (executors). Default: all available CPUs.
@@ -65,7 +92,15 @@ impl Config {
     /// The embedded defaults: everything on loopback, a fresh secret.
     pub fn new() -> Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let self_signed = Tls::SelfSigned {
+            cert_out: std::env::temp_dir()
+                .join(format!("voice-server-{}", std::process::id()))
+                .join("cert.pem"),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+        };
         Config {
+            lvsp_tls: self_signed.clone(),
+            gateway_tls: self_signed,
             lvsp_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5470)),
             gateway_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5480)),
             metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5491))),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use control::config::{Config, DataplaneMode};
+use control::config::{Config, DataplaneMode, Tls};
 use control::server::Server;
 
 /// Voice server control plane. Every flag has an embedded default: with none
@@ -45,6 +45,27 @@ struct Args {
     /// own `dataplane` subcommand.
     #[arg(long)]
     dataplane_bin: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for both listeners; with --tls-key.
+    /// Default: a generated self-signed certificate (printed as `cert:`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Where the generated self-signed certificate is written.
+    #[arg(long)]
+    self_signed_cert: Option<PathBuf>,
+    /// Extra names (DNS or IP) for the self-signed certificate, besides
+    /// localhost, 127.0.0.1 and the public IP.
+    #[arg(long)]
+    self_signed_name: Vec<String>,
+    /// Serve LVSP as plain ws:// (behind a TLS-terminating proxy only).
+    #[arg(long)]
+    lvsp_plain: bool,
+    /// Serve the voice gateway as plain ws:// (behind a TLS-terminating
+    /// proxy only).
+    #[arg(long)]
+    gateway_plain: bool,
     /// Do not spawn the dataplane: wait for one started by hand.
     #[arg(long)]
     external_dataplane: bool,
@@ -72,6 +93,29 @@ impl Args {
         c.public_ip = self
             .public_ip
             .unwrap_or_else(|| Config::public_ip_for(self.udp_bind));
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Tls::Files { cert, key },
+            _ => {
+                let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+                let public = c.public_ip.to_string();
+                if !names.contains(&public) {
+                    names.push(public);
+                }
+                names.extend(self.self_signed_name);
+                let cert_out = match (self.self_signed_cert, &c.lvsp_tls) {
+                    (Some(p), _) => p,
+                    (None, Tls::SelfSigned { cert_out, .. }) => cert_out.clone(),
+                    (None, _) => std::env::temp_dir().join("voice-server-cert.pem"),
+                };
+                Tls::SelfSigned { cert_out, names }
+            }
+        };
+        c.lvsp_tls = if self.lvsp_plain {
+            Tls::Off
+        } else {
+            tls.clone()
+        };
+        c.gateway_tls = if self.gateway_plain { Tls::Off } else { tls };
         if let Some(s) = self.secret {
             c.secret = s;
         }
@@ -130,9 +174,12 @@ async fn serve() -> anyhow::Result<()> {
         .context("starting the voice server")?;
     // Machine-readable "key: value" lines on stdout (the tests parse them).
     println!("voice server ready");
-    println!("lvsp: ws://{}", server.lvsp_addr);
+    println!("lvsp: {}", server.lvsp_url());
     println!("secret: {secret}");
-    println!("gateway: ws://{}/?v=8", server.gateway_addr);
+    println!("gateway: {}/?v=8", server.gateway_url());
+    if let Some(cert) = &server.self_signed_cert {
+        println!("cert: {}", cert.display());
+    }
     println!("udp: {}", server.udp_addr);
     if let Some(m) = server.metrics_addr {
         println!("metrics: http://{m}/metrics");

@@ -47,6 +47,13 @@ async fn receive(client: &mut VoiceClient, expected: usize) -> Vec<(u32, Vec<u8>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_through_control_rings_and_dataplane() {
     let server = ServerProcess::start(2, &[]);
+    // The defaults: TLS on both websockets with the generated certificate.
+    assert!(server.lvsp_url.starts_with("wss://"), "{}", server.lvsp_url);
+    assert!(
+        server.gateway_url.starts_with("wss://"),
+        "{}",
+        server.gateway_url
+    );
     tokio::time::timeout(Duration::from_secs(120), call(&server))
         .await
         .expect("the call finished in time");

@@ -68,4 +68,4 @@ pub use gateway::{GatewayClient, GatewayEvent};
 pub use lvsp::{LvspClient, LvspEvent};
 pub use udp::{ReceivedPacket, VoiceUdp};
 pub use voice::VoiceClient;
-pub use ws::{Frame, HeartbeatTask, WsWriter};
+pub use ws::{trust_certificate_file, Frame, HeartbeatTask, WsWriter};

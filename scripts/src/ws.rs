@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::error::Result;
+use crate::error::{ClientError, Result};
 
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -60,6 +62,38 @@ impl WsWriter {
     }
 }
 
+/// Certificates trusted for `wss://`, added by [`trust_certificate_file`].
+static TRUSTED: std::sync::Mutex<Vec<CertificateDer<'static>>> = std::sync::Mutex::new(Vec::new());
+
+/// Trusts the PEM certificate(s) in `path` for every later `wss://`
+/// connection of this process (e.g. the server's self-signed certificate).
+pub fn trust_certificate_file(path: impl AsRef<std::path::Path>) -> Result<()> {
+    let certs = CertificateDer::pem_file_iter(path.as_ref())
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| ClientError::Protocol(format!("{}: {e}", path.as_ref().display())))?;
+    TRUSTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(certs);
+    Ok(())
+}
+
+fn tls_connector() -> Result<Connector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in TRUSTED.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        roots
+            .add(cert.clone())
+            .map_err(|e| ClientError::Protocol(format!("trusted certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Protocol(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Connector::Rustls(Arc::new(config)))
+}
+
 /// Both halves of a client websocket.
 #[derive(Debug)]
 pub(crate) struct WsConn {
@@ -69,10 +103,12 @@ pub(crate) struct WsConn {
 }
 
 impl WsConn {
-    /// Connects to `url` (`ws://`; `wss://` once a TLS feature of
-    /// tokio-tungstenite is enabled).
+    /// Connects to `url`: `ws://`, or `wss://` trusting the certificates
+    /// given to [`trust_certificate_file`].
     pub(crate) async fn connect(url: &str) -> Result<Self> {
-        let (stream, _response) = tokio_tungstenite::connect_async(url).await?;
+        let connector = url.starts_with("wss://").then(tls_connector).transpose()?;
+        let (stream, _response) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await?;
         let (sink, reader) = stream.split();
         Ok(WsConn {
             writer: WsWriter(Arc::new(Mutex::new(sink))),

@@ -11,20 +11,23 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use shared::{Event, Region, RegionConfig, RegionError};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{Config, DataplaneMode};
+use crate::config::{Config, DataplaneMode, Tls};
 use crate::link::{self, Events, Link, Load};
 use crate::registry::{ConnId, Effect, Push, Registry};
 use crate::{gateway, lvsp, Output};
 
 mod metrics;
+pub mod tls;
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The dataplane failed to start or died.
     #[error("dataplane: {0}")]
     Dataplane(String),
@@ -98,7 +104,6 @@ impl Shared {
 }
 
 /// A started server: listeners bound, dataplane up.
-#[derive(Debug)]
 pub struct Server {
     /// Where LVSP listens.
     pub lvsp_addr: SocketAddr,
@@ -108,6 +113,10 @@ pub struct Server {
     pub udp_addr: SocketAddr,
     /// Where `/metrics` and `/health` are served, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// The generated self-signed certificate clients should trust, if any.
+    pub self_signed_cert: Option<PathBuf>,
+    lvsp_tls: Option<TlsAcceptor>,
+    gateway_tls: Option<TlsAcceptor>,
     /// Data-plane cores.
     pub cores: u32,
     /// The shared-memory file.
@@ -121,11 +130,34 @@ pub struct Server {
     metrics: Option<TcpListener>,
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("lvsp", &self.lvsp_url())
+            .field("gateway", &self.gateway_url())
+            .field("udp", &self.udp_addr)
+            .field("cores", &self.cores)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
     /// Creates the region, starts (or waits for) the dataplane and binds the
     /// listeners.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        let lvsp_tls = tls::acceptor(&config.lvsp_tls)?;
+        // One generated certificate serves both listeners.
+        let gateway_tls = match (&config.lvsp_tls, &config.gateway_tls) {
+            (a, b) if a == b => lvsp_tls.clone(),
+            (_, b) => tls::acceptor(b)?,
+        };
+        let self_signed_cert = [&config.lvsp_tls, &config.gateway_tls]
+            .into_iter()
+            .find_map(|t| match t {
+                Tls::SelfSigned { cert_out, .. } => Some(cert_out.clone()),
+                _ => None,
+            });
         let region = Region::create(&config.shm_path, RegionConfig::new(config.cores))?;
         let (link, events) = link::attach(&region)?;
         let program = match &config.dataplane {
@@ -224,6 +256,9 @@ impl Server {
             gateway_addr: local(&gateway_listener, config.gateway_listen),
             udp_addr,
             metrics_addr: metrics.as_ref().and_then(|l| l.local_addr().ok()),
+            self_signed_cert,
+            lvsp_tls,
+            gateway_tls,
             cores: config.cores,
             shm_path: config.shm_path.clone(),
             shared,
@@ -247,17 +282,22 @@ impl Server {
             lvsp,
             gateway,
             metrics,
+            lvsp_tls,
+            gateway_tls,
+            self_signed_cert,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept_lvsp = tokio::spawn(accept_loop(
             lvsp,
+            lvsp_tls,
             shared.clone(),
             stop_rx.clone(),
             Kind::Lvsp,
         ));
         let accept_gw = tokio::spawn(accept_loop(
             gateway,
+            gateway_tls,
             shared.clone(),
             stop_rx.clone(),
             Kind::Gateway,
@@ -302,13 +342,34 @@ impl Server {
         let closes = shared.hub().closes.clone();
         tracing::info!(?closes, "stopped");
         drop(region);
+        if let Some(cert) = self_signed_cert {
+            // Generated per run; it is worthless once the key is gone.
+            let _ = std::fs::remove_file(&cert);
+            if let Some(dir) = cert.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
         result
+    }
+
+    /// `ws://` or `wss://` and the LVSP address.
+    pub fn lvsp_url(&self) -> String {
+        url(self.lvsp_tls.is_some(), self.lvsp_addr)
+    }
+
+    /// `ws://` or `wss://` and the gateway address.
+    pub fn gateway_url(&self) -> String {
+        url(self.gateway_tls.is_some(), self.gateway_addr)
     }
 
     /// Close codes sent so far, by protocol.
     pub fn close_counts(&self) -> CloseCounts {
         self.shared.hub().closes.clone()
     }
+}
+
+fn url(tls: bool, addr: SocketAddr) -> String {
+    format!("{}://{addr}", if tls { "wss" } else { "ws" })
 }
 
 /// SIGTERM, then SIGKILL if it lingers.
@@ -352,6 +413,7 @@ enum Kind {
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     kind: Kind,
@@ -361,7 +423,23 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(stream, peer, shared.clone(), stop.clone(), kind));
+                    let (shared, stop, tls) = (shared.clone(), stop.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        match tls {
+                            None => connection(stream, peer, shared, stop, kind).await,
+                            Some(tls) => {
+                                let accepted =
+                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+                                match accepted {
+                                    Ok(Ok(stream)) => {
+                                        connection(stream, peer, shared, stop, kind).await
+                                    }
+                                    Ok(Err(e)) => tracing::debug!(%peer, %e, "TLS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            }
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(%e, "accept failed");
@@ -431,8 +509,11 @@ impl Machine for gateway::Connection {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// How long a client may take over the TLS or websocket handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -447,7 +528,7 @@ async fn connection(
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.ws));
-    let ws = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, %e, "websocket handshake failed");
@@ -485,8 +566,8 @@ async fn connection(
 }
 
 /// Runs one websocket until either side closes, feeding the state machine.
-async fn drive<M: Machine>(
-    mut ws: WebSocketStream<TcpStream>,
+async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
     mut machine: M,
     shared: &Shared,
     mut pushes: Option<mpsc::UnboundedReceiver<Push>>,
@@ -542,7 +623,11 @@ async fn drive<M: Machine>(
     shared.with(|r| machine.on_closed(r));
 }
 
-async fn send_close(ws: &mut WebSocketStream<TcpStream>, code: u16, reason: String) {
+async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    code: u16,
+    reason: String,
+) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),

@@ -81,6 +81,9 @@ impl ServerProcess {
                 fields.insert(k.to_owned(), v.to_owned());
             }
         }
+        if let Some(cert) = fields.get("cert") {
+            scripts::trust_certificate_file(cert).expect("trust the server's certificate");
+        }
         let gateway = fields["gateway"].trim_end_matches("/?v=8").to_owned();
         ServerProcess {
             child,
