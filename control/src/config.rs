@@ -4,6 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::lvsp;
+
 /// How the data plane runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataplaneMode {
@@ -70,8 +72,18 @@ pub struct Config {
     pub dataplane: DataplaneMode,
     /// Shared-memory file. Default `/dev/shm/voice-<pid>`.
     pub shm_path: PathBuf,
-    /// LVSP heartbeat interval (milliseconds on the wire). Default 10 s.
+    /// LVSP heartbeat interval (milliseconds on the wire, seconds in the
+    /// litecord dialect). Default 10 s.
     pub lvsp_heartbeat: Duration,
+    /// LVSP dialect. Default spec.
+    pub lvsp_dialect: lvsp::Dialect,
+    /// How long channels and voice states survive with no LVSP connection.
+    /// Default 300 s.
+    pub lvsp_grace: Duration,
+    /// INFOs kept for RESUME. Default 4096.
+    pub lvsp_replay: usize,
+    /// Per-connection LVSP message budget. Default 1000/s, burst 2000.
+    pub lvsp_rate: lvsp::RateLimit,
     /// Gateway heartbeat interval (milliseconds on the wire). Default 13.75 s.
     pub gateway_heartbeat: Duration,
     /// Largest websocket message accepted, bytes. Default 64 KiB.
@@ -111,6 +123,10 @@ impl Config {
             dataplane: DataplaneMode::Embedded,
             shm_path: PathBuf::from(format!("/dev/shm/voice-{}", std::process::id())),
             lvsp_heartbeat: Duration::from_millis(10_000),
+            lvsp_dialect: lvsp::Dialect::Spec,
+            lvsp_grace: Duration::from_secs(300),
+            lvsp_replay: 4096,
+            lvsp_rate: lvsp::RateLimit::default(),
             gateway_heartbeat: Duration::from_millis(13_750),
             max_message_size: 64 << 10,
             dataplane_start_timeout: Duration::from_secs(20),
@@ -141,6 +157,13 @@ impl Config {
             if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
                 return bad(format!("{name} must be 100 ms..600 s, got {d:?}"));
             }
+        }
+        if self.lvsp_replay == 0 {
+            return bad("the LVSP replay buffer needs at least one slot".into());
+        }
+        let rate = self.lvsp_rate;
+        if !(rate.per_second > 0.0 && rate.burst >= 1.0) {
+            return bad(format!("LVSP rate limit must be positive, got {rate:?}"));
         }
         if self.max_message_size < 1024 {
             return bad("max message size must be at least 1024 bytes".into());

@@ -75,6 +75,19 @@ struct Args {
     /// LVSP heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     lvsp_heartbeat_ms: u64,
+    /// LVSP dialect: `spec` (seeds/001) or `litecord` (Litecord's shipped
+    /// client: heartbeat in seconds, its INFO numbering).
+    #[arg(long, default_value = "spec")]
+    lvsp_dialect: control::lvsp::Dialect,
+    /// Seconds channels and voice states survive with no LVSP connection.
+    #[arg(long, default_value_t = 300)]
+    lvsp_grace_secs: u64,
+    /// INFOs kept for LVSP RESUME.
+    #[arg(long, default_value_t = 4096)]
+    lvsp_replay: usize,
+    /// Sustained LVSP messages per second per connection (burst: twice).
+    #[arg(long, default_value_t = 1000.0)]
+    lvsp_rate: f64,
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
@@ -132,6 +145,13 @@ impl Args {
         }
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
+        c.lvsp_dialect = self.lvsp_dialect;
+        c.lvsp_grace = Duration::from_secs(self.lvsp_grace_secs);
+        c.lvsp_replay = self.lvsp_replay;
+        c.lvsp_rate = control::lvsp::RateLimit {
+            per_second: self.lvsp_rate,
+            burst: self.lvsp_rate * 2.0,
+        };
         Ok(c)
     }
 }

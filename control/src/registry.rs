@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use shared::{Command, Mode, SessionSpec};
@@ -151,6 +152,12 @@ pub struct Registry {
     load: Vec<u64>,
     effects: VecDeque<Effect>,
     health: f64,
+    /// Identified LVSP connections.
+    lvsp_connections: usize,
+    /// Since when no LVSP connection is identified (None while one is).
+    orphaned_since: Option<Instant>,
+    /// How long state survives without Litecord.
+    orphan_grace: Duration,
 }
 
 /// A 128-bit random value as 32 lowercase hex digits.
@@ -181,12 +188,56 @@ impl Registry {
             load: vec![0; cores as usize],
             effects: VecDeque::new(),
             health: 1.0,
+            lvsp_connections: 0,
+            orphaned_since: None,
+            orphan_grace: Duration::from_secs(300),
         }
     }
 
     /// Takes every queued effect, in order.
     pub fn drain_effects(&mut self) -> impl Iterator<Item = Effect> + '_ {
         self.effects.drain(..)
+    }
+
+    /// How long channels and voice states survive while no LVSP connection
+    /// is identified (default 5 minutes).
+    pub fn set_orphan_grace(&mut self, grace: Duration) {
+        self.orphan_grace = grace;
+    }
+
+    /// An LVSP connection identified or resumed: Litecord reclaims all
+    /// state.
+    pub fn lvsp_up(&mut self) {
+        self.lvsp_connections += 1;
+        self.orphaned_since = None;
+    }
+
+    /// An identified LVSP connection went away; with none left, the grace
+    /// period starts.
+    pub fn lvsp_down(&mut self, now: Instant) {
+        self.lvsp_connections = self.lvsp_connections.saturating_sub(1);
+        if self.lvsp_connections == 0 {
+            self.orphaned_since = Some(now);
+        }
+    }
+
+    /// When [`Registry::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.orphaned_since
+            .filter(|_| !self.channels.is_empty())
+            .map(|t| t + self.orphan_grace)
+    }
+
+    /// Time passes: state Litecord did not reclaim within the grace period
+    /// expires (every channel destroyed, members closed with 4014).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|t| now >= t) {
+            let channels: Vec<String> = self.channels.keys().cloned().collect();
+            tracing::info!(channels = channels.len(), "LVSP state expired");
+            for channel_id in channels {
+                self.channel_destroy(&channel_id);
+            }
+        }
     }
 
     /// Server health in [0, 1] as last computed from measured load.

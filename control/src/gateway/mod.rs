@@ -171,6 +171,11 @@ impl Connection {
     /// so a client has no reason to send one; it is ignored, not fatal.
     pub fn handle_binary(&mut self) {}
 
+    /// A frame over the size limit (the socket layer discarded it).
+    pub fn handle_oversized(&mut self) {
+        self.close(refuse(close::DECODE_ERROR, "message too large"));
+    }
+
     /// A message from the registry for this connection.
     pub fn handle_push(&mut self, push: Push) {
         if self.closing {

@@ -4,7 +4,15 @@
 //! Feed it decoded websocket frames with [`Connection::handle_text`] and
 //! deadlines with [`Connection::handle_timeout`]; take what it wants sent
 //! with [`Connection::poll_output`]. Registry changes happen through the
-//! `&mut Registry` passed in, whose effects the caller carries out.
+//! `&mut Registry` passed in, whose effects the caller carries out; the
+//! INFOs the server sends are numbered and kept in the [`Replay`] buffer
+//! shared by every connection, so a RESUME on a new connection re-delivers
+//! what the old one may have lost.
+//!
+//! Messages of one connection are handled strictly in order, so a
+//! CHANNEL_REQ is processed before any later message for that channel
+//! (VOICE_STATE_CREATE right behind it included) and its CHANNEL_ASSIGN is
+//! sent first.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,15 +44,145 @@ mod op {
     pub const INFO: u64 = 6;
 }
 
-/// INFO types (spec dialect).
-mod info {
-    pub const CHANNEL_REQ: u64 = 0;
-    pub const CHANNEL_ASSIGN: u64 = 1;
-    pub const CHANNEL_DESTROY: u64 = 2;
-    pub const VOICE_STATE_CREATE: u64 = 3;
-    pub const VOICE_STATE_DONE: u64 = 4;
-    pub const VOICE_STATE_DESTROY: u64 = 5;
-    pub const VOICE_STATE_UPDATE: u64 = 6;
+/// Which numbering of INFO types and which heartbeat unit the peer uses
+/// (DESIGN.md "Dialects").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// seeds/001: heartbeat in milliseconds, INFO 2 CHANNEL_DESTROY,
+    /// 3 VOICE_STATE_CREATE, 4 VOICE_STATE_DONE, 5 VOICE_STATE_DESTROY,
+    /// 6 VOICE_STATE_UPDATE.
+    #[default]
+    Spec,
+    /// Litecord's shipped client: heartbeat in seconds, INFO 2
+    /// CHANNEL_UPDATE, 3 CHANNEL_DESTROY, 4 VOICE_STATE_CREATE (answered
+    /// with type 4 carrying the session id), 5 VOICE_STATE_UPDATE,
+    /// 6 VOICE_STATE_LEAVE.
+    Litecord,
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "spec" => Ok(Dialect::Spec),
+            "litecord" => Ok(Dialect::Litecord),
+            other => Err(format!("unknown LVSP dialect {other:?} (spec, litecord)")),
+        }
+    }
+}
+
+/// An INFO the client sends, whatever its number in the dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Info {
+    ChannelReq,
+    /// Sent by the server only: refused from a client.
+    ChannelAssign,
+    ChannelUpdate,
+    ChannelDestroy,
+    VoiceStateCreate,
+    /// Sent by the server only: refused from a client.
+    VoiceStateDone,
+    VoiceStateDestroy,
+    VoiceStateUpdate,
+}
+
+/// An INFO the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    ChannelAssign,
+    VoiceStateDone,
+}
+
+impl Dialect {
+    /// The INFO a client sent with type `t`.
+    fn decode(self, t: u64) -> Option<Info> {
+        use Info::*;
+        Some(match (self, t) {
+            (_, 0) => ChannelReq,
+            (_, 1) => ChannelAssign,
+            (Dialect::Spec, 2) => ChannelDestroy,
+            (Dialect::Spec, 3) => VoiceStateCreate,
+            (Dialect::Spec, 4) => VoiceStateDone,
+            (Dialect::Spec, 5) => VoiceStateDestroy,
+            (Dialect::Spec, 6) => VoiceStateUpdate,
+            (Dialect::Litecord, 2) => ChannelUpdate,
+            (Dialect::Litecord, 3) => ChannelDestroy,
+            (Dialect::Litecord, 4) => VoiceStateCreate,
+            (Dialect::Litecord, 5) => VoiceStateUpdate,
+            (Dialect::Litecord, 6) => VoiceStateDestroy,
+            _ => return None,
+        })
+    }
+
+    /// The type number of an INFO the server sends: the same in both
+    /// dialects. Litecord has no VOICE_STATE_DONE: the reply reuses
+    /// VST_CREATE's number 4 (its client ignores it, a newer one can read
+    /// the session id from it).
+    fn encode(self, reply: Reply) -> u64 {
+        match reply {
+            Reply::ChannelAssign => 1,
+            Reply::VoiceStateDone => 4,
+        }
+    }
+
+    /// HELLO's heartbeat_interval in this dialect's unit.
+    fn interval(self, d: Duration) -> u64 {
+        match self {
+            Dialect::Spec => d.as_millis() as u64,
+            // Whole seconds, rounded up (at least 1).
+            Dialect::Litecord => d.as_millis().div_ceil(1000).max(1) as u64,
+        }
+    }
+}
+
+/// A per-connection message budget: `burst` messages at once, refilled at
+/// `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained messages per second. Default 1000.
+    pub per_second: f64,
+    /// Messages allowed at once. Default 2000.
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 1000.0,
+            burst: 2000.0,
+        }
+    }
+}
+
+/// A token bucket over [`RateLimit`], time passed in.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub(crate) fn new(limit: RateLimit, now: Instant) -> Bucket {
+        Bucket {
+            limit,
+            tokens: limit.burst,
+            at: now,
+        }
+    }
+
+    /// Takes one token; false when the budget is spent.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now.max(self.at);
+        self.tokens = (self.tokens + elapsed * self.limit.per_second).min(self.limit.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// LVSP settings shared by every connection.
@@ -54,6 +192,66 @@ pub struct Config {
     pub secret: String,
     /// How often the client must heartbeat. Default 10 s.
     pub heartbeat_interval: Duration,
+    /// INFO numbering and heartbeat unit. Default spec.
+    pub dialect: Dialect,
+    /// Per-connection message budget.
+    pub rate: RateLimit,
+}
+
+/// The server's numbered INFOs, kept for RESUME. One per server: it
+/// outlives connections.
+#[derive(Debug)]
+pub struct Replay {
+    /// `s` of the last INFO sent.
+    seq: u64,
+    /// `(s, message)`, oldest first, at most `capacity`.
+    sent: VecDeque<(u64, String)>,
+    capacity: usize,
+}
+
+impl Replay {
+    /// An empty buffer keeping the last `capacity` INFOs. Default 4096.
+    pub fn new(capacity: usize) -> Replay {
+        Replay {
+            seq: 0,
+            sent: VecDeque::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// `s` of the last INFO sent.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn push(&mut self, kind: u64, data: Value) -> String {
+        self.seq += 1;
+        let msg =
+            json!({"op": op::INFO, "s": self.seq, "d": {"type": kind, "data": data}}).to_string();
+        if self.sent.len() == self.capacity {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((self.seq, msg.clone()));
+        msg
+    }
+
+    /// Every INFO after `seq`, or None when some of them are gone (or `seq`
+    /// is in the future).
+    fn after(&self, seq: u64) -> Option<impl Iterator<Item = &String>> {
+        if seq > self.seq {
+            return None;
+        }
+        let oldest = self.sent.front().map_or(self.seq + 1, |(s, _)| *s);
+        if seq + 1 < oldest {
+            return None;
+        }
+        Some(
+            self.sent
+                .iter()
+                .filter(move |(s, _)| *s > seq)
+                .map(|(_, m)| m),
+        )
+    }
 }
 
 /// Why a message was refused: becomes a close frame.
@@ -74,7 +272,7 @@ type Result<T> = std::result::Result<T, Refusal>;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
-    /// HELLO sent; waiting for IDENTIFY.
+    /// HELLO sent; waiting for IDENTIFY or RESUME.
     Hello,
     /// Identified; INFOs flow.
     Ready,
@@ -88,10 +286,11 @@ pub struct Connection {
     config: Arc<Config>,
     nonce: String,
     state: State,
+    /// Whether this connection counts as Litecord being connected.
+    up: bool,
     /// When the connection must next hear from the client.
     deadline: Instant,
-    /// Sequence of the last INFO sent.
-    seq: u64,
+    bucket: Bucket,
     out: VecDeque<Output>,
 }
 
@@ -101,14 +300,16 @@ impl Connection {
         let nonce = Alphanumeric.sample_string(&mut rand::thread_rng(), 10);
         let mut c = Connection {
             deadline: now + grace(config.heartbeat_interval),
+            bucket: Bucket::new(config.rate, now),
             nonce,
             config,
             state: State::Hello,
-            seq: 0,
+            up: false,
             out: VecDeque::new(),
         };
+        let interval = c.config.dialect.interval(c.config.heartbeat_interval);
         let hello = json!({"op": op::HELLO, "d": {
-            "heartbeat_interval": c.config.heartbeat_interval.as_millis() as u64,
+            "heartbeat_interval": interval,
             "nonce": c.nonce,
         }});
         c.out.push_back(Output::Text(hello.to_string()));
@@ -147,12 +348,34 @@ impl Connection {
         self.close(refuse(CLOSE_DECODE, "binary frames are not LVSP"));
     }
 
+    /// A frame over the size limit (the socket layer discarded it).
+    pub fn handle_oversized(&mut self) {
+        self.close(refuse(CLOSE_DECODE, "message too large"));
+    }
+
+    /// The socket is gone: the registry learns Litecord may be away.
+    pub fn closed(&mut self, now: Instant, registry: &mut Registry) {
+        if std::mem::take(&mut self.up) {
+            registry.lvsp_down(now);
+        }
+        self.state = State::Closed;
+    }
+
     /// A text frame from the client.
-    pub fn handle_text(&mut self, now: Instant, text: &str, registry: &mut Registry) {
+    pub fn handle_text(
+        &mut self,
+        now: Instant,
+        text: &str,
+        registry: &mut Registry,
+        replay: &mut Replay,
+    ) {
         if self.state == State::Closed {
             return;
         }
-        if let Err(r) = self.dispatch(now, text, registry) {
+        if !self.bucket.take(now) {
+            return self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
+        }
+        if let Err(r) = self.dispatch(now, text, registry, replay) {
             self.close(r);
         }
     }
@@ -172,13 +395,18 @@ impl Connection {
             .push_back(Output::Text(json!({"op": op, "d": d}).to_string()));
     }
 
-    fn send_info(&mut self, kind: u64, data: Value) {
-        self.seq += 1;
-        let msg = json!({"op": op::INFO, "s": self.seq, "d": {"type": kind, "data": data}});
-        self.out.push_back(Output::Text(msg.to_string()));
+    fn send_info(&mut self, replay: &mut Replay, reply: Reply, data: Value) {
+        let msg = replay.push(self.config.dialect.encode(reply), data);
+        self.out.push_back(Output::Text(msg));
     }
 
-    fn dispatch(&mut self, now: Instant, text: &str, registry: &mut Registry) -> Result<()> {
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        text: &str,
+        registry: &mut Registry,
+        replay: &mut Replay,
+    ) -> Result<()> {
         let msg: Value = serde_json::from_str(text)
             .map_err(|e| refuse(CLOSE_DECODE, format!("invalid json: {e}")))?;
         let op = msg
@@ -188,16 +416,22 @@ impl Connection {
         let d = msg.get("d").unwrap_or(&Value::Null);
         match (&self.state, op) {
             (State::Hello, op::IDENTIFY) => {
-                let token = field_str(d, "token")?;
-                if !self.token_valid(token) {
-                    return Err(refuse(CLOSE_AUTH, "authentication failed"));
-                }
-                self.state = State::Ready;
-                self.deadline = now + grace(self.config.heartbeat_interval);
-                self.send(op::READY, json!({"health": registry.health()}));
+                self.authenticate(d)?;
+                self.ready(now, registry);
             }
             (State::Hello, op::RESUME) => {
-                return Err(refuse(CLOSE_GENERAL, "nothing to resume, identify"));
+                self.authenticate(d)?;
+                let seq = obj(d)?
+                    .get("seq")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| refuse(CLOSE_DECODE, "field seq must be an integer"))?;
+                let missed: Vec<String> = replay
+                    .after(seq)
+                    .ok_or_else(|| refuse(CLOSE_GENERAL, "cannot resume from that seq"))?
+                    .cloned()
+                    .collect();
+                self.out.extend(missed.into_iter().map(Output::Text));
+                self.ready(now, registry);
             }
             (State::Hello, op::HEARTBEAT | op::INFO) => {
                 return Err(refuse(CLOSE_GENERAL, "not identified"));
@@ -206,10 +440,17 @@ impl Connection {
                 return Err(refuse(CLOSE_GENERAL, "already identified"));
             }
             (State::Ready, op::HEARTBEAT) => {
+                // `d` is null (spec) or {"s": n} (Litecord sends s = 0).
+                if !(d.is_null() || d.is_object()) {
+                    return Err(refuse(
+                        CLOSE_DECODE,
+                        "HEARTBEAT d must be null or an object",
+                    ));
+                }
                 self.deadline = now + grace(self.config.heartbeat_interval);
                 self.send(op::HEARTBEAT_ACK, json!({"health": registry.health()}));
             }
-            (State::Ready, op::INFO) => self.handle_info(d, registry)?,
+            (State::Ready, op::INFO) => self.handle_info(d, registry, replay)?,
             (_, op::HELLO | op::READY | op::HEARTBEAT_ACK) => {
                 return Err(refuse(
                     CLOSE_GENERAL,
@@ -219,6 +460,23 @@ impl Connection {
             (_, op) => return Err(refuse(CLOSE_GENERAL, format!("unknown op {op}"))),
         }
         Ok(())
+    }
+
+    fn authenticate(&self, d: &Value) -> Result<()> {
+        let token = field_str(d, "token")?;
+        if self.token_valid(token) {
+            Ok(())
+        } else {
+            Err(refuse(CLOSE_AUTH, "authentication failed"))
+        }
+    }
+
+    fn ready(&mut self, now: Instant, registry: &mut Registry) {
+        self.state = State::Ready;
+        self.up = true;
+        registry.lvsp_up();
+        self.deadline = now + grace(self.config.heartbeat_interval);
+        self.send(op::READY, json!({"health": registry.health()}));
     }
 
     fn token_valid(&self, token: &str) -> bool {
@@ -233,7 +491,12 @@ impl Connection {
         mac.verify_slice(&given).is_ok()
     }
 
-    fn handle_info(&mut self, d: &Value, registry: &mut Registry) -> Result<()> {
+    fn handle_info(
+        &mut self,
+        d: &Value,
+        registry: &mut Registry,
+        replay: &mut Replay,
+    ) -> Result<()> {
         let kind = d
             .get("type")
             .and_then(Value::as_u64)
@@ -246,24 +509,36 @@ impl Connection {
             RequestError::BadSnowflake(_) => refuse(CLOSE_DECODE, e.to_string()),
             RequestError::UnknownChannel(_) => refuse(CLOSE_GENERAL, e.to_string()),
         };
-        match kind {
-            info::CHANNEL_REQ => {
+        let info = self
+            .config
+            .dialect
+            .decode(kind)
+            .ok_or_else(|| refuse(CLOSE_GENERAL, format!("unknown INFO type {kind}")))?;
+        match info {
+            Info::ChannelReq => {
                 let channel_id = field_str(data, "channel_id")?;
                 let guild_id = field_opt_str(data, "guild_id")?;
                 let a = registry
                     .channel_req(channel_id, guild_id)
                     .map_err(request)?;
                 self.send_info(
-                    info::CHANNEL_ASSIGN,
+                    replay,
+                    Reply::ChannelAssign,
                     json!({"channel_id": a.channel_id, "guild_id": a.guild_id, "token": a.token}),
                 );
             }
-            info::CHANNEL_DESTROY => {
+            Info::ChannelUpdate => {
+                // Accepted without reply (seeds/001 "Updating a voice
+                // channel"); nothing about a channel's media changes.
+                field_str(data, "channel_id")?;
+                field_opt_str(data, "guild_id")?;
+            }
+            Info::ChannelDestroy => {
                 let channel_id = field_str(data, "channel_id")?;
                 field_opt_str(data, "guild_id")?;
                 registry.channel_destroy(channel_id);
             }
-            info::VOICE_STATE_CREATE => {
+            Info::VoiceStateCreate => {
                 let user_id = field_str(data, "user_id")?;
                 let channel_id = field_str(data, "channel_id")?;
                 let guild_id = field_opt_str(data, "guild_id")?;
@@ -271,7 +546,8 @@ impl Connection {
                     .voice_state_create(user_id, channel_id)
                     .map_err(request)?;
                 self.send_info(
-                    info::VOICE_STATE_DONE,
+                    replay,
+                    Reply::VoiceStateDone,
                     json!({
                         "user_id": user_id,
                         "channel_id": channel_id,
@@ -280,22 +556,24 @@ impl Connection {
                     }),
                 );
             }
-            info::VOICE_STATE_DESTROY => {
+            Info::VoiceStateDestroy => {
                 let user_id = field_str(data, "user_id")?;
                 let channel_id = field_str(data, "channel_id")?;
                 field_opt_str(data, "guild_id")?;
                 registry.voice_state_destroy(user_id, channel_id);
             }
-            info::VOICE_STATE_UPDATE => {
-                field_str(data, "session_id")?;
+            Info::VoiceStateUpdate => {
+                // Accepted: mute/deaf flags do not change forwarding.
+                if self.config.dialect == Dialect::Spec {
+                    field_str(data, "session_id")?;
+                }
             }
-            info::CHANNEL_ASSIGN | info::VOICE_STATE_DONE => {
+            Info::ChannelAssign | Info::VoiceStateDone => {
                 return Err(refuse(
                     CLOSE_GENERAL,
                     format!("INFO type {kind} is sent by the server"),
                 ));
             }
-            other => return Err(refuse(CLOSE_GENERAL, format!("unknown INFO type {other}"))),
         }
         Ok(())
     }
@@ -337,17 +615,57 @@ mod tests {
 
     const SECRET: &str = "s3cret";
 
-    fn conn(now: Instant) -> Connection {
-        Connection::new(
-            Arc::new(Config {
-                secret: SECRET.into(),
-                heartbeat_interval: Duration::from_millis(1000),
-            }),
-            now,
-        )
+    /// One LVSP server: the registry and replay buffer all connections share.
+    struct Server {
+        registry: Registry,
+        replay: Replay,
+        config: Arc<Config>,
+        now: Instant,
     }
 
-    fn texts(c: &mut Connection) -> Vec<Value> {
+    impl Server {
+        fn new(dialect: Dialect) -> Server {
+            Server {
+                registry: Registry::new(2),
+                replay: Replay::new(4),
+                config: Arc::new(Config {
+                    secret: SECRET.into(),
+                    heartbeat_interval: Duration::from_millis(1500),
+                    dialect,
+                    rate: RateLimit {
+                        per_second: 10.0,
+                        burst: 20.0,
+                    },
+                }),
+                now: Instant::now(),
+            }
+        }
+
+        fn connect(&self) -> (Connection, String) {
+            let mut c = Connection::new(self.config.clone(), self.now);
+            let hello = out(&mut c);
+            assert_eq!(hello[0]["op"], 0);
+            let nonce = hello[0]["d"]["nonce"].as_str().unwrap().to_owned();
+            assert_eq!(nonce.len(), 10);
+            (c, nonce)
+        }
+
+        fn send(&mut self, c: &mut Connection, msg: &str) -> Vec<Value> {
+            c.handle_text(self.now, msg, &mut self.registry, &mut self.replay);
+            out(c)
+        }
+
+        fn identified(&mut self) -> Connection {
+            let (mut c, nonce) = self.connect();
+            let id = json!({"op": 1, "d": {"token": token(&nonce)}}).to_string();
+            let ready = self.send(&mut c, &id);
+            assert_eq!(ready[0]["op"], 3);
+            assert!(ready[0]["d"]["health"].as_f64().unwrap() <= 1.0);
+            c
+        }
+    }
+
+    fn out(c: &mut Connection) -> Vec<Value> {
         let mut v = Vec::new();
         while let Some(o) = c.poll_output() {
             match o {
@@ -364,150 +682,321 @@ mod tests {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    fn identified(now: Instant, r: &mut Registry) -> Connection {
-        let mut c = conn(now);
-        let hello = texts(&mut c);
-        assert_eq!(hello[0]["op"], 0);
-        assert_eq!(hello[0]["d"]["heartbeat_interval"], 1000);
-        let nonce = hello[0]["d"]["nonce"].as_str().unwrap().to_owned();
-        assert_eq!(nonce.len(), 10);
-        let id = json!({"op": 1, "d": {"token": token(&nonce)}});
-        c.handle_text(now, &id.to_string(), r);
-        let ready = texts(&mut c);
-        assert_eq!(ready[0]["op"], 3);
-        assert!(ready[0]["d"]["health"].as_f64().unwrap() <= 1.0);
-        c
+    fn info(t: u64, data: Value) -> String {
+        json!({"op": 6, "d": {"type": t, "data": data}}).to_string()
     }
 
     #[test]
-    fn nonces_are_fresh() {
-        let now = Instant::now();
-        assert_ne!(conn(now).nonce(), conn(now).nonce());
+    fn nonces_are_fresh_and_interval_is_in_the_dialects_unit() {
+        let spec = Server::new(Dialect::Spec);
+        let (mut a, na) = spec.connect();
+        let (_, nb) = spec.connect();
+        assert_ne!(na, nb);
+        assert!(out(&mut a).is_empty());
+        let hello = |d| {
+            let mut c = Connection::new(Server::new(d).config, Instant::now());
+            out(&mut c)[0]["d"]["heartbeat_interval"].clone()
+        };
+        assert_eq!(hello(Dialect::Spec), 1500);
+        assert_eq!(hello(Dialect::Litecord), 2, "seconds, rounded up");
     }
 
     #[test]
     fn identify_heartbeat_and_channel_flow() {
-        let now = Instant::now();
-        let mut r = Registry::new(2);
-        let mut c = identified(now, &mut r);
-        c.handle_text(now, r#"{"op":4,"d":null}"#, &mut r);
-        assert_eq!(texts(&mut c)[0]["op"], 5);
-        // CHANNEL_REQ immediately followed by VOICE_STATE_CREATE.
-        c.handle_text(
-            now,
-            r#"{"op":6,"d":{"type":0,"data":{"channel_id":"100","guild_id":"1"}}}"#,
-            &mut r,
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified();
+        assert_eq!(srv.send(&mut c, r#"{"op":4,"d":null}"#)[0]["op"], 5);
+        assert_eq!(srv.send(&mut c, r#"{"op":4}"#)[0]["op"], 5);
+        // CHANNEL_REQ immediately followed by VOICE_STATE_CREATE: both
+        // processed in order, CHANNEL_ASSIGN first.
+        let mut o = srv.send(&mut c, &info(0, json!({"channel_id":"100","guild_id":"1"})));
+        o.extend(srv.send(
+            &mut c,
+            &info(3, json!({"user_id":"7","channel_id":"100","guild_id":"1"})),
+        ));
+        assert_eq!(o[0]["d"]["type"], 1);
+        assert_eq!(o[0]["s"], 1);
+        assert_eq!(o[0]["d"]["data"]["channel_id"], "100");
+        assert_eq!(o[0]["d"]["data"]["guild_id"], "1");
+        assert_eq!(o[0]["d"]["data"]["token"].as_str().unwrap().len(), 32);
+        assert_eq!(o[1]["d"]["type"], 4);
+        assert_eq!(o[1]["s"], 2);
+        assert_eq!(o[1]["d"]["data"]["user_id"], "7");
+        assert_eq!(o[1]["d"]["data"]["session_id"].as_str().unwrap().len(), 32);
+        // Repeats are idempotent.
+        let again = srv.send(&mut c, &info(0, json!({"channel_id":"100","guild_id":"1"})));
+        assert_eq!(again[0]["d"]["data"], o[0]["d"]["data"]);
+        let again = srv.send(
+            &mut c,
+            &info(3, json!({"user_id":"7","channel_id":"100","guild_id":"1"})),
         );
-        c.handle_text(
-            now,
-            r#"{"op":6,"d":{"type":3,"data":{"user_id":"7","channel_id":"100","guild_id":"1"}}}"#,
-            &mut r,
+        assert_eq!(again[0]["d"]["data"], o[1]["d"]["data"]);
+        // A DM channel: guild_id null.
+        let dm = srv.send(
+            &mut c,
+            &info(0, json!({"channel_id":"555","guild_id":null})),
         );
-        let out = texts(&mut c);
-        assert_eq!(out[0]["d"]["type"], 1);
-        assert_eq!(out[0]["s"], 1);
-        assert_eq!(out[0]["d"]["data"]["channel_id"], "100");
-        assert_eq!(out[0]["d"]["data"]["token"].as_str().unwrap().len(), 32);
-        assert_eq!(out[1]["d"]["type"], 4);
-        assert_eq!(out[1]["s"], 2);
-        assert_eq!(out[1]["d"]["data"]["user_id"], "7");
-        assert_eq!(
-            out[1]["d"]["data"]["session_id"].as_str().unwrap().len(),
-            32
-        );
+        assert_eq!(dm[0]["d"]["data"]["guild_id"], Value::Null);
         // VOICE_STATE_UPDATE: accepted, no reply. Destroys: no reply.
         for m in [
-            r#"{"op":6,"d":{"type":6,"data":{"session_id":"x"}}}"#,
-            r#"{"op":6,"d":{"type":5,"data":{"user_id":"7","channel_id":"100","guild_id":"1"}}}"#,
-            r#"{"op":6,"d":{"type":2,"data":{"channel_id":"100","guild_id":"1"}}}"#,
+            info(6, json!({"session_id":"x"})),
+            info(5, json!({"user_id":"7","channel_id":"100","guild_id":"1"})),
+            info(2, json!({"channel_id":"100","guild_id":"1"})),
+            info(2, json!({"channel_id":"100","guild_id":"1"})),
         ] {
-            c.handle_text(now, m, &mut r);
+            assert!(srv.send(&mut c, &m).is_empty(), "{m}");
         }
-        assert!(texts(&mut c).is_empty());
-        assert_eq!(r.channel_count(), 0);
+        assert_eq!(srv.registry.channel_count(), 1, "only the DM is left");
+    }
+
+    #[test]
+    fn litecord_dialect_numbers() {
+        let mut srv = Server::new(Dialect::Litecord);
+        let mut c = srv.identified();
+        // Litecord's heartbeat carries {"s": 0}.
+        assert_eq!(srv.send(&mut c, r#"{"op":4,"d":{"s":0}}"#)[0]["op"], 5);
+        let a = srv.send(&mut c, &info(0, json!({"channel_id":"100","guild_id":"1"})));
+        assert_eq!(a[0]["d"]["type"], 1);
+        let done = srv.send(
+            &mut c,
+            &info(4, json!({"user_id":"7","channel_id":"100","guild_id":"1"})),
+        );
+        assert_eq!(done[0]["d"]["type"], 4);
+        assert!(done[0]["d"]["data"]["session_id"].is_string());
+        // CHANNEL_UPDATE (2) and VST_UPDATE (5): accepted, no reply.
+        assert!(srv
+            .send(&mut c, &info(2, json!({"channel_id":"100","guild_id":"1"})))
+            .is_empty());
+        assert!(srv
+            .send(&mut c, &info(5, json!({"user_id":"7","channel_id":"100"})))
+            .is_empty());
+        assert_eq!(srv.registry.voice_state_count(), 1);
+        // VST_LEAVE (6) removes the state, CHANNEL_DESTROY (3) the channel.
+        assert!(srv
+            .send(
+                &mut c,
+                &info(6, json!({"user_id":"7","channel_id":"100","guild_id":"1"}))
+            )
+            .is_empty());
+        assert_eq!(srv.registry.voice_state_count(), 0);
+        assert!(srv
+            .send(&mut c, &info(3, json!({"channel_id":"100","guild_id":"1"})))
+            .is_empty());
+        assert_eq!(srv.registry.channel_count(), 0);
+        // 7 is no INFO type in either dialect.
+        assert_eq!(
+            srv.send(&mut c, &info(7, json!({}))),
+            vec![json!({"close": 4000})]
+        );
+    }
+
+    #[test]
+    fn resume_replays_every_info_after_seq_then_ready() {
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified();
+        for ch in ["100", "101", "102"] {
+            srv.send(&mut c, &info(0, json!({"channel_id": ch, "guild_id":"1"})));
+        }
+        c.closed(srv.now, &mut srv.registry);
+        // A new connection resumes from s = 1: INFOs 2 and 3, then READY.
+        let (mut r, nonce) = srv.connect();
+        let o = srv.send(
+            &mut r,
+            &json!({"op": 2, "d": {"token": token(&nonce), "seq": 1}}).to_string(),
+        );
+        assert_eq!(o.len(), 3, "{o:?}");
+        assert_eq!((o[0]["s"].clone(), o[1]["s"].clone()), (json!(2), json!(3)));
+        assert_eq!(o[0]["d"]["data"]["channel_id"], "101");
+        assert_eq!(o[2]["op"], 3);
+        // Numbering continues across connections.
+        let next = srv.send(&mut r, &info(0, json!({"channel_id":"103","guild_id":"1"})));
+        assert_eq!(next[0]["s"], 4);
+        // Nothing missed: READY alone.
+        let (mut r2, nonce) = srv.connect();
+        let o = srv.send(
+            &mut r2,
+            &json!({"op": 2, "d": {"token": token(&nonce), "seq": 4}}).to_string(),
+        );
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0]["op"], 3);
+    }
+
+    #[test]
+    fn resume_refusals() {
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified();
+        for n in 0..6 {
+            srv.send(&mut c, &info(0, json!({"channel_id": format!("10{n}")})));
+        }
+        // The buffer holds 4: s = 3..6. Resuming from 1 lost s = 2.
+        for (seq, code) in [(1, Some(4000)), (2, None), (7, Some(4000))] {
+            let (mut r, nonce) = srv.connect();
+            let o = srv.send(
+                &mut r,
+                &json!({"op": 2, "d": {"token": token(&nonce), "seq": seq}}).to_string(),
+            );
+            match code {
+                None => assert_eq!(o.len(), 5, "s 3..6 then READY"),
+                Some(code) => assert_eq!(o, vec![json!({"close": code})], "seq {seq}"),
+            }
+        }
+        let (mut r, _) = srv.connect();
+        let bad = json!({"op": 2, "d": {"token": token("wrongnonce"), "seq": 6}});
+        assert_eq!(
+            srv.send(&mut r, &bad.to_string()),
+            vec![json!({"close": 4001})]
+        );
+        let (mut r, nonce) = srv.connect();
+        let no_seq = json!({"op": 2, "d": {"token": token(&nonce)}});
+        assert_eq!(
+            srv.send(&mut r, &no_seq.to_string()),
+            vec![json!({"close": 4002})]
+        );
     }
 
     #[test]
     fn wrong_token_is_4001() {
-        let now = Instant::now();
-        let mut r = Registry::new(1);
+        let mut srv = Server::new(Dialect::Spec);
         for bad in ["nothex", "00ff", &token("othernonce")] {
-            let mut c = conn(now);
-            texts(&mut c);
+            let (mut c, _) = srv.connect();
             let m = json!({"op": 1, "d": {"token": bad}}).to_string();
-            c.handle_text(now, &m, &mut r);
-            assert_eq!(texts(&mut c), vec![json!({"close": 4001})], "{bad}");
+            assert_eq!(srv.send(&mut c, &m), vec![json!({"close": 4001})], "{bad}");
             assert!(c.is_closed());
         }
     }
 
     #[test]
     fn bad_input_closes_with_documented_codes() {
-        let now = Instant::now();
         let cases: &[(&str, u16)] = &[
             ("not json", 4002),
+            ("[1,2]", 4002),
             (r#"{"d":{}}"#, 4002),
             (r#"{"op":"1"}"#, 4002),
+            (r#"{"op":-1}"#, 4002),
             (r#"{"op":99,"d":{}}"#, 4000),
             (r#"{"op":0,"d":{}}"#, 4000),
+            (r#"{"op":3,"d":{}}"#, 4000),
+            (r#"{"op":5,"d":{}}"#, 4000),
             (r#"{"op":1,"d":{}}"#, 4000), // second IDENTIFY
+            (r#"{"op":2,"d":{}}"#, 4000), // RESUME when identified
+            (r#"{"op":4,"d":5}"#, 4002),
             (r#"{"op":6,"d":{"type":42,"data":{}}}"#, 4000),
             (r#"{"op":6,"d":{"type":1,"data":{}}}"#, 4000),
+            (r#"{"op":6,"d":{"type":4,"data":{}}}"#, 4000),
             (r#"{"op":6,"d":{"data":{}}}"#, 4002),
+            (r#"{"op":6,"d":{"type":"0","data":{}}}"#, 4002),
             (r#"{"op":6,"d":{"type":0}}"#, 4002),
+            (r#"{"op":6,"d":{"type":0,"data":[]}}"#, 4002),
+            (r#"{"op":6,"d":null}"#, 4002),
             (r#"{"op":6,"d":{"type":0,"data":{"channel_id":100}}}"#, 4002),
             (
                 r#"{"op":6,"d":{"type":0,"data":{"channel_id":"x1"}}}"#,
                 4002,
             ),
             (
+                r#"{"op":6,"d":{"type":0,"data":{"channel_id":"1","guild_id":1}}}"#,
+                4002,
+            ),
+            (
+                r#"{"op":6,"d":{"type":3,"data":{"user_id":1,"channel_id":"1"}}}"#,
+                4002,
+            ),
+            (r#"{"op":6,"d":{"type":3,"data":{"user_id":"1"}}}"#, 4002),
+            (r#"{"op":6,"d":{"type":5,"data":{"channel_id":"1"}}}"#, 4002),
+            (r#"{"op":6,"d":{"type":6,"data":{}}}"#, 4002),
+            (
                 r#"{"op":6,"d":{"type":3,"data":{"user_id":"1","channel_id":"404"}}}"#,
                 4000,
             ),
         ];
         for (msg, code) in cases {
-            let mut r = Registry::new(1);
-            let mut c = identified(now, &mut r);
-            c.handle_text(now, msg, &mut r);
-            assert_eq!(texts(&mut c), vec![json!({"close": code})], "{msg}");
+            let mut srv = Server::new(Dialect::Spec);
+            let mut c = srv.identified();
+            assert_eq!(srv.send(&mut c, msg), vec![json!({"close": code})], "{msg}");
             // Closed connections ignore further input.
-            c.handle_text(now, r#"{"op":4,"d":null}"#, &mut r);
-            assert!(texts(&mut c).is_empty());
+            assert!(srv.send(&mut c, r#"{"op":4,"d":null}"#).is_empty());
         }
     }
 
     #[test]
     fn messages_before_identify_are_refused() {
-        let now = Instant::now();
-        let mut r = Registry::new(1);
-        let mut c = conn(now);
-        texts(&mut c);
-        c.handle_text(now, r#"{"op":6,"d":{"type":0,"data":{}}}"#, &mut r);
-        assert_eq!(texts(&mut c), vec![json!({"close": 4000})]);
-        let mut c = conn(now);
-        texts(&mut c);
+        for msg in [
+            r#"{"op":6,"d":{"type":0,"data":{}}}"#,
+            r#"{"op":4,"d":null}"#,
+        ] {
+            let mut srv = Server::new(Dialect::Spec);
+            let (mut c, _) = srv.connect();
+            assert_eq!(srv.send(&mut c, msg), vec![json!({"close": 4000})]);
+        }
+        let srv = Server::new(Dialect::Spec);
+        let (mut c, _) = srv.connect();
         c.handle_binary();
-        assert_eq!(texts(&mut c), vec![json!({"close": 4002})]);
+        assert_eq!(out(&mut c), vec![json!({"close": 4002})]);
+        let (mut c, _) = srv.connect();
+        c.handle_oversized();
+        assert_eq!(out(&mut c), vec![json!({"close": 4002})]);
+    }
+
+    #[test]
+    fn floods_hit_the_rate_limit() {
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified(); // 1 of the burst of 20
+        for _ in 0..19 {
+            assert_eq!(srv.send(&mut c, r#"{"op":4,"d":null}"#)[0]["op"], 5);
+        }
+        assert_eq!(
+            srv.send(&mut c, r#"{"op":4,"d":null}"#),
+            vec![json!({"close": 4000})]
+        );
+        // The budget refills with time: 10 per second.
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified();
+        for i in 0..200 {
+            srv.now += Duration::from_millis(100);
+            let o = srv.send(&mut c, r#"{"op":4,"d":null}"#);
+            assert_eq!(o[0]["op"], 5, "message {i} at the sustained rate");
+        }
     }
 
     #[test]
     fn heartbeat_timeout_closes() {
-        let now = Instant::now();
-        let mut r = Registry::new(1);
-        let mut c = identified(now, &mut r);
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified();
         let deadline = c.poll_timeout().unwrap();
         c.handle_timeout(deadline - Duration::from_millis(1));
-        assert!(texts(&mut c).is_empty());
-        c.handle_text(
-            deadline - Duration::from_millis(1),
-            r#"{"op":4,"d":{"s":0}}"#,
-            &mut r,
-        );
-        texts(&mut c);
+        assert!(out(&mut c).is_empty());
+        srv.now = deadline - Duration::from_millis(1);
+        srv.send(&mut c, r#"{"op":4,"d":{"s":0}}"#);
         assert!(c.poll_timeout().unwrap() > deadline);
         let later = c.poll_timeout().unwrap();
         c.handle_timeout(later);
-        assert_eq!(texts(&mut c), vec![json!({"close": 4000})]);
+        assert_eq!(out(&mut c), vec![json!({"close": 4000})]);
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn state_outlives_the_connection_until_the_grace_period_ends() {
+        let mut srv = Server::new(Dialect::Spec);
+        srv.registry.set_orphan_grace(Duration::from_secs(60));
+        let mut c = srv.identified();
+        srv.send(&mut c, &info(0, json!({"channel_id":"100","guild_id":"1"})));
+        assert_eq!(srv.registry.poll_timeout(), None, "Litecord is connected");
+        c.closed(srv.now, &mut srv.registry);
+        let expiry = srv.registry.poll_timeout().unwrap();
+        assert_eq!(expiry, srv.now + Duration::from_secs(60));
+        srv.registry.handle_timeout(expiry - Duration::from_secs(1));
+        assert_eq!(srv.registry.channel_count(), 1, "calls go on meanwhile");
+        // Litecord comes back in time: nothing expires.
+        let _back = srv.identified();
+        assert_eq!(srv.registry.poll_timeout(), None);
+        srv.registry.handle_timeout(expiry + Duration::from_secs(1));
+        assert_eq!(srv.registry.channel_count(), 1);
+        // Gone for good: the state expires.
+        let mut gone = _back;
+        gone.closed(srv.now, &mut srv.registry);
+        let expiry = srv.registry.poll_timeout().unwrap();
+        srv.registry.handle_timeout(expiry);
+        assert_eq!(srv.registry.channel_count(), 0);
+        assert_eq!(srv.registry.poll_timeout(), None);
     }
 }

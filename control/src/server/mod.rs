@@ -62,6 +62,8 @@ pub type CloseCounts = BTreeMap<(&'static str, u16), u64>;
 #[derive(Debug)]
 struct Hub {
     registry: Registry,
+    /// LVSP's numbered INFOs, shared by every LVSP connection.
+    replay: lvsp::Replay,
     link: Link,
     gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
     load: Load,
@@ -85,22 +87,38 @@ impl Shared {
 
     /// Runs `f` on the registry, then carries out its effects under the same
     /// lock (ring pushes and channel sends never block).
-    fn with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
         let mut guard = self.hub();
         let hub = &mut *guard;
-        let r = f(&mut hub.registry);
-        for effect in hub.registry.drain_effects() {
+        let r = f(&mut Ctx {
+            registry: &mut hub.registry,
+            replay: &mut hub.replay,
+        });
+        hub.dispatch();
+        r
+    }
+}
+
+impl Hub {
+    /// Carries out the registry's queued effects.
+    fn dispatch(&mut self) {
+        for effect in self.registry.drain_effects() {
             match effect {
-                Effect::Dataplane { core, command } => hub.link.send(core, command),
+                Effect::Dataplane { core, command } => self.link.send(core, command),
                 Effect::Gateway { conn, push } => {
-                    if let Some(tx) = hub.gateways.get(&conn) {
+                    if let Some(tx) = self.gateways.get(&conn) {
                         let _ = tx.send(push);
                     }
                 }
             }
         }
-        r
     }
+}
+
+/// What a protocol handler may change.
+struct Ctx<'a> {
+    registry: &'a mut Registry,
+    replay: &'a mut lvsp::Replay,
 }
 
 /// A started server: listeners bound, dataplane up.
@@ -231,9 +249,12 @@ impl Server {
             max_frame_size: Some(config.max_message_size),
             ..WebSocketConfig::default()
         };
+        let mut registry = Registry::new(config.cores);
+        registry.set_orphan_grace(config.lvsp_grace);
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
-                registry: Registry::new(config.cores),
+                registry,
+                replay: lvsp::Replay::new(config.lvsp_replay),
                 link,
                 gateways: HashMap::new(),
                 load: Load::new(config.cores),
@@ -242,6 +263,8 @@ impl Server {
             lvsp: Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
                 heartbeat_interval: config.lvsp_heartbeat,
+                dialect: config.lvsp_dialect,
+                rate: config.lvsp_rate,
             }),
             gateway: Arc::new(gateway::Config {
                 heartbeat_interval: config.gateway_heartbeat,
@@ -403,6 +426,8 @@ fn poll_rings(shared: &Shared, events: &mut Events) {
     }
     let health = hub.load.health();
     hub.registry.set_health(health);
+    hub.registry.handle_timeout(now);
+    hub.dispatch();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,28 +479,34 @@ async fn accept_loop(
 /// The common shape of both protocol state machines.
 trait Machine {
     const NAME: &'static str;
-    fn on_text(&mut self, now: Instant, text: &str, registry: &mut Registry);
+    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>);
     fn on_binary(&mut self);
+    fn on_oversized(&mut self);
     fn on_push(&mut self, push: Push);
     fn on_timeout(&mut self, now: Instant);
-    fn on_closed(&mut self, registry: &mut Registry);
+    fn on_closed(&mut self, now: Instant, registry: &mut Registry);
     fn next_output(&mut self) -> Option<Output>;
     fn deadline(&self) -> Option<Instant>;
 }
 
 impl Machine for lvsp::Connection {
     const NAME: &'static str = "lvsp";
-    fn on_text(&mut self, now: Instant, text: &str, registry: &mut Registry) {
-        self.handle_text(now, text, registry)
+    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
+        self.handle_text(now, text, ctx.registry, ctx.replay)
     }
     fn on_binary(&mut self) {
         self.handle_binary()
+    }
+    fn on_oversized(&mut self) {
+        self.handle_oversized()
     }
     fn on_push(&mut self, _push: Push) {}
     fn on_timeout(&mut self, now: Instant) {
         self.handle_timeout(now)
     }
-    fn on_closed(&mut self, _registry: &mut Registry) {}
+    fn on_closed(&mut self, now: Instant, registry: &mut Registry) {
+        self.closed(now, registry)
+    }
     fn next_output(&mut self) -> Option<Output> {
         self.poll_output()
     }
@@ -486,11 +517,14 @@ impl Machine for lvsp::Connection {
 
 impl Machine for gateway::Connection {
     const NAME: &'static str = "gateway";
-    fn on_text(&mut self, now: Instant, text: &str, registry: &mut Registry) {
-        self.handle_text(now, text, registry)
+    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
+        self.handle_text(now, text, ctx.registry)
     }
     fn on_binary(&mut self) {
         self.handle_binary()
+    }
+    fn on_oversized(&mut self) {
+        self.handle_oversized()
     }
     fn on_push(&mut self, push: Push) {
         self.handle_push(push)
@@ -498,7 +532,7 @@ impl Machine for gateway::Connection {
     fn on_timeout(&mut self, now: Instant) {
         self.handle_timeout(now)
     }
-    fn on_closed(&mut self, registry: &mut Registry) {
+    fn on_closed(&mut self, _now: Instant, registry: &mut Registry) {
         self.closed(registry)
     }
     fn next_output(&mut self) -> Option<Output> {
@@ -595,16 +629,12 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    shared.with(|r| machine.on_text(Instant::now(), &text, r));
+                    shared.with(|ctx| machine.on_text(Instant::now(), &text, ctx));
                 }
                 Some(Ok(Message::Binary(_))) => machine.on_binary(),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break 'run,
-                Some(Err(tungstenite::Error::Capacity(e))) => {
-                    *shared.hub().closes.entry((M::NAME, 1009)).or_default() += 1;
-                    send_close(&mut ws, 1009, e.to_string()).await;
-                    break 'run;
-                }
+                Some(Err(tungstenite::Error::Capacity(_))) => machine.on_oversized(),
                 Some(Err(_)) => break 'run,
             },
             Some(push) = async {
@@ -620,7 +650,7 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    shared.with(|r| machine.on_closed(r));
+    shared.with(|ctx| machine.on_closed(Instant::now(), ctx.registry));
 }
 
 async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
