@@ -86,6 +86,9 @@ pub struct Config {
     pub lvsp_rate: lvsp::RateLimit,
     /// Gateway heartbeat interval (milliseconds on the wire). Default 13.75 s.
     pub gateway_heartbeat: Duration,
+    /// Sessions one data-plane core is sized for (health's occupancy).
+    /// Default 1000.
+    pub capacity_per_core: u64,
     /// Largest websocket message accepted, bytes. Default 64 KiB.
     pub max_message_size: usize,
     /// How long to wait for the dataplane to come up. Default 20 s.
@@ -128,6 +131,7 @@ impl Config {
             lvsp_replay: 4096,
             lvsp_rate: lvsp::RateLimit::default(),
             gateway_heartbeat: Duration::from_millis(13_750),
+            capacity_per_core: 1000,
             max_message_size: 64 << 10,
             dataplane_start_timeout: Duration::from_secs(20),
         }
@@ -157,6 +161,9 @@ impl Config {
             if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
                 return bad(format!("{name} must be 100 ms..600 s, got {d:?}"));
             }
+        }
+        if self.capacity_per_core == 0 {
+            return bad("capacity per core must be at least 1 session".into());
         }
         if self.lvsp_replay == 0 {
             return bad("the LVSP replay buffer needs at least one slot".into());

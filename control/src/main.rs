@@ -88,6 +88,10 @@ struct Args {
     /// Sustained LVSP messages per second per connection (burst: twice).
     #[arg(long, default_value_t = 1000.0)]
     lvsp_rate: f64,
+    /// Sessions one data-plane core is sized for (health falls as they
+    /// fill).
+    #[arg(long, default_value_t = 1000)]
+    capacity_per_core: u64,
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
@@ -146,6 +150,7 @@ impl Args {
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;
+        c.capacity_per_core = self.capacity_per_core;
         c.lvsp_grace = Duration::from_secs(self.lvsp_grace_secs);
         c.lvsp_replay = self.lvsp_replay;
         c.lvsp_rate = control::lvsp::RateLimit {

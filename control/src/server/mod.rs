@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use shared::{Event, Region, RegionConfig, RegionError};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -257,7 +257,7 @@ impl Server {
                 replay: lvsp::Replay::new(config.lvsp_replay),
                 link,
                 gateways: HashMap::new(),
-                load: Load::new(config.cores),
+                load: Load::new(config.cores, config.capacity_per_core),
                 closes: CloseCounts::new(),
             }),
             lvsp: Arc::new(lvsp::Config {
@@ -662,5 +662,29 @@ async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
         code: CloseCode::from(code),
         reason: reason.into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_LINGER, ws.close(Some(frame))).await;
+    // Keep reading (and discarding) until the peer answers the close, so
+    // that closing the socket with the peer's unread data in our buffer
+    // does not reset the connection before the peer has read our close
+    // frame (a client still flooding, or the rest of an oversized frame).
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        loop {
+            match ws.next().await {
+                None | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => break,
+            }
+        }
+        // The websocket layer gave up on the bytes: drain them raw.
+        let mut sink = [0u8; 16 << 10];
+        while let Ok(n) = ws.get_mut().read(&mut sink).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
 }
+
+/// How long a closing connection waits for the peer's close reply.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);

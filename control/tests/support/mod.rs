@@ -181,3 +181,75 @@ pub fn http_get(addr: &str, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_owned()
 }
+
+/// Creates `channel` (in `guild`) over LVSP with one voice state per user
+/// and joins a voice client for each (AES-GCM, gateway v8).
+pub async fn join_call(
+    server: &ServerProcess,
+    lvsp: &mut scripts::LvspClient,
+    guild: &str,
+    channel: &str,
+    users: &[&str],
+) -> Vec<scripts::VoiceClient> {
+    let assign = lvsp
+        .channel_req(channel, Some(guild))
+        .await
+        .expect("CHANNEL_ASSIGN");
+    let mut clients = Vec::new();
+    for user in users {
+        let done = lvsp
+            .voice_state_create(user, channel, Some(guild))
+            .await
+            .expect("VOICE_STATE_DONE");
+        let client = scripts::VoiceClient::join(
+            &server.gateway_url,
+            8,
+            guild,
+            user,
+            &done.session_id,
+            &assign.token,
+            scripts::Mode::AeadAes256GcmRtpsize,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user} joins: {e}"));
+        clients.push(client);
+    }
+    // Let the last Select Protocol reach its core (design target: 5 ms).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    clients
+}
+
+/// Every member sends `n` packets; every member receives exactly the
+/// others' packets, byte-identical.
+pub async fn assert_call_flows(clients: &mut [scripts::VoiceClient], n: usize, tag: &str) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        for k in 0..n {
+            c.udp
+                .send_opus(format!("{tag} from {i} #{k}").as_bytes())
+                .await
+                .expect("send");
+        }
+    }
+    let ssrcs: Vec<u32> = clients.iter().map(|c| c.ssrc()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = std::collections::BTreeSet::new();
+        let expected: std::collections::BTreeSet<(u32, Vec<u8>)> = (0..ssrcs.len())
+            .filter(|j| *j != i)
+            .flat_map(|j| (0..n).map(move |k| (j, k)))
+            .map(|(j, k)| (ssrcs[j], format!("{tag} from {j} #{k}").into_bytes()))
+            .collect();
+        while got.len() < expected.len() {
+            match c.udp.recv_timeout(Duration::from_secs(5)).await {
+                Ok(p) => {
+                    got.insert((p.ssrc, p.payload));
+                }
+                Err(e) => panic!(
+                    "{tag}: member {i} got {} of {}: {e}",
+                    got.len(),
+                    expected.len()
+                ),
+            }
+        }
+        assert_eq!(got, expected, "{tag}: member {i}");
+    }
+}
