@@ -129,7 +129,10 @@ impl Config {
             lvsp_dialect: lvsp::Dialect::Spec,
             lvsp_grace: Duration::from_secs(300),
             lvsp_replay: 4096,
-            lvsp_rate: lvsp::RateLimit::default(),
+            lvsp_rate: lvsp::RateLimit {
+                per_second: 1000.0,
+                burst: 2000.0,
+            },
             gateway_heartbeat: Duration::from_millis(13_750),
             capacity_per_core: 1000,
             max_message_size: 64 << 10,

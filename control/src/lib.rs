@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod gateway;
+pub mod limit;
 pub mod link;
 pub mod lvsp;
 pub mod registry;

@@ -23,6 +23,8 @@ use rand::distributions::{Alphanumeric, DistString};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
+pub use crate::limit::RateLimit;
+use crate::limit::Bucket;
 use crate::registry::{Registry, RequestError};
 use crate::Output;
 
@@ -131,56 +133,6 @@ impl Dialect {
             Dialect::Spec => d.as_millis() as u64,
             // Whole seconds, rounded up (at least 1).
             Dialect::Litecord => d.as_millis().div_ceil(1000).max(1) as u64,
-        }
-    }
-}
-
-/// A per-connection message budget: `burst` messages at once, refilled at
-/// `per_second`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    /// Sustained messages per second. Default 1000.
-    pub per_second: f64,
-    /// Messages allowed at once. Default 2000.
-    pub burst: f64,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        RateLimit {
-            per_second: 1000.0,
-            burst: 2000.0,
-        }
-    }
-}
-
-/// A token bucket over [`RateLimit`], time passed in.
-#[derive(Debug, Clone)]
-pub(crate) struct Bucket {
-    limit: RateLimit,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    pub(crate) fn new(limit: RateLimit, now: Instant) -> Bucket {
-        Bucket {
-            limit,
-            tokens: limit.burst,
-            at: now,
-        }
-    }
-
-    /// Takes one token; false when the budget is spent.
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now.max(self.at);
-        self.tokens = (self.tokens + elapsed * self.limit.per_second).min(self.limit.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }
