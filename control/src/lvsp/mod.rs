@@ -23,8 +23,8 @@ use rand::distributions::{Alphanumeric, DistString};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
-pub use crate::limit::RateLimit;
 use crate::limit::Bucket;
+pub use crate::limit::RateLimit;
 use crate::registry::{Registry, RequestError};
 use crate::Output;
 

@@ -26,6 +26,8 @@ pub struct ServerProcess {
     pub metrics: String,
     /// The shared-memory file.
     pub shm: std::path::PathBuf,
+    /// The generated self-signed certificate (PEM), when serving TLS with one.
+    pub cert: Option<std::path::PathBuf>,
 }
 
 impl ServerProcess {
@@ -96,6 +98,7 @@ impl ServerProcess {
                 .trim_end_matches("/metrics")
                 .to_owned(),
             shm: fields["shm"].clone().into(),
+            cert: fields.get("cert").map(Into::into),
         }
     }
 

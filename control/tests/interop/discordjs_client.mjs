@@ -1,0 +1,226 @@
+// Interop client: @discordjs/voice joins a call on this voice server through
+// its public API (joinVoiceChannel with a custom adapter), sends Opus frames
+// (StreamType.Opus, no encoder) and records what it receives from one peer
+// through VoiceReceiver. Driven by control/tests/interop_discordjs.rs.
+//
+// Parameters: one JSON object, from argv[2] or the DISCORDJS_PARAMS env var:
+//   endpoint       "host:port" of the voice gateway (discord.js builds
+//                  wss://{endpoint}?v=8 from it, as from VOICE_SERVER_UPDATE)
+//   guild_id       the server_id (guild) of the call
+//   channel_id     the voice channel
+//   user_id        this client's user id
+//   session_id     VOICE_STATE_DONE.session_id from LVSP
+//   token          CHANNEL_ASSIGN.token from LVSP
+//   frames         Opus frames to send, hex strings, in order
+//   peer_user_id   the member whose frames must be received
+//   silence_ms     quiet time that ends the receive stream (default 1000)
+//   timeout_ms     hard limit for the whole run (default 25000)
+// Set DISCORDJS_DEBUG=1 for @discordjs/voice's debug log on stderr.
+//
+// Stdout gets JSON lines: {"event":"ready",...} once the connection is Ready
+// and the peer's SSRC is known (the driver starts sending then), and
+// {"event":"result",...} at the end. Exit 0 on success; on failure or
+// timeout a message on stderr and a non-zero exit.
+
+import { Readable } from 'node:stream';
+import {
+	AudioPlayerStatus,
+	EndBehaviorType,
+	NoSubscriberBehavior,
+	StreamType,
+	VoiceConnectionStatus,
+	createAudioPlayer,
+	createAudioResource,
+	entersState,
+	joinVoiceChannel,
+	version as discordjsVoiceVersion,
+} from '@discordjs/voice';
+
+const params = JSON.parse(process.argv[2] ?? process.env.DISCORDJS_PARAMS ?? 'null');
+if (!params || typeof params !== 'object') {
+	console.error('discordjs_client: pass the parameters as JSON in argv[2] or DISCORDJS_PARAMS');
+	process.exit(2);
+}
+for (const key of ['endpoint', 'guild_id', 'channel_id', 'user_id', 'session_id', 'token', 'peer_user_id']) {
+	if (typeof params[key] !== 'string') {
+		console.error(`discordjs_client: parameter ${key} must be a string`);
+		process.exit(2);
+	}
+}
+const frames = (params.frames ?? []).map((hex) => Buffer.from(hex, 'hex'));
+const silenceMs = params.silence_ms ?? 1000;
+const timeoutMs = params.timeout_ms ?? 25_000;
+const debug = process.env.DISCORDJS_DEBUG === '1';
+
+function emit(event) {
+	process.stdout.write(`${JSON.stringify(event)}\n`);
+}
+
+let connection;
+function fail(message) {
+	console.error(`discordjs_client: ${message}`);
+	try {
+		connection?.destroy();
+	} catch {}
+	process.exit(1);
+}
+
+const deadline = setTimeout(() => fail(`timed out after ${timeoutMs} ms`), timeoutMs);
+
+// The adapter stands in for the Discord main gateway: the join (op 4) it is
+// asked to send is answered with the VOICE_STATE_UPDATE and
+// VOICE_SERVER_UPDATE a real gateway would dispatch, filled with what the
+// test obtained over LVSP. Anything else sent through it is recorded only.
+let joins = 0;
+function adapterCreator(methods) {
+	return {
+		sendPayload(payload) {
+			if (payload?.op === 4 && payload.d?.channel_id) {
+				joins += 1;
+				if (joins > 1) {
+					// @discordjs/voice rejoins when the voice websocket closed
+					// with a code it does not resume from: a failure here.
+					setImmediate(() => fail(`@discordjs/voice asked to rejoin (attempt ${joins})`));
+					return true;
+				}
+				setImmediate(() => {
+					methods.onVoiceStateUpdate({
+						guild_id: params.guild_id,
+						channel_id: params.channel_id,
+						user_id: params.user_id,
+						session_id: params.session_id,
+						deaf: false,
+						mute: false,
+						self_deaf: false,
+						self_mute: false,
+						self_video: false,
+						suppress: false,
+						request_to_speak_timestamp: null,
+					});
+					methods.onVoiceServerUpdate({
+						token: params.token,
+						guild_id: params.guild_id,
+						endpoint: params.endpoint,
+					});
+				});
+			}
+			return true;
+		},
+		destroy() {},
+	};
+}
+
+function networkingState() {
+	return connection?.state?.networking?.state;
+}
+
+function waitFor(what, predicate, ms) {
+	return new Promise((resolve, reject) => {
+		const started = Date.now();
+		const tick = () => {
+			const value = predicate();
+			if (value !== undefined && value !== null && value !== false) return resolve(value);
+			if (Date.now() - started > ms) return reject(new Error(`timed out waiting for ${what}`));
+			setTimeout(tick, 10);
+		};
+		tick();
+	});
+}
+
+async function main() {
+	connection = joinVoiceChannel({
+		channelId: params.channel_id,
+		guildId: params.guild_id,
+		adapterCreator,
+		selfDeaf: false,
+		selfMute: false,
+		debug,
+	});
+	if (debug) connection.on('debug', (m) => console.error(`[voice] ${m}`));
+	connection.on('error', (error) => fail(`connection error: ${error?.stack ?? error}`));
+	connection.on('stateChange', (_old, next) => {
+		if (next.status === VoiceConnectionStatus.Disconnected) {
+			fail(`connection disconnected (reason ${next.reason}, close code ${next.closeCode})`);
+		}
+	});
+
+	try {
+		await entersState(connection, VoiceConnectionStatus.Ready, 10_000);
+	} catch (error) {
+		fail(`the connection did not become Ready: ${error?.message ?? error}`);
+	}
+	const data = networkingState()?.connectionData ?? {};
+
+	// Receive: VoiceReceiver maps SSRC → user only from Speaking op 5.
+	const received = [];
+	const stream = connection.receiver.subscribe(params.peer_user_id, {
+		end: { behavior: EndBehaviorType.AfterSilence, duration: silenceMs },
+	});
+	stream.on('data', (packet) => received.push(Buffer.from(packet).toString('hex')));
+	const receiveDone = new Promise((resolve, reject) => {
+		stream.once('end', resolve);
+		stream.once('close', resolve);
+		stream.once('error', reject);
+	});
+	let peerSsrc;
+	try {
+		peerSsrc = await waitFor(
+			`a Speaking op 5 naming ${params.peer_user_id}`,
+			() => connection.receiver.ssrcMap.get(params.peer_user_id)?.audioSSRC,
+			5_000,
+		);
+	} catch (error) {
+		fail(error.message);
+	}
+
+	emit({
+		event: 'ready',
+		ssrc: data.ssrc,
+		mode: data.encryptionMode,
+		peer_ssrc: peerSsrc,
+	});
+
+	// Send: the frames as they are, one per 20 ms tick. All are buffered in
+	// the stream before playback so no tick finds it empty (an empty tick
+	// would send a silence frame in the middle).
+	const player = createAudioPlayer({ behaviors: { noSubscriber: NoSubscriberBehavior.Pause } });
+	player.on('error', (error) => fail(`audio player error: ${error?.message ?? error}`));
+	const source = new Readable({ objectMode: true, read() {} });
+	for (const frame of frames) source.push(frame);
+	source.push(null);
+	const resource = createAudioResource(source, { inputType: StreamType.Opus });
+	const played = new Promise((resolve) => {
+		player.on('stateChange', (old, next) => {
+			if (old.status !== AudioPlayerStatus.Idle && next.status === AudioPlayerStatus.Idle) resolve();
+		});
+	});
+	connection.subscribe(player);
+	player.play(resource);
+
+	await played;
+	await receiveDone;
+	// Round-trip time of the last heartbeat the gateway acknowledged
+	// (undefined if none was).
+	const wsPing = connection.ping.ws;
+
+	emit({
+		event: 'result',
+		discordjs_voice: discordjsVoiceVersion,
+		node: process.version,
+		ssrc: data.ssrc,
+		mode: data.encryptionMode,
+		dave_protocol_version: networkingState()?.dave?.protocolVersion ?? null,
+		peer_ssrc: peerSsrc,
+		ws_ping: wsPing ?? null,
+		sent: frames.length,
+		silence_padding_frames: resource.silencePaddingFrames,
+		received,
+	});
+	clearTimeout(deadline);
+	connection.destroy();
+	// Give the websocket close frame a moment, then leave even if a timer
+	// (heartbeat, UDP keepalive) is still pending.
+	setTimeout(() => process.exit(0), 200).unref();
+}
+
+main().catch((error) => fail(error?.stack ?? String(error)));

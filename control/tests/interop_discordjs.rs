@@ -1,0 +1,391 @@
+//! Interoperability with a real third-party client: @discordjs/voice (the
+//! version pinned in `control/tests/interop/package-lock.json`) joins a call
+//! through its public `joinVoiceChannel` API, fed by a custom adapter with
+//! the session and token this test obtained over LVSP. It sends Opus frames
+//! and receives the other member's frames through `VoiceReceiver`; the other
+//! member is this project's own client. Both directions are compared byte
+//! for byte.
+//!
+//! Needs `node` and `npm ci --prefix control/tests/interop` (CI's `.ci/run`
+//! does both); without them the test fails and says so.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use scripts::{ClientError, GatewayEvent, LvspClient, Mode, VoiceClient};
+use serde_json::{json, Value};
+use support::ServerProcess;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const GUILD: &str = "41771983423143936";
+const CHANNEL: &str = "41771983423143937";
+/// This project's client.
+const RUST_USER: &str = "80351110224678912";
+/// The @discordjs/voice client.
+const DJS_USER: &str = "80351110224678913";
+/// Frames each side sends.
+const FRAMES: usize = 25;
+/// The Opus silence frame @discordjs/voice appends after a resource ends.
+const SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
+/// `AudioResource.silencePaddingFrames` (default 5; the script reports the
+/// value it used and the test checks it).
+const SILENCE_PADDING: usize = 5;
+/// How many silence frames actually go on the wire: one fewer. The audio
+/// cycle (`audioCycleStep`) dispatches the frame prepared in the previous
+/// cycle only if the player is still playable, and the resource stops being
+/// readable as soon as the last padding frame was prepared, so that last one
+/// is never sent. Deterministic in the pinned version.
+const SILENCE_SENT: usize = SILENCE_PADDING - 1;
+
+/// The `n`th frame of sender `tag`: a CELT-only fullband 20 ms TOC byte
+/// (0xF8, one frame) and a distinct body, so every frame is a well-formed
+/// Opus packet and differs from every other and from the silence frame.
+fn opus_frame(tag: u8, n: usize) -> Vec<u8> {
+    let mut f = vec![0xF8, tag, n as u8];
+    f.extend((0..37).map(|i| (i * 11 + n * 3 + tag as usize) as u8));
+    f
+}
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Fails (never skips) when node or the npm project is missing.
+fn check_prerequisites() {
+    let setup = "install Node.js and npm (`apt-get install -y nodejs npm` when \
+                 missing) and run `npm ci --prefix control/tests/interop` from the \
+                 repository root (.ci/run does both)";
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!("`node --version` failed ({}): {setup}", out.status),
+        Err(e) => panic!("node is not available ({e}): {setup}"),
+    }
+    let installed = interop_dir().join("node_modules/@discordjs/voice/package.json");
+    assert!(
+        installed.exists(),
+        "{} is missing: {setup}",
+        installed.display()
+    );
+}
+
+/// The node child, its stdout lines and a task collecting its stderr.
+struct Node {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Node {
+    fn spawn(cert: &Path, params: &Value) -> Node {
+        let mut child = Command::new("node")
+            .arg(interop_dir().join("discordjs_client.mjs"))
+            .current_dir(interop_dir())
+            .env("DISCORDJS_PARAMS", params.to_string())
+            .env("NODE_EXTRA_CA_CERTS", cert)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s).await;
+            s
+        });
+        Node {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Kills the child and returns what it printed on stderr.
+    async fn stderr(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        tokio::time::timeout(Duration::from_secs(5), self.stderr)
+            .await
+            .map(|r| r.unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The next JSON line on stdout whose `event` is `event`.
+    async fn event(&mut self, event: &str, wait: Duration) -> Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.stdout.next_line())
+                .await
+                .map_err(|_| format!("no {event:?} line within {wait:?}"))?
+                .map_err(|e| format!("reading node's stdout: {e}"))?
+                .ok_or_else(|| format!("node's stdout ended before a {event:?} line"))?;
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue; // not one of ours
+            };
+            if v["event"] == event {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+/// Panics with node's stderr attached.
+async fn node_failed(node: Node, what: String) -> ! {
+    let stderr = node.stderr().await;
+    panic!("{what}\n--- discordjs_client.mjs stderr ---\n{stderr}");
+}
+
+fn hex_frames(frames: &[Vec<u8>]) -> Vec<String> {
+    frames.iter().map(hex::encode).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discordjs_voice_sends_and_receives_through_the_server() {
+    check_prerequisites();
+    // A certificate file of this test's own: node trusts exactly it.
+    let cert = std::env::temp_dir().join(format!(
+        "voice-interop-cert-{}-{}.pem",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let cert_arg = cert.to_string_lossy().into_owned();
+    // A short heartbeat interval, so that discord.js heartbeats (v8 shape,
+    // with seq_ack) several times during the call: it drops a connection
+    // whose heartbeats go unacknowledged three times in a row.
+    let server = ServerProcess::start(
+        1,
+        &[
+            "--self-signed-cert",
+            &cert_arg,
+            "--gateway-heartbeat-ms",
+            "250",
+        ],
+    );
+    assert!(
+        server.gateway_url.starts_with("wss://"),
+        "{}",
+        server.gateway_url
+    );
+    let cert = server
+        .cert
+        .clone()
+        .expect("the server printed its certificate");
+    tokio::time::timeout(Duration::from_secs(90), call(&server, &cert))
+        .await
+        .expect("the call finished in time");
+    let status = server.stop();
+    assert!(status.success(), "control exited with {status}");
+}
+
+async fn call(server: &ServerProcess, cert: &Path) {
+    // Litecord's side: the channel and both voice states.
+    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP identify");
+    let _lvsp_heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
+    let assign = lvsp
+        .channel_req(CHANNEL, Some(GUILD))
+        .await
+        .expect("CHANNEL_ASSIGN");
+    let rust_state = lvsp
+        .voice_state_create(RUST_USER, CHANNEL, Some(GUILD))
+        .await
+        .expect("VOICE_STATE_DONE (rust)");
+    let djs_state = lvsp
+        .voice_state_create(DJS_USER, CHANNEL, Some(GUILD))
+        .await
+        .expect("VOICE_STATE_DONE (discord.js)");
+
+    // This project's client joins first and announces its SSRC (op 5): the
+    // server must repeat that to discord.js when it joins later, or
+    // discord.js cannot map the SSRC to the user it subscribes to.
+    let mut rust = VoiceClient::join(
+        &server.gateway_url,
+        8,
+        GUILD,
+        RUST_USER,
+        &rust_state.session_id,
+        &assign.token,
+        Mode::AeadAes256GcmRtpsize,
+    )
+    .await
+    .expect("rust client joins");
+    rust.gateway.speaking(1).await.expect("speaking");
+
+    let rust_frames: Vec<Vec<u8>> = (0..FRAMES).map(|n| opus_frame(0x52, n)).collect();
+    let djs_frames: Vec<Vec<u8>> = (0..FRAMES).map(|n| opus_frame(0x44, n)).collect();
+    let endpoint = server
+        .gateway_url
+        .strip_prefix("wss://")
+        .expect("wss gateway")
+        .trim_end_matches('/');
+    let params = json!({
+        "endpoint": endpoint,
+        "guild_id": GUILD,
+        "channel_id": CHANNEL,
+        "user_id": DJS_USER,
+        "session_id": djs_state.session_id,
+        "token": assign.token,
+        "frames": hex_frames(&djs_frames),
+        "peer_user_id": RUST_USER,
+        "silence_ms": 1000,
+        "timeout_ms": 30_000,
+    });
+    let mut node = Node::spawn(cert, &params);
+
+    let ready = match node.event("ready", Duration::from_secs(20)).await {
+        Ok(v) => v,
+        Err(e) => node_failed(node, format!("discord.js never got ready: {e}")).await,
+    };
+    // The server lists AES-GCM first; discord.js takes the first it supports.
+    assert_eq!(ready["mode"], "aead_aes256_gcm_rtpsize", "{ready}");
+    assert_eq!(
+        ready["peer_ssrc"],
+        rust.ssrc(),
+        "discord.js mapped {RUST_USER} to the wrong SSRC: {ready}"
+    );
+    let djs_ssrc = ready["ssrc"].as_u64().expect("discord.js's ssrc") as u32;
+
+    // Both directions at once: our frames every 20 ms while discord.js
+    // plays its own; collect what it sends until its frames and the
+    // trailing silence padding arrived.
+    let expected_from_djs: Vec<Vec<u8>> = djs_frames
+        .iter()
+        .cloned()
+        .chain(std::iter::repeat_n(SILENCE_FRAME.to_vec(), SILENCE_SENT))
+        .collect();
+    let mut from_djs: Vec<scripts::ReceivedPacket> = Vec::new();
+    let mut sent = 0;
+    let mut next_send = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent < FRAMES || from_djs.len() < expected_from_djs.len() {
+        let now = Instant::now();
+        if now > deadline {
+            node_failed(
+                node,
+                format!(
+                    "sent {sent} of {FRAMES}; received {} of {} frames from discord.js: {:?}",
+                    from_djs.len(),
+                    expected_from_djs.len(),
+                    from_djs
+                        .iter()
+                        .map(|p| (p.seq, hex::encode(&p.payload[..p.payload.len().min(3)])))
+                        .collect::<Vec<_>>()
+                ),
+            )
+            .await;
+        }
+        if sent < FRAMES && now >= next_send {
+            rust.udp
+                .send_opus(&rust_frames[sent])
+                .await
+                .expect("send opus");
+            sent += 1;
+            next_send += Duration::from_millis(20);
+            continue;
+        }
+        let wait = if sent < FRAMES {
+            next_send.saturating_duration_since(now)
+        } else {
+            deadline.saturating_duration_since(now)
+        };
+        match rust
+            .udp
+            .recv_timeout(wait.max(Duration::from_millis(1)))
+            .await
+        {
+            Ok(p) => {
+                assert_eq!(p.ssrc, djs_ssrc, "a packet from an unknown SSRC");
+                from_djs.push(p);
+            }
+            Err(ClientError::Timeout(_)) => {}
+            Err(e) => panic!("receiving: {e}"),
+        }
+    }
+    // Anything extra would arrive shortly after.
+    while let Ok(p) = rust.udp.recv_timeout(Duration::from_millis(300)).await {
+        from_djs.push(p);
+    }
+
+    let result = match node.event("result", Duration::from_secs(15)).await {
+        Ok(v) => v,
+        Err(e) => node_failed(node, format!("discord.js gave no result: {e}")).await,
+    };
+    let status = match tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await {
+        Ok(status) => status.expect("wait for node"),
+        Err(_) => node_failed(node, "node did not exit after its result".into()).await,
+    };
+    if !status.success() {
+        node_failed(node, format!("node exited with {status}")).await;
+    }
+    let stderr = node.stderr().await;
+    eprintln!("discord.js result: {result}\n{stderr}");
+
+    // discord.js → server → us: its frames, in order, then exactly the
+    // silence padding it puts on the wire when a resource ends.
+    assert_eq!(result["silence_padding_frames"], SILENCE_PADDING);
+    assert_eq!(result["dave_protocol_version"], 0, "{result}");
+    assert_eq!(result["mode"], "aead_aes256_gcm_rtpsize", "{result}");
+    assert!(
+        result["ws_ping"].is_number(),
+        "discord.js saw no heartbeat ACK: {result}"
+    );
+    let payloads: Vec<Vec<u8>> = from_djs.iter().map(|p| p.payload.clone()).collect();
+    assert_eq!(
+        payloads.iter().map(hex::encode).collect::<Vec<_>>(),
+        hex_frames(&expected_from_djs),
+        "what we received from discord.js"
+    );
+    for pair in from_djs.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1), "RTP sequence");
+        assert_eq!(
+            pair[1].timestamp,
+            pair[0].timestamp.wrapping_add(960),
+            "RTP timestamp"
+        );
+    }
+
+    // Us → server → discord.js: exactly our frames, byte for byte.
+    let received: Vec<String> = result["received"]
+        .as_array()
+        .expect("received frames")
+        .iter()
+        .map(|v| v.as_str().expect("hex").to_owned())
+        .collect();
+    assert_eq!(
+        received,
+        hex_frames(&rust_frames),
+        "what discord.js received"
+    );
+
+    // The gateway told us who discord.js is: Clients Connect with its user
+    // id, and its Speaking (op 5) with the SSRC its packets carry.
+    let mut connected = false;
+    let mut speaking = Vec::new();
+    while let Ok(event) = rust
+        .gateway
+        .next_event_timeout(Duration::from_millis(200))
+        .await
+    {
+        match event {
+            GatewayEvent::ClientsConnect(ids) => connected |= ids.iter().any(|u| u == DJS_USER),
+            GatewayEvent::Speaking(s) => speaking.push(s),
+            _ => {}
+        }
+    }
+    assert!(connected, "no Clients Connect (op 11) for {DJS_USER}");
+    assert!(
+        speaking
+            .iter()
+            .any(|s| s.user_id.as_deref() == Some(DJS_USER)
+                && s.ssrc == djs_ssrc
+                && s.speaking & 1 == 1),
+        "no Speaking (op 5) from {DJS_USER} with SSRC {djs_ssrc}: {speaking:?}"
+    );
+}
