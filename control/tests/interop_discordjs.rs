@@ -6,8 +6,9 @@
 //! member is this project's own client. Both directions are compared byte
 //! for byte.
 //!
-//! Needs `node` and `npm ci --prefix control/tests/interop` (CI's `.ci/run`
-//! does both); without them the test fails and says so.
+//! Needs Node.js and npm; the first run installs the pinned packages with
+//! `npm ci --prefix control/tests/interop` (CI's `.ci/run` does it too).
+//! Without node the test fails and says so.
 
 mod support;
 
@@ -65,6 +66,18 @@ fn check_prerequisites() {
         Err(e) => panic!("node is not available ({e}): {setup}"),
     }
     let installed = interop_dir().join("node_modules/@discordjs/voice/package.json");
+    if !installed.exists() {
+        // `cargo test` alone must run the whole suite: install the pinned
+        // packages (the lockfile fixes every version) the first time.
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(interop_dir())
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "npm ci failed ({status:?}): {setup}"
+        );
+    }
     assert!(
         installed.exists(),
         "{} is missing: {setup}",
