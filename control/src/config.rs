@@ -86,6 +86,13 @@ pub struct Config {
     pub lvsp_rate: lvsp::RateLimit,
     /// Gateway heartbeat interval (milliseconds on the wire). Default 13.75 s.
     pub gateway_heartbeat: Duration,
+    /// Per-connection gateway message budget. Default 10/s, burst 60.
+    pub gateway_rate: crate::limit::RateLimit,
+    /// How long a gateway session whose websocket went away waits for a
+    /// Resume, keeping its SSRC, key and address. Default 30 s.
+    pub gateway_resume_grace: Duration,
+    /// Numbered gateway messages kept per session for Resume. Default 256.
+    pub gateway_replay: usize,
     /// Sessions one data-plane core is sized for (health's occupancy).
     /// Default 1000.
     pub capacity_per_core: u64,
@@ -134,6 +141,12 @@ impl Config {
                 burst: 2000.0,
             },
             gateway_heartbeat: Duration::from_millis(13_750),
+            gateway_rate: crate::limit::RateLimit {
+                per_second: 10.0,
+                burst: 60.0,
+            },
+            gateway_resume_grace: Duration::from_secs(30),
+            gateway_replay: 256,
             capacity_per_core: 1000,
             max_message_size: 64 << 10,
             dataplane_start_timeout: Duration::from_secs(20),
@@ -171,9 +184,13 @@ impl Config {
         if self.lvsp_replay == 0 {
             return bad("the LVSP replay buffer needs at least one slot".into());
         }
-        let rate = self.lvsp_rate;
-        if !(rate.per_second > 0.0 && rate.burst >= 1.0) {
-            return bad(format!("LVSP rate limit must be positive, got {rate:?}"));
+        for (name, rate) in [("LVSP", self.lvsp_rate), ("gateway", self.gateway_rate)] {
+            if !(rate.per_second > 0.0 && rate.burst >= 1.0) {
+                return bad(format!("{name} rate limit must be positive, got {rate:?}"));
+            }
+        }
+        if self.gateway_replay == 0 {
+            return bad("the gateway replay buffer needs at least one slot".into());
         }
         if self.max_message_size < 1024 {
             return bad("max message size must be at least 1024 bytes".into());

@@ -25,6 +25,7 @@ pub mod gateway;
 pub mod limit;
 pub mod link;
 pub mod lvsp;
+mod protocol;
 pub mod registry;
 pub mod server;
 

@@ -92,6 +92,17 @@ struct Args {
     /// fill).
     #[arg(long, default_value_t = 1000)]
     capacity_per_core: u64,
+    /// Milliseconds a gateway session whose websocket went away keeps its
+    /// SSRC, key and address waiting for a Resume.
+    #[arg(long, default_value_t = 30_000)]
+    gateway_resume_grace_ms: u64,
+    /// Sustained gateway messages per second per connection (past the
+    /// budget: close 4021).
+    #[arg(long, default_value_t = 10.0)]
+    gateway_rate: f64,
+    /// Gateway messages a connection may send at once.
+    #[arg(long, default_value_t = 60.0)]
+    gateway_burst: f64,
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
@@ -150,6 +161,11 @@ impl Args {
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;
+        c.gateway_resume_grace = Duration::from_millis(self.gateway_resume_grace_ms);
+        c.gateway_rate = control::limit::RateLimit {
+            per_second: self.gateway_rate,
+            burst: self.gateway_burst,
+        };
         c.capacity_per_core = self.capacity_per_core;
         c.lvsp_grace = Duration::from_secs(self.lvsp_grace_secs);
         c.lvsp_replay = self.lvsp_replay;

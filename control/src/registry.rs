@@ -5,12 +5,15 @@
 //! [`Effect`]s (data-plane commands, messages for gateway connections) that
 //! the server layer drains with [`Registry::drain_effects`] and carries out.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
+use serde_json::{json, Value};
 use shared::{Command, Mode, SessionSpec};
+
+use crate::gateway::{close, op, Stream};
 
 /// Identifies one gateway websocket connection.
 pub type ConnId = u64;
@@ -18,25 +21,8 @@ pub type ConnId = u64;
 /// A message the registry wants delivered to one gateway connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
-    /// Another member's speaking state (op 5).
-    Speaking {
-        /// The member's user id.
-        user_id: String,
-        /// The member's SSRC.
-        ssrc: u32,
-        /// Speaking flags.
-        speaking: u32,
-    },
-    /// Members that joined (op 11).
-    ClientsConnect {
-        /// Their user ids.
-        user_ids: Vec<String>,
-    },
-    /// A member that left (op 13).
-    ClientDisconnect {
-        /// Its user id.
-        user_id: String,
-    },
+    /// A gateway message, already numbered in the session's stream.
+    Text(String),
     /// Close the connection with this code (e.g. 4014 channel destroyed).
     Close {
         /// Websocket close code.
@@ -83,28 +69,44 @@ pub struct Channel {
 }
 
 /// A user's voice state in a channel, created over LVSP.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct VoiceState {
     user_id: String,
     user: u64,
     channel_id: String,
-    /// Set while a gateway connection is identified for it.
+    /// The gateway connection attached to it, if any.
     conn: Option<ConnId>,
-    /// The SSRC handed out at Identify.
+    /// The SSRC handed out at the first Identify.
     ssrc: Option<u32>,
     /// Last speaking flags the client sent (0 = never / silent).
     speaking: u32,
+    /// The gateway session's numbered messages (from Identify on): what a
+    /// Resume re-delivers.
+    stream: Option<Stream>,
+    /// Since when the websocket is gone with the session kept for a Resume.
+    parked_since: Option<Instant>,
 }
 
-/// Why a gateway Identify was refused.
+impl VoiceState {
+    /// Identified, attached or parked: the member is in the call.
+    fn in_call(&self) -> bool {
+        self.stream.is_some()
+    }
+}
+
+/// Why a gateway Identify or Resume was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IdentifyError {
     /// No voice state with that session id, user, channel and token.
     #[error("authentication failed")]
     AuthenticationFailed,
-    /// An id that should be a snowflake is not one.
-    #[error("bad snowflake")]
-    BadSnowflake,
+    /// `server_id` names no guild or DM channel of this server.
+    #[error("server not found")]
+    ServerNotFound,
+    /// Resume: the session is gone (expired, removed, never identified) or
+    /// the messages after `seq_ack` are no longer kept.
+    #[error("session no longer valid")]
+    SessionInvalid,
 }
 
 /// What a successful Identify hands the connection.
@@ -114,6 +116,15 @@ pub struct Identified {
     pub ssrc: u32,
     /// The channel's snowflake.
     pub channel_id: String,
+}
+
+/// What a successful Resume hands the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The session's SSRC (unchanged).
+    pub ssrc: u32,
+    /// The numbered messages after the client's `seq_ack`, in order.
+    pub missed: Vec<String>,
 }
 
 /// What an LVSP CHANNEL_REQ returns.
@@ -158,6 +169,14 @@ pub struct Registry {
     orphaned_since: Option<Instant>,
     /// How long state survives without Litecord.
     orphan_grace: Duration,
+    /// Parked gateway sessions in parking order (the grace is the same for
+    /// all, so deadlines are in order too). Entries whose state was resumed
+    /// or removed since are skipped when they come up.
+    parked: VecDeque<(Instant, String)>,
+    /// How long a session whose websocket went away waits for a Resume.
+    resume_grace: Duration,
+    /// Numbered messages kept per gateway session for Resume.
+    stream_capacity: usize,
 }
 
 /// A 128-bit random value as 32 lowercase hex digits.
@@ -191,6 +210,9 @@ impl Registry {
             lvsp_connections: 0,
             orphaned_since: None,
             orphan_grace: Duration::from_secs(300),
+            parked: VecDeque::new(),
+            resume_grace: Duration::from_secs(30),
+            stream_capacity: 256,
         }
     }
 
@@ -203,6 +225,14 @@ impl Registry {
     /// is identified (default 5 minutes).
     pub fn set_orphan_grace(&mut self, grace: Duration) {
         self.orphan_grace = grace;
+    }
+
+    /// How long a gateway session whose websocket went away keeps its SSRC,
+    /// key and address for a Resume (default 30 s), and how many numbered
+    /// messages it keeps for re-delivery (default 256).
+    pub fn set_resume(&mut self, grace: Duration, capacity: usize) {
+        self.resume_grace = grace;
+        self.stream_capacity = capacity.max(1);
     }
 
     /// An LVSP connection identified or resumed: Litecord reclaims all
@@ -223,15 +253,31 @@ impl Registry {
 
     /// When [`Registry::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.orphaned_since
+        let orphan = self
+            .orphaned_since
             .filter(|_| !self.channels.is_empty())
-            .map(|t| t + self.orphan_grace)
+            .map(|t| t + self.orphan_grace);
+        let parked = self.parked.front().map(|(t, _)| *t);
+        orphan.into_iter().chain(parked).min()
     }
 
-    /// Time passes: state Litecord did not reclaim within the grace period
-    /// expires (every channel destroyed, members closed with 4014).
+    /// Time passes: parked gateway sessions nobody resumed leave the call;
+    /// state Litecord did not reclaim within its grace period expires
+    /// (every channel destroyed, members closed with 4014).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.poll_timeout().is_some_and(|t| now >= t) {
+        while let Some((deadline, session_id)) = self.parked.front() {
+            if *deadline > now {
+                break;
+            }
+            let session_id = session_id.clone();
+            self.parked.pop_front();
+            let expired = self.states.get(&session_id).and_then(|s| s.parked_since);
+            if expired.is_some_and(|since| since + self.resume_grace <= now) {
+                self.leave_call(&session_id);
+            }
+        }
+        let orphan = self.orphaned_since.map(|t| t + self.orphan_grace);
+        if !self.channels.is_empty() && orphan.is_some_and(|t| now >= t) {
             let channels: Vec<String> = self.channels.keys().cloned().collect();
             tracing::info!(channels = channels.len(), "LVSP state expired");
             for channel_id in channels {
@@ -264,9 +310,17 @@ impl Registry {
         self.states.len()
     }
 
-    /// Number of identified gateway sessions.
+    /// Number of gateway sessions in calls (attached or parked).
     pub fn session_count(&self) -> usize {
-        self.states.values().filter(|s| s.conn.is_some()).count()
+        self.states.values().filter(|s| s.in_call()).count()
+    }
+
+    /// Number of gateway sessions waiting for a Resume.
+    pub fn parked_count(&self) -> usize {
+        self.states
+            .values()
+            .filter(|s| s.parked_since.is_some())
+            .count()
     }
 
     /// A channel by snowflake.
@@ -335,7 +389,7 @@ impl Registry {
                 self.effects.push_back(Effect::Gateway {
                     conn,
                     push: Push::Close {
-                        code: 4014,
+                        code: close::DISCONNECTED,
                         reason: "disconnected",
                     },
                 });
@@ -370,6 +424,8 @@ impl Registry {
                 conn: None,
                 ssrc: None,
                 speaking: 0,
+                stream: None,
+                parked_since: None,
             },
         );
         self.by_user.insert(key, session_id.clone());
@@ -381,24 +437,41 @@ impl Registry {
     pub fn voice_state_destroy(&mut self, user_id: &str, channel_id: &str) {
         let Some(sid) = self
             .by_user
-            .remove(&(channel_id.to_owned(), user_id.to_owned()))
+            .get(&(channel_id.to_owned(), user_id.to_owned()))
+            .cloned()
         else {
             return;
         };
-        let Some(state) = self.states.remove(&sid) else {
-            return;
-        };
+        if let Some(conn) = self.leave_call(&sid) {
+            self.effects.push_back(Effect::Gateway {
+                conn,
+                push: Push::Close {
+                    code: close::DISCONNECTED,
+                    reason: "disconnected",
+                },
+            });
+        }
+        self.by_user
+            .remove(&(channel_id.to_owned(), user_id.to_owned()));
+        self.states.remove(&sid);
         if let Some(ch) = self.channels.get_mut(channel_id) {
             ch.members.remove(&sid);
-            let core = ch.core;
-            self.release(core, &state);
         }
     }
 
-    /// Frees a removed state's SSRC and session, closes its gateway and
-    /// tells the other members it left.
-    fn release(&mut self, core: u32, state: &VoiceState) {
-        if let Some(ssrc) = state.ssrc {
+    /// Takes a session out of the call: its SSRC leaves the data plane, the
+    /// others get Client Disconnect. The voice state stays (it may
+    /// identify again). Returns the connection that was attached, if any.
+    fn leave_call(&mut self, session_id: &str) -> Option<ConnId> {
+        let state = self.states.get_mut(session_id)?;
+        let conn = state.conn.take();
+        let in_call = state.stream.take().is_some();
+        state.parked_since = None;
+        state.speaking = 0;
+        let ssrc = state.ssrc.take();
+        let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
+        let core = self.channels.get(&channel_id)?.core;
+        if let Some(ssrc) = ssrc {
             self.ssrcs.remove(&ssrc);
             self.load[core as usize] = self.load[core as usize].saturating_sub(1);
             self.effects.push_back(Effect::Dataplane {
@@ -406,49 +479,66 @@ impl Registry {
                 command: Command::RemoveSession { ssrc },
             });
         }
+        if in_call {
+            self.broadcast(&channel_id, session_id, || {
+                (op::CLIENT_DISCONNECT, json!({"user_id": user_id}))
+            });
+        }
+        conn
+    }
+
+    /// Numbers a message in `session_id`'s stream and delivers it if a
+    /// connection is attached; a parked session keeps it for its Resume.
+    fn deliver(&mut self, session_id: &str, op: u64, d: Value) {
+        let Some(state) = self.states.get_mut(session_id) else {
+            return;
+        };
+        let Some(stream) = state.stream.as_mut() else {
+            return;
+        };
+        let text = stream.message(op, d);
         if let Some(conn) = state.conn {
             self.effects.push_back(Effect::Gateway {
                 conn,
-                push: Push::Close {
-                    code: 4014,
-                    reason: "disconnected",
-                },
-            });
-            self.broadcast(&state.channel_id, conn, |_| Push::ClientDisconnect {
-                user_id: state.user_id.clone(),
+                push: Push::Text(text),
             });
         }
     }
 
-    /// Queues a push for every other identified member of a channel.
-    fn broadcast(&mut self, channel_id: &str, except: ConnId, push: impl Fn(&str) -> Push) {
+    /// Delivers a message to every other member in the call.
+    fn broadcast(&mut self, channel_id: &str, except: &str, make: impl Fn() -> (u64, Value)) {
         let Some(ch) = self.channels.get(channel_id) else {
             return;
         };
-        let mut targets: BTreeMap<ConnId, ()> = BTreeMap::new();
-        for sid in &ch.members {
-            if let Some(conn) = self.states.get(sid).and_then(|s| s.conn) {
-                if conn != except {
-                    targets.insert(conn, ());
-                }
-            }
-        }
-        for conn in targets.into_keys() {
-            let push = push(channel_id);
-            self.effects.push_back(Effect::Gateway { conn, push });
+        let mut targets: Vec<String> = ch
+            .members
+            .iter()
+            .filter(|sid| *sid != except && self.states.get(*sid).is_some_and(VoiceState::in_call))
+            .cloned()
+            .collect();
+        targets.sort();
+        for sid in targets {
+            let (op, d) = make();
+            self.deliver(&sid, op, d);
         }
     }
 
-    /// Gateway Identify: checks the credentials, allocates the SSRC on the
-    /// channel's core and announces it to that core.
-    pub fn identify(
-        &mut self,
-        conn: ConnId,
+    /// Checks Identify/Resume credentials: the state, its channel's token
+    /// and server id (and the user, when given).
+    fn authenticate(
+        &self,
         server_id: &str,
-        user_id: &str,
+        user_id: Option<&str>,
         session_id: &str,
         token: &str,
-    ) -> Result<Identified, IdentifyError> {
+    ) -> Result<&VoiceState, IdentifyError> {
+        let known_server = self
+            .channels
+            .values()
+            .any(|c| c.guild_id.as_deref().unwrap_or(&c.channel_id) == server_id);
+        if !known_server {
+            return Err(IdentifyError::ServerNotFound);
+        }
         let state = self
             .states
             .get(session_id)
@@ -456,24 +546,42 @@ impl Registry {
         let ch = &self.channels[&state.channel_id];
         let expected_server = ch.guild_id.as_deref().unwrap_or(&ch.channel_id);
         let token_ok = constant_time_eq(token.as_bytes(), ch.token.as_bytes());
-        if !token_ok || state.user_id != user_id || server_id != expected_server {
+        if !token_ok || user_id.is_some_and(|u| u != state.user_id) || server_id != expected_server
+        {
             return Err(IdentifyError::AuthenticationFailed);
         }
+        Ok(state)
+    }
+
+    /// Gateway Identify at gateway `version`: checks the credentials,
+    /// allocates the SSRC on the channel's core and announces it to that
+    /// core. The connection then numbers its Ready with
+    /// [`Registry::message`] and calls [`Registry::welcome`].
+    pub fn identify(
+        &mut self,
+        conn: ConnId,
+        version: u8,
+        server_id: &str,
+        user_id: &str,
+        session_id: &str,
+        token: &str,
+    ) -> Result<Identified, IdentifyError> {
+        let state = self.authenticate(server_id, Some(user_id), session_id, token)?;
+        let ch = &self.channels[&state.channel_id];
         let (core, num, channel_id) = (ch.core, ch.num, ch.channel_id.clone());
-        let user = state.user;
-        let previous = (state.conn, state.ssrc);
+        let (user, previous, ssrc) = (state.user, state.conn, state.ssrc);
         // A second Identify for the same voice state replaces the first
         // connection (the client reconnected without resuming).
-        if let (Some(old), _) = previous {
+        if let Some(old) = previous {
             self.effects.push_back(Effect::Gateway {
                 conn: old,
                 push: Push::Close {
-                    code: 4006,
+                    code: close::SESSION_INVALID,
                     reason: "session replaced",
                 },
             });
         }
-        let ssrc = match previous.1 {
+        let ssrc = match ssrc {
             Some(ssrc) => ssrc,
             None => {
                 let ssrc = self.allocate_ssrc(core);
@@ -481,9 +589,16 @@ impl Registry {
                 ssrc
             }
         };
-        let state = self.states.get_mut(session_id).expect("checked above");
+        let capacity = self.stream_capacity;
+        let state = self
+            .states
+            .get_mut(session_id)
+            .expect("authenticated above");
+        let joined = !state.in_call();
         state.conn = Some(conn);
         state.ssrc = Some(ssrc);
+        state.parked_since = None;
+        state.stream = Some(Stream::new(version, capacity));
         self.effects.push_back(Effect::Dataplane {
             core,
             command: Command::AnnounceSsrc {
@@ -492,38 +607,96 @@ impl Registry {
                 user,
             },
         });
-        // Tell the others someone joined, and tell the newcomer who is here
-        // and which SSRC is whose.
-        let user_id = user_id.to_owned();
-        self.broadcast(&channel_id, conn, |_| Push::ClientsConnect {
-            user_ids: vec![user_id.clone()],
-        });
+        if joined {
+            let user_id = user_id.to_owned();
+            self.broadcast(&channel_id, session_id, || {
+                (op::CLIENTS_CONNECT, json!({"user_ids": [user_id]}))
+            });
+        }
+        Ok(Identified { ssrc, channel_id })
+    }
+
+    /// After Ready: tells a newly identified member who is in the call
+    /// (Clients Connect) and which SSRC is whose (Speaking of the members
+    /// who have spoken).
+    pub fn welcome(&mut self, session_id: &str) {
+        let Some(channel_id) = self.states.get(session_id).map(|s| s.channel_id.clone()) else {
+            return;
+        };
         let mut present = Vec::new();
         let mut speakers = Vec::new();
         for sid in &self.channels[&channel_id].members {
             let s = &self.states[sid];
-            if s.conn.is_some() && s.conn != Some(conn) {
-                present.push(s.user_id.clone());
-                if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
-                    speakers.push(Push::Speaking {
-                        user_id: s.user_id.clone(),
-                        ssrc,
-                        speaking: s.speaking,
-                    });
-                }
+            if sid == session_id || !s.in_call() {
+                continue;
+            }
+            present.push(s.user_id.clone());
+            if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
+                speakers.push(json!({"user_id": s.user_id, "ssrc": ssrc, "speaking": s.speaking}));
             }
         }
         if !present.is_empty() {
             present.sort();
+            self.deliver(
+                session_id,
+                op::CLIENTS_CONNECT,
+                json!({"user_ids": present}),
+            );
+        }
+        for d in speakers {
+            self.deliver(session_id, op::SPEAKING, d);
+        }
+    }
+
+    /// Numbers a message the connection sends itself (Ready, Session
+    /// Description) in the session's stream.
+    pub fn message(&mut self, session_id: &str, op: u64, d: Value) -> Option<String> {
+        Some(
+            self.states
+                .get_mut(session_id)?
+                .stream
+                .as_mut()?
+                .message(op, d),
+        )
+    }
+
+    /// Gateway Resume on a new connection: the same session, SSRC, key and
+    /// address; the messages after `seq_ack` (v8) to re-deliver.
+    pub fn resume(
+        &mut self,
+        conn: ConnId,
+        server_id: &str,
+        session_id: &str,
+        token: &str,
+        seq_ack: Option<u64>,
+    ) -> Result<Resumed, IdentifyError> {
+        let state = self.authenticate(server_id, None, session_id, token)?;
+        let (Some(stream), Some(ssrc)) = (&state.stream, state.ssrc) else {
+            return Err(IdentifyError::SessionInvalid);
+        };
+        let missed = match seq_ack {
+            Some(seq) => stream.after(seq).ok_or(IdentifyError::SessionInvalid)?,
+            None => Vec::new(),
+        };
+        let previous = state.conn;
+        if let Some(old) = previous.filter(|old| *old != conn) {
+            // The old socket is not dead yet as far as we know: this
+            // connection takes over.
             self.effects.push_back(Effect::Gateway {
-                conn,
-                push: Push::ClientsConnect { user_ids: present },
+                conn: old,
+                push: Push::Close {
+                    code: close::SESSION_INVALID,
+                    reason: "session resumed elsewhere",
+                },
             });
         }
-        for push in speakers {
-            self.effects.push_back(Effect::Gateway { conn, push });
-        }
-        Ok(Identified { ssrc, channel_id })
+        let state = self
+            .states
+            .get_mut(session_id)
+            .expect("authenticated above");
+        state.conn = Some(conn);
+        state.parked_since = None;
+        Ok(Resumed { ssrc, missed })
     }
 
     /// A random SSRC, never 0, unique, with `ssrc % cores == core`.
@@ -568,45 +741,46 @@ impl Registry {
     }
 
     /// Speaking op 5 from a client: relayed to the other members.
-    pub fn speaking(&mut self, session_id: &str, conn: ConnId, speaking: u32) {
+    pub fn speaking(&mut self, session_id: &str, speaking: u32) {
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
         let Some(ssrc) = state.ssrc else { return };
         state.speaking = speaking;
         let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
-        self.broadcast(&channel_id, conn, |_| Push::Speaking {
-            user_id: user_id.clone(),
-            ssrc,
-            speaking,
+        self.broadcast(&channel_id, session_id, || {
+            (
+                op::SPEAKING,
+                json!({"user_id": user_id, "ssrc": ssrc, "speaking": speaking}),
+            )
         });
     }
 
-    /// The gateway connection went away: its session leaves the data plane
-    /// and the others get Client Disconnect. The voice state stays.
-    pub fn gateway_closed(&mut self, session_id: &str, conn: ConnId) {
+    /// The gateway connection went away. Resumable: the session is parked
+    /// (SSRC, key and address stay on the data plane, media keeps flowing)
+    /// until a Resume or the resume grace period ends. Otherwise it leaves
+    /// the call now. The voice state stays either way.
+    pub fn gateway_closed(
+        &mut self,
+        session_id: &str,
+        conn: ConnId,
+        now: Instant,
+        resumable: bool,
+    ) {
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
         if state.conn != Some(conn) {
-            return; // replaced by a newer connection
+            return; // replaced or resumed by a newer connection
         }
-        state.conn = None;
-        state.speaking = 0;
-        let ssrc = state.ssrc.take();
-        let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
-        let core = self.channels[&channel_id].core;
-        if let Some(ssrc) = ssrc {
-            self.ssrcs.remove(&ssrc);
-            self.load[core as usize] = self.load[core as usize].saturating_sub(1);
-            self.effects.push_back(Effect::Dataplane {
-                core,
-                command: Command::RemoveSession { ssrc },
-            });
+        if resumable {
+            state.conn = None;
+            state.parked_since = Some(now);
+            self.parked
+                .push_back((now + self.resume_grace, session_id.to_owned()));
+        } else {
+            self.leave_call(session_id);
         }
-        self.broadcast(&channel_id, conn, |_| Push::ClientDisconnect {
-            user_id: user_id.clone(),
-        });
     }
 }
 
@@ -626,6 +800,33 @@ mod tests {
         r.drain_effects().collect()
     }
 
+    /// The messages queued for `conn`, decoded.
+    fn messages(effects: &[Effect], conn: ConnId) -> Vec<Value> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Gateway {
+                    conn: c,
+                    push: Push::Text(t),
+                } if *c == conn => Some(serde_json::from_str(t).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes(effects: &[Effect], conn: ConnId) -> Vec<u16> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Gateway {
+                    conn: c,
+                    push: Push::Close { code, .. },
+                } if *c == conn => Some(*code),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn channel_req_is_idempotent_and_validates() {
         let mut r = Registry::new(2);
@@ -637,7 +838,22 @@ mod tests {
             r.channel_req("abc", None),
             Err(RequestError::BadSnowflake(_))
         ));
+        assert!(matches!(
+            r.voice_state_create("7", "404"),
+            Err(RequestError::UnknownChannel(_))
+        ));
         assert_eq!(r.channel_count(), 1);
+    }
+
+    #[test]
+    fn channels_go_to_the_least_loaded_core() {
+        let mut r = Registry::new(2);
+        let t = r.channel_req("100", Some("1")).unwrap().token;
+        let sid = r.voice_state_create("7", "100").unwrap();
+        r.identify(1, 4, "1", "7", &sid, &t).unwrap();
+        assert_eq!(r.channel("100").unwrap().core, 0);
+        r.channel_req("101", Some("1")).unwrap();
+        assert_eq!(r.channel("101").unwrap().core, 1, "core 0 has a session");
     }
 
     #[test]
@@ -647,18 +863,39 @@ mod tests {
         let sid = r.voice_state_create("7", "100").unwrap();
         assert_eq!(r.voice_state_create("7", "100").unwrap(), sid);
         let core = r.channel("100").unwrap().core;
-        for (server, user, session, token) in [
-            ("1", "7", sid.as_str(), "wrong"),
-            ("1", "8", sid.as_str(), ch.token.as_str()),
-            ("100", "7", sid.as_str(), ch.token.as_str()),
-            ("1", "7", "nope", ch.token.as_str()),
+        for (server, user, session, token, err) in [
+            (
+                "1",
+                "7",
+                sid.as_str(),
+                "wrong",
+                IdentifyError::AuthenticationFailed,
+            ),
+            (
+                "1",
+                "8",
+                sid.as_str(),
+                ch.token.as_str(),
+                IdentifyError::AuthenticationFailed,
+            ),
+            (
+                "100",
+                "7",
+                sid.as_str(),
+                ch.token.as_str(),
+                IdentifyError::ServerNotFound,
+            ),
+            (
+                "1",
+                "7",
+                "nope",
+                ch.token.as_str(),
+                IdentifyError::AuthenticationFailed,
+            ),
         ] {
-            assert_eq!(
-                r.identify(1, server, user, session, token),
-                Err(IdentifyError::AuthenticationFailed)
-            );
+            assert_eq!(r.identify(1, 4, server, user, session, token), Err(err));
         }
-        let id = r.identify(1, "1", "7", &sid, &ch.token).unwrap();
+        let id = r.identify(1, 4, "1", "7", &sid, &ch.token).unwrap();
         assert_eq!(id.ssrc % 3, core);
         assert_ne!(id.ssrc, 0);
         assert_eq!(
@@ -679,7 +916,7 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("555", None).unwrap();
         let sid = r.voice_state_create("7", "555").unwrap();
-        assert!(r.identify(1, "555", "7", &sid, &ch.token).is_ok());
+        assert!(r.identify(1, 4, "555", "7", &sid, &ch.token).is_ok());
     }
 
     #[test]
@@ -699,25 +936,23 @@ mod tests {
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
         let b = r.voice_state_create("8", "100").unwrap();
-        let ia = r.identify(10, "1", "7", &a, &ch.token).unwrap();
-        r.speaking(&a, 10, 1);
+        let ia = r.identify(10, 4, "1", "7", &a, &ch.token).unwrap();
+        r.speaking(&a, 1);
         effects(&mut r);
-        r.identify(11, "1", "8", &b, &ch.token).unwrap();
+        r.identify(11, 4, "1", "8", &b, &ch.token).unwrap();
+        r.welcome(&b);
         let e = effects(&mut r);
-        assert!(e.contains(&Effect::Gateway {
-            conn: 10,
-            push: Push::ClientsConnect {
-                user_ids: vec!["8".into()]
-            }
-        }));
-        assert!(e.contains(&Effect::Gateway {
-            conn: 11,
-            push: Push::Speaking {
-                user_id: "7".into(),
-                ssrc: ia.ssrc,
-                speaking: 1
-            }
-        }));
+        assert_eq!(
+            messages(&e, 10),
+            vec![json!({"op": 11, "d": {"user_ids": ["8"]}})]
+        );
+        assert_eq!(
+            messages(&e, 11),
+            vec![
+                json!({"op": 11, "d": {"user_ids": ["7"]}}),
+                json!({"op": 5, "d": {"user_id": "7", "ssrc": ia.ssrc, "speaking": 1}}),
+            ]
+        );
         r.channel_destroy("100");
         let e = effects(&mut r);
         assert_eq!(
@@ -728,19 +963,8 @@ mod tests {
             },
             "the data plane forgets the channel before members are closed"
         );
-        for conn in [10, 11] {
-            assert!(e.contains(&Effect::Gateway {
-                conn,
-                push: Push::Close {
-                    code: 4014,
-                    reason: "disconnected"
-                }
-            }));
-        }
-        assert!(e.contains(&Effect::Dataplane {
-            core: 0,
-            command: Command::RemoveChannel { channel: 1 }
-        }));
+        assert_eq!(closes(&e, 10), vec![4014]);
+        assert_eq!(closes(&e, 11), vec![4014]);
         assert_eq!(r.voice_state_count(), 0);
         assert_eq!(r.channel_count(), 0);
     }
@@ -750,7 +974,7 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
-        let id = r.identify(10, "1", "7", &a, &ch.token).unwrap();
+        let id = r.identify(10, 4, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
         r.voice_state_destroy("7", "100");
         let e = effects(&mut r);
@@ -758,10 +982,25 @@ mod tests {
             core: 0,
             command: Command::RemoveSession { ssrc: id.ssrc }
         }));
-        assert!(r.identify(11, "1", "7", &a, &ch.token).is_err());
+        assert_eq!(closes(&e, 10), vec![4014]);
+        assert!(r.identify(11, 4, "1", "7", &a, &ch.token).is_err());
         // A move: a new state in the same channel gets a new session id.
         let b = r.voice_state_create("7", "100").unwrap();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_second_identify_replaces_the_first_connection() {
+        let mut r = Registry::new(1);
+        let ch = r.channel_req("100", Some("1")).unwrap();
+        let a = r.voice_state_create("7", "100").unwrap();
+        let first = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
+        effects(&mut r);
+        let second = r.identify(11, 8, "1", "7", &a, &ch.token).unwrap();
+        assert_eq!(first.ssrc, second.ssrc, "same voice state, same SSRC");
+        assert_eq!(closes(&effects(&mut r), 10), vec![4006]);
+        r.gateway_closed(&a, 10, Instant::now(), true);
+        assert_eq!(r.parked_count(), 0, "the stale close is ignored");
     }
 
     #[test]

@@ -6,7 +6,12 @@
 //! connection ([`Connection::handle_push`]) and deadlines
 //! ([`Connection::handle_timeout`]); outputs through
 //! [`Connection::poll_output`]. Call [`Connection::closed`] once when the
-//! socket is gone so the registry forgets the session.
+//! socket is gone so the registry parks or releases the session.
+//!
+//! Sequenced messages (v8 `seq`) are numbered in the session's [`Stream`],
+//! which the registry keeps across connections: a Resume on a new socket
+//! gets every message after its `seq_ack` again, including those sent
+//! while no socket was attached.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,6 +22,8 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use shared::Mode;
 
+use crate::limit::{Bucket, RateLimit};
+use crate::protocol::{grace, refuse, Refusal, Result};
 use crate::registry::{ConnId, IdentifyError, Push, Registry};
 use crate::Output;
 
@@ -28,24 +35,30 @@ pub mod close {
     pub const DECODE_ERROR: u16 = 4002;
     /// A payload before Identify.
     pub const NOT_AUTHENTICATED: u16 = 4003;
-    /// Wrong token, session or ids in Identify.
+    /// Wrong token, session or ids in Identify or Resume.
     pub const AUTHENTICATION_FAILED: u16 = 4004;
-    /// A second Identify.
+    /// A second Identify (or a Resume after Identify).
     pub const ALREADY_AUTHENTICATED: u16 = 4005;
-    /// Session no longer valid (resume impossible).
+    /// Session no longer valid (cannot be resumed, or replaced).
     pub const SESSION_INVALID: u16 = 4006;
     /// No heartbeat in time.
     pub const SESSION_TIMEOUT: u16 = 4009;
+    /// `server_id` names no guild or channel of this server.
+    pub const SERVER_NOT_FOUND: u16 = 4011;
     /// Unknown protocol in Select Protocol.
     pub const UNKNOWN_PROTOCOL: u16 = 4012;
     /// Channel destroyed or voice state removed.
     pub const DISCONNECTED: u16 = 4014;
     /// Unknown encryption mode.
     pub const UNKNOWN_MODE: u16 = 4016;
+    /// Unsupported gateway version.
+    pub const BAD_REQUEST: u16 = 4020;
+    /// Too many messages.
+    pub const RATE_LIMITED: u16 = 4021;
 }
 
 /// Opcodes.
-mod op {
+pub(crate) mod op {
     pub const IDENTIFY: u64 = 0;
     pub const SELECT_PROTOCOL: u64 = 1;
     pub const READY: u64 = 2;
@@ -55,6 +68,7 @@ mod op {
     pub const HEARTBEAT_ACK: u64 = 6;
     pub const RESUME: u64 = 7;
     pub const HELLO: u64 = 8;
+    pub const RESUMED: u64 = 9;
     pub const CLIENTS_CONNECT: u64 = 11;
     pub const CLIENT_DISCONNECT: u64 = 13;
 }
@@ -68,31 +82,77 @@ pub struct Config {
     pub udp_ip: Ipv4Addr,
     /// The UDP port announced in Ready.
     pub udp_port: u16,
+    /// Per-connection message budget (past it: 4021). Default 10/s, burst
+    /// 60.
+    pub rate: RateLimit,
 }
 
-/// Lowest and highest gateway versions served.
+/// Gateway versions served: 4-8 as Discord does, 1-3 as well (served like
+/// 4: Hello is sent at every version, heartbeats echo a bare value).
 pub const VERSIONS: std::ops::RangeInclusive<u8> = 1..=8;
 
+/// The version of a connection whose URL has no `v`: Discord's default, 1.
+pub const DEFAULT_VERSION: u8 = 1;
+
+/// The numbered messages of one gateway session: at v8 every server
+/// message but Hello, Heartbeat ACK and Resumed carries `seq`, and the last
+/// `capacity` of them are kept for a Resume to re-deliver.
 #[derive(Debug)]
-struct Refusal {
-    code: u16,
-    reason: String,
+pub struct Stream {
+    version: u8,
+    /// `seq` of the last numbered message.
+    seq: u64,
+    sent: VecDeque<(u64, String)>,
+    capacity: usize,
 }
 
-fn refuse(code: u16, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        reason: reason.into(),
+impl Stream {
+    /// An empty stream for a session at `version`.
+    pub fn new(version: u8, capacity: usize) -> Stream {
+        Stream {
+            version,
+            seq: 0,
+            sent: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
     }
-}
 
-type Result<T> = std::result::Result<T, Refusal>;
+    /// The wire text of a message, numbered (and kept) at v8.
+    pub fn message(&mut self, op: u64, d: Value) -> String {
+        if self.version < 8 {
+            return json!({"op": op, "d": d}).to_string();
+        }
+        self.seq += 1;
+        let text = json!({"op": op, "d": d, "seq": self.seq}).to_string();
+        if self.sent.len() == self.capacity {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((self.seq, text.clone()));
+        text
+    }
 
-/// The voice state this connection identified as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Session {
-    session_id: String,
-    ssrc: u32,
+    /// The messages after `seq_ack`, or None when some are no longer kept
+    /// (or `seq_ack` is ahead of what was sent). Below v8 nothing is
+    /// numbered: nothing to re-deliver.
+    pub fn after(&self, seq_ack: u64) -> Option<Vec<String>> {
+        if self.version < 8 {
+            return Some(Vec::new());
+        }
+        if seq_ack > self.seq {
+            return None;
+        }
+        let oldest = self.sent.front().map_or(self.seq + 1, |(s, _)| *s);
+        if seq_ack + 1 < oldest {
+            return None;
+        }
+        Some(
+            self.sent
+                .iter()
+                .filter(|(s, _)| *s > seq_ack)
+                .map(|(_, t)| t.clone())
+                .collect(),
+        )
+    }
 }
 
 /// One voice gateway connection.
@@ -101,13 +161,13 @@ pub struct Connection {
     config: Arc<Config>,
     conn: ConnId,
     version: u8,
-    /// Set by a successful Identify.
-    session: Option<Session>,
-    /// A close was queued; input is ignored from then on.
-    closing: bool,
+    /// The voice state's session id, once identified or resumed.
+    session: Option<String>,
+    ssrc: Option<u32>,
+    /// The close code this side sent, once it closed.
+    closing: Option<u16>,
     deadline: Instant,
-    /// Sequence of the last sequenced message sent (v8).
-    seq: u64,
+    bucket: Bucket,
     out: VecDeque<Output>,
 }
 
@@ -116,12 +176,13 @@ impl Connection {
     pub fn new(config: Arc<Config>, conn: ConnId, version: u8, now: Instant) -> Connection {
         let mut c = Connection {
             deadline: now + grace(config.heartbeat_interval),
+            bucket: Bucket::new(config.rate, now),
             config,
             conn,
             version,
             session: None,
-            closing: false,
-            seq: 0,
+            ssrc: None,
+            closing: None,
             out: VecDeque::new(),
         };
         let interval = c.config.heartbeat_interval.as_millis() as u64;
@@ -132,6 +193,15 @@ impl Connection {
         c
     }
 
+    /// A connection for a version this server does not serve: closed with
+    /// 4020 right after the handshake.
+    pub fn unsupported(config: Arc<Config>, conn: ConnId, now: Instant) -> Connection {
+        let mut c = Connection::new(config, conn, *VERSIONS.end(), now);
+        c.out.clear();
+        c.close(refuse(close::BAD_REQUEST, "unsupported gateway version"));
+        c
+    }
+
     /// The next thing to send, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -139,37 +209,44 @@ impl Connection {
 
     /// Whether a close was queued.
     pub fn is_closed(&self) -> bool {
-        self.closing
+        self.closing.is_some()
     }
 
     /// The SSRC, once identified.
     pub fn ssrc(&self) -> Option<u32> {
-        self.session.as_ref().map(|s| s.ssrc)
+        self.ssrc
     }
 
     /// When [`Connection::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.closing).then_some(self.deadline)
+        self.closing.is_none().then_some(self.deadline)
     }
 
     /// Time passes: 4009 if the client stopped heartbeating.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if !self.closing && now >= self.deadline {
+        if self.closing.is_none() && now >= self.deadline {
             self.close(refuse(close::SESSION_TIMEOUT, "session timeout"));
         }
     }
 
-    /// The socket is gone: the registry forgets this connection's session.
-    pub fn closed(&mut self, registry: &mut Registry) {
-        if let Some(s) = self.session.take() {
-            registry.gateway_closed(&s.session_id, self.conn);
+    /// The socket is gone. A session the client may resume (the socket
+    /// died, the client closed, or the server closed with 4009) is parked
+    /// in the registry; after any other close it leaves the call.
+    pub fn closed(&mut self, now: Instant, registry: &mut Registry) {
+        if let Some(session_id) = self.session.take() {
+            let resumable = matches!(self.closing, None | Some(close::SESSION_TIMEOUT));
+            registry.gateway_closed(&session_id, self.conn, now, resumable);
         }
-        self.closing = true;
+        self.closing.get_or_insert(1000);
     }
 
     /// A binary frame. DAVE is negotiated off (`dave_protocol_version: 0`),
     /// so a client has no reason to send one; it is ignored, not fatal.
-    pub fn handle_binary(&mut self) {}
+    pub fn handle_binary(&mut self, now: Instant) {
+        if self.closing.is_none() && !self.bucket.take(now) {
+            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+        }
+    }
 
     /// A frame over the size limit (the socket layer discarded it).
     pub fn handle_oversized(&mut self) {
@@ -178,30 +255,15 @@ impl Connection {
 
     /// A message from the registry for this connection.
     pub fn handle_push(&mut self, push: Push) {
-        if self.closing {
+        if self.closing.is_some() {
             return;
         }
         match push {
-            Push::Speaking {
-                user_id,
-                ssrc,
-                speaking,
-            } => self.send(
-                op::SPEAKING,
-                json!({"user_id": user_id, "ssrc": ssrc, "speaking": speaking}),
-            ),
-            Push::ClientsConnect { user_ids } => {
-                self.send(op::CLIENTS_CONNECT, json!({"user_ids": user_ids}))
-            }
-            Push::ClientDisconnect { user_id } => {
-                self.send(op::CLIENT_DISCONNECT, json!({"user_id": user_id}))
-            }
+            Push::Text(text) => self.out.push_back(Output::Text(text)),
             Push::Close { code, reason } => {
-                if code == close::DISCONNECTED || code == close::SESSION_INVALID {
-                    // The registry already released (or replaced) the
-                    // session: closing must not release it again.
-                    self.session = None;
-                }
+                // The registry already released (or handed over) the
+                // session: closing must not release it again.
+                self.session = None;
                 self.close(refuse(code, reason))
             }
         }
@@ -209,8 +271,11 @@ impl Connection {
 
     /// A text frame from the client.
     pub fn handle_text(&mut self, now: Instant, text: &str, registry: &mut Registry) {
-        if self.closing {
+        if self.closing.is_some() {
             return;
+        }
+        if !self.bucket.take(now) {
+            return self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
         }
         if let Err(r) = self.dispatch(now, text, registry) {
             self.close(r);
@@ -218,8 +283,8 @@ impl Connection {
     }
 
     fn close(&mut self, r: Refusal) {
-        if !self.closing {
-            self.closing = true;
+        if self.closing.is_none() {
+            self.closing = Some(r.code);
             self.out.push_back(Output::Close {
                 code: r.code,
                 reason: r.reason,
@@ -227,20 +292,20 @@ impl Connection {
         }
     }
 
-    /// A message that carries `seq` at v8.
-    fn send(&mut self, op: u64, d: Value) {
-        let msg = if self.version >= 8 {
-            self.seq += 1;
-            json!({"op": op, "d": d, "seq": self.seq})
-        } else {
-            json!({"op": op, "d": d})
-        };
-        self.out.push_back(Output::Text(msg.to_string()));
-    }
-
     fn send_unsequenced(&mut self, op: u64, d: Value) {
         self.out
             .push_back(Output::Text(json!({"op": op, "d": d}).to_string()));
+    }
+
+    /// A message numbered in the session's stream.
+    fn send(&mut self, registry: &mut Registry, op: u64, d: Value) {
+        if let Some(text) = self
+            .session
+            .as_deref()
+            .and_then(|sid| registry.message(sid, op, d))
+        {
+            self.out.push_back(Output::Text(text));
+        }
     }
 
     fn dispatch(&mut self, now: Instant, text: &str, registry: &mut Registry) -> Result<()> {
@@ -252,14 +317,12 @@ impl Connection {
             .ok_or_else(|| refuse(close::DECODE_ERROR, "missing integer op"))?;
         let d = msg.get("d").unwrap_or(&Value::Null);
         match op {
-            op::HEARTBEAT => self.heartbeat(now, d)?,
+            op::HEARTBEAT => self.heartbeat(now, d),
             op::IDENTIFY => self.identify(now, d, registry)?,
-            op::RESUME => {
-                return Err(refuse(close::SESSION_INVALID, "session no longer valid"));
-            }
+            op::RESUME => self.resume(now, d, registry)?,
             op::SELECT_PROTOCOL => self.select_protocol(d, registry)?,
             op::SPEAKING => {
-                let Some(session) = &self.session else {
+                let Some(session_id) = &self.session else {
                     return Err(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
                 };
                 let speaking = match d.get("speaking") {
@@ -270,8 +333,7 @@ impl Connection {
                         .ok_or_else(|| refuse(close::DECODE_ERROR, "speaking must be flags"))?,
                     None => return Err(refuse(close::DECODE_ERROR, "speaking missing")),
                 };
-                let session_id = session.session_id.clone();
-                registry.speaking(&session_id, self.conn, speaking);
+                registry.speaking(session_id, speaking);
             }
             // Video (12), client flags/platform (14-20) and DAVE (21-31):
             // accepted and ignored while video and DAVE are off.
@@ -286,18 +348,13 @@ impl Connection {
         Ok(())
     }
 
-    fn heartbeat(&mut self, now: Instant, d: &Value) -> Result<()> {
+    fn heartbeat(&mut self, now: Instant, d: &Value) {
         self.deadline = now + grace(self.config.heartbeat_interval);
-        let ack = if self.version >= 8 {
-            match d.get("t") {
-                Some(t) => json!({"t": t}),
-                None => d.clone(),
-            }
-        } else {
-            d.clone()
+        let ack = match (self.version >= 8, d.get("t")) {
+            (true, Some(t)) => json!({"t": t}),
+            _ => d.clone(),
         };
         self.send_unsequenced(op::HEARTBEAT_ACK, ack);
-        Ok(())
     }
 
     fn identify(&mut self, now: Instant, d: &Value, registry: &mut Registry) -> Result<()> {
@@ -307,30 +364,25 @@ impl Connection {
                 "already authenticated",
             ));
         }
-        let field = |name: &str| {
-            d.get(name)
-                .and_then(Value::as_str)
-                .ok_or_else(|| refuse(close::DECODE_ERROR, format!("{name} must be a string")))
-        };
-        let (server_id, user_id) = (field("server_id")?, field("user_id")?);
-        let (session_id, token) = (field("session_id")?, field("token")?);
+        let (server_id, user_id) = (field(d, "server_id")?, field(d, "user_id")?);
+        let (session_id, token) = (field(d, "session_id")?, field(d, "token")?);
         let identified = registry
-            .identify(self.conn, server_id, user_id, session_id, token)
-            .map_err(|e| match e {
-                IdentifyError::AuthenticationFailed | IdentifyError::BadSnowflake => {
-                    refuse(close::AUTHENTICATION_FAILED, "authentication failed")
-                }
-            })?;
-        self.session = Some(Session {
-            session_id: session_id.to_owned(),
-            ssrc: identified.ssrc,
-        });
+            .identify(
+                self.conn,
+                self.version,
+                server_id,
+                user_id,
+                session_id,
+                token,
+            )
+            .map_err(identify_refusal)?;
+        self.session = Some(session_id.to_owned());
+        self.ssrc = Some(identified.ssrc);
         self.deadline = now + grace(self.config.heartbeat_interval);
         let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
         let interval = self.config.heartbeat_interval.as_millis() as u64;
-        // Ready goes out before anything the registry queued for us
-        // (Clients Connect, Speaking): the caller drains effects after this.
         self.send(
+            registry,
             op::READY,
             json!({
                 "ssrc": identified.ssrc,
@@ -340,17 +392,49 @@ impl Connection {
                 "heartbeat_interval": interval,
             }),
         );
+        // Who is here and which SSRC is whose, numbered after Ready.
+        registry.welcome(session_id);
+        Ok(())
+    }
+
+    fn resume(&mut self, now: Instant, d: &Value, registry: &mut Registry) -> Result<()> {
+        if self.session.is_some() {
+            return Err(refuse(
+                close::ALREADY_AUTHENTICATED,
+                "already authenticated",
+            ));
+        }
+        let (server_id, session_id, token) = (
+            field(d, "server_id")?,
+            field(d, "session_id")?,
+            field(d, "token")?,
+        );
+        // `seq_ack` (v8): the last numbered message the client saw; -1 or
+        // absent when it saw none.
+        let seq_ack = match d.get("seq_ack") {
+            None | Some(Value::Null) => (self.version >= 8).then_some(0),
+            Some(v) => match v.as_i64() {
+                Some(n) => Some(u64::try_from(n).unwrap_or(0)),
+                None => return Err(refuse(close::DECODE_ERROR, "seq_ack must be an integer")),
+            },
+        };
+        let resumed = registry
+            .resume(self.conn, server_id, session_id, token, seq_ack)
+            .map_err(identify_refusal)?;
+        self.session = Some(session_id.to_owned());
+        self.ssrc = Some(resumed.ssrc);
+        self.deadline = now + grace(self.config.heartbeat_interval);
+        self.send_unsequenced(op::RESUMED, Value::Null);
+        self.out
+            .extend(resumed.missed.into_iter().map(Output::Text));
         Ok(())
     }
 
     fn select_protocol(&mut self, d: &Value, registry: &mut Registry) -> Result<()> {
-        let Some(session) = &self.session else {
+        let Some(session_id) = self.session.clone() else {
             return Err(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
         };
-        let protocol = d
-            .get("protocol")
-            .and_then(Value::as_str)
-            .ok_or_else(|| refuse(close::DECODE_ERROR, "protocol must be a string"))?;
+        let protocol = field(d, "protocol")?;
         if protocol != "udp" {
             return Err(refuse(
                 close::UNKNOWN_PROTOCOL,
@@ -361,10 +445,7 @@ impl Connection {
             .get("data")
             .filter(|v| v.is_object())
             .ok_or_else(|| refuse(close::DECODE_ERROR, "data must be an object"))?;
-        let mode_name = data
-            .get("mode")
-            .and_then(Value::as_str)
-            .ok_or_else(|| refuse(close::DECODE_ERROR, "mode must be a string"))?;
+        let mode_name = field(data, "mode")?;
         let mode = Mode::from_name(mode_name)
             .ok_or_else(|| refuse(close::UNKNOWN_MODE, format!("unknown mode {mode_name}")))?;
         // The declared address is advisory: the data plane uses it only when
@@ -382,9 +463,9 @@ impl Connection {
         };
         let mut key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
-        let session_id = session.session_id.clone();
         registry.select_protocol(&session_id, mode, key, declared);
         self.send(
+            registry,
             op::SESSION_DESCRIPTION,
             json!({
                 "mode": mode.name(),
@@ -396,34 +477,60 @@ impl Connection {
     }
 }
 
-/// How long past the interval a heartbeat may be late.
-fn grace(interval: Duration) -> Duration {
-    interval + interval / 2 + Duration::from_secs(1)
+fn identify_refusal(e: IdentifyError) -> Refusal {
+    match e {
+        IdentifyError::AuthenticationFailed => {
+            refuse(close::AUTHENTICATION_FAILED, "authentication failed")
+        }
+        IdentifyError::ServerNotFound => refuse(close::SERVER_NOT_FOUND, "server not found"),
+        IdentifyError::SessionInvalid => refuse(close::SESSION_INVALID, "session no longer valid"),
+    }
 }
 
-/// The `v` query parameter of the request URI, if any.
+/// A required string field of `d`.
+fn field<'a>(d: &'a Value, name: &str) -> Result<&'a str> {
+    d.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse(close::DECODE_ERROR, format!("{name} must be a string")))
+}
+
+/// The gateway version a request URI's query asks for: its `v`
+/// parameter, [`DEFAULT_VERSION`] without one, None when `v` is not a
+/// version this server serves.
 pub fn version_from_query(query: Option<&str>) -> Option<u8> {
-    query?
+    let v = query
+        .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "v")
-        .and_then(|(_, v)| v.parse().ok())
+        .find(|(k, _)| *k == "v");
+    match v {
+        None => Some(DEFAULT_VERSION),
+        Some((_, v)) => v.parse().ok().filter(|v| VERSIONS.contains(v)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Effect;
+    use shared::Command;
 
+    /// A channel "100" in guild "1" with voice states for users 7, 8, 9,
+    /// and the connections of a test: the registry's pushes are routed to
+    /// them as the server layer would.
     struct Call {
         registry: Registry,
         token: String,
         sessions: Vec<String>,
         now: Instant,
+        commands: Vec<Command>,
+        /// Pushes for connections not routed yet.
+        undelivered: Vec<(ConnId, Push)>,
     }
 
-    /// A channel "100" in guild "1" with voice states for users 7, 8, 9.
     fn call() -> Call {
         let mut registry = Registry::new(2);
+        registry.set_resume(Duration::from_secs(10), 4);
         let token = registry.channel_req("100", Some("1")).unwrap().token;
         let sessions = ["7", "8", "9"]
             .iter()
@@ -434,6 +541,67 @@ mod tests {
             token,
             sessions,
             now: Instant::now(),
+            commands: Vec::new(),
+            undelivered: Vec::new(),
+        }
+    }
+
+    impl Call {
+        /// Routes effects: pushes to the connections given (the others wait
+        /// for a later call naming theirs), commands kept.
+        fn route(&mut self, conns: &mut [&mut Connection]) {
+            for e in self.registry.drain_effects() {
+                match e {
+                    Effect::Gateway { conn, push } => self.undelivered.push((conn, push)),
+                    Effect::Dataplane { command, .. } => self.commands.push(command),
+                }
+            }
+            let mut waiting = Vec::new();
+            for (conn, push) in self.undelivered.drain(..) {
+                match conns.iter_mut().find(|c| c.conn == conn) {
+                    Some(c) => c.handle_push(push),
+                    None => waiting.push((conn, push)),
+                }
+            }
+            self.undelivered = waiting;
+        }
+
+        fn send(&mut self, c: &mut Connection, msg: &str) -> Vec<Value> {
+            c.handle_text(self.now, msg, &mut self.registry);
+            self.route(&mut [&mut *c]);
+            out(c)
+        }
+
+        fn identify_msg(&self, user: &str, i: usize) -> String {
+            json!({"op": 0, "d": {"server_id": "1", "user_id": user,
+                "session_id": self.sessions[i], "token": self.token,
+                "max_dave_protocol_version": 0}})
+            .to_string()
+        }
+
+        fn join(&mut self, conn: ConnId, version: u8, user: &str, i: usize) -> Connection {
+            let mut c = Connection::new(config(), conn, version, self.now);
+            let hello = out(&mut c);
+            assert_eq!(hello[0]["op"], 8);
+            assert_eq!(hello[0]["d"]["heartbeat_interval"], 1000);
+            let m = self.identify_msg(user, i);
+            let ready = self.send(&mut c, &m);
+            assert_eq!(ready[0]["op"], 2, "{ready:?}");
+            assert_eq!(ready[0]["d"]["ip"], "127.0.0.1");
+            assert_eq!(ready[0]["d"]["port"], 5000);
+            assert_eq!(ready[0]["d"]["modes"][0], "aead_aes256_gcm_rtpsize");
+            assert_eq!(ready[0]["d"]["modes"].as_array().unwrap().len(), 5);
+            // What came after Ready stays for the test to read.
+            c.out
+                .extend(ready[1..].iter().map(|m| Output::Text(m.to_string())));
+            c
+        }
+
+        fn select(&mut self, c: &mut Connection) -> Vec<Value> {
+            self.send(
+                c,
+                r#"{"op":1,"d":{"protocol":"udp","data":{"address":"127.0.0.1","port":4000,"mode":"aead_aes256_gcm_rtpsize"}}}"#,
+            )
         }
     }
 
@@ -442,6 +610,10 @@ mod tests {
             heartbeat_interval: Duration::from_millis(1000),
             udp_ip: Ipv4Addr::LOCALHOST,
             udp_port: 5000,
+            rate: RateLimit {
+                per_second: 5.0,
+                burst: 20.0,
+            },
         })
     }
 
@@ -456,53 +628,20 @@ mod tests {
         v
     }
 
-    fn identify_msg(call: &Call, user: &str, i: usize) -> String {
-        json!({"op": 0, "d": {"server_id": "1", "user_id": user,
-            "session_id": call.sessions[i], "token": call.token,
-            "max_dave_protocol_version": 0}})
-        .to_string()
-    }
-
-    fn joined(call: &mut Call, conn: ConnId, version: u8, user: &str, i: usize) -> Connection {
-        let mut c = Connection::new(config(), conn, version, call.now);
-        let hello = out(&mut c);
-        assert_eq!(hello[0]["op"], 8);
-        assert_eq!(hello[0]["d"]["heartbeat_interval"], 1000);
-        let m = identify_msg(call, user, i);
-        c.handle_text(call.now, &m, &mut call.registry);
-        let ready = out(&mut c);
-        assert_eq!(ready[0]["op"], 2, "{ready:?}");
-        assert_eq!(ready[0]["d"]["ip"], "127.0.0.1");
-        assert_eq!(ready[0]["d"]["port"], 5000);
-        assert_eq!(ready[0]["d"]["modes"][0], "aead_aes256_gcm_rtpsize");
-        assert_eq!(ready[0]["d"]["modes"].as_array().unwrap().len(), 5);
-        c
-    }
-
     #[test]
     fn identify_select_and_session_description() {
         let mut call = call();
-        let mut c = joined(&mut call, 1, 4, "7", 0);
+        let mut c = call.join(1, 4, "7", 0);
         let ssrc = c.ssrc().unwrap();
-        call.registry.drain_effects().for_each(drop);
-        c.handle_text(
-            call.now,
-            r#"{"op":1,"d":{"protocol":"udp","data":{"address":"127.0.0.1","port":4000,"mode":"aead_aes256_gcm_rtpsize"}}}"#,
-            &mut call.registry,
-        );
-        let sd = out(&mut c);
+        let sd = call.select(&mut c);
         assert_eq!(sd[0]["op"], 4);
         assert_eq!(sd[0]["d"]["mode"], "aead_aes256_gcm_rtpsize");
         assert_eq!(sd[0]["d"]["dave_protocol_version"], 0);
         let key: Vec<u8> = serde_json::from_value(sd[0]["d"]["secret_key"].clone()).unwrap();
         assert_eq!(key.len(), 32);
-        let effects: Vec<_> = call.registry.drain_effects().collect();
-        match &effects[..] {
-            [crate::registry::Effect::Dataplane {
-                command: shared::Command::UpsertSession(s),
-                ..
-            }] => {
-                assert_eq!(s.ssrc, ssrc);
+        match &call.commands[..] {
+            [Command::AnnounceSsrc { ssrc: a, .. }, Command::UpsertSession(s)] => {
+                assert_eq!((*a, s.ssrc), (ssrc, ssrc));
                 assert_eq!(s.key.to_vec(), key);
                 assert_eq!(s.declared, Some("127.0.0.1:4000".parse().unwrap()));
             }
@@ -513,35 +652,66 @@ mod tests {
     #[test]
     fn heartbeat_shapes_by_version() {
         let mut call = call();
-        let mut v4 = joined(&mut call, 1, 4, "7", 0);
-        v4.handle_text(
-            call.now,
-            r#"{"op":3,"d":1501184119561}"#,
-            &mut call.registry,
-        );
-        assert_eq!(out(&mut v4), vec![json!({"op": 6, "d": 1501184119561u64})]);
-        let mut v8 = joined(&mut call, 2, 8, "8", 1);
-        v8.handle_text(
-            call.now,
-            r#"{"op":3,"d":{"t":99,"seq_ack":1}}"#,
-            &mut call.registry,
-        );
-        assert_eq!(out(&mut v8), vec![json!({"op": 6, "d": {"t": 99}})]);
+        let mut v4 = call.join(1, 4, "7", 0);
+        let ack = call.send(&mut v4, r#"{"op":3,"d":1501184119561}"#);
+        assert_eq!(ack, vec![json!({"op": 6, "d": 1501184119561u64})]);
+        let mut v8 = call.join(2, 8, "8", 1);
+        out(&mut v8);
+        let ack = call.send(&mut v8, r#"{"op":3,"d":{"t":99,"seq_ack":1}}"#);
+        assert_eq!(ack, vec![json!({"op": 6, "d": {"t": 99}})]);
     }
 
     #[test]
-    fn v8_messages_carry_seq() {
+    fn v8_messages_carry_seq_in_order() {
         let mut call = call();
-        let mut c = Connection::new(config(), 1, 8, call.now);
-        out(&mut c);
-        let m = identify_msg(&call, "7", 0);
-        c.handle_text(call.now, &m, &mut call.registry);
-        c.handle_push(Push::ClientDisconnect {
-            user_id: "8".into(),
-        });
+        let mut a = call.join(1, 8, "7", 0);
+        let mut b = call.join(2, 8, "8", 1);
+        call.route(&mut [&mut a, &mut b]);
+        // a: Ready (1, already read), then Clients Connect for 8 (2).
+        let o = out(&mut a);
+        assert_eq!(
+            (o[0]["op"].clone(), o[0]["seq"].clone()),
+            (json!(11), json!(2))
+        );
+        // b: Ready (1), then Clients Connect listing 7 (2).
+        let o = out(&mut b);
+        assert_eq!(o[0]["d"]["user_ids"], json!(["7"]));
+        assert_eq!(o[0]["seq"], 2);
+        let sd = call.select(&mut a);
+        assert_eq!(sd[0]["seq"], 3);
+        // Below v8 nothing is numbered.
+        let mut c = call.join(3, 4, "9", 2);
+        call.route(&mut [&mut c]);
+        assert!(out(&mut c).iter().all(|m| m.get("seq").is_none()));
+    }
+
+    #[test]
+    fn speaking_reaches_the_others_and_later_joiners() {
+        let mut call = call();
+        let mut a = call.join(1, 4, "7", 0);
+        let mut b = call.join(2, 4, "8", 1);
+        call.route(&mut [&mut a, &mut b]);
+        out(&mut a);
+        out(&mut b);
+        let m = json!({"op":5,"d":{"speaking":1,"delay":0,"ssrc":a.ssrc()}}).to_string();
+        a.handle_text(call.now, &m, &mut call.registry);
+        call.route(&mut [&mut a, &mut b]);
+        assert!(out(&mut a).is_empty(), "not echoed to the speaker");
+        assert_eq!(
+            out(&mut b),
+            vec![json!({"op": 5, "d": {"user_id": "7", "ssrc": a.ssrc(), "speaking": 1}})]
+        );
+        // 9 joins later: it learns who is there and which SSRC is 7's.
+        let mut c = call.join(3, 4, "9", 2);
+        call.route(&mut [&mut c]);
         let o = out(&mut c);
-        assert_eq!(o[0]["seq"], 1);
-        assert_eq!(o[1]["seq"], 2);
+        assert_eq!(o[0], json!({"op": 11, "d": {"user_ids": ["7", "8"]}}));
+        assert_eq!(
+            o[1]["d"],
+            json!({"user_id": "7", "ssrc": a.ssrc(), "speaking": 1})
+        );
+        // A boolean `speaking` (old clients) is accepted too.
+        call.send(&mut b, r#"{"op":5,"d":{"speaking":true,"delay":0}}"#);
     }
 
     #[test]
@@ -560,12 +730,21 @@ mod tests {
                 close::NOT_AUTHENTICATED,
             ),
             (&[r#"{"op":0,"d":{"server_id":"1"}}"#], close::DECODE_ERROR),
-            (&[r#"{"op":7,"d":{}}"#], close::SESSION_INVALID),
             (
                 &[r#"{"op":0,"d":{"server_id":"1","user_id":"7","session_id":"x","token":"y"}}"#],
                 close::AUTHENTICATION_FAILED,
             ),
+            (
+                &[r#"{"op":0,"d":{"server_id":"2","user_id":"7","session_id":"x","token":"y"}}"#],
+                close::SERVER_NOT_FOUND,
+            ),
+            (
+                &[r#"{"op":7,"d":{"server_id":"1","session_id":"x","token":"y"}}"#],
+                close::AUTHENTICATION_FAILED,
+            ),
             (&["IDENTIFY", "IDENTIFY"], close::ALREADY_AUTHENTICATED),
+            (&["IDENTIFY", "RESUME"], close::ALREADY_AUTHENTICATED),
+            (&["RESUME"], close::SESSION_INVALID), // never identified
             (
                 &[
                     "IDENTIFY",
@@ -580,75 +759,235 @@ mod tests {
                 ],
                 close::UNKNOWN_MODE,
             ),
+            (
+                &["IDENTIFY", r#"{"op":5,"d":{"speaking":"loud"}}"#],
+                close::DECODE_ERROR,
+            ),
         ];
         for (msgs, code) in cases {
             let mut call = call();
-            let mut c = Connection::new(config(), 1, 4, call.now);
+            let mut c = Connection::new(config(), 1, 8, call.now);
             out(&mut c);
             for m in *msgs {
-                let m = if *m == "IDENTIFY" {
-                    identify_msg(&call, "7", 0)
-                } else {
-                    m.to_string()
+                let m = match *m {
+                    "IDENTIFY" => call.identify_msg("7", 0),
+                    "RESUME" => json!({"op": 7, "d": {"server_id": "1",
+                        "session_id": call.sessions[0], "token": call.token, "seq_ack": 0}})
+                    .to_string(),
+                    m => m.to_string(),
                 };
                 c.handle_text(call.now, &m, &mut call.registry);
             }
             let o = out(&mut c);
             assert_eq!(o.last().unwrap(), &json!({"close": code}), "{msgs:?}");
             assert!(c.is_closed());
-            c.closed(&mut call.registry);
-            assert_eq!(call.registry.session_count(), 0);
+            c.closed(call.now, &mut call.registry);
+            assert_eq!(call.registry.session_count(), 0, "{msgs:?}: released");
+        }
+    }
+
+    #[test]
+    fn unsupported_version_is_4020_and_versions_parse() {
+        let mut c = Connection::unsupported(config(), 1, Instant::now());
+        assert_eq!(out(&mut c), vec![json!({"close": 4020})]);
+        assert_eq!(version_from_query(Some("v=4")), Some(4));
+        assert_eq!(version_from_query(Some("encoding=json&v=8")), Some(8));
+        assert_eq!(version_from_query(Some("v=2")), Some(2));
+        assert_eq!(version_from_query(None), Some(DEFAULT_VERSION));
+        assert_eq!(
+            version_from_query(Some("encoding=json")),
+            Some(DEFAULT_VERSION)
+        );
+        for bad in ["v=x", "v=9", "v=0", "v=-1", "v="] {
+            assert_eq!(version_from_query(Some(bad)), None, "{bad}");
         }
     }
 
     #[test]
     fn timeout_is_4009_and_ignored_ops_are_not_fatal() {
         let mut call = call();
-        let mut c = joined(&mut call, 1, 4, "7", 0);
+        let mut c = call.join(1, 4, "7", 0);
         for m in [
             r#"{"op":12,"d":{}}"#,
             r#"{"op":16,"d":{}}"#,
             r#"{"op":24,"d":{}}"#,
         ] {
-            c.handle_text(call.now, m, &mut call.registry);
+            assert!(call.send(&mut c, m).is_empty());
         }
-        c.handle_binary();
+        c.handle_binary(call.now);
         assert!(out(&mut c).is_empty());
         let deadline = c.poll_timeout().unwrap();
         c.handle_timeout(deadline);
         assert_eq!(out(&mut c), vec![json!({"close": 4009})]);
+        // A timed-out session may still be resumed.
+        c.closed(deadline, &mut call.registry);
+        assert_eq!(call.registry.parked_count(), 1);
     }
 
     #[test]
-    fn speaking_reaches_the_others() {
+    fn floods_are_4021() {
         let mut call = call();
-        let mut a = joined(&mut call, 1, 4, "7", 0);
-        let _b = joined(&mut call, 2, 4, "8", 1);
-        call.registry.drain_effects().for_each(drop);
-        a.handle_text(
-            call.now,
-            &json!({"op":5,"d":{"speaking":1,"delay":0,"ssrc":a.ssrc()}}).to_string(),
-            &mut call.registry,
-        );
-        let effects: Vec<_> = call.registry.drain_effects().collect();
+        let mut c = call.join(1, 4, "7", 0); // 1 of the burst of 20
+        for _ in 0..19 {
+            assert_eq!(call.send(&mut c, r#"{"op":3,"d":1}"#)[0]["op"], 6);
+        }
         assert_eq!(
-            effects,
-            vec![crate::registry::Effect::Gateway {
-                conn: 2,
-                push: Push::Speaking {
-                    user_id: "7".into(),
-                    ssrc: a.ssrc().unwrap(),
-                    speaking: 1
-                }
-            }]
+            call.send(&mut c, r#"{"op":3,"d":1}"#),
+            vec![json!({"close": 4021})]
+        );
+        c.closed(call.now, &mut call.registry);
+        assert_eq!(call.registry.session_count(), 0, "not resumable");
+    }
+
+    /// The websocket of a v8 member dies; meanwhile others speak and a new
+    /// member joins; the member resumes on a new connection and gets every
+    /// numbered message after its seq_ack, with the same SSRC and nothing
+    /// removed from the data plane.
+    #[test]
+    fn resume_redelivers_what_was_missed_and_keeps_the_session() {
+        let mut call = call();
+        let mut a = call.join(1, 8, "7", 0);
+        let mut b = call.join(2, 8, "8", 1);
+        call.route(&mut [&mut a, &mut b]);
+        let seen = out(&mut a); // Clients Connect (seq 2)
+        let seq_ack = seen.last().unwrap()["seq"].as_u64().unwrap();
+        call.select(&mut a); // Session Description, seq 3: lost with the socket
+        let ssrc = a.ssrc().unwrap();
+        out(&mut b);
+        a.closed(call.now, &mut call.registry); // the socket died
+        assert_eq!(call.registry.parked_count(), 1);
+        call.commands.clear();
+        call.route(&mut [&mut b]);
+        assert!(
+            out(&mut b).is_empty(),
+            "no Client Disconnect for a parked session"
+        );
+        // While away: 8 speaks, 9 joins.
+        call.send(&mut b, r#"{"op":5,"d":{"speaking":1,"delay":0}}"#);
+        let mut c = call.join(3, 8, "9", 2);
+        call.route(&mut [&mut b, &mut c]);
+
+        let mut a2 = Connection::new(config(), 4, 8, call.now);
+        out(&mut a2);
+        let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
+            "token": call.token, "seq_ack": seq_ack}});
+        let o = call.send(&mut a2, &resume.to_string());
+        assert_eq!(o[0], json!({"op": 9, "d": null}));
+        let ops: Vec<(u64, u64)> = o[1..]
+            .iter()
+            .map(|m| (m["op"].as_u64().unwrap(), m["seq"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(ops, vec![(4, 3), (5, 4), (11, 5)], "{o:?}");
+        assert_eq!(a2.ssrc(), Some(ssrc));
+        assert!(
+            !call
+                .commands
+                .iter()
+                .any(|c| matches!(c, Command::RemoveSession { .. })),
+            "media never left the data plane: {:?}",
+            call.commands
+        );
+        // Numbering continues on the new connection.
+        let sd = call.select(&mut a2);
+        assert_eq!(sd[0]["seq"], 6);
+        // A second resume with an old seq_ack: the buffer (4) lost seq 2.
+        a2.closed(call.now, &mut call.registry);
+        let mut a3 = Connection::new(config(), 5, 8, call.now);
+        out(&mut a3);
+        let old = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
+            "token": call.token, "seq_ack": 1}});
+        assert_eq!(
+            call.send(&mut a3, &old.to_string()),
+            vec![json!({"close": 4006})]
         );
     }
 
     #[test]
-    fn version_query() {
-        assert_eq!(version_from_query(Some("v=4")), Some(4));
-        assert_eq!(version_from_query(Some("encoding=json&v=8")), Some(8));
-        assert_eq!(version_from_query(Some("v=x")), None);
-        assert_eq!(version_from_query(None), None);
+    fn a_resume_takes_over_a_socket_not_yet_seen_dead() {
+        let mut call = call();
+        let mut a = call.join(1, 8, "7", 0);
+        let mut a2 = Connection::new(config(), 2, 8, call.now);
+        out(&mut a2);
+        let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
+            "token": call.token, "seq_ack": 1}});
+        a2.handle_text(call.now, &resume.to_string(), &mut call.registry);
+        call.route(&mut [&mut a, &mut a2]);
+        assert_eq!(out(&mut a), vec![json!({"close": 4006})]);
+        assert_eq!(out(&mut a2)[0]["op"], 9);
+        // The old socket closing later does not disturb the new one.
+        a.closed(call.now, &mut call.registry);
+        assert_eq!(call.registry.parked_count(), 0);
+        assert_eq!(call.registry.session_count(), 1);
+    }
+
+    #[test]
+    fn unresumed_sessions_leave_after_the_grace_period() {
+        let mut call = call();
+        let mut a = call.join(1, 8, "7", 0);
+        let mut b = call.join(2, 4, "8", 1);
+        call.route(&mut [&mut a, &mut b]);
+        out(&mut b);
+        let ssrc = a.ssrc().unwrap();
+        a.closed(call.now, &mut call.registry);
+        let deadline = call.registry.poll_timeout().unwrap();
+        assert_eq!(deadline, call.now + Duration::from_secs(10));
+        call.registry
+            .handle_timeout(deadline - Duration::from_millis(1));
+        call.route(&mut [&mut b]);
+        assert!(out(&mut b).is_empty());
+        call.registry.handle_timeout(deadline);
+        call.route(&mut [&mut b]);
+        assert_eq!(out(&mut b), vec![json!({"op": 13, "d": {"user_id": "7"}})]);
+        assert!(call.commands.contains(&Command::RemoveSession { ssrc }));
+        // Too late to resume.
+        let mut a2 = Connection::new(config(), 3, 8, call.now);
+        out(&mut a2);
+        let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
+            "token": call.token, "seq_ack": 0}});
+        assert_eq!(
+            call.send(&mut a2, &resume.to_string()),
+            vec![json!({"close": 4006})]
+        );
+    }
+
+    #[test]
+    fn lvsp_removal_closes_4014_and_a_move_gets_a_new_session() {
+        let mut call = call();
+        let mut a = call.join(1, 4, "7", 0);
+        let mut b = call.join(2, 4, "8", 1);
+        call.route(&mut [&mut a, &mut b]);
+        out(&mut b);
+        let ssrc = a.ssrc().unwrap();
+        // Move: destroy + create in another channel.
+        call.registry.voice_state_destroy("7", "100");
+        call.route(&mut [&mut a, &mut b]);
+        assert_eq!(out(&mut a).last(), Some(&json!({"close": 4014})));
+        assert_eq!(out(&mut b), vec![json!({"op": 13, "d": {"user_id": "7"}})]);
+        assert!(call.commands.contains(&Command::RemoveSession { ssrc }));
+        a.closed(call.now, &mut call.registry);
+        let t2 = call.registry.channel_req("200", Some("1")).unwrap().token;
+        let moved = call.registry.voice_state_create("7", "200").unwrap();
+        assert_ne!(moved, call.sessions[0]);
+        let mut a2 = Connection::new(config(), 3, 4, call.now);
+        let m = json!({"op": 0, "d": {"server_id": "1", "user_id": "7",
+            "session_id": moved, "token": t2}});
+        out(&mut a2);
+        assert_eq!(call.send(&mut a2, &m.to_string())[0]["op"], 2);
+        assert_ne!(a2.ssrc(), Some(ssrc));
+    }
+
+    #[test]
+    fn stream_keeps_the_last_messages() {
+        let mut s = Stream::new(8, 2);
+        for i in 0..3 {
+            s.message(5, json!(i));
+        }
+        assert_eq!(s.after(3), Some(vec![]));
+        assert_eq!(s.after(1).unwrap().len(), 2);
+        assert_eq!(s.after(0), None, "seq 1 is gone");
+        assert_eq!(s.after(4), None, "never sent");
+        let mut v4 = Stream::new(4, 2);
+        assert_eq!(v4.message(5, json!(1)), r#"{"d":1,"op":5}"#);
+        assert_eq!(v4.after(0), Some(vec![]));
     }
 }

@@ -25,6 +25,7 @@ use sha2::Sha256;
 
 use crate::limit::Bucket;
 pub use crate::limit::RateLimit;
+use crate::protocol::{grace, refuse, Refusal, Result};
 use crate::registry::{Registry, RequestError};
 use crate::Output;
 
@@ -205,22 +206,6 @@ impl Replay {
         )
     }
 }
-
-/// Why a message was refused: becomes a close frame.
-#[derive(Debug)]
-struct Refusal {
-    code: u16,
-    reason: String,
-}
-
-fn refuse(code: u16, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        reason: reason.into(),
-    }
-}
-
-type Result<T> = std::result::Result<T, Refusal>;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -529,11 +514,6 @@ impl Connection {
         }
         Ok(())
     }
-}
-
-/// How long past the interval a heartbeat may be late.
-fn grace(interval: Duration) -> Duration {
-    interval + interval / 2 + Duration::from_secs(1)
 }
 
 fn obj(v: &Value) -> Result<&Map<String, Value>> {

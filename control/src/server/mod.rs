@@ -251,6 +251,7 @@ impl Server {
         };
         let mut registry = Registry::new(config.cores);
         registry.set_orphan_grace(config.lvsp_grace);
+        registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
                 registry,
@@ -270,6 +271,7 @@ impl Server {
                 heartbeat_interval: config.gateway_heartbeat,
                 udp_ip: config.public_ip,
                 udp_port,
+                rate: config.gateway_rate,
             }),
             ws,
             next_conn: AtomicU64::new(1),
@@ -480,7 +482,7 @@ async fn accept_loop(
 trait Machine {
     const NAME: &'static str;
     fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>);
-    fn on_binary(&mut self);
+    fn on_binary(&mut self, now: Instant);
     fn on_oversized(&mut self);
     fn on_push(&mut self, push: Push);
     fn on_timeout(&mut self, now: Instant);
@@ -494,7 +496,7 @@ impl Machine for lvsp::Connection {
     fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
         self.handle_text(now, text, ctx.registry, ctx.replay)
     }
-    fn on_binary(&mut self) {
+    fn on_binary(&mut self, _now: Instant) {
         self.handle_binary()
     }
     fn on_oversized(&mut self) {
@@ -520,8 +522,8 @@ impl Machine for gateway::Connection {
     fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
         self.handle_text(now, text, ctx.registry)
     }
-    fn on_binary(&mut self) {
-        self.handle_binary()
+    fn on_binary(&mut self, now: Instant) {
+        self.handle_binary(now)
     }
     fn on_oversized(&mut self) {
         self.handle_oversized()
@@ -532,8 +534,8 @@ impl Machine for gateway::Connection {
     fn on_timeout(&mut self, now: Instant) {
         self.handle_timeout(now)
     }
-    fn on_closed(&mut self, _now: Instant, registry: &mut Registry) {
-        self.closed(registry)
+    fn on_closed(&mut self, now: Instant, registry: &mut Registry) {
+        self.closed(now, registry)
     }
     fn next_output(&mut self) -> Option<Output> {
         self.poll_output()
@@ -581,18 +583,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Kind::Gateway => {
             let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-            let version = gateway::version_from_query(query.as_deref()).unwrap_or(4);
             let (tx, rx) = mpsc::unbounded_channel();
             shared.hub().gateways.insert(conn, tx);
-            let supported = gateway::VERSIONS.contains(&version);
-            let version = if supported { version } else { 4 };
-            let mut machine = gateway::Connection::new(shared.gateway.clone(), conn, version, now);
-            if !supported {
-                machine.handle_push(Push::Close {
-                    code: 4020,
-                    reason: "unsupported gateway version",
-                });
-            }
+            let machine = match gateway::version_from_query(query.as_deref()) {
+                Some(version) => {
+                    gateway::Connection::new(shared.gateway.clone(), conn, version, now)
+                }
+                None => gateway::Connection::unsupported(shared.gateway.clone(), conn, now),
+            };
             drive(ws, machine, &shared, Some(rx), stop).await;
             shared.hub().gateways.remove(&conn);
         }
@@ -631,7 +629,7 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                 Some(Ok(Message::Text(text))) => {
                     shared.with(|ctx| machine.on_text(Instant::now(), &text, ctx));
                 }
-                Some(Ok(Message::Binary(_))) => machine.on_binary(),
+                Some(Ok(Message::Binary(_))) => machine.on_binary(Instant::now()),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break 'run,
                 Some(Err(tungstenite::Error::Capacity(_))) => machine.on_oversized(),
