@@ -670,7 +670,15 @@ impl Registry {
         token: &str,
         seq_ack: Option<u64>,
     ) -> Result<Resumed, IdentifyError> {
-        let state = self.authenticate(server_id, None, session_id, token)?;
+        let state = match self.authenticate(server_id, None, session_id, token) {
+            // A session that no longer exists cannot be resumed (the client
+            // should identify afresh); a wrong token for a live one is an
+            // authentication failure.
+            Err(IdentifyError::AuthenticationFailed) if !self.states.contains_key(session_id) => {
+                return Err(IdentifyError::SessionInvalid)
+            }
+            other => other?,
+        };
         let (Some(stream), Some(ssrc)) = (&state.stream, state.ssrc) else {
             return Err(IdentifyError::SessionInvalid);
         };

@@ -740,6 +740,10 @@ mod tests {
             ),
             (
                 &[r#"{"op":7,"d":{"server_id":"1","session_id":"x","token":"y"}}"#],
+                close::SESSION_INVALID,
+            ),
+            (
+                &["IDENTIFY", "CLOSE", "RESUME-BADTOKEN"],
                 close::AUTHENTICATION_FAILED,
             ),
             (&["IDENTIFY", "IDENTIFY"], close::ALREADY_AUTHENTICATED),
@@ -769,8 +773,18 @@ mod tests {
             let mut c = Connection::new(config(), 1, 8, call.now);
             out(&mut c);
             for m in *msgs {
+                if *m == "CLOSE" {
+                    // The socket dies; the next messages use a new one.
+                    c.closed(call.now, &mut call.registry);
+                    c = Connection::new(config(), 2, 8, call.now);
+                    out(&mut c);
+                    continue;
+                }
                 let m = match *m {
                     "IDENTIFY" => call.identify_msg("7", 0),
+                    "RESUME-BADTOKEN" => json!({"op": 7, "d": {"server_id": "1",
+                        "session_id": call.sessions[0], "token": "nope", "seq_ack": 0}})
+                    .to_string(),
                     "RESUME" => json!({"op": 7, "d": {"server_id": "1",
                         "session_id": call.sessions[0], "token": call.token, "seq_ack": 0}})
                     .to_string(),
@@ -782,7 +796,11 @@ mod tests {
             assert_eq!(o.last().unwrap(), &json!({"close": code}), "{msgs:?}");
             assert!(c.is_closed());
             c.closed(call.now, &mut call.registry);
-            assert_eq!(call.registry.session_count(), 0, "{msgs:?}: released");
+            assert_eq!(
+                call.registry.session_count() - call.registry.parked_count(),
+                0,
+                "{msgs:?}: nothing attached"
+            );
         }
     }
 

@@ -49,6 +49,13 @@ pub(super) fn render(hub: &Hub) -> String {
     let _ = writeln!(out, "voice_sessions {}", hub.registry.session_count());
     metric(
         &mut out,
+        "voice_sessions_parked",
+        "Gateway sessions whose websocket is gone, waiting for a Resume.",
+        "gauge",
+    );
+    let _ = writeln!(out, "voice_sessions_parked {}", hub.registry.parked_count());
+    metric(
+        &mut out,
         "voice_closes_total",
         "Websocket close codes sent, by protocol.",
         "counter",

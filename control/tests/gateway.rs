@@ -1,0 +1,275 @@
+//! The voice gateway over real sockets against the real binaries: every
+//! encryption mode at v4 and v8, Resume with media flowing throughout, the
+//! resume grace period, and close codes only a live socket can provoke.
+
+mod support;
+
+use std::time::Duration;
+
+use scripts::gateway::{GatewayClient, GatewayEvent};
+use scripts::{ClientError, LvspClient, Mode, VoiceClient};
+use serde_json::json;
+use support::{assert_call_flows, join_call, ServerProcess};
+
+const GUILD: &str = "41771983423143936";
+
+async fn identified(server: &ServerProcess) -> LvspClient {
+    LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP identify")
+        .0
+}
+
+/// The next close code, skipping other events.
+async fn close_code(gateway: &mut GatewayClient) -> Option<u16> {
+    loop {
+        match gateway.next_event_timeout(Duration::from_secs(10)).await {
+            Ok(GatewayEvent::Closed(code)) | Err(ClientError::Closed(code)) => return code,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close: {e}"),
+        }
+    }
+}
+
+/// The next event that `pick` accepts, skipping the others.
+async fn next_matching<T>(
+    gateway: &mut GatewayClient,
+    what: &str,
+    mut pick: impl FnMut(&GatewayEvent) -> Option<T>,
+) -> T {
+    loop {
+        match gateway.next_event_timeout(Duration::from_secs(5)).await {
+            Ok(e) => {
+                if let Some(t) = pick(&e) {
+                    return t;
+                }
+            }
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_at_v4_and_v8_in_one_channel() {
+    let server = ServerProcess::start(2, &[]);
+    let mut lvsp = identified(&server).await;
+    for (version, channel) in [(4u8, "1100"), (8, "1108")] {
+        let assign = lvsp.channel_req(channel, Some(GUILD)).await.unwrap();
+        let mut members = Vec::new();
+        for (i, mode) in Mode::ALL.into_iter().enumerate() {
+            let user = format!("{version}00{i}");
+            let done = lvsp
+                .voice_state_create(&user, channel, Some(GUILD))
+                .await
+                .unwrap();
+            let member = VoiceClient::join(
+                &server.gateway_url,
+                version,
+                GUILD,
+                &user,
+                &done.session_id,
+                &assign.token,
+                mode,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("v{version} {}: {e}", mode.name()));
+            assert_eq!(member.session.mode, mode.name());
+            members.push(member);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Every member hears every other, each in its own mode.
+        assert_call_flows(&mut members, 4, &format!("v{version}")).await;
+    }
+    assert_eq!(
+        server.metric_sum("voice_drops_total", "reason=\"auth_failed\""),
+        0.0
+    );
+}
+
+/// A member's websocket goes away; media keeps flowing both ways while it
+/// is gone; someone joins meanwhile; it resumes on a new socket with the
+/// same SSRC and receives what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_keeps_media_flowing_and_redelivers_what_was_missed() {
+    let server = ServerProcess::start(1, &[]);
+    let mut lvsp = identified(&server).await;
+    let channel = "1200";
+    let mut call = join_call(&server, &mut lvsp, GUILD, channel, &["6001", "6002"]).await;
+    let token = lvsp.channel_req(channel, Some(GUILD)).await.unwrap().token;
+    let session = lvsp
+        .voice_state_create("6001", channel, Some(GUILD))
+        .await
+        .unwrap()
+        .session_id;
+    assert_call_flows(&mut call, 3, "before").await;
+
+    // Member 0 loses its websocket (the client closes it; UDP goes on).
+    let ssrc = call[0].ssrc();
+    call[0].stop_heartbeat();
+    let seq_ack = call[0].gateway.seq_ack();
+    assert!(seq_ack >= 2, "Ready and Session Description were numbered");
+    call[0].gateway.close(1001).await.unwrap();
+    server.wait_metrics(Duration::from_secs(5), "the session parked", |s| {
+        s.metric("voice_sessions_parked") == 1.0
+    });
+    assert_call_flows(&mut call, 3, "while away").await;
+
+    // 6003 joins while 6001 is away.
+    let mut late = join_call(&server, &mut lvsp, GUILD, channel, &["6003"]).await;
+
+    let mut back = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    back.send_json(
+        &json!({"op": 7, "d": {"server_id": GUILD, "session_id": session,
+        "token": token, "seq_ack": seq_ack}}),
+    )
+    .await
+    .unwrap();
+    next_matching(&mut back, "Resumed", |e| {
+        matches!(e, GatewayEvent::Resumed).then_some(())
+    })
+    .await;
+    // Everything numbered after seq_ack comes again: 6003's arrival, and
+    // anything else the old socket had not read yet (6002's, say).
+    loop {
+        let joined = next_matching(&mut back, "the missed Clients Connect", |e| match e {
+            GatewayEvent::ClientsConnect(ids) => Some(ids.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(
+            joined.iter().all(|u| u == "6002" || u == "6003"),
+            "{joined:?}"
+        );
+        if joined == ["6003"] {
+            break;
+        }
+    }
+    assert!(back.seq_ack() > seq_ack, "re-delivered with its seq");
+    call[0].gateway = back;
+    call[0].restart_heartbeat(Duration::from_secs(5));
+    assert_eq!(call[0].ssrc(), ssrc, "same SSRC");
+    call.append(&mut late);
+    assert_call_flows(&mut call, 3, "after resume").await;
+    assert_eq!(server.metric("voice_sessions_parked"), 0.0);
+    assert_eq!(
+        server.metric_sum("voice_drops_total", "reason=\"unknown_ssrc\""),
+        0.0,
+        "the session never left the data plane"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresumed_session_leaves_after_the_grace_period() {
+    let server = ServerProcess::start(1, &["--gateway-resume-grace-ms", "300"]);
+    let mut lvsp = identified(&server).await;
+    let mut call = join_call(&server, &mut lvsp, GUILD, "1300", &["7001", "7002"]).await;
+    call[0].stop_heartbeat();
+    call[0].gateway.close(1001).await.unwrap();
+    let left = next_matching(&mut call[1].gateway, "Client Disconnect", |e| match e {
+        GatewayEvent::ClientDisconnect(user) => Some(user.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, "7001");
+    // Its SSRC is off the data plane: its packets are dropped.
+    call[0].udp.send_opus(b"too late").await.unwrap();
+    server.wait_metrics(Duration::from_secs(5), "an unknown SSRC", |s| {
+        s.metric_sum("voice_drops_total", "reason=\"unknown_ssrc\"") >= 1.0
+    });
+    assert!(call[1]
+        .udp
+        .recv_timeout(Duration::from_millis(200))
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_codes_on_live_sockets() {
+    let server = ServerProcess::start(
+        1,
+        &[
+            "--gateway-rate",
+            "5",
+            "--gateway-burst",
+            "10",
+            "--gateway-heartbeat-ms",
+            "200",
+        ],
+    );
+    let mut lvsp = identified(&server).await;
+    let assign = lvsp.channel_req("1400", Some(GUILD)).await.unwrap();
+    let session = lvsp
+        .voice_state_create("8001", "1400", Some(GUILD))
+        .await
+        .unwrap()
+        .session_id;
+
+    // 4021: a flood.
+    let mut flood = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    for t in 0..50 {
+        if flood
+            .send_json(&json!({"op": 3, "d": {"t": t, "seq_ack": -1}}))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut flood).await, Some(4021));
+
+    // 4020: a version this server does not serve.
+    let mut v9 = GatewayClient::connect(&format!("{}/?v=9", server.gateway_url), 9)
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut v9).await, Some(4020));
+
+    // 4009: identified, then silent past the heartbeat interval.
+    let mut quiet = GatewayClient::connect(&server.gateway_url, 4)
+        .await
+        .unwrap();
+    quiet
+        .identify(GUILD, "8001", &session, &assign.token)
+        .await
+        .expect("identify");
+    assert_eq!(close_code(&mut quiet).await, Some(4009));
+
+    // 4006: resuming a session that was removed over LVSP.
+    lvsp.voice_state_destroy("8001", "1400", Some(GUILD))
+        .await
+        .unwrap();
+    server.wait_metrics(Duration::from_secs(5), "the state removed", |s| {
+        s.metric("voice_states") == 0.0
+    });
+    let mut stale = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    stale
+        .send_json(
+            &json!({"op": 7, "d": {"server_id": GUILD, "session_id": session,
+            "token": assign.token, "seq_ack": 1}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut stale).await, Some(4006));
+
+    // No `v`: Discord's default version 1, served.
+    let mut plain = GatewayClient::connect(&format!("{}/", server.gateway_url), 1)
+        .await
+        .unwrap();
+    let hello = plain.wait_hello().await.expect("Hello without ?v");
+    assert_eq!(hello, Duration::from_millis(200));
+
+    for code in [4021, 4020, 4009, 4006] {
+        assert_eq!(
+            server.metric(&format!(
+                "voice_closes_total{{protocol=\"gateway\",code=\"{code}\"}}"
+            )),
+            1.0,
+            "{code}"
+        );
+    }
+}
