@@ -86,6 +86,9 @@ pub struct Config {
     pub lvsp_rate: lvsp::RateLimit,
     /// Gateway heartbeat interval (milliseconds on the wire). Default 13.75 s.
     pub gateway_heartbeat: Duration,
+    /// Encryption modes offered to clients, in order of preference.
+    /// Default: all five, AES-GCM first.
+    pub modes: Vec<shared::Mode>,
     /// Per-connection gateway message budget. Default 10/s, burst 60.
     pub gateway_rate: crate::limit::RateLimit,
     /// How long a gateway session whose websocket went away waits for a
@@ -141,6 +144,7 @@ impl Config {
                 burst: 2000.0,
             },
             gateway_heartbeat: Duration::from_millis(13_750),
+            modes: shared::Mode::ALL.to_vec(),
             gateway_rate: crate::limit::RateLimit {
                 per_second: 10.0,
                 burst: 60.0,
@@ -188,6 +192,9 @@ impl Config {
             if !(rate.per_second > 0.0 && rate.burst >= 1.0) {
                 return bad(format!("{name} rate limit must be positive, got {rate:?}"));
             }
+        }
+        if self.modes.is_empty() {
+            return bad("at least one encryption mode must be offered".into());
         }
         if self.gateway_replay == 0 {
             return bad("the gateway replay buffer needs at least one slot".into());

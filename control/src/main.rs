@@ -103,6 +103,10 @@ struct Args {
     /// Gateway messages a connection may send at once.
     #[arg(long, default_value_t = 60.0)]
     gateway_burst: f64,
+    /// Encryption modes offered in Ready, in order of preference
+    /// (comma-separated gateway names; default all five, AES-GCM first).
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
+    modes: Vec<shared::Mode>,
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
@@ -161,6 +165,9 @@ impl Args {
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;
+        if !self.modes.is_empty() {
+            c.modes = self.modes;
+        }
         c.gateway_resume_grace = Duration::from_millis(self.gateway_resume_grace_ms);
         c.gateway_rate = control::limit::RateLimit {
             per_second: self.gateway_rate,
@@ -175,6 +182,13 @@ impl Args {
         };
         Ok(c)
     }
+}
+
+fn parse_mode(name: &str) -> Result<shared::Mode, String> {
+    shared::Mode::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = shared::Mode::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown mode {name:?} (one of {})", known.join(", "))
+    })
 }
 
 fn main() -> ExitCode {

@@ -158,8 +158,30 @@ fn hex_frames(frames: &[Vec<u8>]) -> Vec<String> {
     frames.iter().map(hex::encode).collect()
 }
 
+/// The default offer: discord.js takes AES-GCM, the first mode it supports;
+/// this project's client uses AES-GCM too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discordjs_voice_sends_and_receives_through_the_server() {
+    interop(&[], "aead_aes256_gcm_rtpsize", Mode::AeadAes256GcmRtpsize).await;
+}
+
+/// Only XChaCha20 and the legacy secretbox offered: discord.js must take
+/// XChaCha20-Poly1305 while this project's client speaks plain
+/// xsalsa20_poly1305, so the server converts between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discordjs_voice_in_xchacha_beside_a_legacy_client() {
+    interop(
+        &[
+            "--modes",
+            "aead_xchacha20_poly1305_rtpsize,xsalsa20_poly1305",
+        ],
+        "aead_xchacha20_poly1305_rtpsize",
+        Mode::XSalsa20Poly1305,
+    )
+    .await;
+}
+
+async fn interop(extra: &[&str], djs_mode: &str, rust_mode: Mode) {
     check_prerequisites();
     // A certificate file of this test's own: node trusts exactly it.
     let cert = std::env::temp_dir().join(format!(
@@ -171,15 +193,14 @@ async fn discordjs_voice_sends_and_receives_through_the_server() {
     // A short heartbeat interval, so that discord.js heartbeats (v8 shape,
     // with seq_ack) several times during the call: it drops a connection
     // whose heartbeats go unacknowledged three times in a row.
-    let server = ServerProcess::start(
-        1,
-        &[
-            "--self-signed-cert",
-            &cert_arg,
-            "--gateway-heartbeat-ms",
-            "250",
-        ],
-    );
+    let mut args = vec![
+        "--self-signed-cert",
+        &cert_arg,
+        "--gateway-heartbeat-ms",
+        "250",
+    ];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start(1, &args);
     assert!(
         server.gateway_url.starts_with("wss://"),
         "{}",
@@ -189,14 +210,17 @@ async fn discordjs_voice_sends_and_receives_through_the_server() {
         .cert
         .clone()
         .expect("the server printed its certificate");
-    tokio::time::timeout(Duration::from_secs(90), call(&server, &cert))
-        .await
-        .expect("the call finished in time");
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        call(&server, &cert, djs_mode, rust_mode),
+    )
+    .await
+    .expect("the call finished in time");
     let status = server.stop();
     assert!(status.success(), "control exited with {status}");
 }
 
-async fn call(server: &ServerProcess, cert: &Path) {
+async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mode) {
     // Litecord's side: the channel and both voice states.
     let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
         .await
@@ -225,7 +249,7 @@ async fn call(server: &ServerProcess, cert: &Path) {
         RUST_USER,
         &rust_state.session_id,
         &assign.token,
-        Mode::AeadAes256GcmRtpsize,
+        rust_mode,
     )
     .await
     .expect("rust client joins");
@@ -256,8 +280,8 @@ async fn call(server: &ServerProcess, cert: &Path) {
         Ok(v) => v,
         Err(e) => node_failed(node, format!("discord.js never got ready: {e}")).await,
     };
-    // The server lists AES-GCM first; discord.js takes the first it supports.
-    assert_eq!(ready["mode"], "aead_aes256_gcm_rtpsize", "{ready}");
+    // discord.js takes the first offered mode it supports.
+    assert_eq!(ready["mode"], djs_mode, "{ready}");
     assert_eq!(
         ready["peer_ssrc"],
         rust.ssrc(),
@@ -344,7 +368,7 @@ async fn call(server: &ServerProcess, cert: &Path) {
     // silence padding it puts on the wire when a resource ends.
     assert_eq!(result["silence_padding_frames"], SILENCE_PADDING);
     assert_eq!(result["dave_protocol_version"], 0, "{result}");
-    assert_eq!(result["mode"], "aead_aes256_gcm_rtpsize", "{result}");
+    assert_eq!(result["mode"], djs_mode, "{result}");
     assert!(
         result["ws_ping"].is_number(),
         "discord.js saw no heartbeat ACK: {result}"

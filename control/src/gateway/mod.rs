@@ -85,6 +85,9 @@ pub struct Config {
     /// Per-connection message budget (past it: 4021). Default 10/s, burst
     /// 60.
     pub rate: RateLimit,
+    /// The encryption modes offered in Ready, in order; Select Protocol with
+    /// any other is 4016. Default: all five, in [`Mode::ALL`]'s order.
+    pub modes: Vec<Mode>,
 }
 
 /// Gateway versions served: 4-8 as Discord does, 1-3 as well (served like
@@ -379,7 +382,7 @@ impl Connection {
         self.session = Some(session_id.to_owned());
         self.ssrc = Some(identified.ssrc);
         self.deadline = now + grace(self.config.heartbeat_interval);
-        let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+        let modes: Vec<&str> = self.config.modes.iter().map(|m| m.name()).collect();
         let interval = self.config.heartbeat_interval.as_millis() as u64;
         self.send(
             registry,
@@ -447,6 +450,7 @@ impl Connection {
             .ok_or_else(|| refuse(close::DECODE_ERROR, "data must be an object"))?;
         let mode_name = field(data, "mode")?;
         let mode = Mode::from_name(mode_name)
+            .filter(|m| self.config.modes.contains(m))
             .ok_or_else(|| refuse(close::UNKNOWN_MODE, format!("unknown mode {mode_name}")))?;
         // The declared address is advisory: the data plane uses it only when
         // it matches what IP discovery observed.
@@ -614,6 +618,7 @@ mod tests {
                 per_second: 5.0,
                 burst: 20.0,
             },
+            modes: Mode::ALL.to_vec(),
         })
     }
 
@@ -647,6 +652,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_the_configured_modes_are_offered() {
+        let mut call = call();
+        let mut config = (*config()).clone();
+        config.modes = vec![Mode::XSalsa20Poly1305];
+        let mut c = Connection::new(Arc::new(config), 1, 4, call.now);
+        out(&mut c);
+        let ready = call.send(&mut c, &call.identify_msg("7", 0));
+        assert_eq!(ready[0]["d"]["modes"], json!(["xsalsa20_poly1305"]));
+        let sd = call.select(&mut c); // asks for AES-GCM
+        assert_eq!(sd.last().unwrap(), &json!({"close": 4016}));
     }
 
     #[test]

@@ -272,6 +272,7 @@ impl Server {
                 udp_ip: config.public_ip,
                 udp_port,
                 rate: config.gateway_rate,
+                modes: config.modes.clone(),
             }),
             ws,
             next_conn: AtomicU64::new(1),

@@ -128,6 +128,12 @@ function waitFor(what, predicate, ms) {
 }
 
 async function main() {
+	// @discordjs/voice loads its XChaCha20 library (@noble/ciphers)
+	// asynchronously when it is first imported and encrypts with a stub
+	// that throws until then. Against a server on loopback the connection
+	// is Ready within milliseconds, sooner than that load: finish it first.
+	await import('@noble/ciphers/chacha.js');
+	await new Promise((resolve) => setTimeout(resolve, 100));
 	connection = joinVoiceChannel({
 		channelId: params.channel_id,
 		guildId: params.guild_id,
