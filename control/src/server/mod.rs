@@ -610,7 +610,10 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
         while let Some(out) = machine.next_output() {
             match out {
                 Output::Text(text) => {
-                    if ws.send(Message::Text(text)).await.is_err() {
+                    // A peer that stops reading must not hold this task
+                    // (and the messages queued for it) forever.
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Text(text)));
+                    if !matches!(sent.await, Ok(Ok(()))) {
                         break 'run;
                     }
                 }
@@ -684,6 +687,9 @@ async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
     })
     .await;
 }
+
+/// How long a send may wait for a peer that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a closing connection waits for the peer's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
