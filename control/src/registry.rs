@@ -85,6 +85,12 @@ struct VoiceState {
     stream: Option<Stream>,
     /// Since when the websocket is gone with the session kept for a Resume.
     parked_since: Option<Instant>,
+    /// What Select Protocol pushed to the data plane (kept to push it again
+    /// into a restarted data plane).
+    media: Option<SessionSpec>,
+    /// The address a core proved for the SSRC (IP discovery or an
+    /// authenticated packet), as reported over the event ring.
+    learned: Option<SocketAddr>,
 }
 
 impl VoiceState {
@@ -426,6 +432,8 @@ impl Registry {
                 speaking: 0,
                 stream: None,
                 parked_since: None,
+                media: None,
+                learned: None,
             },
         );
         self.by_user.insert(key, session_id.clone());
@@ -467,6 +475,8 @@ impl Registry {
         let conn = state.conn.take();
         let in_call = state.stream.take().is_some();
         state.parked_since = None;
+        state.media = None;
+        state.learned = None;
         state.speaking = 0;
         let ssrc = state.ssrc.take();
         let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
@@ -729,23 +739,63 @@ impl Registry {
         key: [u8; 32],
         declared: Option<SocketAddr>,
     ) {
-        let Some(state) = self.states.get(session_id) else {
+        let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
         let (Some(ssrc), Some(ch)) = (state.ssrc, self.channels.get(&state.channel_id)) else {
             return;
         };
+        let spec = SessionSpec {
+            ssrc,
+            channel: ch.num,
+            user: state.user,
+            mode,
+            key,
+            declared,
+        };
+        state.media = Some(spec.clone());
         self.effects.push_back(Effect::Dataplane {
             core: ch.core,
-            command: Command::UpsertSession(SessionSpec {
+            command: Command::UpsertSession(spec),
+        });
+    }
+
+    /// A core proved `addr` for `ssrc` (event ring).
+    pub fn address_learned(&mut self, ssrc: u32, addr: SocketAddr) {
+        if let Some(state) = self.states.values_mut().find(|s| s.ssrc == Some(ssrc)) {
+            state.learned = Some(addr);
+        }
+    }
+
+    /// Pushes every session in a call into a data plane that starts empty
+    /// (it was restarted): the SSRC announcement, the keyed session, and
+    /// the address a core had proved, so members who never send keep
+    /// hearing the call. Returns how many sessions were pushed.
+    pub fn resync(&mut self) -> usize {
+        let mut pushed = 0;
+        for state in self.states.values() {
+            let (Some(ssrc), true) = (state.ssrc, state.in_call()) else {
+                continue;
+            };
+            let Some(ch) = self.channels.get(&state.channel_id) else {
+                continue;
+            };
+            let core = ch.core;
+            let mut send = |command| self.effects.push_back(Effect::Dataplane { core, command });
+            send(Command::AnnounceSsrc {
                 ssrc,
                 channel: ch.num,
                 user: state.user,
-                mode,
-                key,
-                declared,
-            }),
-        });
+            });
+            if let Some(spec) = &state.media {
+                send(Command::UpsertSession(spec.clone()));
+                if let Some(addr) = state.learned {
+                    send(Command::TrustAddress { ssrc, addr });
+                }
+            }
+            pushed += 1;
+        }
+        pushed
     }
 
     /// Speaking op 5 from a client: relayed to the other members.
@@ -1009,6 +1059,51 @@ mod tests {
         assert_eq!(closes(&effects(&mut r), 10), vec![4006]);
         r.gateway_closed(&a, 10, Instant::now(), true);
         assert_eq!(r.parked_count(), 0, "the stale close is ignored");
+    }
+
+    #[test]
+    fn resync_pushes_every_session_with_its_key_and_proven_address() {
+        let mut r = Registry::new(1);
+        let ch = r.channel_req("100", Some("1")).unwrap();
+        let a = r.voice_state_create("7", "100").unwrap();
+        let b = r.voice_state_create("8", "100").unwrap();
+        let _unjoined = r.voice_state_create("9", "100").unwrap();
+        let ia = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
+        let ib = r.identify(11, 8, "1", "8", &b, &ch.token).unwrap();
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None);
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        r.address_learned(ia.ssrc, addr);
+        effects(&mut r);
+        assert_eq!(r.resync(), 2);
+        let commands: Vec<Command> = effects(&mut r)
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Dataplane { command, .. } => Some(command),
+                _ => None,
+            })
+            .collect();
+        assert!(commands.contains(&Command::AnnounceSsrc {
+            ssrc: ib.ssrc,
+            channel: 1,
+            user: 8
+        }));
+        let upsert = commands
+            .iter()
+            .position(
+                |c| matches!(c, Command::UpsertSession(s) if s.ssrc == ia.ssrc && s.key == [1; 32]),
+            )
+            .expect("a's keyed session");
+        let trust = commands
+            .iter()
+            .position(|c| {
+                *c == Command::TrustAddress {
+                    ssrc: ia.ssrc,
+                    addr,
+                }
+            })
+            .expect("a's proven address");
+        assert!(upsert < trust, "the address follows the session");
+        assert_eq!(commands.len(), 4, "{commands:?}");
     }
 
     #[test]

@@ -287,6 +287,14 @@ impl Forwarder {
                 }
                 Ok(())
             }
+            Command::TrustAddress { ssrc, addr } => {
+                // Control vouches for an address a core proved before (this
+                // data plane restarted); an unknown SSRC is ignored.
+                if let Some(session) = self.sessions.get_mut(&ssrc) {
+                    session.addr = Some(addr);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -731,6 +739,34 @@ mod tests {
         assert!(send(&mut f, a.addr, &a.rtp(b"."), &mut out).is_empty());
         assert_eq!(f.stats().sessions, 0);
         assert_eq!(f.stats().dropped(DropReason::UnknownSsrc), 2);
+    }
+
+    #[test]
+    fn a_trusted_address_receives_without_discovery() {
+        let mut f = Forwarder::new(0);
+        let mut out = Outbox::with_capacity(8);
+        let mut talker = Client::new(70, 2000);
+        let listener = Client::new(71, 2001);
+        f.apply(talker.spec(9, None)).unwrap();
+        f.apply(listener.spec(9, Some(listener.addr))).unwrap();
+        // No discovery from the listener: its declared address is not
+        // taken on its own word...
+        assert!(send(&mut f, talker.addr, &talker.rtp(b"a"), &mut out).is_empty());
+        // ...but control vouches for it (learned before a restart).
+        f.apply(Command::TrustAddress {
+            ssrc: listener.ssrc,
+            addr: listener.addr,
+        })
+        .unwrap();
+        let sent = send(&mut f, talker.addr, &talker.rtp(b"b"), &mut out);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, listener.addr);
+        f.apply(Command::TrustAddress {
+            ssrc: 4242,
+            addr: listener.addr,
+        })
+        .unwrap();
+        assert!(!f.has_session(4242), "unknown SSRCs are not created");
     }
 
     #[test]

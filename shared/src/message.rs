@@ -117,6 +117,16 @@ pub enum Command {
         /// Control's numeric id of the voice channel.
         channel: u64,
     },
+    /// The SSRC's address was proven on this server before (a core learned
+    /// it and reported it): send to it right away. Control sends this when
+    /// it pushes its state into a restarted data plane, after the session's
+    /// upsert, so members who never send keep hearing the call.
+    TrustAddress {
+        /// The SSRC.
+        ssrc: u32,
+        /// Its proven address.
+        addr: SocketAddr,
+    },
 }
 
 /// Why a core dropped a datagram. The discriminant indexes [`CoreStats::drops`].
@@ -218,6 +228,7 @@ const TAG_ANNOUNCE: u8 = 1;
 const TAG_UPSERT: u8 = 2;
 const TAG_REMOVE_SESSION: u8 = 3;
 const TAG_REMOVE_CHANNEL: u8 = 4;
+const TAG_TRUST_ADDRESS: u8 = 5;
 const TAG_ADDRESS: u8 = 1;
 const TAG_STATS: u8 = 2;
 
@@ -322,6 +333,9 @@ impl Wire for Command {
             Command::RemoveChannel { channel } => {
                 p.u8(TAG_REMOVE_CHANNEL).u64(*channel);
             }
+            Command::TrustAddress { ssrc, addr } => {
+                p.u8(TAG_TRUST_ADDRESS).u32(*ssrc).addr(Some(*addr));
+            }
         }
     }
 
@@ -343,6 +357,13 @@ impl Wire for Command {
             }),
             TAG_REMOVE_SESSION => Command::RemoveSession { ssrc: g.u32() },
             TAG_REMOVE_CHANNEL => Command::RemoveChannel { channel: g.u64() },
+            TAG_TRUST_ADDRESS => {
+                let ssrc = g.u32();
+                match g.addr()? {
+                    Some(addr) => Command::TrustAddress { ssrc, addr },
+                    None => return Err(DecodeError::UnknownFamily(0)),
+                }
+            }
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -437,6 +458,10 @@ mod tests {
         }
         roundtrip(Command::RemoveSession { ssrc: 1 });
         roundtrip(Command::RemoveChannel { channel: 2 });
+        roundtrip(Command::TrustAddress {
+            ssrc: 9,
+            addr: "[2001:db8::1]:50000".parse().unwrap(),
+        });
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::ring::{ring_bytes, Consumer, Producer};
 /// First 8 bytes of a region: "VOICESHM" in ASCII.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VOICESHM");
 /// Bumped whenever the header, ring or message layout changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 const HEADER_BYTES: usize = 128;
 
@@ -329,6 +329,12 @@ impl Region {
             .store(u32::from(port), Ordering::Release);
     }
 
+    /// Forgets the published port (control, before it starts a new
+    /// dataplane on this region).
+    pub fn clear_udp_port(&self) {
+        self.map.header().udp_port.store(0, Ordering::Release);
+    }
+
     /// The UDP port the dataplane published, once it has.
     pub fn udp_port(&self) -> Option<u16> {
         match self.map.header().udp_port.load(Ordering::Acquire) {
@@ -436,6 +442,8 @@ mod tests {
         assert_eq!(created.udp_port(), None);
         attached.publish_udp_port(50_000);
         assert_eq!(created.udp_port(), Some(50_000));
+        created.clear_udp_port();
+        assert_eq!(attached.udp_port(), None);
         drop(created);
         assert!(!p.exists(), "creator removes the file");
     }

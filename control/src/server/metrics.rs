@@ -56,6 +56,26 @@ pub(super) fn render(hub: &Hub) -> String {
     let _ = writeln!(out, "voice_sessions_parked {}", hub.registry.parked_count());
     metric(
         &mut out,
+        "voice_dataplane_restarts_total",
+        "Times the dataplane died and was started again.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "voice_dataplane_restarts_total {}",
+        hub.dataplane_restarts
+    );
+    if let Some(pid) = hub.dataplane_pid {
+        metric(
+            &mut out,
+            "voice_dataplane_pid",
+            "Process id of the running dataplane child.",
+            "gauge",
+        );
+        let _ = writeln!(out, "voice_dataplane_pid {pid}");
+    }
+    metric(
+        &mut out,
         "voice_closes_total",
         "Websocket close codes sent, by protocol.",
         "counter",

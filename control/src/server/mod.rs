@@ -21,12 +21,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{Config, DataplaneMode, Tls};
+use crate::config::{Config, Tls};
 use crate::link::{self, Events, Link, Load};
 use crate::registry::{ConnId, Effect, Push, Registry};
 use crate::{gateway, lvsp, Output};
+use supervisor::Supervisor;
 
 mod metrics;
+mod supervisor;
 pub mod tls;
 
 /// Errors starting or running the server.
@@ -68,6 +70,10 @@ struct Hub {
     gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
     load: Load,
     closes: CloseCounts,
+    /// Times the dataplane was restarted after dying.
+    dataplane_restarts: u64,
+    /// The dataplane child's process id, while it runs.
+    dataplane_pid: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -142,7 +148,7 @@ pub struct Server {
     shared: Arc<Shared>,
     events: Events,
     region: Region,
-    child: Option<tokio::process::Child>,
+    supervisor: Supervisor,
     lvsp: TcpListener,
     gateway: TcpListener,
     metrics: Option<TcpListener>,
@@ -178,59 +184,8 @@ impl Server {
             });
         let region = Region::create(&config.shm_path, RegionConfig::new(config.cores))?;
         let (link, events) = link::attach(&region)?;
-        let program = match &config.dataplane {
-            DataplaneMode::Embedded => {
-                let exe = std::env::current_exe().map_err(|e| {
-                    ServerError::Dataplane(format!("locating this executable: {e}"))
-                })?;
-                Some((exe, Some("dataplane")))
-            }
-            DataplaneMode::Spawn(bin) => Some((bin.clone(), None)),
-            DataplaneMode::External => None,
-        };
-        let mut child = match program {
-            Some((program, subcommand)) => Some(
-                tokio::process::Command::new(&program)
-                    .args(subcommand)
-                    .arg("--shm")
-                    .arg(&config.shm_path)
-                    .arg("--bind")
-                    .arg(config.udp_bind.to_string())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| {
-                        ServerError::Dataplane(format!("spawn {}: {e}", program.display()))
-                    })?,
-            ),
-            None => {
-                tracing::info!(
-                    "waiting for an external dataplane: dataplane --shm {} --bind {}",
-                    config.shm_path.display(),
-                    config.udp_bind
-                );
-                None
-            }
-        };
-        let started = Instant::now();
-        let udp_port = loop {
-            if let Some(port) = region.udp_port() {
-                break port;
-            }
-            if let Some(c) = child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Err(ServerError::Dataplane(format!(
-                        "exited at start-up: {status}"
-                    )));
-                }
-            }
-            if started.elapsed() > config.dataplane_start_timeout {
-                return Err(ServerError::Dataplane(format!(
-                    "did not bind its sockets within {:?}",
-                    config.dataplane_start_timeout
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let mut supervisor = Supervisor::new(&config)?;
+        let udp_port = supervisor.start(&region).await?;
         let udp_addr = SocketAddr::new(config.udp_bind.ip(), udp_port);
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -260,6 +215,8 @@ impl Server {
                 gateways: HashMap::new(),
                 load: Load::new(config.cores, config.capacity_per_core),
                 closes: CloseCounts::new(),
+                dataplane_restarts: 0,
+                dataplane_pid: None,
             }),
             lvsp: Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
@@ -290,7 +247,7 @@ impl Server {
             shared,
             events,
             region,
-            child,
+            supervisor,
             lvsp: lvsp_listener,
             gateway: gateway_listener,
             metrics,
@@ -304,7 +261,7 @@ impl Server {
             shared,
             mut events,
             region,
-            mut child,
+            mut supervisor,
             lvsp,
             gateway,
             metrics,
@@ -344,27 +301,31 @@ impl Server {
                 }
             })
         };
-        let child_exit = async {
-            match child.as_mut() {
-                Some(c) => c
-                    .wait()
-                    .await
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|e| e.to_string()),
-                None => std::future::pending().await,
+        shared.hub().dataplane_pid = supervisor.pid();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                status = supervisor.exited() => {
+                    tracing::error!(%status, "dataplane died; restarting it");
+                    shared.hub().dataplane_pid = None;
+                    if let Err(e) = supervisor.restart(&region).await {
+                        break Err(e);
+                    }
+                    // It starts empty: push every session into it again.
+                    let sessions = shared.with(|ctx| ctx.registry.resync());
+                    let mut hub = shared.hub();
+                    hub.dataplane_restarts += 1;
+                    hub.dataplane_pid = supervisor.pid();
+                    tracing::info!(sessions, "dataplane restarted, state pushed again");
+                }
             }
-        };
-        let result = tokio::select! {
-            _ = shutdown => Ok(()),
-            status = child_exit => Err(ServerError::Dataplane(format!("exited: {status}"))),
         };
         let _ = stop_tx.send(true);
         for task in [accept_lvsp, accept_gw, poller].into_iter().chain(metrics) {
             let _ = task.await;
         }
-        if let Some(mut c) = child {
-            stop_child(&mut c).await;
-        }
+        supervisor.stop().await;
         let closes = shared.hub().closes.clone();
         tracing::info!(?closes, "stopped");
         drop(region);
@@ -398,21 +359,6 @@ fn url(tls: bool, addr: SocketAddr) -> String {
     format!("{}://{addr}", if tls { "wss" } else { "ws" })
 }
 
-/// SIGTERM, then SIGKILL if it lingers.
-async fn stop_child(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let pid = nix::unistd::Pid::from_raw(pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("dataplane ignored SIGTERM, killing it");
-        let _ = child.kill().await;
-    }
-}
-
 fn poll_rings(shared: &Shared, events: &mut Events) {
     let now = Instant::now();
     let mut hub = shared.hub();
@@ -422,6 +368,7 @@ fn poll_rings(shared: &Shared, events: &mut Events) {
         Event::Stats(s) => hub.load.record(now, s),
         Event::AddressLearned { ssrc, addr } => {
             tracing::debug!(core, ssrc, %addr, "address learned");
+            hub.registry.address_learned(ssrc, addr);
         }
     });
     if corrupt > 0 {

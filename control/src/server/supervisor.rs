@@ -1,0 +1,163 @@
+//! The dataplane child: started, awaited until its sockets are bound,
+//! restarted when it dies (with a budget), stopped on shutdown.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shared::Region;
+use tokio::process::{Child, Command};
+
+use super::ServerError;
+use crate::config::{Config, DataplaneMode};
+
+/// Restarts allowed within [`RESTART_WINDOW`] before control gives up.
+pub const MAX_RESTARTS: usize = 5;
+/// The window [`MAX_RESTARTS`] counts in.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// How to start the dataplane, and the child while it runs.
+#[derive(Debug)]
+pub(super) struct Supervisor {
+    /// Program and optional subcommand; None when it runs on its own.
+    launcher: Option<(PathBuf, Option<&'static str>)>,
+    shm: PathBuf,
+    /// Where it binds; after the first start, with the port it got, so a
+    /// restarted dataplane serves the port clients were told.
+    bind: SocketAddr,
+    start_timeout: Duration,
+    child: Option<Child>,
+    restarts: VecDeque<Instant>,
+}
+
+impl Supervisor {
+    pub(super) fn new(config: &Config) -> Result<Supervisor, ServerError> {
+        let launcher = match &config.dataplane {
+            DataplaneMode::Embedded => {
+                let exe = std::env::current_exe().map_err(|e| {
+                    ServerError::Dataplane(format!("locating this executable: {e}"))
+                })?;
+                Some((exe, Some("dataplane")))
+            }
+            DataplaneMode::Spawn(bin) => Some((bin.clone(), None)),
+            DataplaneMode::External => None,
+        };
+        Ok(Supervisor {
+            launcher,
+            shm: config.shm_path.clone(),
+            bind: config.udp_bind,
+            start_timeout: config.dataplane_start_timeout,
+            child: None,
+            restarts: VecDeque::new(),
+        })
+    }
+
+    /// The child's process id, while it runs.
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Starts the dataplane (or waits for an external one) and returns the
+    /// UDP port it bound.
+    pub(super) async fn start(&mut self, region: &Region) -> Result<u16, ServerError> {
+        region.clear_udp_port();
+        match &self.launcher {
+            Some((program, subcommand)) => {
+                let child = Command::new(program)
+                    .args(*subcommand)
+                    .arg("--shm")
+                    .arg(&self.shm)
+                    .arg("--bind")
+                    .arg(self.bind.to_string())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| {
+                        ServerError::Dataplane(format!("spawn {}: {e}", program.display()))
+                    })?;
+                self.child = Some(child);
+            }
+            None => tracing::info!(
+                "waiting for an external dataplane: dataplane --shm {} --bind {}",
+                self.shm.display(),
+                self.bind
+            ),
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(port) = region.udp_port() {
+                self.bind.set_port(port);
+                return Ok(port);
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return Err(ServerError::Dataplane(format!(
+                        "exited at start-up: {status}"
+                    )));
+                }
+            }
+            if started.elapsed() > self.start_timeout {
+                return Err(ServerError::Dataplane(format!(
+                    "did not bind its sockets within {:?}",
+                    self.start_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Completes when the child exits, with how it ended; never when the
+    /// dataplane runs on its own.
+    pub(super) async fn exited(&mut self) -> String {
+        match self.child.as_mut() {
+            Some(c) => {
+                let status = c.wait().await;
+                self.child = None;
+                status.map_or_else(|e| e.to_string(), |s| s.to_string())
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Starts a new dataplane after the last one died, unless it died too
+    /// often lately; waits a little longer after each recent restart.
+    pub(super) async fn restart(&mut self, region: &Region) -> Result<u16, ServerError> {
+        let now = Instant::now();
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= MAX_RESTARTS {
+            return Err(ServerError::Dataplane(format!(
+                "died {} times within {RESTART_WINDOW:?}; giving up",
+                self.restarts.len() + 1
+            )));
+        }
+        let backoff = Duration::from_millis(50 << self.restarts.len());
+        self.restarts.push_back(now);
+        tokio::time::sleep(backoff).await;
+        self.start(region).await
+    }
+
+    /// SIGTERM, then SIGKILL if it lingers.
+    pub(super) async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("dataplane ignored SIGTERM, killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
