@@ -2,9 +2,12 @@
 //!
 //! Each core runs two tasks:
 //!
-//! - the **receive loop**: `recv_from` into a reused buffer, [`Forwarder::handle`],
-//!   then one non-blocking `sendmmsg` for the whole fan-out (falling back to
-//!   glommio's `send_to` when the socket buffer is full);
+//! - the **receive loop**: one non-blocking `recvmmsg` takes every waiting
+//!   datagram (up to 32) into buffers allocated once, [`Forwarder::handle`]
+//!   decides each in place into one [`Outbox`], and `sendmmsg` sends the
+//!   whole batch's fan-out (falling back to glommio's `send_to` when the
+//!   socket buffer is full). With nothing waiting, the loop sleeps in
+//!   io_uring on a peek of the next datagram;
 //! - the **control tick** (every millisecond): apply commands from the
 //!   command ring, queue a [`Event::Stats`] every `stats_interval`, move
 //!   queued events into the event ring (keeping what does not fit for the
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use shared::{Command, Consumer, Event, Producer, Region, RegionError};
 
-use crate::forward::{Forwarder, Outbox, SLOT_BYTES};
+use crate::forward::{Forwarder, Outbox};
 use crate::sys;
 
 /// How the cores run.
@@ -207,21 +210,32 @@ async fn receive_loop(
     forwarder: Rc<RefCell<Forwarder>>,
     commands: Rc<RefCell<Consumer<Command>>>,
 ) {
-    // One byte more than a slot, so an oversized datagram is seen as such.
-    let mut buf = vec![0u8; SLOT_BYTES + 1];
-    let mut out = Outbox::with_capacity(16);
-    let mut batch = sys::socket::BatchSender::new();
     let fd = socket.as_raw_fd();
+    let mut rx = sys::socket::BatchReceiver::new();
+    let mut out = Outbox::with_capacity(64);
+    let mut tx = sys::socket::BatchSender::new();
+    let mut peek = [0u8; 1];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
+        // Everything already waiting, in one recvmmsg. When nothing is,
+        // sleep in io_uring until a datagram arrives (a peek, which leaves
+        // it for the next recvmmsg): under load no wait happens at all.
+        let n = match rx.recv(fd) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(e) => {
-                tracing::debug!(error = %e, "recv_from failed");
+                tracing::debug!(error = %e, "recvmmsg failed");
                 // Do not spin on a persistent error.
                 glommio::timer::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };
+        if n == 0 {
+            if let Err(e) = socket.peek_from(&mut peek).await {
+                tracing::debug!(error = %e, "waiting for datagrams failed");
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            continue;
+        }
         let start = Instant::now();
         out.clear();
         {
@@ -231,43 +245,60 @@ async fn receive_loop(
             // the core before its first datagram is judged, without waiting
             // for the next tick.
             apply_commands(&mut f, &mut commands.borrow_mut());
-            f.handle(from, &mut buf[..n], &mut out);
-        }
-        let mut next = 0;
-        while next < out.len() {
-            // Fast path: one sendmmsg for the whole fan-out, no waiting.
-            match batch.send(fd, out.iter().skip(next)) {
-                Ok(sent) => {
-                    let mut f = forwarder.borrow_mut();
-                    for (_, bytes) in out.iter().skip(next).take(sent) {
-                        f.note_sent(bytes.len());
-                    }
-                    next += sent;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Send buffer full: wait for room through io_uring.
-                    let Some((to, bytes)) = out.get(next) else {
-                        break;
-                    };
-                    let sent = socket.send_to(bytes, to).await;
-                    let mut f = forwarder.borrow_mut();
-                    match sent {
-                        Ok(len) => f.note_sent(len),
-                        Err(e) => {
-                            tracing::debug!(%to, error = %e, "send_to failed");
-                            f.note_send_failed();
-                        }
-                    }
-                    next += 1;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "sendmmsg failed");
-                    forwarder.borrow_mut().note_send_failed();
-                    next += 1;
+            for i in 0..n {
+                if let Some((from, packet)) = rx.datagram(i) {
+                    f.handle(from, packet, &mut out);
                 }
             }
         }
+        send_all(&socket, &forwarder, &mut tx, &out).await;
         let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         forwarder.borrow_mut().note_busy(busy);
+        // Let the command tick run between batches under sustained load.
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Sends everything in `out`: sendmmsg batches without waiting, and
+/// glommio's `send_to` (which waits for room) when the socket buffer is
+/// full.
+async fn send_all(
+    socket: &glommio::net::UdpSocket,
+    forwarder: &RefCell<Forwarder>,
+    tx: &mut sys::socket::BatchSender,
+    out: &Outbox,
+) {
+    let fd = socket.as_raw_fd();
+    let mut next = 0;
+    while next < out.len() {
+        match tx.send(fd, out.iter().skip(next)) {
+            Ok(sent) => {
+                let mut f = forwarder.borrow_mut();
+                for (_, bytes) in out.iter().skip(next).take(sent) {
+                    f.note_sent(bytes.len());
+                }
+                next += sent;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let Some((to, bytes)) = out.get(next) else {
+                    break;
+                };
+                let sent = socket.send_to(bytes, to).await;
+                let mut f = forwarder.borrow_mut();
+                match sent {
+                    Ok(len) => f.note_sent(len),
+                    Err(e) => {
+                        tracing::debug!(%to, error = %e, "send_to failed");
+                        f.note_send_failed();
+                    }
+                }
+                next += 1;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sendmmsg failed");
+                forwarder.borrow_mut().note_send_failed();
+                next += 1;
+            }
+        }
     }
 }

@@ -252,6 +252,115 @@ impl BatchSender {
     }
 }
 
+/// Datagrams per `recvmmsg` call.
+pub const RX_BATCH: usize = 32;
+/// Bytes of one receive buffer: one more than the largest datagram the
+/// forwarder accepts, so a longer one is seen as such (not silently cut).
+pub const RX_BUF: usize = crate::forward::SLOT_BYTES + 1;
+
+/// Receives many datagrams with one `recvmmsg(2)` into buffers allocated
+/// once.
+pub struct BatchReceiver {
+    bufs: Box<[[u8; RX_BUF]; RX_BATCH]>,
+    addrs: Box<[libc::sockaddr_storage; RX_BATCH]>,
+    iovs: Box<[libc::iovec; RX_BATCH]>,
+    msgs: Box<[libc::mmsghdr; RX_BATCH]>,
+    /// Datagrams the last call received.
+    count: usize,
+}
+
+impl std::fmt::Debug for BatchReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchReceiver")
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+impl Default for BatchReceiver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatchReceiver {
+    /// Allocates the buffers and message arrays.
+    pub fn new() -> Self {
+        // SAFETY: byte arrays, sockaddr_storage, iovec and mmsghdr are plain
+        // C data for which all-zero bytes (null pointers, zero lengths) are
+        // valid.
+        let (bufs, addrs, iovs, msgs) = unsafe {
+            (
+                Box::new(std::mem::zeroed::<[[u8; RX_BUF]; RX_BATCH]>()),
+                Box::new(std::mem::zeroed::<[libc::sockaddr_storage; RX_BATCH]>()),
+                Box::new(std::mem::zeroed::<[libc::iovec; RX_BATCH]>()),
+                Box::new(std::mem::zeroed::<[libc::mmsghdr; RX_BATCH]>()),
+            )
+        };
+        BatchReceiver {
+            bufs,
+            addrs,
+            iovs,
+            msgs,
+            count: 0,
+        }
+    }
+
+    /// Takes up to [`RX_BATCH`] waiting datagrams from the socket `fd`
+    /// without waiting; `WouldBlock` when none is there.
+    pub fn recv(&mut self, fd: std::os::fd::RawFd) -> io::Result<usize> {
+        self.count = 0;
+        for i in 0..RX_BATCH {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: RX_BUF,
+            };
+            let hdr = &mut self.msgs[i].msg_hdr;
+            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at its own live sockaddr_storage (with
+        // its full size as msg_namelen) and iovec, each iovec at its own
+        // RX_BUF-byte buffer; all are owned by `self`, which the kernel
+        // writes only during the call. No timeout pointer.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                RX_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.count = rc as usize;
+        Ok(self.count)
+    }
+
+    /// Datagram `i` of the last call: where it came from and its bytes
+    /// (in place, to be decrypted there). None past the count or for an
+    /// address family other than IPv4/IPv6.
+    pub fn datagram(&mut self, i: usize) -> Option<(SocketAddr, &mut [u8])> {
+        if i >= self.count {
+            return None;
+        }
+        let len = (self.msgs[i].msg_len as usize).min(RX_BUF);
+        let namelen = self.msgs[i].msg_hdr.msg_namelen;
+        // SAFETY: the kernel wrote `namelen` bytes of a socket address into
+        // this sockaddr_storage during the last call.
+        let from = unsafe { socket2::SockAddr::new(self.addrs[i], namelen) }.as_socket()?;
+        Some((from, &mut self.bufs[i][..len]))
+    }
+}
+
 /// Hands a bound std socket to glommio (which links its own socket2).
 pub fn into_glommio(socket: UdpSocket) -> glommio::net::UdpSocket {
     use std::os::fd::FromRawFd;
@@ -337,6 +446,41 @@ mod tests {
             let (n, from) = rx.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], &p[..]);
             assert_eq!(from, tx.local_addr().unwrap());
+        }
+    }
+
+    #[test]
+    fn batch_receiver_takes_what_is_waiting() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut batch = BatchReceiver::new();
+        assert_eq!(
+            batch.recv(rx.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        // More than one batch waiting, one of them longer than a buffer.
+        let mut sent: Vec<Vec<u8>> = (0..RX_BATCH + 3).map(|i| vec![i as u8; 1 + i]).collect();
+        sent[1] = vec![7; RX_BUF + 100];
+        for p in &sent {
+            tx.send_to(p, to).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut got = Vec::new();
+        while let Ok(n) = batch.recv(rx.as_raw_fd()) {
+            for i in 0..n {
+                let (from, bytes) = batch.datagram(i).unwrap();
+                assert_eq!(from, tx.local_addr().unwrap());
+                got.push(bytes.to_vec());
+            }
+            assert!(batch.datagram(n).is_none());
+        }
+        assert_eq!(got.len(), sent.len());
+        assert_eq!(got[1].len(), RX_BUF, "cut at the buffer, seen as too long");
+        for (i, (g, s)) in got.iter().zip(&sent).enumerate() {
+            if i != 1 {
+                assert_eq!(g, s);
+            }
         }
     }
 
