@@ -18,6 +18,8 @@
 //! - [`crypto`]: the five transport encryption [`Mode`]s and [`Cipher`].
 //! - [`voice`]: [`VoiceClient::join`], the whole client handshake in one
 //!   call.
+//! - [`blaster`]: the UDP load generator (server vs an in-process
+//!   recvmmsg/sendmmsg relay, hdrhistogram latency); CLI in `src/bin/blaster.rs`.
 //! - [`error`]: [`ClientError`] for the networked layer; pure layers have
 //!   [`PacketError`](rtp::PacketError) and [`CryptoError`](crypto::CryptoError).
 //!
@@ -50,6 +52,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blaster;
 pub mod crypto;
 pub mod error;
 pub mod gateway;
