@@ -225,24 +225,35 @@ pub async fn join_call(
 /// Every member sends `n` packets; every member receives exactly the
 /// others' packets, byte-identical.
 pub async fn assert_call_flows(clients: &mut [scripts::VoiceClient], n: usize, tag: &str) {
-    for (i, c) in clients.iter_mut().enumerate() {
+    let everyone = clients.len();
+    assert_talkers_heard(clients, everyone, n, tag).await;
+}
+
+/// The first `talkers` members send `n` packets each; every member (the
+/// silent ones included) receives exactly the other talkers' packets,
+/// byte-identical, with the right SSRCs.
+pub async fn assert_talkers_heard(
+    members: &mut [scripts::VoiceClient],
+    talkers: usize,
+    n: usize,
+    tag: &str,
+) {
+    let payload = |t: usize, k: usize| format!("{tag} from {t} #{k}").into_bytes();
+    for (t, m) in members.iter_mut().enumerate().take(talkers) {
         for k in 0..n {
-            c.udp
-                .send_opus(format!("{tag} from {i} #{k}").as_bytes())
-                .await
-                .expect("send");
+            m.udp.send_opus(&payload(t, k)).await.expect("send");
         }
     }
-    let ssrcs: Vec<u32> = clients.iter().map(|c| c.ssrc()).collect();
-    for (i, c) in clients.iter_mut().enumerate() {
-        let mut got = std::collections::BTreeSet::new();
-        let expected: std::collections::BTreeSet<(u32, Vec<u8>)> = (0..ssrcs.len())
-            .filter(|j| *j != i)
-            .flat_map(|j| (0..n).map(move |k| (j, k)))
-            .map(|(j, k)| (ssrcs[j], format!("{tag} from {j} #{k}").into_bytes()))
+    let ssrcs: Vec<u32> = members.iter().map(|m| m.ssrc()).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        let expected: std::collections::BTreeSet<(u32, Vec<u8>)> = (0..talkers)
+            .filter(|t| *t != i)
+            .flat_map(|t| (0..n).map(move |k| (t, k)))
+            .map(|(t, k)| (ssrcs[t], payload(t, k)))
             .collect();
+        let mut got = std::collections::BTreeSet::new();
         while got.len() < expected.len() {
-            match c.udp.recv_timeout(Duration::from_secs(5)).await {
+            match m.udp.recv_timeout(Duration::from_secs(5)).await {
                 Ok(p) => {
                     got.insert((p.ssrc, p.payload));
                 }
