@@ -89,6 +89,12 @@ pub struct Config {
     /// Encryption modes offered to clients, in order of preference.
     /// Default: all five, AES-GCM first.
     pub modes: Vec<shared::Mode>,
+    /// How long a gateway connection may stay without Identify or Resume
+    /// (closed with 4003 after). Default 15 s.
+    pub identify_timeout: Duration,
+    /// Open websocket connections allowed per listener (LVSP, gateway);
+    /// more are refused at accept. Default 10 000.
+    pub max_connections: usize,
     /// Per-connection gateway message budget. Default 10/s, burst 60.
     pub gateway_rate: crate::limit::RateLimit,
     /// How long a gateway session whose websocket went away waits for a
@@ -145,6 +151,8 @@ impl Config {
             },
             gateway_heartbeat: Duration::from_millis(13_750),
             modes: shared::Mode::ALL.to_vec(),
+            identify_timeout: Duration::from_secs(15),
+            max_connections: 10_000,
             gateway_rate: crate::limit::RateLimit {
                 per_second: 10.0,
                 burst: 60.0,
@@ -192,6 +200,9 @@ impl Config {
             if !(rate.per_second > 0.0 && rate.burst >= 1.0) {
                 return bad(format!("{name} rate limit must be positive, got {rate:?}"));
             }
+        }
+        if self.max_connections == 0 {
+            return bad("max connections must be at least 1".into());
         }
         if self.modes.is_empty() {
             return bad("at least one encryption mode must be offered".into());

@@ -107,6 +107,14 @@ struct Args {
     /// (comma-separated gateway names; default all five, AES-GCM first).
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Vec<shared::Mode>,
+    /// Open websocket connections allowed per listener (LVSP and gateway
+    /// each); more are refused at accept.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Seconds a gateway connection may stay without Identify or Resume
+    /// (closed with 4003 after).
+    #[arg(long, default_value_t = 15)]
+    identify_timeout_secs: u64,
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
@@ -165,6 +173,8 @@ impl Args {
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;
+        c.max_connections = self.max_connections;
+        c.identify_timeout = Duration::from_secs(self.identify_timeout_secs);
         if !self.modes.is_empty() {
             c.modes = self.modes;
         }

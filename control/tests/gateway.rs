@@ -273,3 +273,45 @@ async fn close_codes_on_live_sockets() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_and_identify_timeout() {
+    let server = ServerProcess::start(
+        1,
+        &["--max-connections", "2", "--identify-timeout-secs", "1"],
+    );
+    let mut first = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    let mut second = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    server.wait_metrics(Duration::from_secs(5), "two open connections", |s| {
+        s.metric("voice_connections{protocol=\"gateway\"}") == 2.0
+    });
+    // A third is refused at accept: no handshake completes.
+    assert!(GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .is_err());
+    assert_eq!(
+        server.metric("voice_connections_refused_total{protocol=\"gateway\"}"),
+        1.0
+    );
+    // Heartbeats alone do not hold a connection: no Identify within 1 s is
+    // 4003, and the slots are free again.
+    first
+        .send_json(&json!({"op": 3, "d": {"t": 1, "seq_ack": -1}}))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut first).await, Some(4003));
+    assert_eq!(close_code(&mut second).await, Some(4003));
+    server.wait_metrics(Duration::from_secs(5), "the slots released", |s| {
+        s.metric("voice_connections{protocol=\"gateway\"}") == 0.0
+    });
+    let mut again = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    again.wait_hello().await.expect("Hello");
+    // LVSP has its own budget.
+    assert_eq!(server.metric("voice_connections{protocol=\"lvsp\"}"), 0.0);
+}

@@ -88,6 +88,9 @@ pub struct Config {
     /// The encryption modes offered in Ready, in order; Select Protocol with
     /// any other is 4016. Default: all five, in [`Mode::ALL`]'s order.
     pub modes: Vec<Mode>,
+    /// How long a connection may stay without Identify or Resume (4003
+    /// after). Default 15 s.
+    pub identify_timeout: Duration,
 }
 
 /// Gateway versions served: 4-8 as Discord does, 1-3 as well (served like
@@ -170,6 +173,8 @@ pub struct Connection {
     /// The close code this side sent, once it closed.
     closing: Option<u16>,
     deadline: Instant,
+    /// Until when Identify or Resume must arrive (None once they did).
+    identify_by: Option<Instant>,
     bucket: Bucket,
     out: VecDeque<Output>,
 }
@@ -179,6 +184,7 @@ impl Connection {
     pub fn new(config: Arc<Config>, conn: ConnId, version: u8, now: Instant) -> Connection {
         let mut c = Connection {
             deadline: now + grace(config.heartbeat_interval),
+            identify_by: Some(now + config.identify_timeout),
             bucket: Bucket::new(config.rate, now),
             config,
             conn,
@@ -222,12 +228,22 @@ impl Connection {
 
     /// When [`Connection::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.closing.is_none().then_some(self.deadline)
+        let next = match self.identify_by {
+            Some(by) => by.min(self.deadline),
+            None => self.deadline,
+        };
+        self.closing.is_none().then_some(next)
     }
 
-    /// Time passes: 4009 if the client stopped heartbeating.
+    /// Time passes: 4009 if the client stopped heartbeating, 4003 if it
+    /// never identified (heartbeats alone do not hold a connection open).
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closing.is_none() && now >= self.deadline {
+        if self.closing.is_some() {
+            return;
+        }
+        if self.identify_by.is_some_and(|by| now >= by) {
+            self.close(refuse(close::NOT_AUTHENTICATED, "no identify in time"));
+        } else if now >= self.deadline {
             self.close(refuse(close::SESSION_TIMEOUT, "session timeout"));
         }
     }
@@ -381,6 +397,7 @@ impl Connection {
             .map_err(identify_refusal)?;
         self.session = Some(session_id.to_owned());
         self.ssrc = Some(identified.ssrc);
+        self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
         let modes: Vec<&str> = self.config.modes.iter().map(|m| m.name()).collect();
         let interval = self.config.heartbeat_interval.as_millis() as u64;
@@ -426,6 +443,7 @@ impl Connection {
             .map_err(identify_refusal)?;
         self.session = Some(session_id.to_owned());
         self.ssrc = Some(resumed.ssrc);
+        self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
         self.send_unsequenced(op::RESUMED, Value::Null);
         self.out
@@ -619,6 +637,7 @@ mod tests {
                 burst: 20.0,
             },
             modes: Mode::ALL.to_vec(),
+            identify_timeout: Duration::from_secs(5),
         })
     }
 
@@ -858,6 +877,29 @@ mod tests {
         // A timed-out session may still be resumed.
         c.closed(deadline, &mut call.registry);
         assert_eq!(call.registry.parked_count(), 1);
+    }
+
+    #[test]
+    fn heartbeats_without_identify_do_not_hold_a_connection() {
+        let mut call = call();
+        let mut c = Connection::new(config(), 1, 8, call.now);
+        out(&mut c);
+        assert!(c.poll_timeout().unwrap() <= call.now + Duration::from_secs(5));
+        // Heartbeating every 500 ms keeps the heartbeat deadline away...
+        for _ in 0..9 {
+            call.now += Duration::from_millis(500);
+            c.handle_timeout(call.now);
+            assert_eq!(call.send(&mut c, r#"{"op":3,"d":{"t":1}}"#)[0]["op"], 6);
+        }
+        // ...but not the one for Identify.
+        call.now += Duration::from_millis(500);
+        c.handle_timeout(call.now);
+        assert_eq!(out(&mut c), vec![json!({"close": 4003})]);
+        // An identified connection has no such deadline.
+        let mut d = call.join(2, 8, "7", 0);
+        assert!(d.poll_timeout().unwrap() > call.now + Duration::from_secs(1));
+        d.handle_timeout(call.now + Duration::from_secs(2));
+        assert!(!d.is_closed());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::{Hub, Shared};
 
 /// Renders every counter the server keeps.
-pub(super) fn render(hub: &Hub) -> String {
+pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
     let mut out = String::new();
     let metric = |out: &mut String, name: &str, help: &str, kind: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -54,6 +54,29 @@ pub(super) fn render(hub: &Hub) -> String {
         "gauge",
     );
     let _ = writeln!(out, "voice_sessions_parked {}", hub.registry.parked_count());
+    metric(
+        &mut out,
+        "voice_connections",
+        "Open websocket connections, by protocol.",
+        "gauge",
+    );
+    for (i, proto) in ["lvsp", "gateway"].into_iter().enumerate() {
+        let open = shared.max_connections - shared.limits[i].available_permits();
+        let _ = writeln!(out, "voice_connections{{protocol=\"{proto}\"}} {open}");
+    }
+    metric(
+        &mut out,
+        "voice_connections_refused_total",
+        "Connections refused at the connection limit, by protocol.",
+        "counter",
+    );
+    for proto in ["lvsp", "gateway"] {
+        let n = hub.refused.get(proto).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "voice_connections_refused_total{{protocol=\"{proto}\"}} {n}"
+        );
+    }
     metric(
         &mut out,
         "voice_dataplane_restarts_total",
@@ -166,9 +189,11 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
                 break match (req.method, req.path) {
-                    (Some("GET"), Some("/metrics")) => {
-                        ("200 OK", "text/plain; version=0.0.4", render(&shared.hub()))
-                    }
+                    (Some("GET"), Some("/metrics")) => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        render(shared, &shared.hub()),
+                    ),
                     (Some("GET"), Some("/health")) => (
                         "200 OK",
                         "application/json",

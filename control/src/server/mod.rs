@@ -74,6 +74,8 @@ struct Hub {
     dataplane_restarts: u64,
     /// The dataplane child's process id, while it runs.
     dataplane_pid: Option<u32>,
+    /// Connections refused at the limit, by protocol.
+    refused: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,10 @@ struct Shared {
     gateway: Arc<gateway::Config>,
     ws: WebSocketConfig,
     next_conn: AtomicU64,
+    /// Open-connection permits per listener, indexed by [`Kind`].
+    limits: [Arc<tokio::sync::Semaphore>; 2],
+    /// The limit both semaphores started with.
+    max_connections: usize,
 }
 
 impl Shared {
@@ -217,6 +223,7 @@ impl Server {
                 closes: CloseCounts::new(),
                 dataplane_restarts: 0,
                 dataplane_pid: None,
+                refused: BTreeMap::new(),
             }),
             lvsp: Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
@@ -230,9 +237,15 @@ impl Server {
                 udp_port,
                 rate: config.gateway_rate,
                 modes: config.modes.clone(),
+                identify_timeout: config.identify_timeout,
             }),
             ws,
             next_conn: AtomicU64::new(1),
+            limits: [
+                Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+                Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            ],
+            max_connections: config.max_connections,
         });
         Ok(Server {
             lvsp_addr: local(&lvsp_listener, config.lvsp_listen),
@@ -382,8 +395,17 @@ fn poll_rings(shared: &Shared, events: &mut Events) {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Lvsp,
-    Gateway,
+    Lvsp = 0,
+    Gateway = 1,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Lvsp => "lvsp",
+            Kind::Gateway => "gateway",
+        }
+    }
 }
 
 async fn accept_loop(
@@ -397,9 +419,16 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // One permit per open connection, held by its task.
+                    let Ok(permit) = shared.limits[kind as usize].clone().try_acquire_owned() else {
+                        *shared.hub().refused.entry(kind.name()).or_default() += 1;
+                        tracing::warn!(%peer, protocol = kind.name(), "connection limit reached");
+                        continue; // dropping the stream closes it
+                    };
                     let _ = stream.set_nodelay(true);
                     let (shared, stop, tls) = (shared.clone(), stop.clone(), tls.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         match tls {
                             None => connection(stream, peer, shared, stop, kind).await,
                             Some(tls) => {
