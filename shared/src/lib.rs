@@ -7,7 +7,9 @@
 //! fixed 128-byte slots:
 //!
 //! - a **command ring** (control → core) carrying [`Command`]s: announce an
-//!   SSRC, upsert or remove a session, remove a channel;
+//!   SSRC, upsert or remove a session, remove a channel, vouch for an
+//!   address a core proved before (when control refills a restarted
+//!   dataplane);
 //! - an **event ring** (core → control) carrying [`Event`]s: an address
 //!   learned from IP discovery or an authenticated packet, and periodic
 //!   cumulative statistics.
