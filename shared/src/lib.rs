@@ -2,7 +2,7 @@
 //!
 //! Control creates one [`Region`] (a file under `/dev/shm`) and starts the
 //! dataplane with its path; the dataplane [attaches](Region::attach) and both
-//! sides check the [header](region) before touching anything else. The region
+//! sides check the header before touching anything else. The region
 //! holds, per data-plane core, two single-producer single-consumer rings of
 //! fixed 128-byte slots:
 //!
