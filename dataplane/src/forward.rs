@@ -3,9 +3,10 @@
 //! out. No I/O, no clock, no allocation per packet once the outbox and the
 //! tables have grown to the core's working size.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
+use rustc_hash::FxHashMap;
 use shared::{Command, CoreStats, DropReason, Event, Mode, SessionSpec};
 
 use crate::crypto::{self, CryptoError, KeyState, ReplayId, MAX_OVERHEAD};
@@ -195,8 +196,11 @@ pub enum ApplyError {
 #[derive(Debug)]
 pub struct Forwarder {
     core: u32,
-    sessions: HashMap<u32, Session>,
-    channels: HashMap<u64, Vec<u32>>,
+    /// By SSRC. Fx hashing: the keys are control's random SSRCs and
+    /// channel numbers (packets only look them up, never insert), so a
+    /// keyed hash buys nothing on the per-packet path.
+    sessions: FxHashMap<u32, Session>,
+    channels: FxHashMap<u64, Vec<u32>>,
     stats: CoreStats,
     events: VecDeque<Event>,
 }
@@ -206,8 +210,8 @@ impl Forwarder {
     pub fn new(core: u32) -> Self {
         Forwarder {
             core,
-            sessions: HashMap::with_capacity(1024),
-            channels: HashMap::with_capacity(256),
+            sessions: FxHashMap::with_capacity_and_hasher(1024, Default::default()),
+            channels: FxHashMap::with_capacity_and_hasher(256, Default::default()),
             stats: CoreStats {
                 core,
                 ..CoreStats::default()
