@@ -39,3 +39,31 @@ async fn a_killed_dataplane_is_restarted_and_the_call_goes_on() {
     assert_eq!(server.metric("voice_sessions"), 3.0);
     assert!(lvsp.heartbeat().await.is_ok(), "control never went away");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_whose_control_dies_stops_and_removes_the_region() {
+    let server = ServerProcess::start(1, &[]);
+    let pid = nix::unistd::Pid::from_raw(server.metric("voice_dataplane_pid") as i32);
+    let (shm, udp) = (server.shm.clone(), server.udp);
+    assert!(shm.exists());
+    server.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Running means: /proc has it and it is not a zombie waiting for a
+    // reaper (whoever adopted it may not reap promptly).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dataplane outlived control"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!shm.exists(), "{} left behind", shm.display());
+    std::net::UdpSocket::bind(udp).expect("the port is free");
+}

@@ -106,7 +106,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         stats_interval: Duration::from_millis(args.stats_interval_ms),
         ..CoreConfig::default()
     };
+    let parent = std::os::unix::process::parent_id();
     core::run(&region, sockets, &config)?;
+    if std::os::unix::process::parent_id() != parent {
+        // The control that created the region died without cleaning up
+        // (it removes the file on a normal shutdown): nobody else will.
+        tracing::warn!("control went away; removing {}", args.shm.display());
+        let _ = std::fs::remove_file(&args.shm);
+    }
     tracing::info!("dataplane stopped");
     Ok(())
 }

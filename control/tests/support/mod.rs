@@ -139,6 +139,12 @@ impl ServerProcess {
         }
     }
 
+    /// SIGKILL: control dies without cleaning up anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill control");
+        self.child.wait().expect("reap control");
+    }
+
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate().expect("control did not stop within 15 s")
