@@ -14,7 +14,6 @@
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use benches::{opus_packet, HEADER_BYTES, PACKET_BYTES, SEALED_BYTES};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -122,16 +121,9 @@ fn crypto(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = benches::criterion_config();
     targets = crypto
 }
 criterion_main!(benches);

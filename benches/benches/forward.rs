@@ -21,7 +21,6 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use benches::{Channel, SEALED_BYTES};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -145,16 +144,9 @@ fn forward(c: &mut Criterion) {
     fan_out(c, 2);
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = benches::criterion_config();
     targets = forward
 }
 criterion_main!(benches);

@@ -137,3 +137,12 @@ impl Member {
         crypto::seal(&self.key, Kind::Rtp, counter, &plain, out)
     }
 }
+
+/// The settings every bench here uses: short enough that the whole suite
+/// runs in about a minute on a 2-core machine.
+pub fn criterion_config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+        .sample_size(50)
+}

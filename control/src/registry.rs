@@ -163,7 +163,8 @@ pub struct Registry {
     states: HashMap<String, VoiceState>,
     /// Live voice state per (channel, user): Litecord re-sends creates.
     by_user: HashMap<(String, String), String>,
-    ssrcs: HashSet<u32>,
+    /// Allocated SSRCs and whose voice state holds each.
+    ssrcs: HashMap<u32, String>,
     next_channel: u64,
     /// Sessions per core, for placement.
     load: Vec<u64>,
@@ -208,7 +209,7 @@ impl Registry {
             channels: HashMap::new(),
             states: HashMap::new(),
             by_user: HashMap::new(),
-            ssrcs: HashSet::new(),
+            ssrcs: HashMap::new(),
             next_channel: 1,
             load: vec![0; cores as usize],
             effects: VecDeque::new(),
@@ -594,7 +595,7 @@ impl Registry {
         let ssrc = match ssrc {
             Some(ssrc) => ssrc,
             None => {
-                let ssrc = self.allocate_ssrc(core);
+                let ssrc = self.allocate_ssrc(core, session_id);
                 self.load[core as usize] += 1;
                 ssrc
             }
@@ -717,16 +718,20 @@ impl Registry {
         Ok(Resumed { ssrc, missed })
     }
 
-    /// A random SSRC, never 0, unique, with `ssrc % cores == core`.
-    fn allocate_ssrc(&mut self, core: u32) -> u32 {
+    /// A random SSRC for `session_id`: never 0, unique, with
+    /// `ssrc % cores == core`.
+    fn allocate_ssrc(&mut self, core: u32, session_id: &str) -> u32 {
         let mut rng = rand::thread_rng();
         loop {
             let r = rng.next_u32();
             let Some(ssrc) = (r - r % self.cores).checked_add(core) else {
                 continue; // the top few values of u32 have no room for `core`
             };
-            if ssrc != 0 && self.ssrcs.insert(ssrc) {
-                return ssrc;
+            if ssrc != 0 {
+                if let std::collections::hash_map::Entry::Vacant(e) = self.ssrcs.entry(ssrc) {
+                    e.insert(session_id.to_owned());
+                    return ssrc;
+                }
             }
         }
     }
@@ -762,7 +767,11 @@ impl Registry {
 
     /// A core proved `addr` for `ssrc` (event ring).
     pub fn address_learned(&mut self, ssrc: u32, addr: SocketAddr) {
-        if let Some(state) = self.states.values_mut().find(|s| s.ssrc == Some(ssrc)) {
+        if let Some(state) = self
+            .ssrcs
+            .get(&ssrc)
+            .and_then(|sid| self.states.get_mut(sid))
+        {
             state.learned = Some(addr);
         }
     }
@@ -982,7 +991,7 @@ mod tests {
         let mut r = Registry::new(2);
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
-            let s = r.allocate_ssrc(1);
+            let s = r.allocate_ssrc(1, "x");
             assert_eq!(s % 2, 1);
             assert!(seen.insert(s));
         }
