@@ -65,7 +65,7 @@ crashed=0
 for t in "${targets[@]}"; do
   seeds=$here/seeds/$t
   [[ $t == open_* ]] && seeds=$here/seeds/open
-  args=(-print_final_stats=1 -timeout=10 -rss_limit_mb=2048
+  args=(-print_final_stats=1 -timeout=30 -rss_limit_mb=2048
     -artifact_prefix="$here/artifacts/$t/")
   [ -n "$runs" ] && args+=(-runs="$runs")
   [ -n "$seconds" ] && args+=(-max_total_time="$seconds")

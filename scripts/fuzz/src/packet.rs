@@ -36,7 +36,6 @@ pub fn run(data: &[u8]) {
             assert_eq!(ssrc, be32(&data[at..at + 4]));
         }
         // Keepalive, Malformed and whatever the classifier learns next.
-        #[allow(unreachable_patterns)]
         _ => {}
     }
 }
