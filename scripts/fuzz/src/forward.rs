@@ -24,7 +24,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use dataplane::crypto::{self, KeyState, MAX_OVERHEAD};
@@ -149,7 +149,7 @@ thread_local! {
 }
 
 /// The call under test.
-fn handle(f: &mut Forwarder, now: Duration, from: SocketAddr, packet: &mut [u8], out: &mut Outbox) {
+fn handle(f: &mut Forwarder, now: Instant, from: SocketAddr, packet: &mut [u8], out: &mut Outbox) {
     // The core takes no clock yet; `now` is here for when it does.
     let _ = now;
     out.clear();
@@ -164,7 +164,7 @@ pub fn run(steps: Vec<Step>) {
 struct Core {
     f: Forwarder,
     out: Outbox,
-    now: Duration,
+    now: Instant,
     /// Sealed packets sent so far: sender's index, plaintext, datagram.
     sealed: Vec<(usize, Vec<u8>, Vec<u8>)>,
     removed: [bool; MEMBERS.len()],
@@ -175,7 +175,7 @@ impl Core {
         let mut core = Core {
             f: Forwarder::new(0),
             out: Outbox::with_capacity(8),
-            now: Duration::ZERO,
+            now: Instant::now(),
             sealed: Vec::new(),
             removed: [false; MEMBERS.len()],
         };
