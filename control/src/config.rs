@@ -70,8 +70,14 @@ pub struct Config {
     /// How the data plane runs. Default: embedded (a child process running
     /// this executable's `dataplane` subcommand).
     pub dataplane: DataplaneMode,
-    /// Shared-memory file. Default `/dev/shm/voice-<pid>`.
-    pub shm_path: PathBuf,
+    /// Shared-memory file (created 0600), for a dataplane the operator
+    /// starts. Default None: an anonymous memfd the child reaches through
+    /// `/proc/<pid>/fd/<n>`, which no other user can open and which leaves
+    /// nothing behind (no session key in any file) whatever happens.
+    pub shm_path: Option<PathBuf>,
+    /// A proven client address nothing came from (no authenticated media,
+    /// no keepalive) for this long stops receiving. Default 60 s.
+    pub udp_idle: Duration,
     /// LVSP heartbeat interval (milliseconds on the wire, seconds in the
     /// litecord dialect). Default 10 s.
     pub lvsp_heartbeat: Duration,
@@ -140,7 +146,8 @@ impl Config {
             secret: hex::encode(rand::random::<[u8; 16]>()),
             cores,
             dataplane: DataplaneMode::Embedded,
-            shm_path: PathBuf::from(format!("/dev/shm/voice-{}", std::process::id())),
+            shm_path: None,
+            udp_idle: Duration::from_secs(60),
             lvsp_heartbeat: Duration::from_millis(10_000),
             lvsp_dialect: lvsp::Dialect::Spec,
             lvsp_grace: Duration::from_secs(300),
@@ -209,6 +216,12 @@ impl Config {
         }
         if self.gateway_replay == 0 {
             return bad("the gateway replay buffer needs at least one slot".into());
+        }
+        if self.udp_idle < Duration::from_secs(1) {
+            return bad(format!(
+                "udp idle timeout must be at least 1 s, got {:?}",
+                self.udp_idle
+            ));
         }
         if self.max_message_size < 1024 {
             return bad("max message size must be at least 1024 bytes".into());

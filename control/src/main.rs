@@ -69,9 +69,15 @@ struct Args {
     /// Do not spawn the dataplane: wait for one started by hand.
     #[arg(long)]
     external_dataplane: bool,
-    /// Shared-memory file (default /dev/shm/voice-<pid>).
+    /// Shared-memory file, created 0600 (for --external-dataplane). Default:
+    /// an anonymous memfd only this user can reach, gone with the
+    /// processes.
     #[arg(long)]
     shm: Option<PathBuf>,
+    /// Seconds a proven client address may stay silent (no authenticated
+    /// media, no keepalive) before the data plane stops sending to it.
+    #[arg(long, default_value_t = 60)]
+    udp_idle_secs: u64,
     /// LVSP heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     lvsp_heartbeat_ms: u64,
@@ -167,9 +173,8 @@ impl Args {
         } else if let Some(bin) = self.dataplane_bin {
             c.dataplane = DataplaneMode::Spawn(bin);
         }
-        if let Some(p) = self.shm {
-            c.shm_path = p;
-        }
+        c.shm_path = self.shm;
+        c.udp_idle = Duration::from_secs(self.udp_idle_secs);
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;

@@ -86,11 +86,18 @@ struct VoiceState {
     /// Since when the websocket is gone with the session kept for a Resume.
     parked_since: Option<Instant>,
     /// What Select Protocol pushed to the data plane (kept to push it again
-    /// into a restarted data plane).
+    /// into a restarted data plane; its key is wiped when it is dropped).
     media: Option<SessionSpec>,
-    /// The address a core proved for the SSRC (IP discovery or an
-    /// authenticated packet), as reported over the event ring.
-    learned: Option<SocketAddr>,
+    /// Where IP discovery for the SSRC last came from, as a core reported
+    /// it. Unauthenticated: shown to operators, never pushed anywhere.
+    observed: Option<SocketAddr>,
+    /// The address a core proved for the SSRC (an authenticated packet, or
+    /// the declared address matching an observation): the only address
+    /// pushed into a restarted data plane, and bound on every other core.
+    proven: Option<SocketAddr>,
+    /// The session's entry in the region's counter table, from the first
+    /// Select Protocol until it leaves the call.
+    slot: Option<u32>,
 }
 
 impl VoiceState {
@@ -113,6 +120,15 @@ pub enum IdentifyError {
     /// the messages after `seq_ack` are no longer kept.
     #[error("session no longer valid")]
     SessionInvalid,
+}
+
+/// Why Select Protocol could not key a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// Every slot of the counter table is in use: the data plane keys no
+    /// more sessions at once.
+    #[error("server full")]
+    Full,
 }
 
 /// What a successful Identify hands the connection.
@@ -184,6 +200,11 @@ pub struct Registry {
     resume_grace: Duration,
     /// Numbered messages kept per gateway session for Resume.
     stream_capacity: usize,
+    /// Counter-table slots never handed out yet start here...
+    next_slot: u32,
+    /// ...up to this many in all; freed ones are reused first.
+    slot_count: u32,
+    free_slots: Vec<u32>,
 }
 
 /// A 128-bit random value as 32 lowercase hex digits.
@@ -220,7 +241,26 @@ impl Registry {
             parked: VecDeque::new(),
             resume_grace: Duration::from_secs(30),
             stream_capacity: 256,
+            next_slot: 0,
+            slot_count: 65_536,
+            free_slots: Vec::new(),
         }
+    }
+
+    /// How many sessions the region's counter table holds (default 65536,
+    /// `shared::RegionConfig::counter_slots`): at most this many sessions
+    /// can be keyed at once.
+    pub fn set_counter_slots(&mut self, slots: u32) {
+        self.slot_count = slots;
+    }
+
+    fn take_slot(&mut self) -> Option<u32> {
+        self.free_slots.pop().or_else(|| {
+            (self.next_slot < self.slot_count).then(|| {
+                self.next_slot += 1;
+                self.next_slot - 1
+            })
+        })
     }
 
     /// Takes every queued effect, in order.
@@ -391,7 +431,11 @@ impl Registry {
             if let Some(ssrc) = state.ssrc {
                 self.ssrcs.remove(&ssrc);
                 self.load[ch.core as usize] = self.load[ch.core as usize].saturating_sub(1);
+                if let Some(addr) = state.proven {
+                    self.others(ch.core, Command::UnbindAddress { addr, ssrc });
+                }
             }
+            self.free_slots.extend(state.slot);
             if let Some(conn) = state.conn {
                 self.effects.push_back(Effect::Gateway {
                     conn,
@@ -434,7 +478,9 @@ impl Registry {
                 stream: None,
                 parked_since: None,
                 media: None,
-                learned: None,
+                observed: None,
+                proven: None,
+                slot: None,
             },
         );
         self.by_user.insert(key, session_id.clone());
@@ -476,11 +522,14 @@ impl Registry {
         let conn = state.conn.take();
         let in_call = state.stream.take().is_some();
         state.parked_since = None;
-        state.media = None;
-        state.learned = None;
+        state.media = None; // wipes the key
+        state.observed = None;
+        let proven = state.proven.take();
+        let slot = state.slot.take();
         state.speaking = 0;
         let ssrc = state.ssrc.take();
         let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
+        self.free_slots.extend(slot);
         let core = self.channels.get(&channel_id)?.core;
         if let Some(ssrc) = ssrc {
             self.ssrcs.remove(&ssrc);
@@ -489,6 +538,9 @@ impl Registry {
                 core,
                 command: Command::RemoveSession { ssrc },
             });
+            if let Some(addr) = proven {
+                self.others(core, Command::UnbindAddress { addr, ssrc });
+            }
         }
         if in_call {
             self.broadcast(&channel_id, session_id, || {
@@ -737,51 +789,113 @@ impl Registry {
     }
 
     /// Select Protocol: pushes the keyed session to the channel's core.
+    /// Fails when the counter table has no free slot (every session the
+    /// data plane can key at once is keyed).
     pub fn select_protocol(
         &mut self,
         session_id: &str,
         mode: Mode,
         key: [u8; 32],
         declared: Option<SocketAddr>,
-    ) {
-        let Some(state) = self.states.get_mut(session_id) else {
-            return;
+    ) -> Result<(), SelectError> {
+        let Some(state) = self.states.get(session_id) else {
+            return Ok(());
         };
         let (Some(ssrc), Some(ch)) = (state.ssrc, self.channels.get(&state.channel_id)) else {
-            return;
+            return Ok(());
         };
+        let (core, num, user) = (ch.core, ch.num, state.user);
+        let slot = match state.slot {
+            Some(slot) => slot,
+            None => self.take_slot().ok_or(SelectError::Full)?,
+        };
+        let state = self.states.get_mut(session_id).expect("looked up above");
+        state.slot = Some(slot);
         let spec = SessionSpec {
             ssrc,
-            channel: ch.num,
-            user: state.user,
+            channel: num,
+            user,
             mode,
             key,
             declared,
+            slot,
         };
         state.media = Some(spec.clone());
         self.effects.push_back(Effect::Dataplane {
-            core: ch.core,
+            core,
             command: Command::UpsertSession(spec),
         });
+        Ok(())
     }
 
-    /// A core proved `addr` for `ssrc` (event ring).
-    pub fn address_learned(&mut self, ssrc: u32, addr: SocketAddr) {
-        if let Some(state) = self
-            .ssrcs
-            .get(&ssrc)
-            .and_then(|sid| self.states.get_mut(sid))
-        {
-            state.learned = Some(addr);
+    /// Queues `command` for every core but `owner`.
+    fn others(&mut self, owner: u32, command: Command) {
+        for core in (0..self.cores).filter(|c| *c != owner) {
+            self.effects.push_back(Effect::Dataplane {
+                core,
+                command: command.clone(),
+            });
         }
+    }
+
+    /// The state holding `ssrc`, with its channel's core.
+    fn by_ssrc(&mut self, ssrc: u32) -> Option<(&mut VoiceState, u32)> {
+        let state = self.states.get_mut(self.ssrcs.get(&ssrc)?)?;
+        let core = self.channels.get(&state.channel_id)?.core;
+        Some((state, core))
+    }
+
+    /// A core saw IP discovery for `ssrc` from `addr` (event ring). Kept
+    /// for operators; it proves nothing.
+    pub fn address_observed(&mut self, ssrc: u32, addr: SocketAddr) {
+        if let Some((state, _)) = self.by_ssrc(ssrc) {
+            state.observed = Some(addr);
+        }
+    }
+
+    /// A core proved `addr` for `ssrc` (event ring): remembered for a
+    /// restart, and bound on every other core so whichever core the kernel
+    /// hands the client's keepalives to can answer them.
+    pub fn address_proven(&mut self, ssrc: u32, addr: SocketAddr) {
+        let Some((state, core)) = self.by_ssrc(ssrc) else {
+            return;
+        };
+        let Some(slot) = state.slot else { return };
+        let old = state.proven.replace(addr);
+        if old == Some(addr) {
+            return;
+        }
+        if let Some(old) = old {
+            self.others(core, Command::UnbindAddress { addr: old, ssrc });
+        }
+        self.others(core, Command::BindAddress { addr, ssrc, slot });
+    }
+
+    /// A core stopped sending to `addr`, silent too long (event ring).
+    pub fn address_expired(&mut self, ssrc: u32, addr: SocketAddr) {
+        let Some((state, core)) = self.by_ssrc(ssrc) else {
+            return;
+        };
+        if state.proven == Some(addr) {
+            state.proven = None;
+            self.others(core, Command::UnbindAddress { addr, ssrc });
+        }
+    }
+
+    /// The proven and observed addresses of `ssrc`.
+    pub fn addresses(&self, ssrc: u32) -> Option<(Option<SocketAddr>, Option<SocketAddr>)> {
+        let state = self.states.get(self.ssrcs.get(&ssrc)?)?;
+        Some((state.proven, state.observed))
     }
 
     /// Pushes every session in a call into a data plane that starts empty
     /// (it was restarted): the SSRC announcement, the keyed session, and
-    /// the address a core had proved, so members who never send keep
-    /// hearing the call. Returns how many sessions were pushed.
+    /// the address a core had *proven* (never a mere observation), so
+    /// members who never send keep hearing the call; the other cores learn
+    /// it is bound. Returns how many sessions were pushed.
     pub fn resync(&mut self) -> usize {
         let mut pushed = 0;
+        let cores = self.cores;
         for state in self.states.values() {
             let (Some(ssrc), true) = (state.ssrc, state.in_call()) else {
                 continue;
@@ -789,17 +903,25 @@ impl Registry {
             let Some(ch) = self.channels.get(&state.channel_id) else {
                 continue;
             };
-            let core = ch.core;
-            let mut send = |command| self.effects.push_back(Effect::Dataplane { core, command });
-            send(Command::AnnounceSsrc {
-                ssrc,
-                channel: ch.num,
-                user: state.user,
-            });
+            let owner = ch.core;
+            let mut send =
+                |core, command| self.effects.push_back(Effect::Dataplane { core, command });
+            send(
+                owner,
+                Command::AnnounceSsrc {
+                    ssrc,
+                    channel: ch.num,
+                    user: state.user,
+                },
+            );
             if let Some(spec) = &state.media {
-                send(Command::UpsertSession(spec.clone()));
-                if let Some(addr) = state.learned {
-                    send(Command::TrustAddress { ssrc, addr });
+                send(owner, Command::UpsertSession(spec.clone()));
+                if let Some(addr) = state.proven {
+                    send(owner, Command::TrustAddress { ssrc, addr });
+                    for core in (0..cores).filter(|c| *c != owner) {
+                        let slot = spec.slot;
+                        send(core, Command::BindAddress { addr, ssrc, slot });
+                    }
                 }
             }
             pushed += 1;
@@ -1079,9 +1201,12 @@ mod tests {
         let _unjoined = r.voice_state_create("9", "100").unwrap();
         let ia = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
         let ib = r.identify(11, 8, "1", "8", &b, &ch.token).unwrap();
-        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None);
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
+            .unwrap();
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        r.address_learned(ia.ssrc, addr);
+        // A stranger's discovery for b is observed, never re-pushed.
+        r.address_observed(ib.ssrc, "203.0.113.9:9".parse().unwrap());
+        r.address_proven(ia.ssrc, addr);
         effects(&mut r);
         assert_eq!(r.resync(), 2);
         let commands: Vec<Command> = effects(&mut r)
@@ -1113,6 +1238,110 @@ mod tests {
             .expect("a's proven address");
         assert!(upsert < trust, "the address follows the session");
         assert_eq!(commands.len(), 4, "{commands:?}");
+    }
+
+    /// Proven addresses are bound on every other core (keepalives carry no
+    /// SSRC, so any core may get them), moved and released with the
+    /// session; observations are never pushed anywhere.
+    #[test]
+    fn proven_addresses_are_bound_on_the_other_cores() {
+        let mut r = Registry::new(3);
+        let ch = r.channel_req("100", Some("1")).unwrap();
+        let a = r.voice_state_create("7", "100").unwrap();
+        let id = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
+        let owner = id.ssrc % 3;
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
+            .unwrap();
+        let slot = match effects(&mut r).last() {
+            Some(Effect::Dataplane {
+                command: Command::UpsertSession(s),
+                ..
+            }) => s.slot,
+            other => panic!("{other:?}"),
+        };
+        let others: Vec<u32> = (0..3).filter(|c| *c != owner).collect();
+        let (x, y): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.1:2".parse().unwrap(),
+        );
+        r.address_observed(id.ssrc, "203.0.113.1:1".parse().unwrap());
+        assert!(effects(&mut r).is_empty(), "an observation goes nowhere");
+        r.address_proven(id.ssrc, x);
+        let bind = |addr| Command::BindAddress {
+            addr,
+            ssrc: id.ssrc,
+            slot,
+        };
+        let unbind = |addr| Command::UnbindAddress {
+            addr,
+            ssrc: id.ssrc,
+        };
+        let on = |cores: &[u32], c: Command| -> Vec<Effect> {
+            cores
+                .iter()
+                .map(|&core| Effect::Dataplane {
+                    core,
+                    command: c.clone(),
+                })
+                .collect()
+        };
+        assert_eq!(effects(&mut r), on(&others, bind(x)));
+        r.address_proven(id.ssrc, x);
+        assert!(effects(&mut r).is_empty(), "no change, nothing sent");
+        r.address_proven(id.ssrc, y); // NAT rebinding
+        let mut moved = on(&others, unbind(x));
+        moved.extend(on(&others, bind(y)));
+        assert_eq!(effects(&mut r), moved);
+        assert_eq!(
+            r.addresses(id.ssrc),
+            Some((Some(y), Some("203.0.113.1:1".parse().unwrap())))
+        );
+        r.address_expired(id.ssrc, x);
+        assert!(effects(&mut r).is_empty(), "not the proven one");
+        r.address_expired(id.ssrc, y);
+        assert_eq!(effects(&mut r), on(&others, unbind(y)));
+        assert_eq!(
+            r.addresses(id.ssrc),
+            Some((None, Some("203.0.113.1:1".parse().unwrap())))
+        );
+        // Leaving releases the binding and the slot.
+        r.address_proven(id.ssrc, x);
+        effects(&mut r);
+        r.gateway_closed(&a, 10, Instant::now(), false);
+        let e = effects(&mut r);
+        assert!(e.contains(&Effect::Dataplane {
+            core: owner,
+            command: Command::RemoveSession { ssrc: id.ssrc }
+        }));
+        for c in on(&others, unbind(x)) {
+            assert!(e.contains(&c), "{c:?} in {e:?}");
+        }
+        assert_eq!(r.free_slots, vec![slot]);
+    }
+
+    #[test]
+    fn select_protocol_fails_when_every_slot_is_taken() {
+        let mut r = Registry::new(1);
+        r.set_counter_slots(1);
+        let ch = r.channel_req("100", Some("1")).unwrap();
+        let a = r.voice_state_create("7", "100").unwrap();
+        let b = r.voice_state_create("8", "100").unwrap();
+        r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
+        r.identify(11, 8, "1", "8", &b, &ch.token).unwrap();
+        let key = [2; 32];
+        assert_eq!(
+            r.select_protocol(&a, Mode::Aes256GcmRtpSize, key, None),
+            Ok(())
+        );
+        // A second Select Protocol of the same session keeps its slot.
+        assert_eq!(
+            r.select_protocol(&a, Mode::Aes256GcmRtpSize, key, None),
+            Ok(())
+        );
+        assert_eq!(
+            r.select_protocol(&b, Mode::Aes256GcmRtpSize, key, None),
+            Err(SelectError::Full)
+        );
     }
 
     #[test]

@@ -485,7 +485,9 @@ impl Connection {
         };
         let mut key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
-        registry.select_protocol(&session_id, mode, key, declared);
+        registry
+            .select_protocol(&session_id, mode, key, declared)
+            .map_err(|_| refuse(close::BAD_REQUEST, "server full"))?;
         self.send(
             registry,
             op::SESSION_DESCRIPTION,

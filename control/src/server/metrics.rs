@@ -141,13 +141,13 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
         "counter",
     );
     for core in 0..cores {
-        if let Some(s) = hub.load.stats(core) {
+        if let (Some(_), Some(d)) = (hub.load.stats(core), hub.load.drops(core)) {
             for r in DropReason::ALL {
                 let _ = writeln!(
                     out,
                     "voice_drops_total{{core=\"{core}\",reason=\"{}\"}} {}",
                     r.name(),
-                    s.dropped(r)
+                    d.get(r)
                 );
             }
         }

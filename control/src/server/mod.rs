@@ -67,6 +67,7 @@ struct Hub {
     /// LVSP's numbered INFOs, shared by every LVSP connection.
     replay: lvsp::Replay,
     link: Link,
+    events: Events,
     gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
     load: Load,
     closes: CloseCounts,
@@ -149,10 +150,10 @@ pub struct Server {
     gateway_tls: Option<TlsAcceptor>,
     /// Data-plane cores.
     pub cores: u32,
-    /// The shared-memory file.
+    /// Where the dataplane finds the shared-memory region (a file, or
+    /// `/proc/<pid>/fd/<n>` for the default anonymous memfd).
     pub shm_path: PathBuf,
     shared: Arc<Shared>,
-    events: Events,
     region: Region,
     supervisor: Supervisor,
     lvsp: TcpListener,
@@ -188,9 +189,13 @@ impl Server {
                 Tls::SelfSigned { cert_out, .. } => Some(cert_out.clone()),
                 _ => None,
             });
-        let region = Region::create(&config.shm_path, RegionConfig::new(config.cores))?;
+        let region_config = RegionConfig::new(config.cores);
+        let region = match &config.shm_path {
+            Some(path) => Region::create(path, region_config)?,
+            None => Region::create_anonymous(region_config)?,
+        };
         let (link, events) = link::attach(&region)?;
-        let mut supervisor = Supervisor::new(&config)?;
+        let mut supervisor = Supervisor::new(&config, region.path())?;
         let udp_port = supervisor.start(&region).await?;
         let udp_addr = SocketAddr::new(config.udp_bind.ip(), udp_port);
         let bind = |addr: SocketAddr| async move {
@@ -211,6 +216,7 @@ impl Server {
             ..WebSocketConfig::default()
         };
         let mut registry = Registry::new(config.cores);
+        registry.set_counter_slots(region_config.counter_slots);
         registry.set_orphan_grace(config.lvsp_grace);
         registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
         let shared = Arc::new(Shared {
@@ -218,6 +224,7 @@ impl Server {
                 registry,
                 replay: lvsp::Replay::new(config.lvsp_replay),
                 link,
+                events,
                 gateways: HashMap::new(),
                 load: Load::new(config.cores, config.capacity_per_core),
                 closes: CloseCounts::new(),
@@ -256,9 +263,8 @@ impl Server {
             lvsp_tls,
             gateway_tls,
             cores: config.cores,
-            shm_path: config.shm_path.clone(),
+            shm_path: region.path().to_path_buf(),
             shared,
-            events,
             region,
             supervisor,
             lvsp: lvsp_listener,
@@ -272,7 +278,6 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             shared,
-            mut events,
             region,
             mut supervisor,
             lvsp,
@@ -308,7 +313,7 @@ impl Server {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => poll_rings(&shared, &mut events),
+                        _ = tick.tick() => poll_rings(&shared),
                         _ = stop.changed() => break,
                     }
                 }
@@ -321,7 +326,17 @@ impl Server {
                 _ = &mut shutdown => break Ok(()),
                 status = supervisor.exited() => {
                     tracing::error!(%status, "dataplane died; restarting it");
-                    shared.hub().dataplane_pid = None;
+                    {
+                        // Take what the dead one reported last, then repair
+                        // the indices it owned (it may have died writing
+                        // them) and drop the commands it never took: the
+                        // new one gets the whole state pushed again.
+                        poll_rings(&shared);
+                        let mut hub = shared.hub();
+                        hub.dataplane_pid = None;
+                        hub.events.reset();
+                        hub.link.reset();
+                    }
                     if let Err(e) = supervisor.restart(&region).await {
                         break Err(e);
                     }
@@ -372,16 +387,25 @@ fn url(tls: bool, addr: SocketAddr) -> String {
     format!("{}://{addr}", if tls { "wss" } else { "ws" })
 }
 
-fn poll_rings(shared: &Shared, events: &mut Events) {
+fn poll_rings(shared: &Shared) {
     let now = Instant::now();
     let mut hub = shared.hub();
     let hub = &mut *hub;
     hub.link.flush();
-    let corrupt = events.drain(|core, ev| match ev {
+    let corrupt = hub.events.drain(|core, ev| match ev {
         Event::Stats(s) => hub.load.record(now, s),
-        Event::AddressLearned { ssrc, addr } => {
-            tracing::debug!(core, ssrc, %addr, "address learned");
-            hub.registry.address_learned(ssrc, addr);
+        Event::Drops { core, drops } => hub.load.record_drops(core, drops),
+        Event::AddressObserved { ssrc, addr } => {
+            tracing::debug!(core, ssrc, %addr, "address observed (discovery)");
+            hub.registry.address_observed(ssrc, addr);
+        }
+        Event::AddressProven { ssrc, addr } => {
+            tracing::debug!(core, ssrc, %addr, "address proven");
+            hub.registry.address_proven(ssrc, addr);
+        }
+        Event::AddressExpired { ssrc, addr } => {
+            tracing::debug!(core, ssrc, %addr, "address went idle");
+            hub.registry.address_expired(ssrc, addr);
         }
     });
     if corrupt > 0 {
