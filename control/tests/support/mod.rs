@@ -24,20 +24,32 @@ pub struct ServerProcess {
     pub udp: SocketAddr,
     /// `127.0.0.1:port` of the metrics endpoint.
     pub metrics: String,
-    /// The shared-memory file.
+    /// The shared-memory region's path (a 0600 file, or
+    /// `/proc/<pid>/fd/<n>` for the default memfd).
     pub shm: std::path::PathBuf,
     /// The generated self-signed certificate (PEM), when serving TLS with one.
     pub cert: Option<std::path::PathBuf>,
 }
 
 impl ServerProcess {
-    /// Starts control on random ports with `cores` data-plane cores.
+    /// Starts control on random ports with `cores` data-plane cores and
+    /// its region in a file under /dev/shm (so tests can look at it).
     pub fn start(cores: u32, extra: &[&str]) -> ServerProcess {
         let shm = format!(
             "/dev/shm/voice-test-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         );
+        Self::spawn(cores, &[&["--shm", &shm], extra].concat())
+    }
+
+    /// Starts control as the README does, with its region in the default
+    /// anonymous memfd.
+    pub fn start_anonymous(cores: u32, extra: &[&str]) -> ServerProcess {
+        Self::spawn(cores, extra)
+    }
+
+    fn spawn(cores: u32, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
             .args([
                 "--lvsp-listen",
@@ -50,13 +62,14 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--cores",
                 &cores.to_string(),
-                "--shm",
-                &shm,
                 "--secret",
                 "e2e-secret",
             ])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -137,6 +150,11 @@ impl ServerProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Control's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: control dies without cleaning up anything.
