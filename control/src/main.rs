@@ -34,8 +34,8 @@ struct Args {
     /// address, or 127.0.0.1 when that is unspecified).
     #[arg(long)]
     public_ip: Option<std::net::Ipv4Addr>,
-    /// Secret shared with Litecord (also read from VOICE_SECRET). Default:
-    /// generated and printed.
+    /// Secret shared with Litecord (also read from VOICE_SECRET), at least
+    /// 32 characters. Default: 64 hex digits, generated and printed.
     #[arg(long, env = "VOICE_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Data-plane cores (default: all CPUs).
@@ -118,6 +118,15 @@ struct Args {
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
+    /// Failed LVSP IDENTIFY/RESUME allowed from one address (IPv6: one
+    /// /64) before its attempts are refused unchecked (close 4001) for a
+    /// window of 1 s, doubling per further failure.
+    #[arg(long, default_value_t = 3)]
+    lvsp_auth_failures: u32,
+    /// Longest such refusal window, in seconds (an address is forgotten
+    /// after twice this, at least 600 s, without failures).
+    #[arg(long, default_value_t = 300)]
+    lvsp_auth_backoff_max_secs: u64,
 }
 
 impl Args {
@@ -189,6 +198,13 @@ impl Args {
         c.lvsp_rate = control::lvsp::RateLimit {
             per_second: self.lvsp_rate,
             burst: self.lvsp_rate * 2.0,
+        };
+        let backoff_max = Duration::from_secs(self.lvsp_auth_backoff_max_secs);
+        c.lvsp_auth_backoff = control::lvsp::AuthBackoff {
+            free_failures: self.lvsp_auth_failures,
+            max: backoff_max,
+            forget_after: (backoff_max * 2).max(Duration::from_secs(600)),
+            ..control::lvsp::AuthBackoff::default()
         };
         Ok(c)
     }
