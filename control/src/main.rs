@@ -35,7 +35,8 @@ struct Args {
     #[arg(long)]
     public_ip: Option<std::net::Ipv4Addr>,
     /// Secret shared with Litecord (also read from VOICE_SECRET), at least
-    /// 32 characters. Default: 64 hex digits, generated and printed.
+    /// 32 characters. Default: 64 hex digits, generated and printed (a
+    /// secret given here is never printed).
     #[arg(long, env = "VOICE_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Data-plane cores (default: all CPUs).
@@ -241,22 +242,50 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+/// Logs to stderr at RUST_LOG's levels (default info), except that the
+/// websocket and TLS libraries never log below info: at debug and trace they
+/// print whole frames, and with them tokens, session ids and keys. A second
+/// filter rather than extra RUST_LOG directives, because a more specific
+/// directive in RUST_LOG (`tungstenite::protocol=trace`) would win over ours.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let never_frames = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::INFO)
+        .with_target("tokio_tungstenite", LevelFilter::INFO)
+        .with_target("rustls", LevelFilter::INFO)
+        .with_target("tokio_rustls", LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(wanted)
+                .with_filter(never_frames),
         )
-        .with_writer(std::io::stderr)
         .init();
-    let config = Args::parse().into_config()?;
-    let secret = config.secret.clone();
+}
+
+async fn serve() -> anyhow::Result<()> {
+    init_logging();
+    let args = Args::parse();
+    // Only a secret the server made up is printed: the operator already
+    // has theirs, and stdout may end up in a log others can read.
+    let generated = args.secret.is_none();
+    let config = args.into_config()?;
+    let secret = generated.then(|| config.secret.clone());
     let server = Server::start(config)
         .await
         .context("starting the voice server")?;
     // Machine-readable "key: value" lines on stdout (the tests parse them).
     println!("voice server ready");
     println!("lvsp: {}", server.lvsp_url());
-    println!("secret: {secret}");
+    if let Some(secret) = &secret {
+        println!("secret: {secret}");
+    }
     println!("gateway: {}/?v=8", server.gateway_url());
     if let Some(cert) = &server.self_signed_cert {
         println!("cert: {}", cert.display());

@@ -33,17 +33,31 @@ pub struct ServerProcess {
     pub shm: std::path::PathBuf,
     /// The generated self-signed certificate (PEM), when serving TLS with one.
     pub cert: Option<std::path::PathBuf>,
+    /// Every `key: value` line control printed at start-up.
+    pub printed: HashMap<String, String>,
 }
 
 impl ServerProcess {
     /// Starts control on random ports with `cores` data-plane cores.
     pub fn start(cores: u32, extra: &[&str]) -> ServerProcess {
+        Self::start_with(control_bin(), cores, extra, |_| {})
+    }
+
+    /// [`ServerProcess::start`] with another `control` executable and a
+    /// last say over the command (environment, stderr).
+    pub fn start_with(
+        program: std::path::PathBuf,
+        cores: u32,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
         let shm = format!(
             "/dev/shm/voice-test-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
+        let mut command = Command::new(program);
+        command
             .args([
                 "--lvsp-listen",
                 "127.0.0.1:0",
@@ -63,9 +77,9 @@ impl ServerProcess {
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn control");
+            .stderr(Stdio::inherit());
+        customize(&mut command);
+        let mut child = command.spawn().expect("spawn control");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -104,7 +118,13 @@ impl ServerProcess {
                 .to_owned(),
             shm: fields["shm"].clone().into(),
             cert: fields.get("cert").map(Into::into),
+            printed: fields,
         }
+    }
+
+    /// Process id of control.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `GET /metrics`, parsed into `name{labels}` → value.
@@ -182,6 +202,15 @@ impl Drop for ServerProcess {
             }
         }
     }
+}
+
+/// The `control` executable under test: this build's, or the one named by
+/// `CONTROL_BIN` (to run the same tests against another build, e.g. to
+/// measure a flood before and after a change).
+pub fn control_bin() -> std::path::PathBuf {
+    std::env::var_os("CONTROL_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_control").into())
 }
 
 /// A minimal HTTP/1.1 GET for the metrics endpoint.
