@@ -63,7 +63,9 @@ pub struct Config {
     /// TLS of the voice gateway listener. Default: self-signed (the same
     /// certificate as LVSP).
     pub gateway_tls: Tls,
-    /// Secret shared with Litecord. Default: 32 random hex digits, printed.
+    /// Secret shared with Litecord, at least [`lvsp::MIN_SECRET_LEN`] (32)
+    /// characters. Default: 64 random hex digits (256 bits), printed at
+    /// start-up (a secret the operator supplies is never printed).
     pub secret: String,
     /// Data-plane cores (executors). Default: all available CPUs.
     pub cores: u32,
@@ -115,6 +117,13 @@ pub struct Config {
     pub max_message_size: usize,
     /// How long to wait for the dataplane to come up. Default 20 s.
     pub dataplane_start_timeout: Duration,
+    /// Backoff after failed LVSP IDENTIFY/RESUME, per peer address (IPv6
+    /// per /64): `free_failures` failures (default 3), then attempts are
+    /// refused unchecked with 4001 for a window that starts at `base`
+    /// (default 1 s) and doubles per further failure up to `max` (default
+    /// 300 s); an address quiet for `forget_after` (default 600 s) is
+    /// forgotten; at most `max_addresses` (default 4096) are remembered.
+    pub lvsp_auth_backoff: lvsp::AuthBackoff,
 }
 
 /// A configuration that cannot work.
@@ -143,7 +152,7 @@ impl Config {
             metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5491))),
             udp_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 5490)),
             public_ip: Ipv4Addr::LOCALHOST,
-            secret: hex::encode(rand::random::<[u8; 16]>()),
+            secret: hex::encode(rand::random::<[u8; 32]>()),
             cores,
             dataplane: DataplaneMode::Embedded,
             shm_path: None,
@@ -169,6 +178,7 @@ impl Config {
             capacity_per_core: 1000,
             max_message_size: 64 << 10,
             dataplane_start_timeout: Duration::from_secs(20),
+            lvsp_auth_backoff: lvsp::AuthBackoff::default(),
         }
     }
 
@@ -186,8 +196,21 @@ impl Config {
         if !(1..=256).contains(&self.cores) {
             return bad(format!("cores must be 1..=256, got {}", self.cores));
         }
-        if self.secret.is_empty() {
-            return bad("the LVSP secret must not be empty".into());
+        let secret_len = self.secret.chars().count();
+        if secret_len < lvsp::MIN_SECRET_LEN {
+            return bad(format!(
+                "the LVSP secret must be at least {} characters, got {secret_len} \
+                 (generate one with `openssl rand -hex 32`, or omit --secret to \
+                 have one generated)",
+                lvsp::MIN_SECRET_LEN
+            ));
+        }
+        let backoff = &self.lvsp_auth_backoff;
+        if backoff.base.is_zero() || backoff.max < backoff.base || backoff.max_addresses == 0 {
+            return bad(format!(
+                "LVSP authentication backoff needs 0 < base <= max and room for \
+                 one address, got {backoff:?}"
+            ));
         }
         for (name, d) in [
             ("lvsp heartbeat", self.lvsp_heartbeat),
@@ -241,5 +264,26 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Config::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_shorter_than_the_floor_are_refused() {
+        let mut c = Config::new();
+        assert_eq!(c.secret.len(), 64, "the generated default");
+        assert!(c.validate().is_ok());
+        c.secret = "e2e-secret".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 32 characters"), "{e}");
+        assert!(
+            !e.contains("e2e-secret"),
+            "the message never shows the secret"
+        );
+        c.secret = "x".repeat(lvsp::MIN_SECRET_LEN);
+        assert!(c.validate().is_ok());
     }
 }

@@ -34,8 +34,9 @@ struct Args {
     /// address, or 127.0.0.1 when that is unspecified).
     #[arg(long)]
     public_ip: Option<std::net::Ipv4Addr>,
-    /// Secret shared with Litecord (also read from VOICE_SECRET). Default:
-    /// generated and printed.
+    /// Secret shared with Litecord (also read from VOICE_SECRET), at least
+    /// 32 characters. Default: 64 hex digits, generated and printed (a
+    /// secret given here is never printed).
     #[arg(long, env = "VOICE_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Data-plane cores (default: all CPUs).
@@ -124,6 +125,15 @@ struct Args {
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
+    /// Failed LVSP IDENTIFY/RESUME allowed from one address (IPv6: one
+    /// /64) before its attempts are refused unchecked (close 4001) for a
+    /// window of 1 s, doubling per further failure.
+    #[arg(long, default_value_t = 3)]
+    lvsp_auth_failures: u32,
+    /// Longest such refusal window, in seconds (an address is forgotten
+    /// after twice this, at least 600 s, without failures).
+    #[arg(long, default_value_t = 300)]
+    lvsp_auth_backoff_max_secs: u64,
 }
 
 impl Args {
@@ -195,6 +205,13 @@ impl Args {
             per_second: self.lvsp_rate,
             burst: self.lvsp_rate * 2.0,
         };
+        let backoff_max = Duration::from_secs(self.lvsp_auth_backoff_max_secs);
+        c.lvsp_auth_backoff = control::lvsp::AuthBackoff {
+            free_failures: self.lvsp_auth_failures,
+            max: backoff_max,
+            forget_after: (backoff_max * 2).max(Duration::from_secs(600)),
+            ..control::lvsp::AuthBackoff::default()
+        };
         Ok(c)
     }
 }
@@ -230,22 +247,50 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+/// Logs to stderr at RUST_LOG's levels (default info), except that the
+/// websocket and TLS libraries never log below info: at debug and trace they
+/// print whole frames, and with them tokens, session ids and keys. A second
+/// filter rather than extra RUST_LOG directives, because a more specific
+/// directive in RUST_LOG (`tungstenite::protocol=trace`) would win over ours.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let never_frames = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::INFO)
+        .with_target("tokio_tungstenite", LevelFilter::INFO)
+        .with_target("rustls", LevelFilter::INFO)
+        .with_target("tokio_rustls", LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(wanted)
+                .with_filter(never_frames),
         )
-        .with_writer(std::io::stderr)
         .init();
-    let config = Args::parse().into_config()?;
-    let secret = config.secret.clone();
+}
+
+async fn serve() -> anyhow::Result<()> {
+    init_logging();
+    let args = Args::parse();
+    // Only a secret the server made up is printed: the operator already
+    // has theirs, and stdout may end up in a log others can read.
+    let generated = args.secret.is_none();
+    let config = args.into_config()?;
+    let secret = generated.then(|| config.secret.clone());
     let server = Server::start(config)
         .await
         .context("starting the voice server")?;
     // Machine-readable "key: value" lines on stdout (the tests parse them).
     println!("voice server ready");
     println!("lvsp: {}", server.lvsp_url());
-    println!("secret: {secret}");
+    if let Some(secret) = &secret {
+        println!("secret: {secret}");
+    }
     println!("gateway: {}/?v=8", server.gateway_url());
     if let Some(cert) = &server.self_signed_cert {
         println!("cert: {}", cert.display());

@@ -13,7 +13,8 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use shared::{Command, Mode, SessionSpec};
 
-use crate::gateway::{close, op, Stream};
+use crate::gateway::{close, op, Identify, Resume, Stream, Supersedes};
+use crate::limit::{Bucket, RateLimit};
 
 /// Identifies one gateway websocket connection.
 pub type ConnId = u64;
@@ -98,6 +99,10 @@ struct VoiceState {
     /// The session's entry in the region's counter table, from the first
     /// Select Protocol until it leaves the call.
     slot: Option<u32>,
+    /// The member's gateway message budget. It belongs to the voice state,
+    /// not to a socket: identifying or resuming on a new connection does
+    /// not refill it. Created at the first charge.
+    budget: Option<Bucket>,
 }
 
 impl VoiceState {
@@ -120,6 +125,9 @@ pub enum IdentifyError {
     /// the messages after `seq_ack` are no longer kept.
     #[error("session no longer valid")]
     SessionInvalid,
+    /// The session's message budget is spent (it survives reconnects).
+    #[error("rate limited")]
+    RateLimited,
 }
 
 /// Why Select Protocol could not key a session.
@@ -481,6 +489,7 @@ impl Registry {
                 observed: None,
                 proven: None,
                 slot: None,
+                budget: None,
             },
         );
         self.by_user.insert(key, session_id.clone());
@@ -529,6 +538,7 @@ impl Registry {
         state.speaking = 0;
         let ssrc = state.ssrc.take();
         let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
+        let user = state.user;
         self.free_slots.extend(slot);
         let core = self.channels.get(&channel_id)?.core;
         if let Some(ssrc) = ssrc {
@@ -543,7 +553,8 @@ impl Registry {
             }
         }
         if in_call {
-            self.broadcast(&channel_id, session_id, || {
+            let key = Some(Supersedes::Presence(user));
+            self.broadcast(&channel_id, session_id, key, || {
                 (op::CLIENT_DISCONNECT, json!({"user_id": user_id}))
             });
         }
@@ -551,15 +562,16 @@ impl Registry {
     }
 
     /// Numbers a message in `session_id`'s stream and delivers it if a
-    /// connection is attached; a parked session keeps it for its Resume.
-    fn deliver(&mut self, session_id: &str, op: u64, d: Value) {
+    /// connection is attached; a parked session keeps it for its Resume
+    /// (in place of the kept message with the same `key`).
+    fn deliver(&mut self, session_id: &str, op: u64, d: Value, key: Option<Supersedes>) {
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
         let Some(stream) = state.stream.as_mut() else {
             return;
         };
-        let text = stream.message(op, d);
+        let text = stream.message_keyed(op, d, key);
         if let Some(conn) = state.conn {
             self.effects.push_back(Effect::Gateway {
                 conn,
@@ -569,7 +581,13 @@ impl Registry {
     }
 
     /// Delivers a message to every other member in the call.
-    fn broadcast(&mut self, channel_id: &str, except: &str, make: impl Fn() -> (u64, Value)) {
+    fn broadcast(
+        &mut self,
+        channel_id: &str,
+        except: &str,
+        key: Option<Supersedes>,
+        make: impl Fn() -> (u64, Value),
+    ) {
         let Some(ch) = self.channels.get(channel_id) else {
             return;
         };
@@ -582,7 +600,7 @@ impl Registry {
         targets.sort();
         for sid in targets {
             let (op, d) = make();
-            self.deliver(&sid, op, d);
+            self.deliver(&sid, op, d, key);
         }
     }
 
@@ -616,20 +634,38 @@ impl Registry {
         Ok(state)
     }
 
+    /// Charges one message to `session_id`'s budget (created from `limit`
+    /// at the first charge); false when it is spent. A session that no
+    /// longer exists has nothing to charge.
+    pub fn spend(&mut self, session_id: &str, now: Instant, limit: RateLimit) -> bool {
+        match self.states.get_mut(session_id) {
+            Some(state) => state
+                .budget
+                .get_or_insert_with(|| Bucket::new(limit, now))
+                .take(now),
+            None => true,
+        }
+    }
+
     /// Gateway Identify at gateway `version`: checks the credentials,
-    /// allocates the SSRC on the channel's core and announces it to that
-    /// core. The connection then numbers its Ready with
-    /// [`Registry::message`] and calls [`Registry::welcome`].
+    /// charges the session's budget (`limit`: it is not refilled by
+    /// identifying again), allocates the SSRC on the channel's core and
+    /// announces it to that core. The connection then numbers its Ready
+    /// with [`Registry::message`] and calls [`Registry::welcome`].
     pub fn identify(
         &mut self,
         conn: ConnId,
         version: u8,
-        server_id: &str,
-        user_id: &str,
-        session_id: &str,
-        token: &str,
+        id: &Identify,
+        now: Instant,
+        limit: RateLimit,
     ) -> Result<Identified, IdentifyError> {
-        let state = self.authenticate(server_id, Some(user_id), session_id, token)?;
+        let session_id = id.session_id.as_str();
+        self.authenticate(&id.server_id, Some(&id.user_id), session_id, &id.token)?;
+        if !self.spend(session_id, now, limit) {
+            return Err(IdentifyError::RateLimited);
+        }
+        let state = &self.states[session_id];
         let ch = &self.channels[&state.channel_id];
         let (core, num, channel_id) = (ch.core, ch.num, ch.channel_id.clone());
         let (user, previous, ssrc) = (state.user, state.conn, state.ssrc);
@@ -671,8 +707,9 @@ impl Registry {
             },
         });
         if joined {
-            let user_id = user_id.to_owned();
-            self.broadcast(&channel_id, session_id, || {
+            let user_id = id.user_id.clone();
+            let key = Some(Supersedes::Presence(user));
+            self.broadcast(&channel_id, session_id, key, || {
                 (op::CLIENTS_CONNECT, json!({"user_ids": [user_id]}))
             });
         }
@@ -695,7 +732,8 @@ impl Registry {
             }
             present.push(s.user_id.clone());
             if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
-                speakers.push(json!({"user_id": s.user_id, "ssrc": ssrc, "speaking": s.speaking}));
+                let d = json!({"user_id": s.user_id, "ssrc": ssrc, "speaking": s.speaking});
+                speakers.push((d, s.user));
             }
         }
         if !present.is_empty() {
@@ -704,10 +742,16 @@ impl Registry {
                 session_id,
                 op::CLIENTS_CONNECT,
                 json!({"user_ids": present}),
+                None,
             );
         }
-        for d in speakers {
-            self.deliver(session_id, op::SPEAKING, d);
+        for (d, user) in speakers {
+            self.deliver(
+                session_id,
+                op::SPEAKING,
+                d,
+                Some(Supersedes::Speaking(user)),
+            );
         }
     }
 
@@ -724,16 +768,18 @@ impl Registry {
     }
 
     /// Gateway Resume on a new connection: the same session, SSRC, key and
-    /// address; the messages after `seq_ack` (v8) to re-deliver.
+    /// address; the messages after `seq_ack` (v8) to re-deliver. Charges
+    /// the session's budget like [`Registry::identify`].
     pub fn resume(
         &mut self,
         conn: ConnId,
-        server_id: &str,
-        session_id: &str,
-        token: &str,
-        seq_ack: Option<u64>,
+        resume: &Resume,
+        now: Instant,
+        limit: RateLimit,
     ) -> Result<Resumed, IdentifyError> {
-        let state = match self.authenticate(server_id, None, session_id, token) {
+        let session_id = resume.session_id.as_str();
+        let authenticated = self.authenticate(&resume.server_id, None, session_id, &resume.token);
+        let state = match authenticated {
             // A session that no longer exists cannot be resumed (the client
             // should identify afresh); a wrong token for a live one is an
             // authentication failure.
@@ -745,11 +791,14 @@ impl Registry {
         let (Some(stream), Some(ssrc)) = (&state.stream, state.ssrc) else {
             return Err(IdentifyError::SessionInvalid);
         };
-        let missed = match seq_ack {
+        let missed = match resume.seq_ack {
             Some(seq) => stream.after(seq).ok_or(IdentifyError::SessionInvalid)?,
             None => Vec::new(),
         };
         let previous = state.conn;
+        if !self.spend(session_id, now, limit) {
+            return Err(IdentifyError::RateLimited);
+        }
         if let Some(old) = previous.filter(|old| *old != conn) {
             // The old socket is not dead yet as far as we know: this
             // connection takes over.
@@ -937,7 +986,11 @@ impl Registry {
         let Some(ssrc) = state.ssrc else { return };
         state.speaking = speaking;
         let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
-        self.broadcast(&channel_id, session_id, || {
+        // A newer Speaking of this member replaces its older one in every
+        // receiver's resume buffer: a member who speaks (or rejoins) in a
+        // loop never pushes another member's missed messages out.
+        let key = Some(Supersedes::Speaking(state.user));
+        self.broadcast(&channel_id, session_id, key, || {
             (
                 op::SPEAKING,
                 json!({"user_id": user_id, "ssrc": ssrc, "speaking": speaking}),
@@ -984,6 +1037,29 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIMIT: RateLimit = RateLimit {
+        per_second: 10.0,
+        burst: 60.0,
+    };
+
+    fn identify(
+        r: &mut Registry,
+        conn: ConnId,
+        version: u8,
+        server_id: &str,
+        user_id: &str,
+        session_id: &str,
+        token: &str,
+    ) -> Result<Identified, IdentifyError> {
+        let id = Identify {
+            server_id: server_id.into(),
+            user_id: user_id.into(),
+            session_id: session_id.into(),
+            token: token.into(),
+        };
+        r.identify(conn, version, &id, Instant::now(), LIMIT)
+    }
 
     fn effects(r: &mut Registry) -> Vec<Effect> {
         r.drain_effects().collect()
@@ -1039,7 +1115,7 @@ mod tests {
         let mut r = Registry::new(2);
         let t = r.channel_req("100", Some("1")).unwrap().token;
         let sid = r.voice_state_create("7", "100").unwrap();
-        r.identify(1, 4, "1", "7", &sid, &t).unwrap();
+        identify(&mut r, 1, 4, "1", "7", &sid, &t).unwrap();
         assert_eq!(r.channel("100").unwrap().core, 0);
         r.channel_req("101", Some("1")).unwrap();
         assert_eq!(r.channel("101").unwrap().core, 1, "core 0 has a session");
@@ -1082,9 +1158,12 @@ mod tests {
                 IdentifyError::AuthenticationFailed,
             ),
         ] {
-            assert_eq!(r.identify(1, 4, server, user, session, token), Err(err));
+            assert_eq!(
+                identify(&mut r, 1, 4, server, user, session, token),
+                Err(err)
+            );
         }
-        let id = r.identify(1, 4, "1", "7", &sid, &ch.token).unwrap();
+        let id = identify(&mut r, 1, 4, "1", "7", &sid, &ch.token).unwrap();
         assert_eq!(id.ssrc % 3, core);
         assert_ne!(id.ssrc, 0);
         assert_eq!(
@@ -1105,7 +1184,7 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("555", None).unwrap();
         let sid = r.voice_state_create("7", "555").unwrap();
-        assert!(r.identify(1, 4, "555", "7", &sid, &ch.token).is_ok());
+        assert!(identify(&mut r, 1, 4, "555", "7", &sid, &ch.token).is_ok());
     }
 
     #[test]
@@ -1125,10 +1204,10 @@ mod tests {
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
         let b = r.voice_state_create("8", "100").unwrap();
-        let ia = r.identify(10, 4, "1", "7", &a, &ch.token).unwrap();
+        let ia = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         r.speaking(&a, 1);
         effects(&mut r);
-        r.identify(11, 4, "1", "8", &b, &ch.token).unwrap();
+        identify(&mut r, 11, 4, "1", "8", &b, &ch.token).unwrap();
         r.welcome(&b);
         let e = effects(&mut r);
         assert_eq!(
@@ -1163,7 +1242,7 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
-        let id = r.identify(10, 4, "1", "7", &a, &ch.token).unwrap();
+        let id = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
         r.voice_state_destroy("7", "100");
         let e = effects(&mut r);
@@ -1172,7 +1251,7 @@ mod tests {
             command: Command::RemoveSession { ssrc: id.ssrc }
         }));
         assert_eq!(closes(&e, 10), vec![4014]);
-        assert!(r.identify(11, 4, "1", "7", &a, &ch.token).is_err());
+        assert!(identify(&mut r, 11, 4, "1", "7", &a, &ch.token).is_err());
         // A move: a new state in the same channel gets a new session id.
         let b = r.voice_state_create("7", "100").unwrap();
         assert_ne!(a, b);
@@ -1183,9 +1262,9 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
-        let first = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
+        let first = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
-        let second = r.identify(11, 8, "1", "7", &a, &ch.token).unwrap();
+        let second = identify(&mut r, 11, 8, "1", "7", &a, &ch.token).unwrap();
         assert_eq!(first.ssrc, second.ssrc, "same voice state, same SSRC");
         assert_eq!(closes(&effects(&mut r), 10), vec![4006]);
         r.gateway_closed(&a, 10, Instant::now(), true);
@@ -1199,8 +1278,8 @@ mod tests {
         let a = r.voice_state_create("7", "100").unwrap();
         let b = r.voice_state_create("8", "100").unwrap();
         let _unjoined = r.voice_state_create("9", "100").unwrap();
-        let ia = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
-        let ib = r.identify(11, 8, "1", "8", &b, &ch.token).unwrap();
+        let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
             .unwrap();
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
@@ -1248,7 +1327,7 @@ mod tests {
         let mut r = Registry::new(3);
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
-        let id = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
+        let id = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let owner = id.ssrc % 3;
         r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
             .unwrap();
@@ -1326,8 +1405,8 @@ mod tests {
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
         let b = r.voice_state_create("8", "100").unwrap();
-        r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
-        r.identify(11, 8, "1", "8", &b, &ch.token).unwrap();
+        identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         let key = [2; 32];
         assert_eq!(
             r.select_protocol(&a, Mode::Aes256GcmRtpSize, key, None),

@@ -79,6 +79,29 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
     }
     metric(
         &mut out,
+        "voice_lvsp_auth_failures_total",
+        "LVSP IDENTIFY/RESUME with a wrong token.",
+        "counter",
+    );
+    let guard = &hub.lvsp_guard;
+    let _ = writeln!(
+        out,
+        "voice_lvsp_auth_failures_total {}",
+        guard.failures_total()
+    );
+    metric(
+        &mut out,
+        "voice_lvsp_auth_refused_total",
+        "LVSP IDENTIFY/RESUME refused unchecked: the address is backing off.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "voice_lvsp_auth_refused_total {}",
+        guard.refused_total()
+    );
+    metric(
+        &mut out,
         "voice_dataplane_restarts_total",
         "Times the dataplane died and was started again.",
         "counter",

@@ -66,6 +66,8 @@ struct Hub {
     registry: Registry,
     /// LVSP's numbered INFOs, shared by every LVSP connection.
     replay: lvsp::Replay,
+    /// Failed LVSP authentications per peer address (backoff).
+    lvsp_guard: lvsp::AuthGuard,
     link: Link,
     events: Events,
     gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
@@ -106,6 +108,7 @@ impl Shared {
         let r = f(&mut Ctx {
             registry: &mut hub.registry,
             replay: &mut hub.replay,
+            guard: &mut hub.lvsp_guard,
         });
         hub.dispatch();
         r
@@ -132,6 +135,7 @@ impl Hub {
 struct Ctx<'a> {
     registry: &'a mut Registry,
     replay: &'a mut lvsp::Replay,
+    guard: &'a mut lvsp::AuthGuard,
 }
 
 /// A started server: listeners bound, dataplane up.
@@ -223,6 +227,7 @@ impl Server {
             hub: Mutex::new(Hub {
                 registry,
                 replay: lvsp::Replay::new(config.lvsp_replay),
+                lvsp_guard: lvsp::AuthGuard::new(config.lvsp_auth_backoff),
                 link,
                 events,
                 gateways: HashMap::new(),
@@ -482,7 +487,11 @@ async fn accept_loop(
 /// The common shape of both protocol state machines.
 trait Machine {
     const NAME: &'static str;
-    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>);
+    /// A decoded message, handled under the shared lock.
+    type Incoming;
+    /// Budget and decoding: no shared state, so no lock.
+    fn on_text(&mut self, now: Instant, text: &str) -> Option<Self::Incoming>;
+    fn on_incoming(&mut self, now: Instant, incoming: Self::Incoming, ctx: &mut Ctx<'_>);
     fn on_binary(&mut self, now: Instant);
     fn on_oversized(&mut self);
     fn on_push(&mut self, push: Push);
@@ -494,8 +503,12 @@ trait Machine {
 
 impl Machine for lvsp::Connection {
     const NAME: &'static str = "lvsp";
-    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
-        self.handle_text(now, text, ctx.registry, ctx.replay)
+    type Incoming = lvsp::Incoming;
+    fn on_text(&mut self, now: Instant, text: &str) -> Option<lvsp::Incoming> {
+        self.handle_text(now, text)
+    }
+    fn on_incoming(&mut self, now: Instant, incoming: lvsp::Incoming, ctx: &mut Ctx<'_>) {
+        self.handle_incoming(now, incoming, ctx.registry, ctx.replay, ctx.guard)
     }
     fn on_binary(&mut self, _now: Instant) {
         self.handle_binary()
@@ -520,8 +533,12 @@ impl Machine for lvsp::Connection {
 
 impl Machine for gateway::Connection {
     const NAME: &'static str = "gateway";
-    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
-        self.handle_text(now, text, ctx.registry)
+    type Incoming = gateway::Incoming;
+    fn on_text(&mut self, now: Instant, text: &str) -> Option<gateway::Incoming> {
+        self.handle_text(now, text)
+    }
+    fn on_incoming(&mut self, now: Instant, incoming: gateway::Incoming, ctx: &mut Ctx<'_>) {
+        self.handle_incoming(now, incoming, ctx.registry)
     }
     fn on_binary(&mut self, now: Instant) {
         self.handle_binary(now)
@@ -579,7 +596,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let now = Instant::now();
     match kind {
         Kind::Lvsp => {
-            let machine = lvsp::Connection::new(shared.lvsp.clone(), now);
+            let machine = lvsp::Connection::new(shared.lvsp.clone(), peer, now);
             drive(ws, machine, &shared, None, stop).await;
         }
         Kind::Gateway => {
@@ -631,7 +648,11 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    shared.with(|ctx| machine.on_text(Instant::now(), &text, ctx));
+                    // Decoded before the lock: parsing costs no one else.
+                    let now = Instant::now();
+                    if let Some(incoming) = machine.on_text(now, &text) {
+                        shared.with(|ctx| machine.on_incoming(now, incoming, ctx));
+                    }
                 }
                 Some(Ok(Message::Binary(_))) => machine.on_binary(Instant::now()),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}

@@ -11,6 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The LVSP secret the tests pass (`--secret`): long enough for the
+/// server's 32-character floor. The server does not print a secret it was
+/// given, so the tests use this one.
+pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e";
+
 /// A running server: control plus its dataplane child.
 pub struct ServerProcess {
     child: Child,
@@ -29,28 +34,52 @@ pub struct ServerProcess {
     pub shm: std::path::PathBuf,
     /// The generated self-signed certificate (PEM), when serving TLS with one.
     pub cert: Option<std::path::PathBuf>,
+    /// Every `key: value` line control printed at start-up.
+    pub printed: HashMap<String, String>,
 }
 
 impl ServerProcess {
     /// Starts control on random ports with `cores` data-plane cores and
     /// its region in a file under /dev/shm (so tests can look at it).
     pub fn start(cores: u32, extra: &[&str]) -> ServerProcess {
+        Self::start_with(control_bin(), cores, extra, |_| {})
+    }
+
+    /// [`ServerProcess::start`] with another `control` executable and a
+    /// last say over the command (environment, stderr).
+    pub fn start_with(
+        program: std::path::PathBuf,
+        cores: u32,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
         let shm = format!(
             "/dev/shm/voice-test-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         );
-        Self::spawn(cores, &[&["--shm", &shm], extra].concat())
+        Self::spawn(
+            program,
+            cores,
+            &[&["--shm", &shm], extra].concat(),
+            customize,
+        )
     }
 
     /// Starts control as the README does, with its region in the default
     /// anonymous memfd.
     pub fn start_anonymous(cores: u32, extra: &[&str]) -> ServerProcess {
-        Self::spawn(cores, extra)
+        Self::spawn(control_bin(), cores, extra, |_| {})
     }
 
-    fn spawn(cores: u32, extra: &[&str]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
+    fn spawn(
+        program: std::path::PathBuf,
+        cores: u32,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
+        let mut command = Command::new(program);
+        command
             .args([
                 "--lvsp-listen",
                 "127.0.0.1:0",
@@ -63,7 +92,7 @@ impl ServerProcess {
                 "--cores",
                 &cores.to_string(),
                 "--secret",
-                "e2e-secret",
+                SECRET,
             ])
             .args(extra)
             .env(
@@ -71,9 +100,9 @@ impl ServerProcess {
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn control");
+            .stderr(Stdio::inherit());
+        customize(&mut command);
+        let mut child = command.spawn().expect("spawn control");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -103,7 +132,7 @@ impl ServerProcess {
         ServerProcess {
             child,
             lvsp_url: fields["lvsp"].clone(),
-            secret: fields["secret"].clone(),
+            secret: SECRET.to_owned(),
             gateway_url: gateway,
             udp: fields["udp"].parse().expect("udp address"),
             metrics: fields["metrics"]
@@ -112,7 +141,13 @@ impl ServerProcess {
                 .to_owned(),
             shm: fields["shm"].clone().into(),
             cert: fields.get("cert").map(Into::into),
+            printed: fields,
         }
+    }
+
+    /// Process id of control.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `GET /metrics`, parsed into `name{labels}` → value.
@@ -150,11 +185,6 @@ impl ServerProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    /// Control's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// SIGKILL: control dies without cleaning up anything.
@@ -195,6 +225,15 @@ impl Drop for ServerProcess {
             }
         }
     }
+}
+
+/// The `control` executable under test: this build's, or the one named by
+/// `CONTROL_BIN` (to run the same tests against another build, e.g. to
+/// measure a flood before and after a change).
+pub fn control_bin() -> std::path::PathBuf {
+    std::env::var_os("CONTROL_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_control").into())
 }
 
 /// A minimal HTTP/1.1 GET for the metrics endpoint.
