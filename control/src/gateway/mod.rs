@@ -211,6 +211,11 @@ impl Connection {
         c
     }
 
+    /// Whether Identify or Resume succeeded.
+    pub fn is_identified(&self) -> bool {
+        self.identify_by.is_none()
+    }
+
     /// The next thing to send, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()

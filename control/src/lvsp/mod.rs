@@ -263,6 +263,11 @@ impl Connection {
         self.state == State::Closed
     }
 
+    /// Whether IDENTIFY or RESUME succeeded (and the connection is open).
+    pub fn is_identified(&self) -> bool {
+        self.state == State::Ready
+    }
+
     /// The next thing to send, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()

@@ -1,0 +1,362 @@
+//! Connection budgets of one listener.
+//!
+//! A connection is *pending* from accept until its protocol state machine
+//! says it identified (gateway Identify or Resume, LVSP IDENTIFY or RESUME
+//! accepted): TCP, TLS, the websocket upgrade and the wait for Identify all
+//! happen in a small pending budget, capped per source address and per
+//! source prefix (/24 for IPv4, /64 for IPv6; IPv4-mapped IPv6 counts as
+//! IPv4). Once identified it moves to the identified budget
+//! (`--max-connections`), which pending connections never consume: nobody
+//! without credentials can take a slot from an identified client or from
+//! Litecord's link.
+//!
+//! Refusals are counted by reason (for `/metrics`) and summed up in one
+//! WARN line per [`SUMMARY_EVERY`] at most, never one line per refusal.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How often a listener logs its refusals (when there were any).
+pub(super) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Every pending slot of the listener is taken.
+    PendingFull,
+    /// The source address has its share of pending slots.
+    Address,
+    /// The source's /24 (IPv4) or /64 (IPv6) has its share of pending slots.
+    Prefix,
+    /// The connection identified but every identified slot is taken.
+    IdentifiedFull,
+}
+
+impl Refusal {
+    /// Every reason, in metrics order.
+    pub(super) const ALL: [Refusal; 4] = [
+        Refusal::PendingFull,
+        Refusal::Address,
+        Refusal::Prefix,
+        Refusal::IdentifiedFull,
+    ];
+
+    /// The `reason` label in metrics and logs.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Refusal::PendingFull => "pending_full",
+            Refusal::Address => "per_address",
+            Refusal::Prefix => "per_prefix",
+            Refusal::IdentifiedFull => "identified_full",
+        }
+    }
+}
+
+/// The limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Limits {
+    /// Pending (not yet identified) connections.
+    pub pending: usize,
+    /// Pending connections from one source address.
+    pub per_address: usize,
+    /// Pending connections from one /24 or /64.
+    pub per_prefix: usize,
+    /// Identified connections.
+    pub identified: usize,
+}
+
+/// A source's network: the first three octets of an IPv4 address or the
+/// first four segments of an IPv6 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Prefix {
+    V4([u8; 3]),
+    V6([u16; 4]),
+}
+
+/// The address a connection is counted under (IPv4-mapped IPv6 as IPv4)
+/// and its prefix.
+fn source(ip: IpAddr) -> (IpAddr, Prefix) {
+    let ip = ip.to_canonical();
+    let prefix = match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            Prefix::V4([a, b, c])
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            Prefix::V6([a, b, c, d])
+        }
+    };
+    (ip, prefix)
+}
+
+/// Pending connections per source. An entry exists only while its count is
+/// above zero, so the maps never hold more entries than pending slots.
+#[derive(Debug, Default)]
+struct Sources {
+    by_address: HashMap<IpAddr, usize>,
+    by_prefix: HashMap<Prefix, usize>,
+}
+
+impl Sources {
+    fn count(&self, ip: IpAddr) -> (usize, usize) {
+        let (ip, prefix) = source(ip);
+        (
+            self.by_address.get(&ip).copied().unwrap_or(0),
+            self.by_prefix.get(&prefix).copied().unwrap_or(0),
+        )
+    }
+
+    fn add(&mut self, ip: IpAddr) {
+        let (ip, prefix) = source(ip);
+        *self.by_address.entry(ip).or_default() += 1;
+        *self.by_prefix.entry(prefix).or_default() += 1;
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        let (ip, prefix) = source(ip);
+        fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(key) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        dec(&mut self.by_address, ip);
+        dec(&mut self.by_prefix, prefix);
+    }
+}
+
+/// The budgets of one listener, shared by its accept loop and connections.
+#[derive(Debug)]
+pub(super) struct Budget {
+    limits: Limits,
+    pending: Arc<Semaphore>,
+    identified: Arc<Semaphore>,
+    sources: Mutex<Sources>,
+    refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// A pending slot, held from accept until the connection identifies or
+/// ends; dropping it frees the slot and the source's share.
+#[derive(Debug)]
+pub(super) struct Pending {
+    budget: Arc<Budget>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.budget.sources().remove(self.ip);
+    }
+}
+
+/// An identified slot, held until the connection ends.
+#[derive(Debug)]
+pub(super) struct Identified {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Budget {
+    pub(super) fn new(limits: Limits) -> Budget {
+        Budget {
+            limits,
+            pending: Arc::new(Semaphore::new(limits.pending)),
+            identified: Arc::new(Semaphore::new(limits.identified)),
+            sources: Mutex::default(),
+            refused: Default::default(),
+        }
+    }
+
+    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        // The counts stay consistent even if a holder panicked: every
+        // change is a single step.
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A pending slot for a connection from `ip`, or why not (counted).
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Pending, Refusal> {
+        let mut sources = self.sources();
+        let (address, prefix) = sources.count(ip);
+        let refusal = if address >= self.limits.per_address {
+            Refusal::Address
+        } else if prefix >= self.limits.per_prefix {
+            Refusal::Prefix
+        } else {
+            match self.pending.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    sources.add(ip);
+                    return Ok(Pending {
+                        budget: self.clone(),
+                        ip,
+                        _permit: permit,
+                    });
+                }
+                Err(_) => Refusal::PendingFull,
+            }
+        };
+        drop(sources);
+        self.count(refusal);
+        Err(refusal)
+    }
+
+    /// Moves an identified connection from its pending slot to an
+    /// identified one; when none is free the pending slot is kept (until the
+    /// connection closes) and the refusal counted.
+    pub(super) fn promote(&self, pending: Pending) -> Result<Identified, (Pending, Refusal)> {
+        match self.identified.clone().try_acquire_owned() {
+            Ok(permit) => {
+                drop(pending);
+                Ok(Identified { _permit: permit })
+            }
+            Err(_) => {
+                self.count(Refusal::IdentifiedFull);
+                Err((pending, Refusal::IdentifiedFull))
+            }
+        }
+    }
+
+    fn count(&self, refusal: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == refusal).unwrap_or(0);
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections refused so far, in [`Refusal::ALL`] order.
+    pub(super) fn refused(&self) -> [u64; Refusal::ALL.len()] {
+        std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
+    }
+
+    /// Open pending connections.
+    pub(super) fn pending_open(&self) -> usize {
+        self.limits.pending - self.pending.available_permits()
+    }
+
+    /// Open identified connections.
+    pub(super) fn identified_open(&self) -> usize {
+        self.limits.identified - self.identified.available_permits()
+    }
+
+    /// Logs one WARN line with the refusals since `last` (if any) and
+    /// updates `last`.
+    pub(super) fn log_refusals(&self, protocol: &str, last: &mut [u64; Refusal::ALL.len()]) {
+        let now = self.refused();
+        let delta: [u64; 4] = std::array::from_fn(|i| now[i] - last[i]);
+        *last = now;
+        if delta.iter().any(|n| *n > 0) {
+            tracing::warn!(
+                protocol,
+                pending_full = delta[0],
+                per_address = delta[1],
+                per_prefix = delta[2],
+                identified_full = delta[3],
+                seconds = SUMMARY_EVERY.as_secs(),
+                "connections refused (pending: {} open of {}, {} per address, {} per prefix; identified: {} open of {})",
+                self.pending_open(),
+                self.limits.pending,
+                self.limits.per_address,
+                self.limits.per_prefix,
+                self.identified_open(),
+                self.limits.identified,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(
+        pending: usize,
+        per_address: usize,
+        per_prefix: usize,
+        identified: usize,
+    ) -> Arc<Budget> {
+        Arc::new(Budget::new(Limits {
+            pending,
+            per_address,
+            per_prefix,
+            identified,
+        }))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_address_then_per_prefix_then_budget() {
+        let b = budget(6, 2, 3, 10);
+        let a1 = [
+            b.admit(ip("10.0.0.1")).unwrap(),
+            b.admit(ip("10.0.0.1")).unwrap(),
+        ];
+        assert_eq!(b.admit(ip("10.0.0.1")).unwrap_err(), Refusal::Address);
+        let a2 = b.admit(ip("10.0.0.2")).unwrap();
+        // 10.0.0.0/24 holds 3: another address in it is refused by prefix.
+        assert_eq!(b.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Prefix);
+        let others = [
+            b.admit(ip("10.0.1.1")).unwrap(),
+            b.admit(ip("10.0.2.1")).unwrap(),
+            b.admit(ip("10.0.3.1")).unwrap(),
+        ];
+        assert_eq!(b.admit(ip("10.0.4.1")).unwrap_err(), Refusal::PendingFull);
+        assert_eq!(b.pending_open(), 6);
+        assert_eq!(b.refused(), [1, 1, 1, 0]);
+        // Closing frees both the slot and the source's share.
+        drop(a1);
+        assert_eq!(b.pending_open(), 4);
+        let _again = b.admit(ip("10.0.0.1")).unwrap();
+        drop((a2, others));
+        assert_eq!(b.pending_open(), 1);
+        assert_eq!(b.sources().by_address.len(), 1, "empty entries are removed");
+        assert_eq!(b.sources().by_prefix.len(), 1);
+    }
+
+    #[test]
+    fn mapped_ipv4_counts_as_ipv4_and_ipv6_by_64() {
+        let b = budget(100, 1, 2, 10);
+        let _v4 = b.admit(ip("192.0.2.7")).unwrap();
+        assert_eq!(
+            b.admit(ip("::ffff:192.0.2.7")).unwrap_err(),
+            Refusal::Address
+        );
+        let _near = b.admit(ip("::ffff:192.0.2.8")).unwrap();
+        assert_eq!(b.admit(ip("192.0.2.9")).unwrap_err(), Refusal::Prefix);
+        let _v6 = b.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _v6b = b.admit(ip("2001:db8:1:2:ffff::1")).unwrap();
+        assert_eq!(
+            b.admit(ip("2001:db8:1:2:abcd::9")).unwrap_err(),
+            Refusal::Prefix
+        );
+        // Another /64 is another prefix.
+        assert!(b.admit(ip("2001:db8:1:3::1")).is_ok());
+    }
+
+    #[test]
+    fn promotion_frees_the_pending_slot_and_never_takes_more_than_the_cap() {
+        let b = budget(2, 2, 2, 1);
+        let p1 = b.admit(ip("10.0.0.1")).unwrap();
+        let p2 = b.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(b.admit(ip("10.0.0.1")).unwrap_err(), Refusal::Address);
+        let id1 = b.promote(p1).unwrap();
+        assert_eq!((b.pending_open(), b.identified_open()), (1, 1));
+        // The source's share is free again once promoted.
+        let p3 = b.admit(ip("10.0.0.1")).unwrap();
+        let (p2, why) = b.promote(p2).unwrap_err();
+        assert_eq!(why, Refusal::IdentifiedFull);
+        assert_eq!((b.pending_open(), b.identified_open()), (2, 1));
+        drop(id1);
+        assert!(b.promote(p3).is_ok());
+        drop(p2);
+        assert_eq!((b.pending_open(), b.identified_open()), (0, 0));
+        assert_eq!(b.refused(), [0, 1, 0, 1]);
+    }
+}
