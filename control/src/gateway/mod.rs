@@ -216,6 +216,14 @@ impl Connection {
         self.identify_by.is_none()
     }
 
+    /// A websocket Ping or Pong: it spends a message of the budget like
+    /// any other frame (past it, 4021).
+    pub fn handle_ping(&mut self, now: Instant) {
+        if self.closing.is_none() && !self.bucket.take(now) {
+            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+        }
+    }
+
     /// The next thing to send, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()

@@ -268,6 +268,14 @@ impl Connection {
         self.state == State::Ready
     }
 
+    /// A websocket Ping or Pong: it spends a message of the budget like
+    /// any other frame.
+    pub fn handle_ping(&mut self, now: Instant) {
+        if self.state != State::Closed && !self.bucket.take(now) {
+            self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
+        }
+    }
+
     /// The next thing to send, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()

@@ -516,6 +516,8 @@ trait Machine {
     /// Whether Identify (or Resume) succeeded: the connection leaves the
     /// pending budget.
     fn is_identified(&self) -> bool;
+    /// A websocket Ping or Pong: it costs a message of the budget.
+    fn on_ping(&mut self, now: Instant);
     fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>);
     fn on_binary(&mut self, now: Instant);
     fn on_oversized(&mut self);
@@ -531,6 +533,9 @@ impl Machine for lvsp::Connection {
     const IDENTIFY_TIMEOUT_CODE: u16 = lvsp::CLOSE_GENERAL;
     fn is_identified(&self) -> bool {
         self.is_identified()
+    }
+    fn on_ping(&mut self, now: Instant) {
+        self.handle_ping(now)
     }
     fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
         self.handle_text(now, text, ctx.registry, ctx.replay)
@@ -561,6 +566,9 @@ impl Machine for gateway::Connection {
     const IDENTIFY_TIMEOUT_CODE: u16 = gateway::close::NOT_AUTHENTICATED;
     fn is_identified(&self) -> bool {
         self.is_identified()
+    }
+    fn on_ping(&mut self, now: Instant) {
+        self.handle_ping(now)
     }
     fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
         self.handle_text(now, text, ctx.registry)
@@ -738,7 +746,10 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                     shared.with(|ctx| machine.on_text(Instant::now(), &text, ctx));
                 }
                 Some(Ok(Message::Binary(_))) => machine.on_binary(Instant::now()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // Control frames cost a message too (tungstenite answers
+                // each Ping with a Pong).
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => machine.on_ping(Instant::now()),
+                Some(Ok(Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break 'run,
                 Some(Err(tungstenite::Error::Capacity(_))) => machine.on_oversized(),
                 Some(Err(_)) => break 'run,
