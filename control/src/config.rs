@@ -104,7 +104,8 @@ pub struct Config {
     /// Identified LVSP connections (Litecord's links). Default 64.
     pub lvsp_max_connections: usize,
     /// Gateway connections not yet identified (TCP, TLS, upgrade, waiting
-    /// for Identify); more are refused at accept. Default 512.
+    /// for Identify); when full, a newcomer takes the oldest one's slot.
+    /// Default 512.
     pub gateway_max_pending: usize,
     /// LVSP connections not yet identified. Default 64.
     pub lvsp_max_pending: usize,
@@ -276,7 +277,9 @@ impl Config {
 /// Descriptors control needs besides its connections: the listeners,
 /// the runtime's epoll and wake-up descriptors, the shared-memory region,
 /// the dataplane child's pipes, standard streams, TLS files read at
-/// start-up, and the one socket each accept loop holds while refusing it.
+/// start-up, the one socket each accept loop holds while refusing it, and
+/// the (at most 16 per listener) pending connections dropped for newer
+/// ones that are still closing.
 pub const DESCRIPTOR_MARGIN: u64 = 128;
 
 /// The open-file limit is below what the connection caps need.

@@ -115,10 +115,10 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     lvsp_max_connections: usize,
     /// Gateway connections not yet identified (TCP, TLS, upgrade, waiting
-    /// for Identify); more are refused at accept.
+    /// for Identify); when full, a newcomer takes the oldest one's slot.
     #[arg(long, default_value_t = 512)]
     gateway_max_pending: usize,
-    /// LVSP connections not yet identified; more are refused at accept.
+    /// LVSP connections not yet identified (as --gateway-max-pending).
     #[arg(long, default_value_t = 64)]
     lvsp_max_pending: usize,
     /// Pending connections per listener from one source address.

@@ -10,24 +10,39 @@
 //! without credentials can take a slot from an identified client or from
 //! Litecord's link.
 //!
+//! When the pending budget is full, a new connection (within its source's
+//! caps) takes the slot of the *oldest* pending one, which is dropped. A
+//! legitimate client finishes its handshake and Identify in a few round
+//! trips, so attackers spread over many networks would have to open a whole
+//! budget's worth of connections within that time to push it out; simply
+//! refusing newcomers instead would let them keep every slot by
+//! reconnecting. At most [`EVICTING_MAX`] dropped connections may still be
+//! closing at once (beyond that newcomers are refused), which keeps the
+//! descriptors bounded.
+//!
 //! Refusals are counted by reason (for `/metrics`) and summed up in one
 //! WARN line per [`SUMMARY_EVERY`] at most, never one line per refusal.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How often a listener logs its refusals (when there were any).
 pub(super) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
+/// Pending connections dropped to make room that may still be closing
+/// (their descriptors not yet released), per listener.
+pub(super) const EVICTING_MAX: usize = 16;
+
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
-    /// Every pending slot of the listener is taken.
+    /// Every pending slot of the listener is taken and too many evicted
+    /// connections are still closing.
     PendingFull,
     /// The source address has its share of pending slots.
     Address,
@@ -95,15 +110,20 @@ fn source(ip: IpAddr) -> (IpAddr, Prefix) {
     (ip, prefix)
 }
 
-/// Pending connections per source. An entry exists only while its count is
-/// above zero, so the maps never hold more entries than pending slots.
+/// The pending connections of a listener. Entries exist only while their
+/// count is above zero, so no map holds more entries than open pending
+/// connections.
 #[derive(Debug, Default)]
-struct Sources {
+struct Ledger {
     by_address: HashMap<IpAddr, usize>,
     by_prefix: HashMap<Prefix, usize>,
+    /// Pending connections in admission order, each with its slot and the
+    /// signal that drops it.
+    queue: BTreeMap<u64, (OwnedSemaphorePermit, Arc<Notify>)>,
+    next_id: u64,
 }
 
-impl Sources {
+impl Ledger {
     fn count(&self, ip: IpAddr) -> (usize, usize) {
         let (ip, prefix) = source(ip);
         (
@@ -139,8 +159,11 @@ pub(super) struct Budget {
     limits: Limits,
     pending: Arc<Semaphore>,
     identified: Arc<Semaphore>,
-    sources: Mutex<Sources>,
+    ledger: Mutex<Ledger>,
+    /// Evicted connections not yet dropped.
+    evicting: AtomicUsize,
     refused: [AtomicU64; Refusal::ALL.len()],
+    evicted: AtomicU64,
 }
 
 /// A pending slot, held from accept until the connection identifies or
@@ -149,12 +172,28 @@ pub(super) struct Budget {
 pub(super) struct Pending {
     budget: Arc<Budget>,
     ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
+    id: u64,
+    evict: Arc<Notify>,
+    promoted: bool,
+}
+
+impl Pending {
+    /// Completes when a newer connection took this one's slot: the
+    /// connection must close.
+    pub(super) fn evicted(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let evict = self.evict.clone();
+        async move { evict.notified().await }
+    }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.budget.sources().remove(self.ip);
+        let mut ledger = self.budget.ledger();
+        ledger.remove(self.ip);
+        if !self.promoted && ledger.queue.remove(&self.id).is_none() {
+            // Evicted: its slot went to a newer connection already.
+            self.budget.evicting.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -170,53 +209,83 @@ impl Budget {
             limits,
             pending: Arc::new(Semaphore::new(limits.pending)),
             identified: Arc::new(Semaphore::new(limits.identified)),
-            sources: Mutex::default(),
+            ledger: Mutex::default(),
+            evicting: AtomicUsize::new(0),
             refused: Default::default(),
+            evicted: AtomicU64::new(0),
         }
     }
 
-    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
-        // The counts stay consistent even if a holder panicked: every
-        // change is a single step.
-        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        // The ledger stays consistent even if a holder panicked: no code
+        // under the lock can panic between two related changes.
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A pending slot for a connection from `ip`, or why not (counted).
+    /// A pending slot for a connection from `ip` (taking the oldest pending
+    /// connection's when the budget is full), or why not (counted).
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Pending, Refusal> {
-        let mut sources = self.sources();
-        let (address, prefix) = sources.count(ip);
+        let mut ledger = self.ledger();
+        let (address, prefix) = ledger.count(ip);
         let refusal = if address >= self.limits.per_address {
             Refusal::Address
         } else if prefix >= self.limits.per_prefix {
             Refusal::Prefix
         } else {
-            match self.pending.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    sources.add(ip);
+            let permit = match self.pending.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) if self.evicting.load(Ordering::Relaxed) < EVICTING_MAX => {
+                    ledger.queue.pop_first().map(|(_, (permit, evict))| {
+                        self.evicting.fetch_add(1, Ordering::Relaxed);
+                        self.evicted.fetch_add(1, Ordering::Relaxed);
+                        evict.notify_one();
+                        permit
+                    })
+                }
+                Err(_) => None,
+            };
+            match permit {
+                Some(permit) => {
+                    let (id, evict) = (ledger.next_id, Arc::new(Notify::new()));
+                    ledger.next_id += 1;
+                    ledger.queue.insert(id, (permit, evict.clone()));
+                    ledger.add(ip);
                     return Ok(Pending {
                         budget: self.clone(),
                         ip,
-                        _permit: permit,
+                        id,
+                        evict,
+                        promoted: false,
                     });
                 }
-                Err(_) => Refusal::PendingFull,
+                None => Refusal::PendingFull,
             }
         };
-        drop(sources);
+        drop(ledger);
         self.count(refusal);
         Err(refusal)
     }
 
     /// Moves an identified connection from its pending slot to an
-    /// identified one; when none is free the pending slot is kept (until the
-    /// connection closes) and the refusal counted.
-    pub(super) fn promote(&self, pending: Pending) -> Result<Identified, (Pending, Refusal)> {
+    /// identified one. Fails (counted) when every identified slot is taken,
+    /// and when the connection was evicted meanwhile; the pending slot is
+    /// then kept until the connection closes.
+    pub(super) fn promote(&self, mut pending: Pending) -> Result<Identified, (Pending, Refusal)> {
+        let mut ledger = self.ledger();
+        if !ledger.queue.contains_key(&pending.id) {
+            drop(ledger);
+            return Err((pending, Refusal::PendingFull));
+        }
         match self.identified.clone().try_acquire_owned() {
             Ok(permit) => {
+                ledger.queue.remove(&pending.id);
+                pending.promoted = true;
+                drop(ledger);
                 drop(pending);
                 Ok(Identified { _permit: permit })
             }
             Err(_) => {
+                drop(ledger);
                 self.count(Refusal::IdentifiedFull);
                 Err((pending, Refusal::IdentifiedFull))
             }
@@ -233,9 +302,15 @@ impl Budget {
         std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed))
     }
 
-    /// Open pending connections.
+    /// Pending connections dropped so far to make room for newer ones.
+    pub(super) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Open pending connections (evicted ones still closing included).
     pub(super) fn pending_open(&self) -> usize {
         self.limits.pending - self.pending.available_permits()
+            + self.evicting.load(Ordering::Relaxed)
     }
 
     /// Open identified connections.
@@ -243,11 +318,12 @@ impl Budget {
         self.limits.identified - self.identified.available_permits()
     }
 
-    /// Logs one WARN line with the refusals since `last` (if any) and
-    /// updates `last`.
-    pub(super) fn log_refusals(&self, protocol: &str, last: &mut [u64; Refusal::ALL.len()]) {
-        let now = self.refused();
-        let delta: [u64; 4] = std::array::from_fn(|i| now[i] - last[i]);
+    /// Logs one WARN line with the refusals and evictions since `last` (if
+    /// any) and updates `last`.
+    pub(super) fn log_refusals(&self, protocol: &str, last: &mut [u64; 5]) {
+        let [a, b, c, d] = self.refused();
+        let now = [a, b, c, d, self.evicted()];
+        let delta: [u64; 5] = std::array::from_fn(|i| now[i].saturating_sub(last[i]));
         *last = now;
         if delta.iter().any(|n| *n > 0) {
             tracing::warn!(
@@ -256,6 +332,7 @@ impl Budget {
                 per_address = delta[1],
                 per_prefix = delta[2],
                 identified_full = delta[3],
+                evicted = delta[4],
                 seconds = SUMMARY_EVERY.as_secs(),
                 "connections refused (pending: {} open of {}, {} per address, {} per prefix; identified: {} open of {})",
                 self.pending_open(),
@@ -291,8 +368,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Whether `p` was told to close (without waiting).
+    fn is_evicted(p: &Pending) -> bool {
+        let fut = p.evicted();
+        futures_util::FutureExt::now_or_never(fut).is_some()
+    }
+
     #[test]
-    fn per_address_then_per_prefix_then_budget() {
+    fn per_address_then_per_prefix() {
         let b = budget(6, 2, 3, 10);
         let a1 = [
             b.admit(ip("10.0.0.1")).unwrap(),
@@ -302,22 +385,67 @@ mod tests {
         let a2 = b.admit(ip("10.0.0.2")).unwrap();
         // 10.0.0.0/24 holds 3: another address in it is refused by prefix.
         assert_eq!(b.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Prefix);
-        let others = [
-            b.admit(ip("10.0.1.1")).unwrap(),
-            b.admit(ip("10.0.2.1")).unwrap(),
-            b.admit(ip("10.0.3.1")).unwrap(),
-        ];
-        assert_eq!(b.admit(ip("10.0.4.1")).unwrap_err(), Refusal::PendingFull);
-        assert_eq!(b.pending_open(), 6);
-        assert_eq!(b.refused(), [1, 1, 1, 0]);
+        assert_eq!(b.pending_open(), 3);
+        assert_eq!(b.refused(), [0, 1, 1, 0]);
         // Closing frees both the slot and the source's share.
         drop(a1);
-        assert_eq!(b.pending_open(), 4);
-        let _again = b.admit(ip("10.0.0.1")).unwrap();
-        drop((a2, others));
         assert_eq!(b.pending_open(), 1);
-        assert_eq!(b.sources().by_address.len(), 1, "empty entries are removed");
-        assert_eq!(b.sources().by_prefix.len(), 1);
+        let again = b.admit(ip("10.0.0.1")).unwrap();
+        drop((a2, again));
+        assert_eq!(b.pending_open(), 0);
+        let ledger = b.ledger();
+        assert!(ledger.by_address.is_empty() && ledger.by_prefix.is_empty());
+        assert!(ledger.queue.is_empty(), "empty entries are removed");
+    }
+
+    #[test]
+    fn a_full_budget_drops_its_oldest_pending_connection() {
+        let b = budget(3, 8, 8, 10);
+        let oldest = b.admit(ip("10.0.1.1")).unwrap();
+        let middle = b.admit(ip("10.0.2.1")).unwrap();
+        let newest = b.admit(ip("10.0.3.1")).unwrap();
+        assert!(!is_evicted(&oldest));
+        let newcomer = b.admit(ip("10.0.4.1")).unwrap();
+        assert!(is_evicted(&oldest));
+        assert!(!is_evicted(&middle) && !is_evicted(&newest) && !is_evicted(&newcomer));
+        assert_eq!(b.evicted(), 1);
+        // Until it is gone it still counts (its socket is still open).
+        assert_eq!(b.pending_open(), 4);
+        // An evicted connection that identified meanwhile is not promoted.
+        let (oldest, _) = b.promote(oldest).unwrap_err();
+        drop(oldest);
+        assert_eq!(b.pending_open(), 3);
+        // A promoted one can no longer be evicted: the next eviction takes
+        // the oldest still pending.
+        let _id = b.promote(middle).unwrap();
+        let _more = [
+            b.admit(ip("10.0.5.1")).unwrap(),
+            b.admit(ip("10.0.6.1")).unwrap(),
+        ];
+        assert!(is_evicted(&newest));
+        assert_eq!(b.refused(), [0; 4]);
+    }
+
+    #[test]
+    fn evictions_still_closing_are_bounded() {
+        let b = budget(1, 1000, 1000, 10);
+        let mut held = vec![b.admit(ip("10.0.0.1")).unwrap()];
+        for i in 0..EVICTING_MAX {
+            held.push(b.admit(ip(&format!("10.0.{}.2", i + 1))).unwrap());
+        }
+        assert_eq!(b.evicted(), EVICTING_MAX as u64);
+        assert_eq!(
+            b.admit(ip("10.9.9.9")).unwrap_err(),
+            Refusal::PendingFull,
+            "no more than EVICTING_MAX closing at once"
+        );
+        assert_eq!(b.pending_open(), 1 + EVICTING_MAX);
+        // Once the evicted ones are gone, eviction works again.
+        let last = held.pop().unwrap();
+        drop(held);
+        assert_eq!(b.pending_open(), 1);
+        assert!(b.admit(ip("10.9.9.9")).is_ok());
+        assert!(is_evicted(&last));
     }
 
     #[test]

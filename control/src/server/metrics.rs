@@ -102,6 +102,19 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
     );
     metric(
         &mut out,
+        "voice_connections_evicted_total",
+        "Pending connections dropped to make room for a newer one when the pending budget was full, by protocol.",
+        "counter",
+    );
+    for (proto, budget) in listeners {
+        let n = budget.evicted();
+        let _ = writeln!(
+            out,
+            "voice_connections_evicted_total{{protocol=\"{proto}\"}} {n}"
+        );
+    }
+    metric(
+        &mut out,
         "voice_dataplane_restarts_total",
         "Times the dataplane died and was started again.",
         "counter",

@@ -453,7 +453,7 @@ async fn accept_loop(
     let budget = shared.budgets[kind as usize].clone();
     let mut summary = tokio::time::interval(budget::SUMMARY_EVERY);
     summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut logged = budget.refused();
+    let mut logged = [0; 5];
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -470,8 +470,11 @@ async fn accept_loop(
                         match tls {
                             None => connection(stream, peer, shared, stop, kind, pending, deadline).await,
                             Some(tls) => {
-                                let accepted =
-                                    tokio::time::timeout_at(deadline, tls.accept(stream)).await;
+                                let evicted = pending.evicted();
+                                let accepted = tokio::select! {
+                                    accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
+                                    _ = evicted => return,
+                                };
                                 match accepted {
                                     Ok(Ok(stream)) => {
                                         connection(stream, peer, shared, stop, kind, pending, deadline).await
@@ -614,27 +617,61 @@ struct Admission {
     identify_by: Instant,
 }
 
+/// What [`Admission::promote`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Promotion {
+    /// Pending or identified: carry on.
+    Fine,
+    /// Identified with every identified slot taken: close with 1013.
+    Full,
+    /// A newer connection took the pending slot: drop the socket.
+    Evicted,
+}
+
 impl Admission {
     /// Moves the connection to the identified budget once the machine says
-    /// it identified; false when that budget is full (close it).
-    fn promote(&mut self, identified: bool) -> bool {
+    /// it identified.
+    fn promote(&mut self, identified: bool) -> Promotion {
         if identified && self.identified.is_none() && !self.refused {
             if let Some(slot) = self.pending.take() {
                 match self.budget.promote(slot) {
                     Ok(slot) => self.identified = Some(slot),
-                    Err((slot, _)) => {
+                    Err((slot, why)) => {
                         self.pending = Some(slot);
                         self.refused = true;
+                        if why != budget::Refusal::IdentifiedFull {
+                            return Promotion::Evicted;
+                        }
                     }
                 }
             }
         }
-        !self.refused
+        if self.refused {
+            Promotion::Full
+        } else {
+            Promotion::Fine
+        }
     }
 
     /// The identify deadline, while it applies.
     fn deadline(&self) -> Option<Instant> {
         (self.identified.is_none() && !self.refused).then_some(self.identify_by)
+    }
+
+    /// Completes when the pending slot is taken by a newer connection;
+    /// never once identified.
+    fn evicted(&self) -> impl Future<Output = ()> + Send + 'static {
+        let evicted = self
+            .pending
+            .as_ref()
+            .filter(|_| !self.refused)
+            .map(Pending::evicted);
+        async move {
+            match evicted {
+                Some(evicted) => evicted.await,
+                None => std::future::pending().await,
+            }
+        }
     }
 }
 
@@ -656,7 +693,19 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.ws));
-    let ws = match tokio::time::timeout_at(deadline, handshake).await {
+    let evicted = pending.evicted();
+    let handshake = async {
+        tokio::select! {
+            ws = tokio::time::timeout_at(deadline, handshake) => Some(ws),
+            _ = evicted => None,
+        }
+    };
+    let ws = match handshake.await {
+        // A newer connection took the slot.
+        None => return,
+        Some(ws) => ws,
+    };
+    let ws = match ws {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, %e, "websocket handshake failed");
@@ -706,14 +755,18 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
     mut admission: Admission,
 ) {
     'run: loop {
-        if !admission.promote(machine.is_identified()) {
-            // Identified, but every identified slot is taken: what it
-            // queued (Ready) is never sent.
-            while machine.next_output().is_some() {}
-            let code = CLOSE_TRY_AGAIN_LATER;
-            *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
-            send_close(&mut ws, code, "server full".into()).await;
-            break 'run;
+        match admission.promote(machine.is_identified()) {
+            Promotion::Fine => {}
+            Promotion::Evicted => break 'run,
+            Promotion::Full => {
+                // Identified, but every identified slot is taken: what it
+                // queued (Ready) is never sent.
+                while machine.next_output().is_some() {}
+                let code = CLOSE_TRY_AGAIN_LATER;
+                *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
+                send_close(&mut ws, code, "server full".into()).await;
+                break 'run;
+            }
         }
         while let Some(out) = machine.next_output() {
             match out {
@@ -771,6 +824,8 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 machine.on_timeout(now)
             }
+            // A newer connection took the pending slot: drop the socket.
+            _ = admission.evicted() => break 'run,
             _ = stop.changed() => {
                 send_close(&mut ws, 1001, "server shutting down".into()).await;
                 break 'run;
