@@ -33,12 +33,27 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts control on random ports with `cores` data-plane cores.
     pub fn start(cores: u32, extra: &[&str]) -> ServerProcess {
+        Self::launch(Command::new(env!("CARGO_BIN_EXE_control")), cores, extra)
+    }
+
+    /// Like [`ServerProcess::start`], with the open-file limit of control
+    /// (and its dataplane) set to `soft` and `hard`.
+    pub fn start_with_open_files(
+        cores: u32,
+        extra: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> ServerProcess {
+        Self::launch(open_files_command(soft, hard), cores, extra)
+    }
+
+    fn launch(mut command: Command, cores: u32, extra: &[&str]) -> ServerProcess {
         let shm = format!(
             "/dev/shm/voice-test-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
+        let mut child = command
             .args([
                 "--lvsp-listen",
                 "127.0.0.1:0",
@@ -100,6 +115,11 @@ impl ServerProcess {
             shm: fields["shm"].clone().into(),
             cert: fields.get("cert").map(Into::into),
         }
+    }
+
+    /// Control's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `GET /metrics`, parsed into `name{labels}` → value.
@@ -177,6 +197,18 @@ impl Drop for ServerProcess {
             }
         }
     }
+}
+
+/// The `control` binary run through `sh` with its open-file limit set to
+/// `soft` and `hard`; `exec` keeps control's pid. Arguments follow.
+pub fn open_files_command(soft: u64, hard: u64) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_control"));
+    sh
 }
 
 /// A minimal HTTP/1.1 GET for the metrics endpoint.
