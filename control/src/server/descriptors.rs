@@ -36,3 +36,19 @@ pub(super) fn raise_open_file_limit() -> std::io::Result<OpenFiles> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_ends_at_the_hard_limit() {
+        let files = raise_open_file_limit().unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(files.now, soft);
+        assert!(files.now >= files.was);
+        if hard != nix::sys::resource::RLIM_INFINITY {
+            assert_eq!(soft, hard);
+        }
+    }
+}
