@@ -104,7 +104,8 @@ pub struct Config {
     /// Identified LVSP connections (Litecord's links). Default 64.
     pub lvsp_max_connections: usize,
     /// Gateway connections not yet identified (TCP, TLS, upgrade, waiting
-    /// for Identify); when full, a newcomer takes the oldest one's slot.
+    /// for Identify); when full, a newcomer takes the slot of the oldest
+    /// one of the prefix holding the most.
     /// Default 512.
     pub gateway_max_pending: usize,
     /// LVSP connections not yet identified. Default 64.

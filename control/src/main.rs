@@ -115,7 +115,8 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     lvsp_max_connections: usize,
     /// Gateway connections not yet identified (TCP, TLS, upgrade, waiting
-    /// for Identify); when full, a newcomer takes the oldest one's slot.
+    /// for Identify); when full, a newcomer takes the slot of the oldest
+    /// one of the /24 or /64 holding the most.
     #[arg(long, default_value_t = 512)]
     gateway_max_pending: usize,
     /// LVSP connections not yet identified (as --gateway-max-pending).

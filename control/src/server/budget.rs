@@ -11,19 +11,22 @@
 //! Litecord's link.
 //!
 //! When the pending budget is full, a new connection (within its source's
-//! caps) takes the slot of the *oldest* pending one, which is dropped. A
-//! legitimate client finishes its handshake and Identify in a few round
-//! trips, so attackers spread over many networks would have to open a whole
-//! budget's worth of connections within that time to push it out; simply
-//! refusing newcomers instead would let them keep every slot by
-//! reconnecting. At most [`EVICTING_MAX`] dropped connections may still be
-//! closing at once (beyond that newcomers are refused), which keeps the
-//! descriptors bounded.
+//! caps) takes the slot of the oldest pending connection of the prefix
+//! that holds the most, which is dropped. Simply refusing newcomers would
+//! let an attacker spread over enough networks keep every slot by
+//! reconnecting; this way its connections push out each other, and a
+//! client from a network with few pending connections is dropped only when
+//! no network holds more (an attacker would need about as many /24s as
+//! there are pending slots), or when it is the oldest there and still
+//! has not identified. At most [`EVICTING_MAX`] dropped connections may
+//! still be closing at once (beyond that newcomers are refused), which
+//! keeps the descriptors bounded.
 //!
 //! Refusals are counted by reason (for `/metrics`) and summed up in one
 //! WARN line per [`SUMMARY_EVERY`] at most, never one line per refusal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,7 +90,7 @@ pub(super) struct Limits {
 
 /// A source's network: the first three octets of an IPv4 address or the
 /// first four segments of an IPv6 one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Prefix {
     V4([u8; 3]),
     V6([u16; 4]),
@@ -110,16 +113,28 @@ fn source(ip: IpAddr) -> (IpAddr, Prefix) {
     (ip, prefix)
 }
 
+/// A pending connection's slot, and the signal that drops it.
+#[derive(Debug)]
+struct Slot {
+    permit: OwnedSemaphorePermit,
+    evict: Arc<Notify>,
+}
+
 /// The pending connections of a listener. Entries exist only while their
 /// count is above zero, so no map holds more entries than open pending
 /// connections.
 #[derive(Debug, Default)]
 struct Ledger {
+    /// Open pending connections per address and per prefix (evicted ones
+    /// still closing included): what the caps apply to.
     by_address: HashMap<IpAddr, usize>,
     by_prefix: HashMap<Prefix, usize>,
-    /// Pending connections in admission order, each with its slot and the
-    /// signal that drops it.
-    queue: BTreeMap<u64, (OwnedSemaphorePermit, Arc<Notify>)>,
+    /// Pending connections that may be evicted, per prefix, oldest first.
+    queues: HashMap<Prefix, BTreeMap<u64, Slot>>,
+    /// Every non-empty queue by (length, age of its oldest entry): the
+    /// last one is where evictions come from (the longest; of equally long
+    /// ones, the one holding the oldest connection).
+    longest: BTreeSet<(usize, Reverse<u64>, Prefix)>,
     next_id: u64,
 }
 
@@ -150,6 +165,59 @@ impl Ledger {
         }
         dec(&mut self.by_address, ip);
         dec(&mut self.by_prefix, prefix);
+    }
+
+    /// Changes `prefix`'s queue, keeping `longest` in step.
+    fn with_queue<R>(
+        &mut self,
+        prefix: Prefix,
+        f: impl FnOnce(&mut BTreeMap<u64, Slot>) -> R,
+    ) -> R {
+        let key = |q: &BTreeMap<u64, Slot>| {
+            q.keys()
+                .next()
+                .map(|oldest| (q.len(), Reverse(*oldest), prefix))
+        };
+        let queue = self.queues.entry(prefix).or_default();
+        if let Some(k) = key(queue) {
+            self.longest.remove(&k);
+        }
+        let r = f(queue);
+        match key(queue) {
+            Some(k) => {
+                self.longest.insert(k);
+            }
+            None => {
+                self.queues.remove(&prefix);
+            }
+        }
+        r
+    }
+
+    fn enqueue(&mut self, ip: IpAddr, id: u64, slot: Slot) {
+        self.with_queue(source(ip).1, |q| q.insert(id, slot));
+    }
+
+    /// Takes a connection off its queue (promoted or gone); None when it
+    /// was evicted.
+    fn dequeue(&mut self, ip: IpAddr, id: u64) -> Option<Slot> {
+        let prefix = source(ip).1;
+        if !self.queues.contains_key(&prefix) {
+            return None;
+        }
+        self.with_queue(prefix, |q| q.remove(&id))
+    }
+
+    fn is_queued(&self, ip: IpAddr, id: u64) -> bool {
+        self.queues
+            .get(&source(ip).1)
+            .is_some_and(|q| q.contains_key(&id))
+    }
+
+    /// The oldest connection of the prefix with the most queued ones.
+    fn evict(&mut self) -> Option<Slot> {
+        let &(_, _, prefix) = self.longest.last()?;
+        self.with_queue(prefix, |q| q.pop_first().map(|(_, slot)| slot))
     }
 }
 
@@ -190,7 +258,7 @@ impl Drop for Pending {
     fn drop(&mut self) {
         let mut ledger = self.budget.ledger();
         ledger.remove(self.ip);
-        if !self.promoted && ledger.queue.remove(&self.id).is_none() {
+        if !self.promoted && ledger.dequeue(self.ip, self.id).is_none() {
             // Evicted: its slot went to a newer connection already.
             self.budget.evicting.fetch_sub(1, Ordering::Relaxed);
         }
@@ -235,7 +303,7 @@ impl Budget {
             let permit = match self.pending.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) if self.evicting.load(Ordering::Relaxed) < EVICTING_MAX => {
-                    ledger.queue.pop_first().map(|(_, (permit, evict))| {
+                    ledger.evict().map(|Slot { permit, evict }| {
                         self.evicting.fetch_add(1, Ordering::Relaxed);
                         self.evicted.fetch_add(1, Ordering::Relaxed);
                         evict.notify_one();
@@ -248,7 +316,14 @@ impl Budget {
                 Some(permit) => {
                     let (id, evict) = (ledger.next_id, Arc::new(Notify::new()));
                     ledger.next_id += 1;
-                    ledger.queue.insert(id, (permit, evict.clone()));
+                    ledger.enqueue(
+                        ip,
+                        id,
+                        Slot {
+                            permit,
+                            evict: evict.clone(),
+                        },
+                    );
                     ledger.add(ip);
                     return Ok(Pending {
                         budget: self.clone(),
@@ -272,13 +347,13 @@ impl Budget {
     /// then kept until the connection closes.
     pub(super) fn promote(&self, mut pending: Pending) -> Result<Identified, (Pending, Refusal)> {
         let mut ledger = self.ledger();
-        if !ledger.queue.contains_key(&pending.id) {
+        if !ledger.is_queued(pending.ip, pending.id) {
             drop(ledger);
             return Err((pending, Refusal::PendingFull));
         }
         match self.identified.clone().try_acquire_owned() {
             Ok(permit) => {
-                ledger.queue.remove(&pending.id);
+                ledger.dequeue(pending.ip, pending.id);
                 pending.promoted = true;
                 drop(ledger);
                 drop(pending);
@@ -395,7 +470,10 @@ mod tests {
         assert_eq!(b.pending_open(), 0);
         let ledger = b.ledger();
         assert!(ledger.by_address.is_empty() && ledger.by_prefix.is_empty());
-        assert!(ledger.queue.is_empty(), "empty entries are removed");
+        assert!(
+            ledger.queues.is_empty() && ledger.longest.is_empty(),
+            "empty entries are removed"
+        );
     }
 
     #[test]
@@ -424,6 +502,39 @@ mod tests {
         ];
         assert!(is_evicted(&newest));
         assert_eq!(b.refused(), [0; 4]);
+    }
+
+    #[test]
+    fn evictions_come_from_the_prefix_holding_the_most() {
+        let b = budget(8, 8, 8, 10);
+        let legit = b.admit(ip("192.0.2.10")).unwrap();
+        let mut attackers = Vec::new();
+        for net in 1..=7 {
+            attackers.push(b.admit(ip(&format!("10.0.{}.1", net % 2))).unwrap());
+        }
+        // Full: 10.0.1.0/24 holds 4, 10.0.0.0/24 3, the client's /24 1.
+        // Newcomers from anywhere push out the attackers' oldest, never
+        // the client, even though it is the oldest of all.
+        let mut newcomers = Vec::new();
+        for i in 0..6 {
+            newcomers.push(b.admit(ip(&format!("10.0.{}.2", 2 + i % 3))).unwrap());
+        }
+        assert!(!is_evicted(&legit));
+        assert!(
+            is_evicted(&attackers[0]),
+            "the oldest of the biggest prefix first"
+        );
+        assert_eq!(b.evicted(), 6);
+        assert_eq!(b.pending_open(), 8 + 6);
+        drop((attackers, newcomers));
+        // With every prefix down to one queued connection, the oldest of
+        // them goes: the client that never identified.
+        let mut more: Vec<Pending> = (0..7)
+            .map(|i| b.admit(ip(&format!("10.1.{i}.1"))).unwrap())
+            .collect();
+        assert!(!is_evicted(&legit));
+        more.push(b.admit(ip("10.1.9.1")).unwrap());
+        assert!(is_evicted(&legit));
     }
 
     #[test]
