@@ -849,18 +849,24 @@ async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
     // that closing the socket with the peer's unread data in our buffer
     // does not reset the connection before the peer has read our close
     // frame (a client still flooding, or the rest of an oversized frame).
+    // Bounded in frames and bytes too: a flood that goes on after our
+    // close costs a little CPU, not two seconds of it.
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut frames = 0;
         loop {
             match ws.next().await {
                 None | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) if frames < CLOSE_DRAIN_FRAMES => frames += 1,
+                Some(Ok(_)) => return,
                 Some(Err(_)) => break,
             }
         }
         // The websocket layer gave up on the bytes: drain them raw.
         let mut sink = [0u8; 16 << 10];
+        let mut drained = 0;
         while let Ok(n) = ws.get_mut().read(&mut sink).await {
-            if n == 0 {
+            drained += n;
+            if n == 0 || drained > CLOSE_DRAIN_BYTES {
                 return;
             }
         }
@@ -873,3 +879,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a closing connection waits for the peer's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Frames a closing connection reads (and discards) at most while waiting
+/// for the peer's close reply.
+const CLOSE_DRAIN_FRAMES: usize = 512;
+
+/// Raw bytes a closing connection discards at most once the websocket
+/// layer gave up (the rest of an oversized frame, and what followed it).
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;
