@@ -3,6 +3,11 @@
 //! each stage of a websocket handshake and reconnect when the server drops
 //! them, websocket Ping flooders, and the figures a legitimate client sees.
 //!
+//! Attacks run on their own runtime (one worker thread), so that busy
+//! attacker tasks never delay the legitimate client's tasks in the test's
+//! runtime: only the operating system shares the CPUs between them, as it
+//! would between machines' worth of processes.
+//!
 //! Every loop is bounded by a deadline and a count and stops by itself.
 
 #![allow(dead_code)]
@@ -107,8 +112,38 @@ pub struct AttackStats {
     pub dropped_fast: AtomicU64,
 }
 
+/// A runtime of its own for attacker tasks; shut down in the background
+/// when dropped (dropping a runtime inside another one would panic).
+pub struct AttackRuntime(Option<tokio::runtime::Runtime>);
+
+impl AttackRuntime {
+    /// A one-thread multi-thread runtime.
+    pub fn new() -> AttackRuntime {
+        AttackRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("the attack runtime"),
+        ))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running").handle()
+    }
+}
+
+impl Drop for AttackRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// A running attack; [`Attack::stop`] ends it.
 pub struct Attack {
+    rt: AttackRuntime,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Shared counters.
@@ -123,6 +158,7 @@ impl Attack {
     /// `max_attempts` connection attempts.
     pub fn new(duration: Duration, max_attempts: u64) -> Attack {
         Attack {
+            rt: AttackRuntime::new(),
             stop: Arc::new(AtomicBool::new(false)),
             tasks: Vec::new(),
             stats: Arc::new(AttackStats::default()),
@@ -147,7 +183,7 @@ impl Attack {
             for _ in 0..per_source {
                 let (target, source) = (target.clone(), *source);
                 let (stop, stats) = (self.stop.clone(), self.stats.clone());
-                self.tasks.push(tokio::spawn(async move {
+                self.tasks.push(self.rt.handle().spawn(async move {
                     while !stop.load(Ordering::Relaxed)
                         && Instant::now() < until
                         && stats.attempts.fetch_add(1, Ordering::Relaxed) < max_attempts
@@ -312,11 +348,17 @@ pub struct PingFlood {
     pub close: Option<u16>,
     /// From the upgrade to the close (or the end of the flood).
     pub lasted: Duration,
+    /// The flood's time was up before the server closed the connection.
+    pub cut: bool,
 }
 
-/// Opens a websocket from `source` and sends Pings as fast as the socket
-/// takes them until the server closes it, `duration` passes or `max_pings`
-/// went out.
+/// Pings a flooder sends per second: far beyond any budget, yet leaving
+/// the CPUs this test shares with the server some room (a real attacker's
+/// CPU is elsewhere).
+pub const PINGS_PER_SECOND: u64 = 5000;
+
+/// Opens a websocket from `source` and sends [`PINGS_PER_SECOND`] Pings
+/// until the server closes it, `duration` passes or `max_pings` went out.
 pub async fn ping_flood(
     target: &Target,
     source: IpAddr,
@@ -345,15 +387,20 @@ async fn flood_pings<S: AsyncRead + AsyncWrite + Unpin>(
     let until = tokio::time::Instant::now() + duration;
     let pings = AtomicU64::new(0);
     let send = async {
-        while pings.load(Ordering::Relaxed) < max_pings {
-            if sink
-                .send(Message::Ping(b"12345678".to_vec()))
-                .await
-                .is_err()
-            {
+        // Batches of 50 every 10 ms, each batch in one write.
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        'flood: while pings.load(Ordering::Relaxed) < max_pings {
+            tick.tick().await;
+            for _ in 0..PINGS_PER_SECOND / 100 {
+                let ping = Message::Ping(b"12345678".to_vec());
+                if sink.feed(ping).await.is_err() {
+                    break 'flood;
+                }
+                pings.fetch_add(1, Ordering::Relaxed);
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
-            pings.fetch_add(1, Ordering::Relaxed);
         }
         // Out of pings: wait for the reader.
         std::future::pending::<()>().await
@@ -367,15 +414,16 @@ async fn flood_pings<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    let close = tokio::select! {
-        close = recv => close,
-        _ = send => None,
-        _ = tokio::time::sleep_until(until) => None,
+    let (close, cut) = tokio::select! {
+        close = recv => (close, false),
+        _ = send => (None, false),
+        _ = tokio::time::sleep_until(until) => (None, true),
     };
     Some(PingFlood {
         pings: pings.load(Ordering::Relaxed),
         close,
         lasted: started.elapsed(),
+        cut,
     })
 }
 
@@ -446,6 +494,7 @@ pub fn raise_own_open_files() -> u64 {
 /// the server closes it, then (after `pause`) opens another, until the
 /// deadline or `max_connections` connections per source.
 pub struct PingFlooders {
+    _rt: AttackRuntime,
     tasks: Vec<tokio::task::JoinHandle<Vec<PingFlood>>>,
 }
 
@@ -460,11 +509,12 @@ impl PingFlooders {
         pause: Duration,
     ) -> PingFlooders {
         let until = Instant::now() + duration;
+        let rt = AttackRuntime::new();
         let tasks = sources
             .iter()
             .map(|source| {
                 let (target, source) = (target.clone(), *source);
-                tokio::spawn(async move {
+                rt.handle().spawn(async move {
                     let mut floods = Vec::new();
                     while floods.len() < max_connections && Instant::now() < until {
                         let left = until.saturating_duration_since(Instant::now());
@@ -477,7 +527,7 @@ impl PingFlooders {
                 })
             })
             .collect();
-        PingFlooders { tasks }
+        PingFlooders { _rt: rt, tasks }
     }
 
     /// Waits for every flooder (they stop by themselves) and returns every
