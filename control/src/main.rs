@@ -114,14 +114,42 @@ struct Args {
     /// (comma-separated gateway names; default all five, AES-GCM first).
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Vec<shared::Mode>,
-    /// Open websocket connections allowed per listener (LVSP and gateway
-    /// each); more are refused at accept.
+    /// Identified gateway connections (Identify or Resume accepted); past
+    /// it an identifying connection is closed with 1013.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Identified LVSP connections (Litecord's links).
+    #[arg(long, default_value_t = 64)]
+    lvsp_max_connections: usize,
+    /// Gateway connections not yet identified (TCP, TLS, upgrade, waiting
+    /// for Identify); when full, a newcomer takes the slot of the oldest
+    /// one of the /24 or /64 holding the most.
+    #[arg(long, default_value_t = 512)]
+    gateway_max_pending: usize,
+    /// LVSP connections not yet identified (as --gateway-max-pending).
+    #[arg(long, default_value_t = 64)]
+    lvsp_max_pending: usize,
+    /// Pending connections per listener from one source address.
+    #[arg(long, default_value_t = 8)]
+    max_pending_per_address: usize,
+    /// Pending connections per listener from one /24 (IPv4) or /64 (IPv6).
+    #[arg(long, default_value_t = 32)]
+    max_pending_per_prefix: usize,
+    /// Concurrent /metrics and /health connections; more are refused.
+    #[arg(long, default_value_t = 32)]
+    metrics_max_connections: usize,
+    /// Seconds from accept to the end of the websocket upgrade (TLS
+    /// included) before a connection is dropped.
+    #[arg(long, default_value_t = 5)]
+    handshake_timeout_secs: u64,
     /// Seconds a gateway connection may stay without Identify or Resume
     /// (closed with 4003 after).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 10)]
     identify_timeout_secs: u64,
+    /// Seconds an LVSP connection may stay without IDENTIFY or RESUME
+    /// (closed with 4000 after).
+    #[arg(long, default_value_t = 10)]
+    lvsp_identify_timeout_secs: u64,
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
@@ -189,7 +217,15 @@ impl Args {
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;
         c.max_connections = self.max_connections;
+        c.lvsp_max_connections = self.lvsp_max_connections;
+        c.gateway_max_pending = self.gateway_max_pending;
+        c.lvsp_max_pending = self.lvsp_max_pending;
+        c.max_pending_per_address = self.max_pending_per_address;
+        c.max_pending_per_prefix = self.max_pending_per_prefix;
+        c.metrics_max_connections = self.metrics_max_connections;
+        c.handshake_timeout = Duration::from_secs(self.handshake_timeout_secs);
         c.identify_timeout = Duration::from_secs(self.identify_timeout_secs);
+        c.lvsp_identify_timeout = Duration::from_secs(self.lvsp_identify_timeout_secs);
         if !self.modes.is_empty() {
             c.modes = self.modes;
         }

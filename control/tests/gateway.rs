@@ -278,7 +278,12 @@ async fn close_codes_on_live_sockets() {
 async fn connection_limit_and_identify_timeout() {
     let server = ServerProcess::start(
         1,
-        &["--max-connections", "2", "--identify-timeout-secs", "1"],
+        &[
+            "--max-pending-per-address",
+            "2",
+            "--identify-timeout-secs",
+            "1",
+        ],
     );
     let mut first = GatewayClient::connect(&server.gateway_url, 8)
         .await
@@ -289,12 +294,14 @@ async fn connection_limit_and_identify_timeout() {
     server.wait_metrics(Duration::from_secs(5), "two open connections", |s| {
         s.metric("voice_connections{protocol=\"gateway\"}") == 2.0
     });
-    // A third is refused at accept: no handshake completes.
+    // A third from the same address is refused at accept (the address has
+    // its share of pending slots): no handshake completes.
     assert!(GatewayClient::connect(&server.gateway_url, 8)
         .await
         .is_err());
     assert_eq!(
-        server.metric("voice_connections_refused_total{protocol=\"gateway\"}"),
+        server
+            .metric("voice_connections_refused_total{protocol=\"gateway\",reason=\"per_address\"}"),
         1.0
     );
     // Heartbeats alone do not hold a connection: no Identify within 1 s is

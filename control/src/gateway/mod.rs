@@ -317,6 +317,19 @@ impl Connection {
         c
     }
 
+    /// Whether Identify or Resume succeeded.
+    pub fn is_identified(&self) -> bool {
+        self.identify_by.is_none()
+    }
+
+    /// A websocket Ping or Pong: it spends a message of the budget like
+    /// any other frame (past it, 4021).
+    pub fn handle_ping(&mut self, now: Instant) {
+        if self.closing.is_none() && !self.bucket.take(now) {
+            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+        }
+    }
+
     /// The next thing to send, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -325,11 +338,6 @@ impl Connection {
     /// Whether a close was queued.
     pub fn is_closed(&self) -> bool {
         self.closing.is_some()
-    }
-
-    /// Whether Identify or Resume succeeded on this connection.
-    pub fn is_identified(&self) -> bool {
-        self.session.is_some()
     }
 
     /// The SSRC, once identified.

@@ -343,9 +343,17 @@ impl Connection {
         self.state == State::Closed
     }
 
-    /// Whether IDENTIFY or RESUME succeeded on this connection.
+    /// Whether IDENTIFY or RESUME succeeded (and the connection is open).
     pub fn is_identified(&self) -> bool {
-        self.up
+        self.state == State::Ready
+    }
+
+    /// A websocket Ping or Pong: it spends a message of the budget like
+    /// any other frame.
+    pub fn handle_ping(&mut self, now: Instant) {
+        if self.state != State::Closed && !self.bucket.take(now) {
+            self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
+        }
     }
 
     /// The next thing to send, if any.

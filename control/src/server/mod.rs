@@ -21,12 +21,15 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{Config, Tls};
+use crate::config::{Config, DescriptorShortage, Tls};
 use crate::link::{self, Events, Link, Load};
 use crate::registry::{ConnId, Effect, Push, Registry};
 use crate::{gateway, lvsp, Output};
+use budget::{Budget, Pending};
 use supervisor::Supervisor;
 
+mod budget;
+mod descriptors;
 mod metrics;
 mod supervisor;
 pub mod tls;
@@ -51,6 +54,12 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The open-file limit could not be read.
+    #[error("reading the open-file limit: {0}")]
+    OpenFileLimit(std::io::Error),
+    /// The connection caps do not fit in the open-file limit.
+    #[error(transparent)]
+    OpenFiles(#[from] DescriptorShortage),
     /// The dataplane failed to start or died.
     #[error("dataplane: {0}")]
     Dataplane(String),
@@ -77,8 +86,6 @@ struct Hub {
     dataplane_restarts: u64,
     /// The dataplane child's process id, while it runs.
     dataplane_pid: Option<u32>,
-    /// Connections refused at the limit, by protocol.
-    refused: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug)]
@@ -88,10 +95,17 @@ struct Shared {
     gateway: Arc<gateway::Config>,
     ws: WebSocketConfig,
     next_conn: AtomicU64,
-    /// Open-connection permits per listener, indexed by [`Kind`].
-    limits: [Arc<tokio::sync::Semaphore>; 2],
-    /// The limit both semaphores started with.
-    max_connections: usize,
+    /// Pending and identified connection budgets per listener, indexed by
+    /// [`Kind`].
+    budgets: [Arc<Budget>; 2],
+    /// From accept to the end of the websocket upgrade, TLS included.
+    handshake_timeout: Duration,
+    /// From the upgrade to Identify (or RESUME), indexed by [`Kind`].
+    identify_timeouts: [Duration; 2],
+    /// Concurrent `/metrics` connections.
+    metrics_slots: Arc<tokio::sync::Semaphore>,
+    /// `/metrics` connections refused at that cap.
+    metrics_refused: AtomicU64,
 }
 
 impl Shared {
@@ -181,6 +195,17 @@ impl Server {
     /// listeners.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        // Every connection cap must fit in the descriptors the process may
+        // open: a flood must meet a cap, never EMFILE (which would stop
+        // the LVSP and metrics listeners too).
+        let files = descriptors::raise_open_file_limit().map_err(ServerError::OpenFileLimit)?;
+        config.check_open_files(files.now)?;
+        tracing::info!(
+            was = files.was,
+            now = files.now,
+            needed = config.descriptors_needed(),
+            "open-file limit"
+        );
         let lvsp_tls = tls::acceptor(&config.lvsp_tls)?;
         // One generated certificate serves both listeners.
         let gateway_tls = match (&config.lvsp_tls, &config.gateway_tls) {
@@ -235,7 +260,6 @@ impl Server {
                 closes: CloseCounts::new(),
                 dataplane_restarts: 0,
                 dataplane_pid: None,
-                refused: BTreeMap::new(),
             }),
             lvsp: Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
@@ -253,11 +277,22 @@ impl Server {
             }),
             ws,
             next_conn: AtomicU64::new(1),
-            limits: [
-                Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-                Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-            ],
-            max_connections: config.max_connections,
+            budgets: [
+                (config.lvsp_max_pending, config.lvsp_max_connections),
+                (config.gateway_max_pending, config.max_connections),
+            ]
+            .map(|(pending, identified)| {
+                Arc::new(Budget::new(budget::Limits {
+                    pending,
+                    per_address: config.max_pending_per_address,
+                    per_prefix: config.max_pending_per_prefix,
+                    identified,
+                }))
+            }),
+            handshake_timeout: config.handshake_timeout,
+            identify_timeouts: [config.lvsp_identify_timeout, config.identify_timeout],
+            metrics_slots: Arc::new(tokio::sync::Semaphore::new(config.metrics_max_connections)),
+            metrics_refused: AtomicU64::new(0),
         });
         Ok(Server {
             lvsp_addr: local(&lvsp_listener, config.lvsp_listen),
@@ -444,28 +479,34 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     kind: Kind,
 ) {
+    let budget = shared.budgets[kind as usize].clone();
+    let mut summary = tokio::time::interval(budget::SUMMARY_EVERY);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged = [0; 5];
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // One permit per open connection, held by its task.
-                    let Ok(permit) = shared.limits[kind as usize].clone().try_acquire_owned() else {
-                        *shared.hub().refused.entry(kind.name()).or_default() += 1;
-                        tracing::warn!(%peer, protocol = kind.name(), "connection limit reached");
+                    // A pending slot from accept to Identify; refusals are
+                    // counted, and logged only in the periodic summary.
+                    let Ok(pending) = budget.admit(peer.ip()) else {
                         continue; // dropping the stream closes it
                     };
                     let _ = stream.set_nodelay(true);
+                    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
                     let (shared, stop, tls) = (shared.clone(), stop.clone(), tls.clone());
                     tokio::spawn(async move {
-                        let _permit = permit;
                         match tls {
-                            None => connection(stream, peer, shared, stop, kind).await,
+                            None => connection(stream, peer, shared, stop, kind, pending, deadline).await,
                             Some(tls) => {
-                                let accepted =
-                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+                                let evicted = pending.evicted();
+                                let accepted = tokio::select! {
+                                    accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
+                                    _ = evicted => return,
+                                };
                                 match accepted {
                                     Ok(Ok(stream)) => {
-                                        connection(stream, peer, shared, stop, kind).await
+                                        connection(stream, peer, shared, stop, kind, pending, deadline).await
                                     }
                                     Ok(Err(e)) => tracing::debug!(%peer, %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -474,21 +515,43 @@ async fn accept_loop(
                         }
                     });
                 }
+                Err(e) if is_per_connection(&e) => {
+                    tracing::debug!(%e, "accept failed for one connection");
+                }
                 Err(e) => {
+                    // Out of descriptors or memory: give it a moment.
                     tracing::warn!(%e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            _ = summary.tick() => budget.log_refusals(kind.name(), &mut logged),
             _ = stop.changed() => break,
         }
     }
 }
 
+/// Accept errors that concern only the connection being accepted (the peer
+/// gave up before accept): no reason to slow the loop down.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
+}
+
 /// The common shape of both protocol state machines.
 trait Machine {
     const NAME: &'static str;
+    /// The close code for a connection that did not identify in time.
+    const IDENTIFY_TIMEOUT_CODE: u16;
     /// A decoded message, handled under the shared lock.
     type Incoming;
+    /// Whether Identify (or Resume) succeeded: the connection leaves the
+    /// pending budget.
+    fn is_identified(&self) -> bool;
+    /// A websocket Ping or Pong: it costs a message of the budget.
+    fn on_ping(&mut self, now: Instant);
     /// Budget and decoding: no shared state, so no lock.
     fn on_text(&mut self, now: Instant, text: &str) -> Option<Self::Incoming>;
     fn on_incoming(&mut self, now: Instant, incoming: Self::Incoming, ctx: &mut Ctx<'_>);
@@ -503,7 +566,14 @@ trait Machine {
 
 impl Machine for lvsp::Connection {
     const NAME: &'static str = "lvsp";
+    const IDENTIFY_TIMEOUT_CODE: u16 = lvsp::CLOSE_GENERAL;
     type Incoming = lvsp::Incoming;
+    fn is_identified(&self) -> bool {
+        self.is_identified()
+    }
+    fn on_ping(&mut self, now: Instant) {
+        self.handle_ping(now)
+    }
     fn on_text(&mut self, now: Instant, text: &str) -> Option<lvsp::Incoming> {
         self.handle_text(now, text)
     }
@@ -533,7 +603,14 @@ impl Machine for lvsp::Connection {
 
 impl Machine for gateway::Connection {
     const NAME: &'static str = "gateway";
+    const IDENTIFY_TIMEOUT_CODE: u16 = gateway::close::NOT_AUTHENTICATED;
     type Incoming = gateway::Incoming;
+    fn is_identified(&self) -> bool {
+        self.is_identified()
+    }
+    fn on_ping(&mut self, now: Instant) {
+        self.handle_ping(now)
+    }
     fn on_text(&mut self, now: Instant, text: &str) -> Option<gateway::Incoming> {
         self.handle_text(now, text)
     }
@@ -563,8 +640,81 @@ impl Machine for gateway::Connection {
     }
 }
 
-/// How long a client may take over the TLS or websocket handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close code for an identifying connection when every identified slot is
+/// taken (RFC 6455 "try again later").
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// Where a connection stands in its listener's budgets.
+#[derive(Debug)]
+struct Admission {
+    budget: Arc<Budget>,
+    /// Held until the connection identifies (or, when refused, ends).
+    pending: Option<Pending>,
+    /// Held once identified, until the connection ends.
+    identified: Option<budget::Identified>,
+    /// It identified with every identified slot taken: it must close.
+    refused: bool,
+    /// When a connection that has not identified is closed.
+    identify_by: Instant,
+}
+
+/// What [`Admission::promote`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Promotion {
+    /// Pending or identified: carry on.
+    Fine,
+    /// Identified with every identified slot taken: close with 1013.
+    Full,
+    /// A newer connection took the pending slot: drop the socket.
+    Evicted,
+}
+
+impl Admission {
+    /// Moves the connection to the identified budget once the machine says
+    /// it identified.
+    fn promote(&mut self, identified: bool) -> Promotion {
+        if identified && self.identified.is_none() && !self.refused {
+            if let Some(slot) = self.pending.take() {
+                match self.budget.promote(slot) {
+                    Ok(slot) => self.identified = Some(slot),
+                    Err((slot, why)) => {
+                        self.pending = Some(slot);
+                        self.refused = true;
+                        if why != budget::Refusal::IdentifiedFull {
+                            return Promotion::Evicted;
+                        }
+                    }
+                }
+            }
+        }
+        if self.refused {
+            Promotion::Full
+        } else {
+            Promotion::Fine
+        }
+    }
+
+    /// The identify deadline, while it applies.
+    fn deadline(&self) -> Option<Instant> {
+        (self.identified.is_none() && !self.refused).then_some(self.identify_by)
+    }
+
+    /// Completes when the pending slot is taken by a newer connection;
+    /// never once identified.
+    fn evicted(&self) -> impl Future<Output = ()> + Send + 'static {
+        let evicted = self
+            .pending
+            .as_ref()
+            .filter(|_| !self.refused)
+            .map(Pending::evicted);
+        async move {
+            match evicted {
+                Some(evicted) => evicted.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+}
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
@@ -572,6 +722,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     kind: Kind,
+    pending: Pending,
+    deadline: tokio::time::Instant,
 ) {
     let mut query: Option<String> = None;
     // The error type is tungstenite's; it is never built here.
@@ -582,7 +734,19 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.ws));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let evicted = pending.evicted();
+    let handshake = async {
+        tokio::select! {
+            ws = tokio::time::timeout_at(deadline, handshake) => Some(ws),
+            _ = evicted => None,
+        }
+    };
+    let ws = match handshake.await {
+        // A newer connection took the slot.
+        None => return,
+        Some(ws) => ws,
+    };
+    let ws = match ws {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, %e, "websocket handshake failed");
@@ -594,10 +758,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let now = Instant::now();
+    let admission = Admission {
+        budget: shared.budgets[kind as usize].clone(),
+        pending: Some(pending),
+        identified: None,
+        refused: false,
+        identify_by: now + shared.identify_timeouts[kind as usize],
+    };
     match kind {
         Kind::Lvsp => {
             let machine = lvsp::Connection::new(shared.lvsp.clone(), peer, now);
-            drive(ws, machine, &shared, None, stop).await;
+            drive(ws, machine, &shared, None, stop, admission).await;
         }
         Kind::Gateway => {
             let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -609,7 +780,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 None => gateway::Connection::unsupported(shared.gateway.clone(), conn, now),
             };
-            drive(ws, machine, &shared, Some(rx), stop).await;
+            drive(ws, machine, &shared, Some(rx), stop, admission).await;
             shared.hub().gateways.remove(&conn);
         }
     }
@@ -622,8 +793,22 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     mut pushes: Option<mpsc::UnboundedReceiver<Push>>,
     mut stop: watch::Receiver<bool>,
+    mut admission: Admission,
 ) {
     'run: loop {
+        match admission.promote(machine.is_identified()) {
+            Promotion::Fine => {}
+            Promotion::Evicted => break 'run,
+            Promotion::Full => {
+                // Identified, but every identified slot is taken: what it
+                // queued (Ready) is never sent.
+                while machine.next_output().is_some() {}
+                let code = CLOSE_TRY_AGAIN_LATER;
+                *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
+                send_close(&mut ws, code, "server full".into()).await;
+                break 'run;
+            }
+        }
         while let Some(out) = machine.next_output() {
             match out {
                 Output::Text(text) => {
@@ -641,8 +826,12 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        let identify_by = admission.deadline();
         let deadline = machine
             .deadline()
+            .into_iter()
+            .chain(identify_by)
+            .min()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -655,7 +844,10 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Some(Ok(Message::Binary(_))) => machine.on_binary(Instant::now()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // Control frames cost a message too (tungstenite answers
+                // each Ping with a Pong).
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => machine.on_ping(Instant::now()),
+                Some(Ok(Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break 'run,
                 Some(Err(tungstenite::Error::Capacity(_))) => machine.on_oversized(),
                 Some(Err(_)) => break 'run,
@@ -666,7 +858,19 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                     None => std::future::pending().await,
                 }
             } => machine.on_push(push),
-            _ = tokio::time::sleep_until(deadline) => machine.on_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if identify_by.is_some_and(|by| now >= by) {
+                    // Out of the pending budget: no Identify in time.
+                    let code = M::IDENTIFY_TIMEOUT_CODE;
+                    *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
+                    send_close(&mut ws, code, "no identify in time".into()).await;
+                    break 'run;
+                }
+                machine.on_timeout(now)
+            }
+            // A newer connection took the pending slot: drop the socket.
+            _ = admission.evicted() => break 'run,
             _ = stop.changed() => {
                 send_close(&mut ws, 1001, "server shutting down".into()).await;
                 break 'run;
@@ -690,18 +894,24 @@ async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
     // that closing the socket with the peer's unread data in our buffer
     // does not reset the connection before the peer has read our close
     // frame (a client still flooding, or the rest of an oversized frame).
+    // Bounded in frames and bytes too: a flood that goes on after our
+    // close costs a little CPU, not two seconds of it.
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut frames = 0;
         loop {
             match ws.next().await {
                 None | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) if frames < CLOSE_DRAIN_FRAMES => frames += 1,
+                Some(Ok(_)) => return,
                 Some(Err(_)) => break,
             }
         }
         // The websocket layer gave up on the bytes: drain them raw.
         let mut sink = [0u8; 16 << 10];
+        let mut drained = 0;
         while let Ok(n) = ws.get_mut().read(&mut sink).await {
-            if n == 0 {
+            drained += n;
+            if n == 0 || drained > CLOSE_DRAIN_BYTES {
                 return;
             }
         }
@@ -714,3 +924,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a closing connection waits for the peer's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Frames a closing connection reads (and discards) at most while waiting
+/// for the peer's close reply.
+const CLOSE_DRAIN_FRAMES: usize = 512;
+
+/// Raw bytes a closing connection discards at most once the websocket
+/// layer gave up (the rest of an oversized frame, and what followed it).
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;

@@ -53,32 +53,41 @@ impl ServerProcess {
         extra: &[&str],
         customize: impl FnOnce(&mut Command),
     ) -> ServerProcess {
-        let shm = format!(
-            "/dev/shm/voice-test-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        Self::spawn(
-            program,
-            cores,
-            &[&["--shm", &shm], extra].concat(),
-            customize,
-        )
+        Self::launch(Command::new(program), cores, extra, true, customize)
+    }
+
+    /// Like [`ServerProcess::start`], with the open-file limit of control
+    /// (and its dataplane) set to `soft` and `hard`.
+    pub fn start_with_open_files(
+        cores: u32,
+        extra: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> ServerProcess {
+        Self::launch(open_files_command(soft, hard), cores, extra, true, |_| {})
     }
 
     /// Starts control as the README does, with its region in the default
     /// anonymous memfd.
     pub fn start_anonymous(cores: u32, extra: &[&str]) -> ServerProcess {
-        Self::spawn(control_bin(), cores, extra, |_| {})
+        Self::launch(Command::new(control_bin()), cores, extra, false, |_| {})
     }
 
-    fn spawn(
-        program: std::path::PathBuf,
+    fn launch(
+        mut command: Command,
         cores: u32,
         extra: &[&str],
+        shm_file: bool,
         customize: impl FnOnce(&mut Command),
     ) -> ServerProcess {
-        let mut command = Command::new(program);
+        let shm = format!(
+            "/dev/shm/voice-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        if shm_file {
+            command.args(["--shm", &shm]);
+        }
         command
             .args([
                 "--lvsp-listen",
@@ -145,7 +154,7 @@ impl ServerProcess {
         }
     }
 
-    /// Process id of control.
+    /// Control's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -234,6 +243,18 @@ pub fn control_bin() -> std::path::PathBuf {
     std::env::var_os("CONTROL_BIN")
         .map(Into::into)
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_control").into())
+}
+
+/// The `control` binary run through `sh` with its open-file limit set to
+/// `soft` and `hard`; `exec` keeps control's pid. Arguments follow.
+pub fn open_files_command(soft: u64, hard: u64) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+        ))
+        .arg(control_bin());
+    sh
 }
 
 /// A minimal HTTP/1.1 GET for the metrics endpoint.
