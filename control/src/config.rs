@@ -95,7 +95,8 @@ pub struct Config {
     /// Gateway heartbeat interval (milliseconds on the wire). Default 13.75 s.
     pub gateway_heartbeat: Duration,
     /// Encryption modes offered to clients, in order of preference.
-    /// Default: all five, AES-GCM first.
+    /// Default: the two AEAD modes, AES-GCM first; the legacy
+    /// `xsalsa20_poly1305` modes only when listed.
     pub modes: Vec<shared::Mode>,
     /// How long a gateway websocket may stay without Identify or Resume
     /// (closed with 4003 after). Default 10 s.
@@ -189,7 +190,7 @@ impl Config {
                 burst: 2000.0,
             },
             gateway_heartbeat: Duration::from_millis(13_750),
-            modes: shared::Mode::ALL.to_vec(),
+            modes: shared::Mode::DEFAULT.to_vec(),
             identify_timeout: Duration::from_secs(10),
             lvsp_identify_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
@@ -407,6 +408,19 @@ impl Default for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_modes_are_offered_only_when_configured() {
+        let c = Config::new();
+        assert_eq!(
+            c.modes,
+            [
+                shared::Mode::Aes256GcmRtpSize,
+                shared::Mode::XChaCha20Poly1305RtpSize
+            ]
+        );
+        assert!(c.modes.iter().all(|m| !m.is_legacy()));
+    }
 
     #[test]
     fn secrets_shorter_than_the_floor_are_refused() {

@@ -111,7 +111,8 @@ struct Args {
     #[arg(long, default_value_t = 60.0)]
     gateway_burst: f64,
     /// Encryption modes offered in Ready, in order of preference
-    /// (comma-separated gateway names; default all five, AES-GCM first).
+    /// (comma-separated gateway names; default the two AEAD modes,
+    /// AES-GCM first; the legacy xsalsa20_poly1305 modes only when listed).
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Vec<shared::Mode>,
     /// Identified gateway connections (Identify or Resume accepted); past

@@ -398,3 +398,41 @@ fn missing_region_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A dataplane whose region is removed (its control is gone and a new one
+/// may come) stops and leaves the port's reuseport group.
+#[test]
+fn a_dataplane_whose_region_is_removed_leaves_the_port() {
+    let path = std::env::temp_dir().join(format!(
+        "dataplane-stale-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let region = Region::create(&path, RegionConfig::new(1)).unwrap();
+    let child = Process::new(env!("CARGO_BIN_EXE_dataplane"))
+        .args(["--shm", path.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starts the dataplane");
+    let mut dp = Dataplane(child);
+    let deadline = Instant::now() + TIMEOUT;
+    let port = loop {
+        if let Some(p) = region.udp_port() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no port published");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    drop(region); // removes the file
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = dp.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a stale dataplane kept running");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    // Nobody holds the port any more: a plain bind succeeds.
+    UdpSocket::bind(("127.0.0.1", port)).expect("the port is free");
+}

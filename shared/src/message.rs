@@ -53,6 +53,18 @@ impl Mode {
         Mode::XSalsa20Poly1305,
     ];
 
+    /// The modes offered unless the operator lists others: the two AEAD
+    /// modes Discord still serves. The three `xsalsa20_poly1305` modes were
+    /// removed by Discord in 2024 and protect weaker (the suffix mode
+    /// authenticates nothing it could order replays by; see README
+    /// "Security"), so they are offered only when configured.
+    pub const DEFAULT: [Mode; 2] = [Mode::Aes256GcmRtpSize, Mode::XChaCha20Poly1305RtpSize];
+
+    /// Whether the mode is one of the legacy `xsalsa20_poly1305` family.
+    pub fn is_legacy(self) -> bool {
+        !Mode::DEFAULT.contains(&self)
+    }
+
     /// The mode's name on the voice gateway.
     pub fn name(self) -> &'static str {
         match self {
