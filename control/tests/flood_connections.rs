@@ -536,22 +536,8 @@ fn the_open_file_limit_is_raised_and_the_caps_must_fit_it() {
     // refuses to start, naming the numbers and the flags.
     let shm = format!("/dev/shm/voice-test-{}-refused", std::process::id());
     let mut child = support::open_files_command(1024, 1024)
-        .args([
-            "--lvsp-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--udp-bind",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--shm",
-            &shm,
-            "--secret",
-            support::SECRET,
-        ])
+        .args(support::loopback_args(1))
+        .args(["--shm", &shm, "--secret", support::SECRET])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -17,22 +17,9 @@ const GUILD: &str = "41771983423143936";
 
 /// The arguments of a control on free loopback ports, without `--secret`.
 fn base_args(shm: &str) -> Vec<String> {
-    [
-        "--lvsp-listen",
-        "127.0.0.1:0",
-        "--gateway-listen",
-        "127.0.0.1:0",
-        "--udp-bind",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "off",
-        "--cores",
-        "1",
-        "--shm",
-        shm,
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    let mut args = support::loopback_args(1);
+    args.extend(["--shm", shm].map(str::to_owned));
+    args
 }
 
 /// A control started by hand, killed (with its region removed) if the test

@@ -16,6 +16,38 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Kills the child if the test fails half-way.
 struct Dataplane(Child);
 
+impl Dataplane {
+    /// Waits for the port the dataplane publishes in `region`.
+    fn published_port(&mut self, region: &Region) -> u16 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(p) = region.udp_port() {
+                return p;
+            }
+            if let Some(status) = self.0.try_wait().unwrap() {
+                panic!("dataplane exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dataplane never published its port"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the dataplane to exit; `what` says what it means if not.
+    fn exit_status(&mut self, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Dataplane {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -236,21 +268,7 @@ fn real_binary_forwards_between_members() {
         .spawn()
         .expect("starts the dataplane");
     let mut dp = Dataplane(child);
-
-    let deadline = Instant::now() + TIMEOUT;
-    let port = loop {
-        if let Some(p) = region.udp_port() {
-            break p;
-        }
-        if let Some(status) = dp.0.try_wait().unwrap() {
-            panic!("dataplane exited early: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dataplane never published its port"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let port = dp.published_port(&region);
     let server = SocketAddr::from(([127, 0, 0, 1], port));
     let mut control = Control {
         rings: (0..2).map(|c| region.control_side(c).unwrap()).collect(),
@@ -374,14 +392,7 @@ fn real_binary_forwards_between_members() {
     let pid = dp.0.id().to_string();
     let killed = Process::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = dp.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "dataplane ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = dp.exit_status("dataplane ignored SIGTERM");
     assert!(status.success(), "{status}");
 }
 
@@ -415,23 +426,9 @@ fn a_dataplane_whose_region_is_removed_leaves_the_port() {
         .spawn()
         .expect("starts the dataplane");
     let mut dp = Dataplane(child);
-    let deadline = Instant::now() + TIMEOUT;
-    let port = loop {
-        if let Some(p) = region.udp_port() {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no port published");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let port = dp.published_port(&region);
     drop(region); // removes the file
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = dp.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "a stale dataplane kept running");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = dp.exit_status("a stale dataplane kept running");
     assert!(status.success(), "{status}");
     // Nobody holds the port any more: a plain bind succeeds.
     UdpSocket::bind(("127.0.0.1", port)).expect("the port is free");

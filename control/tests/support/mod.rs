@@ -89,20 +89,8 @@ impl ServerProcess {
             command.args(["--shm", &shm]);
         }
         command
-            .args([
-                "--lvsp-listen",
-                "127.0.0.1:0",
-                "--gateway-listen",
-                "127.0.0.1:0",
-                "--udp-bind",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--cores",
-                &cores.to_string(),
-                "--secret",
-                SECRET,
-            ])
+            .args(loopback_args(cores))
+            .args(["--secret", SECRET])
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -234,6 +222,26 @@ impl Drop for ServerProcess {
             }
         }
     }
+}
+
+/// The arguments that put every listener of a control on a free loopback
+/// port, with `cores` data-plane cores.
+pub fn loopback_args(cores: u32) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--lvsp-listen",
+        "127.0.0.1:0",
+        "--gateway-listen",
+        "127.0.0.1:0",
+        "--udp-bind",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--cores",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.push(cores.to_string());
+    args
 }
 
 /// The `control` executable under test: this build's, or the one named by
