@@ -13,13 +13,20 @@ const BUFFER_BYTES: usize = 4 << 20;
 
 /// Binds `cores` non-blocking UDP sockets to `addr` with SO_REUSEPORT, in
 /// core order (socket `i` is reuseport index `i`), and attaches the SSRC
-/// steering program when `cores > 1`. A port of 0 is resolved by the first
-/// bind and reused for the rest.
+/// steering program when `cores > 1`.
+///
+/// The address must be free: Linux lets a SO_REUSEPORT socket join any
+/// group of the same user on its port, and even hands a reuseport bind to
+/// port 0 a port such a group already uses, so two servers (or a restart
+/// racing another process) would silently share each other's traffic. A
+/// plain bind first (which conflicts with every socket on the port) finds
+/// a free port for port 0 and refuses a port in use (`AddrInUse`); the
+/// group is bound to that port right after.
 pub fn bind_group(addr: SocketAddr, cores: u32) -> io::Result<Vec<UdpSocket>> {
     if cores == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero cores"));
     }
-    let mut addr = addr;
+    let addr = UdpSocket::bind(addr)?.local_addr()?;
     let mut sockets = Vec::with_capacity(cores as usize);
     for _ in 0..cores {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -27,13 +34,6 @@ pub fn bind_group(addr: SocketAddr, cores: u32) -> io::Result<Vec<UdpSocket>> {
         socket.set_nonblocking(true)?;
         raise_buffers(&socket);
         socket.bind(&addr.into())?;
-        if addr.port() == 0 {
-            let bound = socket
-                .local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
-            addr.set_port(bound.port());
-        }
         sockets.push(UdpSocket::from(socket));
     }
     if cores > 1 {
@@ -711,5 +711,26 @@ mod tests {
         let b = group[1].local_addr().unwrap();
         assert_ne!(a.port(), 0);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_not_shared() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let taken = first[0].local_addr().unwrap();
+        // Another group on the same port would join the first one.
+        let err = bind_group(taken, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // Many groups on port 0 never share a port.
+        let groups: Vec<_> = (0..50)
+            .map(|_| bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap())
+            .collect();
+        let mut ports: Vec<u16> = groups
+            .iter()
+            .map(|g| g[0].local_addr().unwrap().port())
+            .chain([taken.port()])
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 51);
     }
 }
