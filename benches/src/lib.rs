@@ -68,6 +68,10 @@ pub struct Member {
     pub key: KeyState,
 }
 
+/// The benches' clock (milliseconds): time does not pass while timing, so
+/// no address goes idle.
+pub const NOW: u64 = 1_000_000;
+
 /// A channel of members on one forwarder, every member with a proven
 /// address (IP discovery from the address it then declares), so member 0's
 /// packets reach all the others.
@@ -82,31 +86,43 @@ pub struct Channel {
 impl Channel {
     /// `members` members speaking `mode`, announced, discovered and keyed.
     pub fn new(members: usize, mode: Mode) -> Result<Channel, CryptoError> {
-        let mut forwarder = Forwarder::new(0);
+        let mut forwarder = Forwarder::new(
+            0,
+            dataplane::forward::ForwardConfig::default(),
+            shared::Counters::in_memory(members),
+        );
         let mut out = Outbox::with_capacity(members);
         let mut list = Vec::with_capacity(members);
         for i in 0..members {
             let ssrc = 1000 + i as u32;
             let addr = SocketAddr::from(([192, 0, 2, 1], 5000 + i as u16));
             let key = [ssrc as u8; 32];
-            let _ = forwarder.apply(Command::AnnounceSsrc {
-                ssrc,
-                channel: CHANNEL,
-                user: u64::from(ssrc),
-            });
-            out.clear();
-            forwarder.handle(addr, &mut discovery_request(ssrc), &mut out);
-            forwarder
-                .apply(Command::UpsertSession(SessionSpec {
+            let _ = forwarder.apply(
+                NOW,
+                Command::AnnounceSsrc {
                     ssrc,
                     channel: CHANNEL,
                     user: u64::from(ssrc),
-                    mode,
-                    key,
-                    declared: Some(addr),
-                }))
+                },
+            );
+            out.clear();
+            forwarder.handle(NOW, addr, &mut discovery_request(ssrc), &mut out);
+            forwarder
+                .apply(
+                    NOW,
+                    Command::UpsertSession(SessionSpec {
+                        ssrc,
+                        channel: CHANNEL,
+                        user: u64::from(ssrc),
+                        mode,
+                        key,
+                        declared: Some(addr),
+                        slot: i as u32,
+                    }),
+                )
                 .map_err(|e| match e {
                     dataplane::forward::ApplyError::Key { source, .. } => source,
+                    dataplane::forward::ApplyError::Slot { .. } => CryptoError::Malformed,
                 })?;
             list.push(Member {
                 ssrc,

@@ -63,15 +63,23 @@ pub struct Config {
     /// TLS of the voice gateway listener. Default: self-signed (the same
     /// certificate as LVSP).
     pub gateway_tls: Tls,
-    /// Secret shared with Litecord. Default: 32 random hex digits, printed.
+    /// Secret shared with Litecord, at least [`lvsp::MIN_SECRET_LEN`] (32)
+    /// characters. Default: 64 random hex digits (256 bits), printed at
+    /// start-up (a secret the operator supplies is never printed).
     pub secret: String,
     /// Data-plane cores (executors). Default: all available CPUs.
     pub cores: u32,
     /// How the data plane runs. Default: embedded (a child process running
     /// this executable's `dataplane` subcommand).
     pub dataplane: DataplaneMode,
-    /// Shared-memory file. Default `/dev/shm/voice-<pid>`.
-    pub shm_path: PathBuf,
+    /// Shared-memory file (created 0600), for a dataplane the operator
+    /// starts. Default None: an anonymous memfd the child reaches through
+    /// `/proc/<pid>/fd/<n>`, which no other user can open and which leaves
+    /// nothing behind (no session key in any file) whatever happens.
+    pub shm_path: Option<PathBuf>,
+    /// A proven client address nothing came from (no authenticated media,
+    /// no keepalive) for this long stops receiving. Default 60 s.
+    pub udp_idle: Duration,
     /// LVSP heartbeat interval (milliseconds on the wire, seconds in the
     /// litecord dialect). Default 10 s.
     pub lvsp_heartbeat: Duration,
@@ -87,14 +95,38 @@ pub struct Config {
     /// Gateway heartbeat interval (milliseconds on the wire). Default 13.75 s.
     pub gateway_heartbeat: Duration,
     /// Encryption modes offered to clients, in order of preference.
-    /// Default: all five, AES-GCM first.
+    /// Default: the two AEAD modes, AES-GCM first; the legacy
+    /// `xsalsa20_poly1305` modes only when listed.
     pub modes: Vec<shared::Mode>,
-    /// How long a gateway connection may stay without Identify or Resume
-    /// (closed with 4003 after). Default 15 s.
+    /// How long a gateway websocket may stay without Identify or Resume
+    /// (closed with 4003 after). Default 10 s.
     pub identify_timeout: Duration,
-    /// Open websocket connections allowed per listener (LVSP, gateway);
-    /// more are refused at accept. Default 10 000.
+    /// How long an LVSP websocket may stay without IDENTIFY or RESUME
+    /// (closed with 4000 after). Default 10 s.
+    pub lvsp_identify_timeout: Duration,
+    /// How long a new connection may take from accept to the end of the
+    /// websocket upgrade, TLS included (closed after). Default 5 s.
+    pub handshake_timeout: Duration,
+    /// Identified gateway connections (Identify or Resume accepted); past
+    /// it an identifying connection is closed with 1013. Default 10 000.
     pub max_connections: usize,
+    /// Identified LVSP connections (Litecord's links). Default 64.
+    pub lvsp_max_connections: usize,
+    /// Gateway connections not yet identified (TCP, TLS, upgrade, waiting
+    /// for Identify); when full, a newcomer takes the slot of the oldest
+    /// one of the prefix holding the most.
+    /// Default 512.
+    pub gateway_max_pending: usize,
+    /// LVSP connections not yet identified. Default 64.
+    pub lvsp_max_pending: usize,
+    /// Pending connections of one listener from one source address
+    /// (IPv4-mapped IPv6 counts as IPv4). Default 8.
+    pub max_pending_per_address: usize,
+    /// Pending connections of one listener from one /24 (IPv4) or /64
+    /// (IPv6). Default 32.
+    pub max_pending_per_prefix: usize,
+    /// Concurrent `/metrics` and `/health` connections. Default 32.
+    pub metrics_max_connections: usize,
     /// Per-connection gateway message budget. Default 10/s, burst 60.
     pub gateway_rate: crate::limit::RateLimit,
     /// How long a gateway session whose websocket went away waits for a
@@ -109,6 +141,13 @@ pub struct Config {
     pub max_message_size: usize,
     /// How long to wait for the dataplane to come up. Default 20 s.
     pub dataplane_start_timeout: Duration,
+    /// Backoff after failed LVSP IDENTIFY/RESUME, per peer address (IPv6
+    /// per /64): `free_failures` failures (default 3), then attempts are
+    /// refused unchecked with 4001 for a window that starts at `base`
+    /// (default 1 s) and doubles per further failure up to `max` (default
+    /// 300 s); an address quiet for `forget_after` (default 600 s) is
+    /// forgotten; at most `max_addresses` (default 4096) are remembered.
+    pub lvsp_auth_backoff: lvsp::AuthBackoff,
 }
 
 /// A configuration that cannot work.
@@ -137,10 +176,11 @@ impl Config {
             metrics_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5491))),
             udp_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 5490)),
             public_ip: Ipv4Addr::LOCALHOST,
-            secret: hex::encode(rand::random::<[u8; 16]>()),
+            secret: hex::encode(rand::random::<[u8; 32]>()),
             cores,
             dataplane: DataplaneMode::Embedded,
-            shm_path: PathBuf::from(format!("/dev/shm/voice-{}", std::process::id())),
+            shm_path: None,
+            udp_idle: Duration::from_secs(60),
             lvsp_heartbeat: Duration::from_millis(10_000),
             lvsp_dialect: lvsp::Dialect::Spec,
             lvsp_grace: Duration::from_secs(300),
@@ -150,9 +190,17 @@ impl Config {
                 burst: 2000.0,
             },
             gateway_heartbeat: Duration::from_millis(13_750),
-            modes: shared::Mode::ALL.to_vec(),
-            identify_timeout: Duration::from_secs(15),
+            modes: shared::Mode::DEFAULT.to_vec(),
+            identify_timeout: Duration::from_secs(10),
+            lvsp_identify_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            lvsp_max_connections: 64,
+            gateway_max_pending: 512,
+            lvsp_max_pending: 64,
+            max_pending_per_address: 8,
+            max_pending_per_prefix: 32,
+            metrics_max_connections: 32,
             gateway_rate: crate::limit::RateLimit {
                 per_second: 10.0,
                 burst: 60.0,
@@ -162,6 +210,7 @@ impl Config {
             capacity_per_core: 1000,
             max_message_size: 64 << 10,
             dataplane_start_timeout: Duration::from_secs(20),
+            lvsp_auth_backoff: lvsp::AuthBackoff::default(),
         }
     }
 
@@ -179,8 +228,21 @@ impl Config {
         if !(1..=256).contains(&self.cores) {
             return bad(format!("cores must be 1..=256, got {}", self.cores));
         }
-        if self.secret.is_empty() {
-            return bad("the LVSP secret must not be empty".into());
+        let secret_len = self.secret.chars().count();
+        if secret_len < lvsp::MIN_SECRET_LEN {
+            return bad(format!(
+                "the LVSP secret must be at least {} characters, got {secret_len} \
+                 (generate one with `openssl rand -hex 32`, or omit --secret to \
+                 have one generated)",
+                lvsp::MIN_SECRET_LEN
+            ));
+        }
+        let backoff = &self.lvsp_auth_backoff;
+        if backoff.base.is_zero() || backoff.max < backoff.base || backoff.max_addresses == 0 {
+            return bad(format!(
+                "LVSP authentication backoff needs 0 < base <= max and room for \
+                 one address, got {backoff:?}"
+            ));
         }
         for (name, d) in [
             ("lvsp heartbeat", self.lvsp_heartbeat),
@@ -201,14 +263,39 @@ impl Config {
                 return bad(format!("{name} rate limit must be positive, got {rate:?}"));
             }
         }
-        if self.max_connections == 0 {
-            return bad("max connections must be at least 1".into());
+        for (name, n) in [
+            ("max connections", self.max_connections),
+            ("LVSP max connections", self.lvsp_max_connections),
+            ("gateway max pending", self.gateway_max_pending),
+            ("LVSP max pending", self.lvsp_max_pending),
+            ("max pending per address", self.max_pending_per_address),
+            ("max pending per prefix", self.max_pending_per_prefix),
+            ("metrics max connections", self.metrics_max_connections),
+        ] {
+            if n == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, d) in [
+            ("identify timeout", self.identify_timeout),
+            ("LVSP identify timeout", self.lvsp_identify_timeout),
+            ("handshake timeout", self.handshake_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be above zero"));
+            }
         }
         if self.modes.is_empty() {
             return bad("at least one encryption mode must be offered".into());
         }
         if self.gateway_replay == 0 {
             return bad("the gateway replay buffer needs at least one slot".into());
+        }
+        if self.udp_idle < Duration::from_secs(1) {
+            return bad(format!(
+                "udp idle timeout must be at least 1 s, got {:?}",
+                self.udp_idle
+            ));
         }
         if self.max_message_size < 1024 {
             return bad("max message size must be at least 1024 bytes".into());
@@ -225,8 +312,180 @@ impl Config {
     }
 }
 
+/// Descriptors control needs besides its connections: the listeners,
+/// the runtime's epoll and wake-up descriptors, the shared-memory region,
+/// the dataplane child's pipes, standard streams, TLS files read at
+/// start-up, the one socket each accept loop holds while refusing it, and
+/// the (at most 16 per listener) pending connections dropped for newer
+/// ones that are still closing.
+pub const DESCRIPTOR_MARGIN: u64 = 128;
+
+/// The open-file limit is below what the connection caps need.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the connection caps need {needed} open files but the limit is {limit}: \
+     gateway --max-connections {gateway} + --gateway-max-pending {gateway_pending}, \
+     LVSP --lvsp-max-connections {lvsp} + --lvsp-max-pending {lvsp_pending}, \
+     --metrics-max-connections {metrics}, and {margin} for listeners, the dataplane \
+     link and files; lower those flags or raise the hard limit \
+     (`ulimit -Hn`, systemd `LimitNOFILE=`)"
+)]
+pub struct DescriptorShortage {
+    /// Descriptors the caps need, margin included.
+    pub needed: u64,
+    /// The soft limit after raising it to the hard limit.
+    pub limit: u64,
+    /// Identified gateway connections.
+    pub gateway: u64,
+    /// Pending gateway connections.
+    pub gateway_pending: u64,
+    /// Identified LVSP connections.
+    pub lvsp: u64,
+    /// Pending LVSP connections.
+    pub lvsp_pending: u64,
+    /// `/metrics` connections (0 when the endpoint is off).
+    pub metrics: u64,
+    /// [`DESCRIPTOR_MARGIN`].
+    pub margin: u64,
+}
+
+impl Config {
+    /// Descriptors every connection cap together may take, plus
+    /// [`DESCRIPTOR_MARGIN`].
+    pub fn descriptors_needed(&self) -> u64 {
+        self.descriptor_shortage(0).needed
+    }
+
+    /// Checks that the caps fit in `limit` open files (the process's soft
+    /// limit), so that no flood of connections can run control out of
+    /// descriptors before a cap applies.
+    pub fn check_open_files(&self, limit: u64) -> Result<(), DescriptorShortage> {
+        let shortage = self.descriptor_shortage(limit);
+        if shortage.needed > limit {
+            Err(shortage)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn descriptor_shortage(&self, limit: u64) -> DescriptorShortage {
+        let n = |v: usize| v as u64;
+        let metrics = if self.metrics_listen.is_some() {
+            n(self.metrics_max_connections)
+        } else {
+            0
+        };
+        let mut s = DescriptorShortage {
+            needed: 0,
+            limit,
+            gateway: n(self.max_connections),
+            gateway_pending: n(self.gateway_max_pending),
+            lvsp: n(self.lvsp_max_connections),
+            lvsp_pending: n(self.lvsp_max_pending),
+            metrics,
+            margin: DESCRIPTOR_MARGIN,
+        };
+        s.needed = [
+            s.gateway,
+            s.gateway_pending,
+            s.lvsp,
+            s.lvsp_pending,
+            s.metrics,
+            s.margin,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b));
+        s
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_modes_are_offered_only_when_configured() {
+        let c = Config::new();
+        assert_eq!(
+            c.modes,
+            [
+                shared::Mode::Aes256GcmRtpSize,
+                shared::Mode::XChaCha20Poly1305RtpSize
+            ]
+        );
+        assert!(c.modes.iter().all(|m| !m.is_legacy()));
+    }
+
+    #[test]
+    fn secrets_shorter_than_the_floor_are_refused() {
+        let mut c = Config::new();
+        assert_eq!(c.secret.len(), 64, "the generated default");
+        assert!(c.validate().is_ok());
+        c.secret = "e2e-secret".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 32 characters"), "{e}");
+        assert!(
+            !e.contains("e2e-secret"),
+            "the message never shows the secret"
+        );
+        c.secret = "x".repeat(lvsp::MIN_SECRET_LEN);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn defaults_fit_a_20000_file_limit_and_name_the_flags_when_they_do_not() {
+        let c = Config::new();
+        c.validate().unwrap();
+        assert_eq!(
+            c.descriptors_needed(),
+            10_000 + 512 + 64 + 64 + 32 + DESCRIPTOR_MARGIN
+        );
+        assert!(c.check_open_files(20_000).is_ok());
+        let err = c.check_open_files(1024).unwrap_err();
+        assert_eq!((err.needed, err.limit), (c.descriptors_needed(), 1024));
+        let msg = err.to_string();
+        for flag in [
+            "--max-connections 10000",
+            "--gateway-max-pending 512",
+            "--lvsp-max-connections 64",
+            "--lvsp-max-pending 64",
+            "--metrics-max-connections 32",
+            "1024",
+        ] {
+            assert!(msg.contains(flag), "{flag} in {msg}");
+        }
+    }
+
+    #[test]
+    fn caps_sized_to_fit_pass_and_metrics_off_needs_no_slots() {
+        let mut c = Config::new();
+        c.max_connections = 500;
+        c.gateway_max_pending = 200;
+        c.lvsp_max_connections = 8;
+        c.lvsp_max_pending = 16;
+        c.metrics_listen = None;
+        assert_eq!(
+            c.descriptors_needed(),
+            500 + 200 + 8 + 16 + DESCRIPTOR_MARGIN
+        );
+        assert!(c.check_open_files(1024).is_ok());
+        c.max_connections = usize::MAX;
+        assert!(c.check_open_files(u64::MAX - 1).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn zero_caps_and_timeouts_are_refused() {
+        let mut c = Config::new();
+        c.max_pending_per_address = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::new();
+        c.handshake_timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
     }
 }

@@ -29,6 +29,8 @@ mod protocol;
 pub mod registry;
 pub mod server;
 
+pub use protocol::{Refusal, PRE_AUTH_MAX_MESSAGE};
+
 /// What a protocol state machine wants done on its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {

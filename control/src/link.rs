@@ -8,7 +8,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use shared::{Command, Consumer, CoreStats, Event, Producer, Region, RegionError};
+use shared::{
+    Command, Consumer, CoreStats, Drops, Event, PopError, Producer, PushError, Region, RegionError,
+};
 
 /// The command-writing half.
 #[derive(Debug)]
@@ -52,36 +54,77 @@ impl Link {
         self.waiting[core].push_back(command);
     }
 
-    /// Retries queued commands in order; returns how many still wait.
+    /// Sends a command to every core but `except`.
+    pub fn send_others(&mut self, except: u32, command: &Command) {
+        for core in (0..self.rings.len() as u32).filter(|c| *c != except) {
+            self.send(core, command.clone());
+        }
+    }
+
+    /// Retries queued commands in order; returns how many still wait. A
+    /// corrupt ring keeps its commands queued (the dataplane that corrupted
+    /// it is stopping; [`Link::reset`] repairs it before the next one).
     pub fn flush(&mut self) -> usize {
         let mut left = 0;
         for (ring, queue) in self.rings.iter_mut().zip(&mut self.waiting) {
             while let Some(c) = queue.front() {
-                if ring.push(c).is_err() {
-                    break;
+                match ring.push(c) {
+                    Ok(()) => {
+                        queue.pop_front();
+                    }
+                    Err(PushError::Full) => break,
+                    Err(PushError::Corrupt(e)) => {
+                        tracing::error!(error = %e, "command ring corrupt");
+                        break;
+                    }
                 }
-                queue.pop_front();
             }
             left += queue.len();
         }
         left
     }
+
+    /// Before a new dataplane starts on the region: forgets every command
+    /// the dead one did not take (queued or in the rings; the state is
+    /// pushed again whole), and repairs the consumer indices it may have
+    /// left corrupt.
+    pub fn reset(&mut self) {
+        for (ring, queue) in self.rings.iter_mut().zip(&mut self.waiting) {
+            ring.reset_consumer();
+            queue.clear();
+        }
+    }
 }
 
 impl Events {
     /// Hands every waiting event to `f` with its core index. Undecodable
-    /// slots are counted and skipped.
+    /// slots are counted and skipped; a ring whose indices are corrupt is
+    /// left alone (counted once per call) until [`Events::reset`].
     pub fn drain(&mut self, mut f: impl FnMut(u32, Event)) -> u64 {
         let mut corrupt = 0;
         for (core, ring) in self.rings.iter_mut().enumerate() {
-            while let Some(ev) = ring.pop() {
-                match ev {
-                    Ok(ev) => f(core as u32, ev),
-                    Err(_) => corrupt += 1,
+            loop {
+                match ring.pop() {
+                    Ok(Some(ev)) => f(core as u32, ev),
+                    Ok(None) => break,
+                    Err(PopError::Slot(_)) => corrupt += 1,
+                    Err(PopError::Corrupt(_)) => {
+                        corrupt += 1;
+                        break;
+                    }
                 }
             }
         }
         corrupt
+    }
+
+    /// Before a new dataplane starts on the region (after [`Events::drain`]
+    /// took what the dead one left): repairs the producer indices it may
+    /// have left corrupt.
+    pub fn reset(&mut self) {
+        for ring in &mut self.rings {
+            ring.reset_producer();
+        }
     }
 }
 
@@ -94,14 +137,21 @@ impl Events {
 ///   packets over its last report interval;
 /// - **occupancy**: live sessions on the data plane against the configured
 ///   capacity (`capacity_per_core × cores`);
-/// - **loss**: the worst core's dropped share of the datagrams it received
-///   over its last interval (ignored below [`MIN_PACKETS_FOR_LOSS`]
-///   datagrams, so a stray packet does not swing it).
+/// - **loss**: the worst core's share of datagrams lost to overload (the
+///   socket buffer overflowed, a send was refused) against those it
+///   received over its last interval (ignored below
+///   [`MIN_PACKETS_FOR_LOSS`] datagrams, so a stray packet does not swing
+///   it). Junk the cores refuse (malformed, unknown SSRC, failed
+///   authentication, replays, over budget) is counted but is not load: a
+///   flood of it must not make Litecord move calls away.
 ///
 /// `health = 1 − max(busy, occupancy, loss)`, clamped to [0, 1].
 #[derive(Debug, Clone)]
 pub struct Load {
     latest: Vec<Option<(Instant, CoreStats)>>,
+    /// Latest drop counters per core, and the overload count at that
+    /// core's last statistics report.
+    drops: Vec<(Drops, u64)>,
     /// Busy share of each core over its last reporting interval.
     busy: Vec<f64>,
     /// Dropped share of each core's datagrams over its last interval.
@@ -119,18 +169,35 @@ impl Load {
     pub fn new(cores: u32, capacity_per_core: u64) -> Load {
         Load {
             latest: vec![None; cores as usize],
+            drops: vec![(Drops::default(), 0); cores as usize],
             busy: vec![0.0; cores as usize],
             loss: vec![0.0; cores as usize],
             capacity: (capacity_per_core * u64::from(cores)).max(1),
         }
     }
 
+    /// Records a core's drop counters (cores send them just before each
+    /// statistics report).
+    pub fn record_drops(&mut self, core: u32, drops: Drops) {
+        if let Some(d) = self.drops.get_mut(core as usize) {
+            d.0 = drops;
+        }
+    }
+
+    /// The latest drop counters of a core.
+    pub fn drops(&self, core: u32) -> Option<&Drops> {
+        self.drops.get(core as usize).map(|(d, _)| d)
+    }
+
     /// Records a core's report received at `now`.
     pub fn record(&mut self, now: Instant, stats: CoreStats) {
         let core = stats.core as usize;
-        let Some(slot) = self.latest.get_mut(core) else {
+        let (Some(slot), Some((drops, overload_then))) =
+            (self.latest.get_mut(core), self.drops.get_mut(core))
+        else {
             return;
         };
+        let overload = drops.overload();
         if let Some((then, prev)) = slot {
             let wall = now.saturating_duration_since(*then).as_nanos() as f64;
             if wall > 0.0 {
@@ -138,17 +205,17 @@ impl Load {
                 self.busy[core] = (busy / wall).clamp(0.0, 1.0);
             }
             let received = stats.packets_in.saturating_sub(prev.packets_in);
-            let dropped = stats
-                .drops
-                .iter()
-                .sum::<u64>()
-                .saturating_sub(prev.drops.iter().sum());
-            self.loss[core] = if received >= MIN_PACKETS_FOR_LOSS {
-                (dropped as f64 / received as f64).clamp(0.0, 1.0)
+            // Overflow drops never reached the core: they add to what it
+            // was sent.
+            let lost = overload.saturating_sub(*overload_then);
+            let offered = received + lost;
+            self.loss[core] = if offered >= MIN_PACKETS_FOR_LOSS {
+                (lost as f64 / offered as f64).clamp(0.0, 1.0)
             } else {
                 0.0
             };
         }
+        *overload_then = overload;
         *slot = Some((now, stats));
     }
 
@@ -195,6 +262,7 @@ mod tests {
                 cores: 1,
                 command_slots: 4,
                 event_slots: 4,
+                counter_slots: 1,
             },
         )
         .unwrap();
@@ -206,7 +274,7 @@ mod tests {
         assert_eq!(link.flush(), 6);
         let mut got = Vec::new();
         while got.len() < 10 {
-            while let Some(Ok(Command::RemoveSession { ssrc })) = core_rx.pop() {
+            while let Ok(Some(Command::RemoveSession { ssrc })) = core_rx.pop() {
                 got.push(ssrc);
             }
             link.flush();
@@ -215,28 +283,32 @@ mod tests {
         assert_eq!(link.flush(), 0);
     }
 
-    fn report(core: u32, busy_ns: u64, sessions: u32, packets_in: u64, dropped: u64) -> CoreStats {
-        let mut s = CoreStats {
+    fn report(core: u32, busy_ns: u64, sessions: u32, packets_in: u64) -> CoreStats {
+        CoreStats {
             core,
             busy_ns,
             sessions,
             packets_in,
             ..CoreStats::default()
-        };
-        s.drops[shared::DropReason::AuthFailed as usize] = dropped;
-        s
+        }
+    }
+
+    fn drops(reason: shared::DropReason, n: u64) -> Drops {
+        let mut d = Drops::default();
+        d.add(reason, n);
+        d
     }
 
     #[test]
     fn health_falls_as_cores_get_busy() {
         let mut load = Load::new(2, 1000);
         let t0 = Instant::now();
-        load.record(t0, report(0, 0, 0, 0, 0));
-        load.record(t0, report(1, 0, 0, 0, 0));
+        load.record(t0, report(0, 0, 0, 0));
+        load.record(t0, report(1, 0, 0, 0));
         assert_eq!(load.health(), 1.0);
         let t1 = t0 + Duration::from_millis(100);
-        load.record(t1, report(0, 10_000_000, 0, 0, 0)); // 10% busy
-        load.record(t1, report(1, 80_000_000, 0, 0, 0)); // 80% busy
+        load.record(t1, report(0, 10_000_000, 0, 0)); // 10% busy
+        load.record(t1, report(1, 80_000_000, 0, 0)); // 80% busy
         assert!((load.health() - 0.2).abs() < 1e-9, "{}", load.health());
         assert_eq!(load.stats(1).unwrap().busy_ns, 80_000_000);
     }
@@ -247,7 +319,7 @@ mod tests {
         let t0 = Instant::now();
         let mut previous = 1.1;
         for sessions in [0, 5, 10, 15, 20] {
-            load.record(t0, report(0, 0, sessions, 0, 0));
+            load.record(t0, report(0, 0, sessions, 0));
             let h = load.health();
             assert!(
                 h < previous,
@@ -255,20 +327,41 @@ mod tests {
             );
             previous = h;
         }
-        load.record(t0, report(0, 0, 30, 0, 0));
+        load.record(t0, report(0, 0, 30, 0));
         assert_eq!(load.health(), 0.0, "over capacity");
     }
 
     #[test]
-    fn health_falls_with_losses_but_not_for_a_stray_packet() {
+    fn health_falls_with_overload_losses_but_not_for_a_stray_packet() {
+        use shared::DropReason::{Overflow, SendFailed};
         let mut load = Load::new(1, 1000);
         let t0 = Instant::now();
-        load.record(t0, report(0, 0, 0, 0, 0));
+        load.record(t0, report(0, 0, 0, 0));
         let t1 = t0 + Duration::from_millis(250);
-        load.record(t1, report(0, 0, 0, 10, 10)); // few packets: ignored
+        load.record_drops(0, drops(SendFailed, 10));
+        load.record(t1, report(0, 0, 0, 10)); // few packets: ignored
         assert_eq!(load.health(), 1.0);
         let t2 = t1 + Duration::from_millis(250);
-        load.record(t2, report(0, 0, 0, 1010, 260)); // 250 of 1000 dropped
+        // 750 read, 250 lost in a full socket buffer: a quarter lost.
+        let mut lost = drops(Overflow, 250);
+        lost.add(SendFailed, 10);
+        load.record_drops(0, lost);
+        load.record(t2, report(0, 0, 0, 760));
         assert!((load.health() - 0.75).abs() < 1e-9, "{}", load.health());
+    }
+
+    #[test]
+    fn junk_is_counted_but_is_not_load() {
+        use shared::DropReason::{AuthFailed, Malformed, UnknownSsrc};
+        let mut load = Load::new(1, 1000);
+        let t0 = Instant::now();
+        load.record(t0, report(0, 0, 0, 0));
+        let mut junk = drops(AuthFailed, 100_000);
+        junk.add(Malformed, 100_000);
+        junk.add(UnknownSsrc, 100_000);
+        load.record_drops(0, junk);
+        load.record(t0 + Duration::from_millis(250), report(0, 0, 0, 300_000));
+        assert_eq!(load.health(), 1.0);
+        assert_eq!(load.drops(0).unwrap().total(), 300_000);
     }
 }

@@ -34,8 +34,9 @@ struct Args {
     /// address, or 127.0.0.1 when that is unspecified).
     #[arg(long)]
     public_ip: Option<std::net::Ipv4Addr>,
-    /// Secret shared with Litecord (also read from VOICE_SECRET). Default:
-    /// generated and printed.
+    /// Secret shared with Litecord (also read from VOICE_SECRET), at least
+    /// 32 characters. Default: 64 hex digits, generated and printed (a
+    /// secret given here is never printed).
     #[arg(long, env = "VOICE_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Data-plane cores (default: all CPUs).
@@ -69,9 +70,15 @@ struct Args {
     /// Do not spawn the dataplane: wait for one started by hand.
     #[arg(long)]
     external_dataplane: bool,
-    /// Shared-memory file (default /dev/shm/voice-<pid>).
+    /// Shared-memory file, created 0600 (for --external-dataplane). Default:
+    /// an anonymous memfd only this user can reach, gone with the
+    /// processes.
     #[arg(long)]
     shm: Option<PathBuf>,
+    /// Seconds a proven client address may stay silent (no authenticated
+    /// media, no keepalive) before the data plane stops sending to it.
+    #[arg(long, default_value_t = 60)]
+    udp_idle_secs: u64,
     /// LVSP heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     lvsp_heartbeat_ms: u64,
@@ -104,20 +111,58 @@ struct Args {
     #[arg(long, default_value_t = 60.0)]
     gateway_burst: f64,
     /// Encryption modes offered in Ready, in order of preference
-    /// (comma-separated gateway names; default all five, AES-GCM first).
+    /// (comma-separated gateway names; default the two AEAD modes,
+    /// AES-GCM first; the legacy xsalsa20_poly1305 modes only when listed).
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Vec<shared::Mode>,
-    /// Open websocket connections allowed per listener (LVSP and gateway
-    /// each); more are refused at accept.
+    /// Identified gateway connections (Identify or Resume accepted); past
+    /// it an identifying connection is closed with 1013.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Identified LVSP connections (Litecord's links).
+    #[arg(long, default_value_t = 64)]
+    lvsp_max_connections: usize,
+    /// Gateway connections not yet identified (TCP, TLS, upgrade, waiting
+    /// for Identify); when full, a newcomer takes the slot of the oldest
+    /// one of the /24 or /64 holding the most.
+    #[arg(long, default_value_t = 512)]
+    gateway_max_pending: usize,
+    /// LVSP connections not yet identified (as --gateway-max-pending).
+    #[arg(long, default_value_t = 64)]
+    lvsp_max_pending: usize,
+    /// Pending connections per listener from one source address.
+    #[arg(long, default_value_t = 8)]
+    max_pending_per_address: usize,
+    /// Pending connections per listener from one /24 (IPv4) or /64 (IPv6).
+    #[arg(long, default_value_t = 32)]
+    max_pending_per_prefix: usize,
+    /// Concurrent /metrics and /health connections; more are refused.
+    #[arg(long, default_value_t = 32)]
+    metrics_max_connections: usize,
+    /// Seconds from accept to the end of the websocket upgrade (TLS
+    /// included) before a connection is dropped.
+    #[arg(long, default_value_t = 5)]
+    handshake_timeout_secs: u64,
     /// Seconds a gateway connection may stay without Identify or Resume
     /// (closed with 4003 after).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 10)]
     identify_timeout_secs: u64,
+    /// Seconds an LVSP connection may stay without IDENTIFY or RESUME
+    /// (closed with 4000 after).
+    #[arg(long, default_value_t = 10)]
+    lvsp_identify_timeout_secs: u64,
     /// Gateway heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 13_750)]
     gateway_heartbeat_ms: u64,
+    /// Failed LVSP IDENTIFY/RESUME allowed from one address (IPv6: one
+    /// /64) before its attempts are refused unchecked (close 4001) for a
+    /// window of 1 s, doubling per further failure.
+    #[arg(long, default_value_t = 3)]
+    lvsp_auth_failures: u32,
+    /// Longest such refusal window, in seconds (an address is forgotten
+    /// after twice this, at least 600 s, without failures).
+    #[arg(long, default_value_t = 300)]
+    lvsp_auth_backoff_max_secs: u64,
 }
 
 impl Args {
@@ -167,14 +212,21 @@ impl Args {
         } else if let Some(bin) = self.dataplane_bin {
             c.dataplane = DataplaneMode::Spawn(bin);
         }
-        if let Some(p) = self.shm {
-            c.shm_path = p;
-        }
+        c.shm_path = self.shm;
+        c.udp_idle = Duration::from_secs(self.udp_idle_secs);
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;
         c.max_connections = self.max_connections;
+        c.lvsp_max_connections = self.lvsp_max_connections;
+        c.gateway_max_pending = self.gateway_max_pending;
+        c.lvsp_max_pending = self.lvsp_max_pending;
+        c.max_pending_per_address = self.max_pending_per_address;
+        c.max_pending_per_prefix = self.max_pending_per_prefix;
+        c.metrics_max_connections = self.metrics_max_connections;
+        c.handshake_timeout = Duration::from_secs(self.handshake_timeout_secs);
         c.identify_timeout = Duration::from_secs(self.identify_timeout_secs);
+        c.lvsp_identify_timeout = Duration::from_secs(self.lvsp_identify_timeout_secs);
         if !self.modes.is_empty() {
             c.modes = self.modes;
         }
@@ -189,6 +241,13 @@ impl Args {
         c.lvsp_rate = control::lvsp::RateLimit {
             per_second: self.lvsp_rate,
             burst: self.lvsp_rate * 2.0,
+        };
+        let backoff_max = Duration::from_secs(self.lvsp_auth_backoff_max_secs);
+        c.lvsp_auth_backoff = control::lvsp::AuthBackoff {
+            free_failures: self.lvsp_auth_failures,
+            max: backoff_max,
+            forget_after: (backoff_max * 2).max(Duration::from_secs(600)),
+            ..control::lvsp::AuthBackoff::default()
         };
         Ok(c)
     }
@@ -225,22 +284,50 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+/// Logs to stderr at RUST_LOG's levels (default info), except that the
+/// websocket and TLS libraries never log below info: at debug and trace they
+/// print whole frames, and with them tokens, session ids and keys. A second
+/// filter rather than extra RUST_LOG directives, because a more specific
+/// directive in RUST_LOG (`tungstenite::protocol=trace`) would win over ours.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let never_frames = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::INFO)
+        .with_target("tokio_tungstenite", LevelFilter::INFO)
+        .with_target("rustls", LevelFilter::INFO)
+        .with_target("tokio_rustls", LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(wanted)
+                .with_filter(never_frames),
         )
-        .with_writer(std::io::stderr)
         .init();
-    let config = Args::parse().into_config()?;
-    let secret = config.secret.clone();
+}
+
+async fn serve() -> anyhow::Result<()> {
+    init_logging();
+    let args = Args::parse();
+    // Only a secret the server made up is printed: the operator already
+    // has theirs, and stdout may end up in a log others can read.
+    let generated = args.secret.is_none();
+    let config = args.into_config()?;
+    let secret = generated.then(|| config.secret.clone());
     let server = Server::start(config)
         .await
         .context("starting the voice server")?;
     // Machine-readable "key: value" lines on stdout (the tests parse them).
     println!("voice server ready");
     println!("lvsp: {}", server.lvsp_url());
-    println!("secret: {secret}");
+    if let Some(secret) = &secret {
+        println!("secret: {secret}");
+    }
     println!("gateway: {}/?v=8", server.gateway_url());
     if let Some(cert) = &server.self_signed_cert {
         println!("cert: {}", cert.display());

@@ -13,7 +13,8 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use shared::{Command, Mode, SessionSpec};
 
-use crate::gateway::{close, op, Stream};
+use crate::gateway::{close, op, Identify, Resume, Stream, Supersedes};
+use crate::limit::{Bucket, RateLimit};
 
 /// Identifies one gateway websocket connection.
 pub type ConnId = u64;
@@ -86,11 +87,22 @@ struct VoiceState {
     /// Since when the websocket is gone with the session kept for a Resume.
     parked_since: Option<Instant>,
     /// What Select Protocol pushed to the data plane (kept to push it again
-    /// into a restarted data plane).
+    /// into a restarted data plane; its key is wiped when it is dropped).
     media: Option<SessionSpec>,
-    /// The address a core proved for the SSRC (IP discovery or an
-    /// authenticated packet), as reported over the event ring.
-    learned: Option<SocketAddr>,
+    /// Where IP discovery for the SSRC last came from, as a core reported
+    /// it. Unauthenticated: shown to operators, never pushed anywhere.
+    observed: Option<SocketAddr>,
+    /// The address a core proved for the SSRC (an authenticated packet, or
+    /// the declared address matching an observation): the only address
+    /// pushed into a restarted data plane, and bound on every other core.
+    proven: Option<SocketAddr>,
+    /// The session's entry in the region's counter table, from the first
+    /// Select Protocol until it leaves the call.
+    slot: Option<u32>,
+    /// The member's gateway message budget. It belongs to the voice state,
+    /// not to a socket: identifying or resuming on a new connection does
+    /// not refill it. Created at the first charge.
+    budget: Option<Bucket>,
 }
 
 impl VoiceState {
@@ -113,6 +125,18 @@ pub enum IdentifyError {
     /// the messages after `seq_ack` are no longer kept.
     #[error("session no longer valid")]
     SessionInvalid,
+    /// The session's message budget is spent (it survives reconnects).
+    #[error("rate limited")]
+    RateLimited,
+}
+
+/// Why Select Protocol could not key a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// Every slot of the counter table is in use: the data plane keys no
+    /// more sessions at once.
+    #[error("server full")]
+    Full,
 }
 
 /// What a successful Identify hands the connection.
@@ -184,6 +208,11 @@ pub struct Registry {
     resume_grace: Duration,
     /// Numbered messages kept per gateway session for Resume.
     stream_capacity: usize,
+    /// Counter-table slots never handed out yet start here...
+    next_slot: u32,
+    /// ...up to this many in all; freed ones are reused first.
+    slot_count: u32,
+    free_slots: Vec<u32>,
 }
 
 /// A 128-bit random value as 32 lowercase hex digits.
@@ -220,7 +249,26 @@ impl Registry {
             parked: VecDeque::new(),
             resume_grace: Duration::from_secs(30),
             stream_capacity: 256,
+            next_slot: 0,
+            slot_count: 65_536,
+            free_slots: Vec::new(),
         }
+    }
+
+    /// How many sessions the region's counter table holds (default 65536,
+    /// `shared::RegionConfig::counter_slots`): at most this many sessions
+    /// can be keyed at once.
+    pub fn set_counter_slots(&mut self, slots: u32) {
+        self.slot_count = slots;
+    }
+
+    fn take_slot(&mut self) -> Option<u32> {
+        self.free_slots.pop().or_else(|| {
+            (self.next_slot < self.slot_count).then(|| {
+                self.next_slot += 1;
+                self.next_slot - 1
+            })
+        })
     }
 
     /// Takes every queued effect, in order.
@@ -391,7 +439,11 @@ impl Registry {
             if let Some(ssrc) = state.ssrc {
                 self.ssrcs.remove(&ssrc);
                 self.load[ch.core as usize] = self.load[ch.core as usize].saturating_sub(1);
+                if let Some(addr) = state.proven {
+                    self.others(ch.core, Command::UnbindAddress { addr, ssrc });
+                }
             }
+            self.free_slots.extend(state.slot);
             if let Some(conn) = state.conn {
                 self.effects.push_back(Effect::Gateway {
                     conn,
@@ -434,7 +486,10 @@ impl Registry {
                 stream: None,
                 parked_since: None,
                 media: None,
-                learned: None,
+                observed: None,
+                proven: None,
+                slot: None,
+                budget: None,
             },
         );
         self.by_user.insert(key, session_id.clone());
@@ -476,11 +531,15 @@ impl Registry {
         let conn = state.conn.take();
         let in_call = state.stream.take().is_some();
         state.parked_since = None;
-        state.media = None;
-        state.learned = None;
+        state.media = None; // wipes the key
+        state.observed = None;
+        let proven = state.proven.take();
+        let slot = state.slot.take();
         state.speaking = 0;
         let ssrc = state.ssrc.take();
         let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
+        let user = state.user;
+        self.free_slots.extend(slot);
         let core = self.channels.get(&channel_id)?.core;
         if let Some(ssrc) = ssrc {
             self.ssrcs.remove(&ssrc);
@@ -489,9 +548,13 @@ impl Registry {
                 core,
                 command: Command::RemoveSession { ssrc },
             });
+            if let Some(addr) = proven {
+                self.others(core, Command::UnbindAddress { addr, ssrc });
+            }
         }
         if in_call {
-            self.broadcast(&channel_id, session_id, || {
+            let key = Some(Supersedes::Presence(user));
+            self.broadcast(&channel_id, session_id, key, || {
                 (op::CLIENT_DISCONNECT, json!({"user_id": user_id}))
             });
         }
@@ -499,15 +562,16 @@ impl Registry {
     }
 
     /// Numbers a message in `session_id`'s stream and delivers it if a
-    /// connection is attached; a parked session keeps it for its Resume.
-    fn deliver(&mut self, session_id: &str, op: u64, d: Value) {
+    /// connection is attached; a parked session keeps it for its Resume
+    /// (in place of the kept message with the same `key`).
+    fn deliver(&mut self, session_id: &str, op: u64, d: Value, key: Option<Supersedes>) {
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
         let Some(stream) = state.stream.as_mut() else {
             return;
         };
-        let text = stream.message(op, d);
+        let text = stream.message_keyed(op, d, key);
         if let Some(conn) = state.conn {
             self.effects.push_back(Effect::Gateway {
                 conn,
@@ -517,7 +581,13 @@ impl Registry {
     }
 
     /// Delivers a message to every other member in the call.
-    fn broadcast(&mut self, channel_id: &str, except: &str, make: impl Fn() -> (u64, Value)) {
+    fn broadcast(
+        &mut self,
+        channel_id: &str,
+        except: &str,
+        key: Option<Supersedes>,
+        make: impl Fn() -> (u64, Value),
+    ) {
         let Some(ch) = self.channels.get(channel_id) else {
             return;
         };
@@ -530,7 +600,7 @@ impl Registry {
         targets.sort();
         for sid in targets {
             let (op, d) = make();
-            self.deliver(&sid, op, d);
+            self.deliver(&sid, op, d, key);
         }
     }
 
@@ -564,20 +634,38 @@ impl Registry {
         Ok(state)
     }
 
+    /// Charges one message to `session_id`'s budget (created from `limit`
+    /// at the first charge); false when it is spent. A session that no
+    /// longer exists has nothing to charge.
+    pub fn spend(&mut self, session_id: &str, now: Instant, limit: RateLimit) -> bool {
+        match self.states.get_mut(session_id) {
+            Some(state) => state
+                .budget
+                .get_or_insert_with(|| Bucket::new(limit, now))
+                .take(now),
+            None => true,
+        }
+    }
+
     /// Gateway Identify at gateway `version`: checks the credentials,
-    /// allocates the SSRC on the channel's core and announces it to that
-    /// core. The connection then numbers its Ready with
-    /// [`Registry::message`] and calls [`Registry::welcome`].
+    /// charges the session's budget (`limit`: it is not refilled by
+    /// identifying again), allocates the SSRC on the channel's core and
+    /// announces it to that core. The connection then numbers its Ready
+    /// with [`Registry::message`] and calls [`Registry::welcome`].
     pub fn identify(
         &mut self,
         conn: ConnId,
         version: u8,
-        server_id: &str,
-        user_id: &str,
-        session_id: &str,
-        token: &str,
+        id: &Identify,
+        now: Instant,
+        limit: RateLimit,
     ) -> Result<Identified, IdentifyError> {
-        let state = self.authenticate(server_id, Some(user_id), session_id, token)?;
+        let session_id = id.session_id.as_str();
+        self.authenticate(&id.server_id, Some(&id.user_id), session_id, &id.token)?;
+        if !self.spend(session_id, now, limit) {
+            return Err(IdentifyError::RateLimited);
+        }
+        let state = &self.states[session_id];
         let ch = &self.channels[&state.channel_id];
         let (core, num, channel_id) = (ch.core, ch.num, ch.channel_id.clone());
         let (user, previous, ssrc) = (state.user, state.conn, state.ssrc);
@@ -619,8 +707,9 @@ impl Registry {
             },
         });
         if joined {
-            let user_id = user_id.to_owned();
-            self.broadcast(&channel_id, session_id, || {
+            let user_id = id.user_id.clone();
+            let key = Some(Supersedes::Presence(user));
+            self.broadcast(&channel_id, session_id, key, || {
                 (op::CLIENTS_CONNECT, json!({"user_ids": [user_id]}))
             });
         }
@@ -643,7 +732,8 @@ impl Registry {
             }
             present.push(s.user_id.clone());
             if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
-                speakers.push(json!({"user_id": s.user_id, "ssrc": ssrc, "speaking": s.speaking}));
+                let d = json!({"user_id": s.user_id, "ssrc": ssrc, "speaking": s.speaking});
+                speakers.push((d, s.user));
             }
         }
         if !present.is_empty() {
@@ -652,10 +742,16 @@ impl Registry {
                 session_id,
                 op::CLIENTS_CONNECT,
                 json!({"user_ids": present}),
+                None,
             );
         }
-        for d in speakers {
-            self.deliver(session_id, op::SPEAKING, d);
+        for (d, user) in speakers {
+            self.deliver(
+                session_id,
+                op::SPEAKING,
+                d,
+                Some(Supersedes::Speaking(user)),
+            );
         }
     }
 
@@ -673,18 +769,20 @@ impl Registry {
 
     /// Gateway Resume on a new connection at gateway `version`: the same
     /// session, SSRC, key and address; the messages after `seq_ack` (v8)
-    /// to re-deliver. Refused when the session identified at a version
-    /// with the other numbering (v8 against below).
+    /// to re-deliver. Charges the session's budget like
+    /// [`Registry::identify`]. Refused when the session identified at a
+    /// version with the other numbering (v8 against below).
     pub fn resume(
         &mut self,
         conn: ConnId,
         version: u8,
-        server_id: &str,
-        session_id: &str,
-        token: &str,
-        seq_ack: Option<u64>,
+        resume: &Resume,
+        now: Instant,
+        limit: RateLimit,
     ) -> Result<Resumed, IdentifyError> {
-        let state = match self.authenticate(server_id, None, session_id, token) {
+        let session_id = resume.session_id.as_str();
+        let authenticated = self.authenticate(&resume.server_id, None, session_id, &resume.token);
+        let state = match authenticated {
             // A session that no longer exists cannot be resumed (the client
             // should identify afresh); a wrong token for a live one is an
             // authentication failure.
@@ -701,11 +799,14 @@ impl Registry {
         if !stream.serves(version) {
             return Err(IdentifyError::SessionInvalid);
         }
-        let missed = match seq_ack {
+        let missed = match resume.seq_ack {
             Some(seq) => stream.after(seq).ok_or(IdentifyError::SessionInvalid)?,
             None => Vec::new(),
         };
         let previous = state.conn;
+        if !self.spend(session_id, now, limit) {
+            return Err(IdentifyError::RateLimited);
+        }
         if let Some(old) = previous.filter(|old| *old != conn) {
             // The old socket is not dead yet as far as we know: this
             // connection takes over.
@@ -745,51 +846,113 @@ impl Registry {
     }
 
     /// Select Protocol: pushes the keyed session to the channel's core.
+    /// Fails when the counter table has no free slot (every session the
+    /// data plane can key at once is keyed).
     pub fn select_protocol(
         &mut self,
         session_id: &str,
         mode: Mode,
         key: [u8; 32],
         declared: Option<SocketAddr>,
-    ) {
-        let Some(state) = self.states.get_mut(session_id) else {
-            return;
+    ) -> Result<(), SelectError> {
+        let Some(state) = self.states.get(session_id) else {
+            return Ok(());
         };
         let (Some(ssrc), Some(ch)) = (state.ssrc, self.channels.get(&state.channel_id)) else {
-            return;
+            return Ok(());
         };
+        let (core, num, user) = (ch.core, ch.num, state.user);
+        let slot = match state.slot {
+            Some(slot) => slot,
+            None => self.take_slot().ok_or(SelectError::Full)?,
+        };
+        let state = self.states.get_mut(session_id).expect("looked up above");
+        state.slot = Some(slot);
         let spec = SessionSpec {
             ssrc,
-            channel: ch.num,
-            user: state.user,
+            channel: num,
+            user,
             mode,
             key,
             declared,
+            slot,
         };
         state.media = Some(spec.clone());
         self.effects.push_back(Effect::Dataplane {
-            core: ch.core,
+            core,
             command: Command::UpsertSession(spec),
         });
+        Ok(())
     }
 
-    /// A core proved `addr` for `ssrc` (event ring).
-    pub fn address_learned(&mut self, ssrc: u32, addr: SocketAddr) {
-        if let Some(state) = self
-            .ssrcs
-            .get(&ssrc)
-            .and_then(|sid| self.states.get_mut(sid))
-        {
-            state.learned = Some(addr);
+    /// Queues `command` for every core but `owner`.
+    fn others(&mut self, owner: u32, command: Command) {
+        for core in (0..self.cores).filter(|c| *c != owner) {
+            self.effects.push_back(Effect::Dataplane {
+                core,
+                command: command.clone(),
+            });
         }
+    }
+
+    /// The state holding `ssrc`, with its channel's core.
+    fn by_ssrc(&mut self, ssrc: u32) -> Option<(&mut VoiceState, u32)> {
+        let state = self.states.get_mut(self.ssrcs.get(&ssrc)?)?;
+        let core = self.channels.get(&state.channel_id)?.core;
+        Some((state, core))
+    }
+
+    /// A core saw IP discovery for `ssrc` from `addr` (event ring). Kept
+    /// for operators; it proves nothing.
+    pub fn address_observed(&mut self, ssrc: u32, addr: SocketAddr) {
+        if let Some((state, _)) = self.by_ssrc(ssrc) {
+            state.observed = Some(addr);
+        }
+    }
+
+    /// A core proved `addr` for `ssrc` (event ring): remembered for a
+    /// restart, and bound on every other core so whichever core the kernel
+    /// hands the client's keepalives to can answer them.
+    pub fn address_proven(&mut self, ssrc: u32, addr: SocketAddr) {
+        let Some((state, core)) = self.by_ssrc(ssrc) else {
+            return;
+        };
+        let Some(slot) = state.slot else { return };
+        let old = state.proven.replace(addr);
+        if old == Some(addr) {
+            return;
+        }
+        if let Some(old) = old {
+            self.others(core, Command::UnbindAddress { addr: old, ssrc });
+        }
+        self.others(core, Command::BindAddress { addr, ssrc, slot });
+    }
+
+    /// A core stopped sending to `addr`, silent too long (event ring).
+    pub fn address_expired(&mut self, ssrc: u32, addr: SocketAddr) {
+        let Some((state, core)) = self.by_ssrc(ssrc) else {
+            return;
+        };
+        if state.proven == Some(addr) {
+            state.proven = None;
+            self.others(core, Command::UnbindAddress { addr, ssrc });
+        }
+    }
+
+    /// The proven and observed addresses of `ssrc`.
+    pub fn addresses(&self, ssrc: u32) -> Option<(Option<SocketAddr>, Option<SocketAddr>)> {
+        let state = self.states.get(self.ssrcs.get(&ssrc)?)?;
+        Some((state.proven, state.observed))
     }
 
     /// Pushes every session in a call into a data plane that starts empty
     /// (it was restarted): the SSRC announcement, the keyed session, and
-    /// the address a core had proved, so members who never send keep
-    /// hearing the call. Returns how many sessions were pushed.
+    /// the address a core had *proven* (never a mere observation), so
+    /// members who never send keep hearing the call; the other cores learn
+    /// it is bound. Returns how many sessions were pushed.
     pub fn resync(&mut self) -> usize {
         let mut pushed = 0;
+        let cores = self.cores;
         for state in self.states.values() {
             let (Some(ssrc), true) = (state.ssrc, state.in_call()) else {
                 continue;
@@ -797,17 +960,25 @@ impl Registry {
             let Some(ch) = self.channels.get(&state.channel_id) else {
                 continue;
             };
-            let core = ch.core;
-            let mut send = |command| self.effects.push_back(Effect::Dataplane { core, command });
-            send(Command::AnnounceSsrc {
-                ssrc,
-                channel: ch.num,
-                user: state.user,
-            });
+            let owner = ch.core;
+            let mut send =
+                |core, command| self.effects.push_back(Effect::Dataplane { core, command });
+            send(
+                owner,
+                Command::AnnounceSsrc {
+                    ssrc,
+                    channel: ch.num,
+                    user: state.user,
+                },
+            );
             if let Some(spec) = &state.media {
-                send(Command::UpsertSession(spec.clone()));
-                if let Some(addr) = state.learned {
-                    send(Command::TrustAddress { ssrc, addr });
+                send(owner, Command::UpsertSession(spec.clone()));
+                if let Some(addr) = state.proven {
+                    send(owner, Command::TrustAddress { ssrc, addr });
+                    for core in (0..cores).filter(|c| *c != owner) {
+                        let slot = spec.slot;
+                        send(core, Command::BindAddress { addr, ssrc, slot });
+                    }
                 }
             }
             pushed += 1;
@@ -823,7 +994,11 @@ impl Registry {
         let Some(ssrc) = state.ssrc else { return };
         state.speaking = speaking;
         let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
-        self.broadcast(&channel_id, session_id, || {
+        // A newer Speaking of this member replaces its older one in every
+        // receiver's resume buffer: a member who speaks (or rejoins) in a
+        // loop never pushes another member's missed messages out.
+        let key = Some(Supersedes::Speaking(state.user));
+        self.broadcast(&channel_id, session_id, key, || {
             (
                 op::SPEAKING,
                 json!({"user_id": user_id, "ssrc": ssrc, "speaking": speaking}),
@@ -870,6 +1045,29 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIMIT: RateLimit = RateLimit {
+        per_second: 10.0,
+        burst: 60.0,
+    };
+
+    fn identify(
+        r: &mut Registry,
+        conn: ConnId,
+        version: u8,
+        server_id: &str,
+        user_id: &str,
+        session_id: &str,
+        token: &str,
+    ) -> Result<Identified, IdentifyError> {
+        let id = Identify {
+            server_id: server_id.into(),
+            user_id: user_id.into(),
+            session_id: session_id.into(),
+            token: token.into(),
+        };
+        r.identify(conn, version, &id, Instant::now(), LIMIT)
+    }
 
     fn effects(r: &mut Registry) -> Vec<Effect> {
         r.drain_effects().collect()
@@ -925,7 +1123,7 @@ mod tests {
         let mut r = Registry::new(2);
         let t = r.channel_req("100", Some("1")).unwrap().token;
         let sid = r.voice_state_create("7", "100").unwrap();
-        r.identify(1, 4, "1", "7", &sid, &t).unwrap();
+        identify(&mut r, 1, 4, "1", "7", &sid, &t).unwrap();
         assert_eq!(r.channel("100").unwrap().core, 0);
         r.channel_req("101", Some("1")).unwrap();
         assert_eq!(r.channel("101").unwrap().core, 1, "core 0 has a session");
@@ -968,9 +1166,12 @@ mod tests {
                 IdentifyError::AuthenticationFailed,
             ),
         ] {
-            assert_eq!(r.identify(1, 4, server, user, session, token), Err(err));
+            assert_eq!(
+                identify(&mut r, 1, 4, server, user, session, token),
+                Err(err)
+            );
         }
-        let id = r.identify(1, 4, "1", "7", &sid, &ch.token).unwrap();
+        let id = identify(&mut r, 1, 4, "1", "7", &sid, &ch.token).unwrap();
         assert_eq!(id.ssrc % 3, core);
         assert_ne!(id.ssrc, 0);
         assert_eq!(
@@ -991,7 +1192,7 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("555", None).unwrap();
         let sid = r.voice_state_create("7", "555").unwrap();
-        assert!(r.identify(1, 4, "555", "7", &sid, &ch.token).is_ok());
+        assert!(identify(&mut r, 1, 4, "555", "7", &sid, &ch.token).is_ok());
     }
 
     #[test]
@@ -1011,10 +1212,10 @@ mod tests {
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
         let b = r.voice_state_create("8", "100").unwrap();
-        let ia = r.identify(10, 4, "1", "7", &a, &ch.token).unwrap();
+        let ia = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         r.speaking(&a, 1);
         effects(&mut r);
-        r.identify(11, 4, "1", "8", &b, &ch.token).unwrap();
+        identify(&mut r, 11, 4, "1", "8", &b, &ch.token).unwrap();
         r.welcome(&b);
         let e = effects(&mut r);
         assert_eq!(
@@ -1049,7 +1250,7 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
-        let id = r.identify(10, 4, "1", "7", &a, &ch.token).unwrap();
+        let id = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
         r.voice_state_destroy("7", "100");
         let e = effects(&mut r);
@@ -1058,7 +1259,7 @@ mod tests {
             command: Command::RemoveSession { ssrc: id.ssrc }
         }));
         assert_eq!(closes(&e, 10), vec![4014]);
-        assert!(r.identify(11, 4, "1", "7", &a, &ch.token).is_err());
+        assert!(identify(&mut r, 11, 4, "1", "7", &a, &ch.token).is_err());
         // A move: a new state in the same channel gets a new session id.
         let b = r.voice_state_create("7", "100").unwrap();
         assert_ne!(a, b);
@@ -1069,9 +1270,9 @@ mod tests {
         let mut r = Registry::new(1);
         let ch = r.channel_req("100", Some("1")).unwrap();
         let a = r.voice_state_create("7", "100").unwrap();
-        let first = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
+        let first = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
-        let second = r.identify(11, 8, "1", "7", &a, &ch.token).unwrap();
+        let second = identify(&mut r, 11, 8, "1", "7", &a, &ch.token).unwrap();
         assert_eq!(first.ssrc, second.ssrc, "same voice state, same SSRC");
         assert_eq!(closes(&effects(&mut r), 10), vec![4006]);
         r.gateway_closed(&a, 10, Instant::now(), true);
@@ -1085,11 +1286,14 @@ mod tests {
         let a = r.voice_state_create("7", "100").unwrap();
         let b = r.voice_state_create("8", "100").unwrap();
         let _unjoined = r.voice_state_create("9", "100").unwrap();
-        let ia = r.identify(10, 8, "1", "7", &a, &ch.token).unwrap();
-        let ib = r.identify(11, 8, "1", "8", &b, &ch.token).unwrap();
-        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None);
+        let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
+            .unwrap();
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        r.address_learned(ia.ssrc, addr);
+        // A stranger's discovery for b is observed, never re-pushed.
+        r.address_observed(ib.ssrc, "203.0.113.9:9".parse().unwrap());
+        r.address_proven(ia.ssrc, addr);
         effects(&mut r);
         assert_eq!(r.resync(), 2);
         let commands: Vec<Command> = effects(&mut r)
@@ -1121,6 +1325,110 @@ mod tests {
             .expect("a's proven address");
         assert!(upsert < trust, "the address follows the session");
         assert_eq!(commands.len(), 4, "{commands:?}");
+    }
+
+    /// Proven addresses are bound on every other core (keepalives carry no
+    /// SSRC, so any core may get them), moved and released with the
+    /// session; observations are never pushed anywhere.
+    #[test]
+    fn proven_addresses_are_bound_on_the_other_cores() {
+        let mut r = Registry::new(3);
+        let ch = r.channel_req("100", Some("1")).unwrap();
+        let a = r.voice_state_create("7", "100").unwrap();
+        let id = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        let owner = id.ssrc % 3;
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
+            .unwrap();
+        let slot = match effects(&mut r).last() {
+            Some(Effect::Dataplane {
+                command: Command::UpsertSession(s),
+                ..
+            }) => s.slot,
+            other => panic!("{other:?}"),
+        };
+        let others: Vec<u32> = (0..3).filter(|c| *c != owner).collect();
+        let (x, y): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.1:2".parse().unwrap(),
+        );
+        r.address_observed(id.ssrc, "203.0.113.1:1".parse().unwrap());
+        assert!(effects(&mut r).is_empty(), "an observation goes nowhere");
+        r.address_proven(id.ssrc, x);
+        let bind = |addr| Command::BindAddress {
+            addr,
+            ssrc: id.ssrc,
+            slot,
+        };
+        let unbind = |addr| Command::UnbindAddress {
+            addr,
+            ssrc: id.ssrc,
+        };
+        let on = |cores: &[u32], c: Command| -> Vec<Effect> {
+            cores
+                .iter()
+                .map(|&core| Effect::Dataplane {
+                    core,
+                    command: c.clone(),
+                })
+                .collect()
+        };
+        assert_eq!(effects(&mut r), on(&others, bind(x)));
+        r.address_proven(id.ssrc, x);
+        assert!(effects(&mut r).is_empty(), "no change, nothing sent");
+        r.address_proven(id.ssrc, y); // NAT rebinding
+        let mut moved = on(&others, unbind(x));
+        moved.extend(on(&others, bind(y)));
+        assert_eq!(effects(&mut r), moved);
+        assert_eq!(
+            r.addresses(id.ssrc),
+            Some((Some(y), Some("203.0.113.1:1".parse().unwrap())))
+        );
+        r.address_expired(id.ssrc, x);
+        assert!(effects(&mut r).is_empty(), "not the proven one");
+        r.address_expired(id.ssrc, y);
+        assert_eq!(effects(&mut r), on(&others, unbind(y)));
+        assert_eq!(
+            r.addresses(id.ssrc),
+            Some((None, Some("203.0.113.1:1".parse().unwrap())))
+        );
+        // Leaving releases the binding and the slot.
+        r.address_proven(id.ssrc, x);
+        effects(&mut r);
+        r.gateway_closed(&a, 10, Instant::now(), false);
+        let e = effects(&mut r);
+        assert!(e.contains(&Effect::Dataplane {
+            core: owner,
+            command: Command::RemoveSession { ssrc: id.ssrc }
+        }));
+        for c in on(&others, unbind(x)) {
+            assert!(e.contains(&c), "{c:?} in {e:?}");
+        }
+        assert_eq!(r.free_slots, vec![slot]);
+    }
+
+    #[test]
+    fn select_protocol_fails_when_every_slot_is_taken() {
+        let mut r = Registry::new(1);
+        r.set_counter_slots(1);
+        let ch = r.channel_req("100", Some("1")).unwrap();
+        let a = r.voice_state_create("7", "100").unwrap();
+        let b = r.voice_state_create("8", "100").unwrap();
+        identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
+        let key = [2; 32];
+        assert_eq!(
+            r.select_protocol(&a, Mode::Aes256GcmRtpSize, key, None),
+            Ok(())
+        );
+        // A second Select Protocol of the same session keeps its slot.
+        assert_eq!(
+            r.select_protocol(&a, Mode::Aes256GcmRtpSize, key, None),
+            Ok(())
+        );
+        assert_eq!(
+            r.select_protocol(&b, Mode::Aes256GcmRtpSize, key, None),
+            Err(SelectError::Full)
+        );
     }
 
     #[test]

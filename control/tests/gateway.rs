@@ -51,7 +51,8 @@ async fn next_matching<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_at_v4_and_v8_in_one_channel() {
-    let server = ServerProcess::start(2, &[]);
+    let all: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+    let server = ServerProcess::start(2, &["--modes", &all.join(",")]);
     let mut lvsp = identified(&server).await;
     for (version, channel) in [(4u8, "1100"), (8, "1108")] {
         let assign = lvsp.channel_req(channel, Some(GUILD)).await.unwrap();
@@ -237,12 +238,35 @@ async fn close_codes_on_live_sockets() {
         .expect("identify");
     assert_eq!(close_code(&mut quiet).await, Some(4009));
 
+    // 4016: the legacy xsalsa20_poly1305 modes are offered only when
+    // configured (`--modes`).
+    let legacy_session = lvsp
+        .voice_state_create("8002", "1400", Some(GUILD))
+        .await
+        .unwrap()
+        .session_id;
+    let mut legacy = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    let ready = legacy
+        .identify(GUILD, "8002", &legacy_session, &assign.token)
+        .await
+        .expect("identify");
+    assert_eq!(
+        ready.modes,
+        ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"]
+    );
+    let _ = legacy
+        .select_protocol("127.0.0.1", 4000, Mode::XSalsa20Poly1305)
+        .await;
+    assert_eq!(close_code(&mut legacy).await, Some(4016));
+
     // 4006: resuming a session that was removed over LVSP.
     lvsp.voice_state_destroy("8001", "1400", Some(GUILD))
         .await
         .unwrap();
     server.wait_metrics(Duration::from_secs(5), "the state removed", |s| {
-        s.metric("voice_states") == 0.0
+        s.metric("voice_states") == 1.0 // 8002's stays
     });
     let mut stale = GatewayClient::connect(&server.gateway_url, 8)
         .await
@@ -263,7 +287,7 @@ async fn close_codes_on_live_sockets() {
     let hello = plain.wait_hello().await.expect("Hello without ?v");
     assert_eq!(hello, Duration::from_millis(200));
 
-    for code in [4021, 4020, 4009, 4006] {
+    for code in [4021, 4020, 4009, 4016, 4006] {
         assert_eq!(
             server.metric(&format!(
                 "voice_closes_total{{protocol=\"gateway\",code=\"{code}\"}}"
@@ -278,7 +302,12 @@ async fn close_codes_on_live_sockets() {
 async fn connection_limit_and_identify_timeout() {
     let server = ServerProcess::start(
         1,
-        &["--max-connections", "2", "--identify-timeout-secs", "1"],
+        &[
+            "--max-pending-per-address",
+            "2",
+            "--identify-timeout-secs",
+            "1",
+        ],
     );
     let mut first = GatewayClient::connect(&server.gateway_url, 8)
         .await
@@ -289,12 +318,14 @@ async fn connection_limit_and_identify_timeout() {
     server.wait_metrics(Duration::from_secs(5), "two open connections", |s| {
         s.metric("voice_connections{protocol=\"gateway\"}") == 2.0
     });
-    // A third is refused at accept: no handshake completes.
+    // A third from the same address is refused at accept (the address has
+    // its share of pending slots): no handshake completes.
     assert!(GatewayClient::connect(&server.gateway_url, 8)
         .await
         .is_err());
     assert_eq!(
-        server.metric("voice_connections_refused_total{protocol=\"gateway\"}"),
+        server
+            .metric("voice_connections_refused_total{protocol=\"gateway\",reason=\"per_address\"}"),
         1.0
     );
     // Heartbeats alone do not hold a connection: no Identify within 1 s is

@@ -70,3 +70,34 @@ async fn a_dataplane_whose_control_dies_stops_and_removes_the_region() {
     }
     std::net::UdpSocket::bind(udp).expect("the port is free");
 }
+
+/// A panic in one core must not leave that core's socket dead in the
+/// reuseport group while the others run on: the dataplane aborts, and
+/// supervision starts a fresh one with the whole state (fault injected
+/// through the dataplane's test hook, a datagram that makes core 1 panic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_core_ends_the_dataplane_and_supervision_restarts_it() {
+    // An RTP-looking datagram for SSRC 3: steered to core 1 of 2.
+    const FAULT: &str = "8078000100000000000000036661756c74";
+    let server = ServerProcess::start_with(support::control_bin(), 2, &[], |c| {
+        c.env(dataplane::core::FAULT_ENV, FAULT);
+    });
+    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP");
+    let mut call = join_call(&server, &mut lvsp, GUILD, "1600", &["9101", "9102"]).await;
+    assert_talkers_heard(&mut call, 2, 3, "before").await;
+    let pid = server.metric("voice_dataplane_pid");
+    let bytes: Vec<u8> = (0..FAULT.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&FAULT[i..i + 2], 16).unwrap())
+        .collect();
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.send_to(&bytes, server.udp).unwrap();
+    server.wait_metrics(Duration::from_secs(20), "the dataplane restarted", |s| {
+        s.metric("voice_dataplane_restarts_total") == 1.0
+            && s.metric("voice_dataplane_pid") > 0.0
+            && s.metric("voice_dataplane_pid") != pid
+    });
+    assert_talkers_heard(&mut call, 2, 3, "after").await;
+}

@@ -1,8 +1,10 @@
 //! The dataplane's command line: parsing, start-up and the run.
 //!
-//! `dataplane --shm <PATH> --bind <IP:PORT> [--stats-interval-ms 250]`
-//! attaches the shared-memory region control created, binds one UDP socket
-//! per core (the region's core count), publishes the bound port, and runs
+//! `dataplane --shm <PATH> (--bind <IP:PORT> | --udp-fds <FD,...>)
+//! [--stats-interval-ms 250] [--udp-idle-secs 60]` attaches the
+//! shared-memory region control created, binds one UDP socket per core (the
+//! region's core count) or takes over the ones control handed down,
+//! publishes the port, and runs
 //! until SIGTERM/SIGINT or until the parent process exits. The `dataplane`
 //! binary and `control dataplane ...` (how control starts its child) both
 //! call [`main`].
@@ -32,16 +34,29 @@ struct Args {
     #[arg(long)]
     shm: PathBuf,
     /// UDP address to bind (port 0 picks one and publishes it).
-    #[arg(long)]
-    bind: SocketAddr,
+    #[arg(long, required_unless_present = "udp_fds", conflicts_with = "udp_fds")]
+    bind: Option<SocketAddr>,
+    /// Inherited descriptors of a reuseport group to serve instead of
+    /// binding one (comma-separated, one per core, in core order): how
+    /// control hands its sockets to each dataplane it starts, so the port
+    /// stays the same and never falls free between two of them.
+    #[arg(long, value_delimiter = ',')]
+    udp_fds: Vec<std::os::fd::RawFd>,
     /// Interval between statistics reports, milliseconds.
     #[arg(long, default_value_t = 250)]
     stats_interval_ms: u64,
+    /// Seconds a proven client address may stay silent (no authenticated
+    /// media, no keepalive) before the data plane stops sending to it.
+    #[arg(long, default_value_t = 60)]
+    udp_idle_secs: u64,
 }
 
 /// Parses `args` (the first one is the program name), runs the data plane
 /// until shutdown, and returns the process exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    // Read first thing: if control dies while we start, the parent read
+    // later would already be init, and we would never notice.
+    let parent = std::os::unix::process::parent_id();
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
@@ -60,7 +75,17 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    match run(args) {
+    // A panicking core must not leave its socket dead in the reuseport
+    // group (its share of the traffic would vanish) while the other cores
+    // run on: the whole process goes, and control's supervision starts a
+    // fresh one and pushes the state into it again.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!("panic: {info}; aborting the data plane");
+        std::process::abort();
+    }));
+    match run(args, parent) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -70,9 +95,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, parent: u32) -> anyhow::Result<()> {
     if args.stats_interval_ms == 0 {
         anyhow::bail!("--stats-interval-ms must be at least 1");
+    }
+    if args.udp_idle_secs == 0 {
+        anyhow::bail!("--udp-idle-secs must be at least 1");
     }
     sys::install_shutdown_signals().context("installing signal handlers")?;
     sys::sodium::init().context("initialising libsodium")?;
@@ -95,22 +123,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "RLIMIT_MEMLOCK"),
         Err(e) => tracing::warn!(error = %e, "reading RLIMIT_MEMLOCK failed"),
     }
-    let sockets = sys::socket::bind_group(args.bind, cores)
-        .with_context(|| format!("binding {cores} UDP sockets to {}", args.bind))?;
+    let sockets = match args.bind {
+        Some(bind) => sys::socket::bind_group(bind, cores)
+            .with_context(|| format!("binding {cores} UDP sockets to {bind}"))?,
+        None => sys::socket::adopt_group(&args.udp_fds, cores)
+            .with_context(|| format!("taking over the UDP sockets {:?}", args.udp_fds))?,
+    };
     let local = sockets[0]
         .local_addr()
         .context("reading the bound address")?;
     region.publish_udp_port(local.port());
     tracing::info!(%local, cores, "sockets bound, port published");
-    let config = CoreConfig {
+    let mut config = CoreConfig {
         stats_interval: Duration::from_millis(args.stats_interval_ms),
         ..CoreConfig::default()
     };
-    let parent = std::os::unix::process::parent_id();
-    core::run(&region, sockets, &config)?;
-    if std::os::unix::process::parent_id() != parent {
-        // The control that created the region died without cleaning up
-        // (it removes the file on a normal shutdown): nobody else will.
+    config.forward.idle_ms = args.udp_idle_secs.saturating_mul(1000);
+    core::run(&region, sockets, &config, parent)?;
+    if std::os::unix::process::parent_id() != parent && region.is_current() {
+        // The control that created the region file died without cleaning
+        // up (it removes the file on a normal shutdown): nobody else will.
+        // (A file that is no longer ours belongs to a newer control.)
         tracing::warn!("control went away; removing {}", args.shm.display());
         let _ = std::fs::remove_file(&args.shm);
     }

@@ -7,11 +7,22 @@
 //!   decides each in place into one [`Outbox`], and `sendmmsg` sends the
 //!   whole batch's fan-out (falling back to glommio's `send_to` when the
 //!   socket buffer is full). With nothing waiting, the loop sleeps in
-//!   io_uring on a peek of the next datagram;
+//!   io_uring on a peek of the next datagram. Busy time counts the
+//!   batch's work, not the junk in it;
 //! - the **control tick** (every millisecond): apply commands from the
-//!   command ring, queue a [`Event::Stats`] every `stats_interval`, move
-//!   queued events into the event ring (keeping what does not fit for the
-//!   next tick), and notice shutdown.
+//!   command ring, let the forwarder expire idle addresses, queue
+//!   [`Event::Drops`] and [`Event::Stats`] every `stats_interval` (with the
+//!   kernel's count of datagrams the socket buffer dropped), move queued
+//!   events into the event ring (keeping what does not fit for the next
+//!   tick), and notice shutdown.
+//!
+//! The calling thread watches over the cores: it stops them when a signal
+//! arrives, when control (the parent) goes away, or when the region stops
+//! being the current one (removed or replaced: a newer dataplane owns the
+//! port now, so this one must leave the reuseport group). A core that
+//! finds its ring corrupt stops the whole data plane with an error; a
+//! panicking core aborts the process (see `cli`), so supervision restarts
+//! it whole rather than leaving a core's socket dead in the group.
 
 use std::cell::RefCell;
 use std::net::UdpSocket;
@@ -20,10 +31,17 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use shared::{Command, Consumer, Event, Producer, Region, RegionError};
+use shared::{
+    Command, Consumer, Corrupt, Event, PopError, Producer, PushError, Region, RegionError,
+};
 
-use crate::forward::{Forwarder, Outbox};
+use crate::forward::{ForwardConfig, Forwarder, Outbox};
 use crate::sys;
+
+/// Environment variable naming a datagram (hex) that makes the core
+/// receiving it panic: fault injection for supervision tests. Unset in
+/// production; only the operator's environment can set it.
+pub const FAULT_ENV: &str = "VOICE_FAULT_PANIC_DATAGRAM";
 
 /// How the cores run.
 #[derive(Debug, Clone)]
@@ -38,6 +56,8 @@ pub struct CoreConfig {
     pub io_memory: usize,
     /// io_uring submission queue depth per ring. Default 64.
     pub ring_depth: usize,
+    /// Idle timeout and answer budgets of the forwarder.
+    pub forward: ForwardConfig,
 }
 
 impl Default for CoreConfig {
@@ -47,6 +67,7 @@ impl Default for CoreConfig {
             command_poll: Duration::from_millis(1),
             io_memory: 1 << 20,
             ring_depth: 64,
+            forward: ForwardConfig::default(),
         }
     }
 }
@@ -84,12 +105,28 @@ pub enum CoreError {
         /// What happened.
         message: String,
     },
+    /// A core's ring in the region is corrupt: the region cannot be
+    /// trusted any more.
+    #[error("core {core}: {source}")]
+    Ring {
+        /// The core.
+        core: u32,
+        /// What its ring's indices said.
+        source: Corrupt,
+    },
 }
 
 /// Runs one executor per core of `region`, each with its socket (socket
 /// `i` for core `i`), until shutdown is requested ([`sys::request_shutdown`],
-/// a signal, or the parent process going away).
-pub fn run(region: &Region, sockets: Vec<UdpSocket>, config: &CoreConfig) -> Result<(), CoreError> {
+/// a signal), the process's parent is no longer `parent` (the pid read
+/// when the process started: control went away), or the region stops being
+/// current ([`Region::is_current`]).
+pub fn run(
+    region: &Region,
+    sockets: Vec<UdpSocket>,
+    config: &CoreConfig,
+    parent: u32,
+) -> Result<(), CoreError> {
     let cores = region.config().cores;
     if sockets.len() != cores as usize {
         return Err(CoreError::SocketCount {
@@ -97,53 +134,92 @@ pub fn run(region: &Region, sockets: Vec<UdpSocket>, config: &CoreConfig) -> Res
             cores,
         });
     }
+    let fault = std::env::var(FAULT_ENV).ok().and_then(|h| hex_bytes(&h));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parent = std::os::unix::process::parent_id();
     let mut handles = Vec::with_capacity(cores as usize);
     for (core, socket) in (0..cores).zip(sockets) {
         let (commands, events) = region.core_side(core)?;
+        let counters = region.counters();
         let config = config.clone();
+        let fault = fault.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core as usize % cpus))
             .name(&format!("dp-core-{core}"))
             .io_memory(config.io_memory)
             .ring_depth(config.ring_depth)
-            .spawn(move || run_core(core, socket, commands, events, config, parent))
+            .spawn(move || async move {
+                let forwarder = Forwarder::new(core, config.forward, counters);
+                run_core(core, socket, forwarder, commands, events, config, fault).await
+            })
             .map_err(|e| CoreError::Executor {
                 core,
                 message: e.to_string(),
             })?;
         handles.push((core, handle));
     }
+    watch(region, parent);
     let mut result = Ok(());
     for (core, handle) in handles {
-        if let Err(e) = handle.join() {
+        let outcome = match handle.join() {
+            Ok(r) => r,
+            Err(e) => Err(CoreError::Join {
+                core,
+                message: e.to_string(),
+            }),
+        };
+        if let Err(e) = outcome {
             // Make the other cores stop too.
             sys::request_shutdown();
             if result.is_ok() {
-                result = Err(CoreError::Join {
-                    core,
-                    message: e.to_string(),
-                });
+                result = Err(e);
             }
         }
     }
     result
 }
 
-fn stop_requested(parent: u32) -> bool {
-    sys::shutdown_requested() || std::os::unix::process::parent_id() != parent
+/// Returns once the cores must stop: a shutdown was requested, control
+/// went away, or the region is no longer the one at its path.
+fn watch(region: &Region, parent: u32) {
+    while !sys::shutdown_requested() {
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!("control went away; stopping");
+            break;
+        }
+        if !region.is_current() {
+            tracing::warn!(
+                region = %region.path().display(),
+                "the region was removed or replaced; stopping"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sys::request_shutdown();
+}
+
+/// Decodes a hex string (the fault-injection datagram).
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.is_empty() || s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 async fn run_core(
     core: u32,
     socket: UdpSocket,
+    forwarder: Forwarder,
     commands: Consumer<Command>,
     mut events: Producer<Event>,
     config: CoreConfig,
-    parent: u32,
-) {
+    fault: Option<Vec<u8>>,
+) -> Result<(), CoreError> {
     let socket = Rc::new(sys::socket::into_glommio(socket));
-    let forwarder = Rc::new(RefCell::new(Forwarder::new(core)));
+    let forwarder = Rc::new(RefCell::new(forwarder));
     tracing::info!(core, "core running");
 
     let commands = Rc::new(RefCell::new(commands));
@@ -151,56 +227,98 @@ async fn run_core(
         socket.clone(),
         forwarder.clone(),
         commands.clone(),
+        fault,
     ));
 
     let mut next_stats = Instant::now() + config.stats_interval;
-    loop {
-        {
+    // The kernel's drop count is a wrapping u32: accumulate its steps from
+    // where it stood when this process took the socket (it may have served
+    // an earlier dataplane).
+    let mut kernel_drops = sys::socket::receive_drops(socket.as_raw_fd()).unwrap_or(0);
+    let mut overflow = 0u64;
+    let outcome = loop {
+        let tick = (|| {
             let mut f = forwarder.borrow_mut();
-            apply_commands(&mut f, &mut commands.borrow_mut());
-            let now = Instant::now();
-            if now >= next_stats {
-                next_stats = now + config.stats_interval;
-                let stats = Event::Stats(f.stats());
-                // Statistics are cumulative: a newer report replaces one
+            let now = sys::monotonic_ms();
+            apply_commands(&mut f, &mut commands.borrow_mut(), now)?;
+            f.tick(now);
+            let at = Instant::now();
+            if at >= next_stats {
+                next_stats = at + config.stats_interval;
+                match sys::socket::receive_drops(socket.as_raw_fd()) {
+                    Ok(n) => {
+                        overflow += u64::from(n.wrapping_sub(kernel_drops));
+                        kernel_drops = n;
+                        f.note_overflow(overflow);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reading socket drops failed"),
+                }
+                let (stats, drops) = (Event::Stats(f.stats()), f.drops());
+                // Statistics are cumulative: newer reports replace ones
                 // still waiting for room in the ring.
                 let queue = f.events();
-                match queue.iter_mut().find(|e| matches!(e, Event::Stats(_))) {
-                    Some(pending) => *pending = stats,
-                    None => queue.push_back(stats),
-                }
+                queue.retain(|e| !matches!(e, Event::Stats(_) | Event::Drops { .. }));
+                queue.push_back(Event::Drops { core, drops });
+                queue.push_back(stats);
             }
             let queue = f.events();
             while let Some(event) = queue.front() {
-                if events.push(event).is_err() {
-                    break; // ring full: keep it for the next tick
+                match events.push(event) {
+                    Ok(()) => {
+                        queue.pop_front();
+                    }
+                    Err(PushError::Full) => break, // keep it for the next tick
+                    Err(PushError::Corrupt(source)) => {
+                        return Err(CoreError::Ring { core, source })
+                    }
                 }
-                queue.pop_front();
             }
+            Ok(())
+        })();
+        if let Err(e) = tick {
+            tracing::error!(core, error = %e, "stopping the data plane");
+            break Err(e);
         }
-        if stop_requested(parent) {
-            break;
+        if sys::shutdown_requested() {
+            break Ok(());
         }
         glommio::timer::sleep(config.command_poll).await;
-    }
+    };
     receive.cancel().await;
     // Last report so control sees the final counters.
-    let mut f = forwarder.borrow_mut();
+    let f = forwarder.borrow();
+    let _ = events.push(&Event::Drops {
+        core,
+        drops: f.drops(),
+    });
     let _ = events.push(&Event::Stats(f.stats()));
-    f.events().clear();
     tracing::info!(core, "core stopped");
+    outcome
 }
 
 /// Applies every command waiting in the ring.
-fn apply_commands(f: &mut Forwarder, commands: &mut Consumer<Command>) {
-    while let Some(command) = commands.pop() {
-        match command {
-            Ok(command) => {
-                if let Err(e) = f.apply(command) {
+fn apply_commands(
+    f: &mut Forwarder,
+    commands: &mut Consumer<Command>,
+    now: u64,
+) -> Result<(), CoreError> {
+    loop {
+        match commands.pop() {
+            Ok(Some(command)) => {
+                if let Err(e) = f.apply(now, command) {
                     tracing::warn!(core = f.core(), error = %e, "command not applied");
                 }
             }
-            Err(e) => tracing::warn!(core = f.core(), error = %e, "corrupt command slot skipped"),
+            Ok(None) => return Ok(()),
+            Err(PopError::Slot(e)) => {
+                tracing::warn!(core = f.core(), error = %e, "corrupt command slot skipped")
+            }
+            Err(PopError::Corrupt(source)) => {
+                return Err(CoreError::Ring {
+                    core: f.core(),
+                    source,
+                })
+            }
         }
     }
 }
@@ -209,8 +327,10 @@ async fn receive_loop(
     socket: Rc<glommio::net::UdpSocket>,
     forwarder: Rc<RefCell<Forwarder>>,
     commands: Rc<RefCell<Consumer<Command>>>,
+    fault: Option<Vec<u8>>,
 ) {
     let fd = socket.as_raw_fd();
+    let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut rx = sys::socket::BatchReceiver::new();
     let mut out = Outbox::with_capacity(64);
     let mut tx = sys::socket::BatchSender::new();
@@ -237,22 +357,33 @@ async fn receive_loop(
             continue;
         }
         let start = Instant::now();
+        let now = sys::monotonic_ms();
         out.clear();
+        let mut work = 0u64;
         {
             let mut f = forwarder.borrow_mut();
             // Commands first (one atomic load when the ring is empty): a
             // client that just got Ready or Session Description is known to
             // the core before its first datagram is judged, without waiting
-            // for the next tick.
-            apply_commands(&mut f, &mut commands.borrow_mut());
+            // for the next tick. A corrupt ring is left for the tick to
+            // report.
+            let _ = apply_commands(&mut f, &mut commands.borrow_mut(), now);
             for i in 0..n {
                 if let Some((from, packet)) = rx.datagram(i) {
-                    f.handle(from, packet, &mut out);
+                    if fault.as_deref() == Some(&packet[..]) {
+                        panic!("injected fault ({FAULT_ENV})");
+                    }
+                    work += u64::from(f.handle(now, from, packet, &mut out));
                 }
             }
         }
-        send_all(&socket, &forwarder, &mut tx, &out).await;
-        let busy = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        send_all(&socket, &forwarder, &mut tx, &out, v6).await;
+        // Busy time is what real work cost: a batch's time pro rata of the
+        // datagrams in it that were work, so a flood of junk (refused in a
+        // few tens of nanoseconds each) does not read as load. Junk that
+        // does overload a core shows as socket-buffer overflow instead.
+        let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let busy = elapsed.saturating_mul(work) / (n as u64).max(1);
         forwarder.borrow_mut().note_busy(busy);
         // Let the command tick run between batches under sustained load.
         glommio::yield_if_needed().await;
@@ -267,11 +398,12 @@ async fn send_all(
     forwarder: &RefCell<Forwarder>,
     tx: &mut sys::socket::BatchSender,
     out: &Outbox,
+    v6: bool,
 ) {
     let fd = socket.as_raw_fd();
     let mut next = 0;
     while next < out.len() {
-        match tx.send(fd, out.iter().skip(next)) {
+        match tx.send(fd, out.iter().skip(next), v6) {
             Ok(sent) => {
                 let mut f = forwarder.borrow_mut();
                 for (_, bytes) in out.iter().skip(next).take(sent) {
@@ -283,6 +415,7 @@ async fn send_all(
                 let Some((to, bytes)) = out.get(next) else {
                     break;
                 };
+                let to = sys::socket::for_family(to, v6);
                 let sent = socket.send_to(bytes, to).await;
                 let mut f = forwarder.borrow_mut();
                 match sent {

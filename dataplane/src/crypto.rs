@@ -49,6 +49,11 @@ pub enum CryptoError {
     /// libsodium failed to initialise.
     #[error("libsodium initialisation failed")]
     Init,
+    /// Sealing this would reuse a nonce: RTCP in `xsalsa20_poly1305`,
+    /// whose nonce is the 8-byte RTCP header (the same for every report of
+    /// one sender).
+    #[error("the mode would reuse a nonce for this packet")]
+    NonceReuse,
 }
 
 impl From<SodiumError> for CryptoError {
@@ -105,15 +110,45 @@ impl KeyState {
     }
 }
 
-/// What identifies a received packet for the replay window.
+/// What identifies a received packet for replay protection. Only
+/// authenticated fields serve (DESIGN.md "Encryption modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayId {
-    /// The 4-byte counter of the rtpsize and lite modes.
+    /// The 4-byte nonce counter of the rtpsize and lite modes: ordered.
     Counter(u32),
-    /// The RTP sequence number (suffix and plain modes).
-    Sequence(u16),
-    /// Nothing to track (RTCP in the suffix and plain modes).
-    None,
+    /// Sequence number and timestamp of the RTP header, which is the nonce
+    /// in `xsalsa20_poly1305`: ordered (the timestamp tells a packet from
+    /// one replayed 2^16 sequence numbers later).
+    Header {
+        /// RTP sequence number.
+        seq: u16,
+        /// RTP timestamp.
+        timestamp: u32,
+    },
+    /// A digest of an authenticated but unordered value: the random nonce
+    /// of `xsalsa20_poly1305_suffix`, or the MAC of RTCP in
+    /// `xsalsa20_poly1305`. Only a bounded memory of recent ones can catch
+    /// replays, so such packets never move an address.
+    Recent(u64),
+}
+
+impl ReplayId {
+    /// Whether the identifier is ordered, so that a window rejects every
+    /// replay and an accepted packet may move its sender's address.
+    pub fn is_ordered(self) -> bool {
+        !matches!(self, ReplayId::Recent(_))
+    }
+}
+
+/// Folds up to 24 authenticated bytes (a nonce, a MAC) into a digest for
+/// [`ReplayId::Recent`]: every byte counts, so nonces that differ anywhere
+/// differ here with overwhelming probability.
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.chunks(8).enumerate().fold(0u64, |acc, (i, chunk)| {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        acc ^ u64::from_le_bytes(word).rotate_left(21 * i as u32)
+    })
 }
 
 /// A successfully opened packet: `packet[..len]` is the plaintext packet.
@@ -216,12 +251,25 @@ pub fn open(key: &KeyState, kind: Kind, packet: &mut [u8]) -> Result<Opened, Cry
                         .get(len.saturating_sub(SUFFIX_NONCE_BYTES)..)
                         .and_then(|s| s.try_into().ok())
                         .ok_or(CryptoError::Malformed)?;
-                    (n, SUFFIX_NONCE_BYTES, seq_replay(kind, packet))
+                    (n, SUFFIX_NONCE_BYTES, ReplayId::Recent(digest(&n)))
                 }
                 _ => {
                     let mut n = [0; 24];
                     n[..h].copy_from_slice(&packet[..h]);
-                    (n, 0, seq_replay(kind, packet))
+                    let replay = match kind {
+                        Kind::Rtp => ReplayId::Header {
+                            seq: u16::from_be_bytes([packet[2], packet[3]]),
+                            timestamp: u32::from_be_bytes([
+                                packet[4], packet[5], packet[6], packet[7],
+                            ]),
+                        },
+                        // The nonce (the RTCP header) repeats; the MAC is
+                        // what tells one report from another.
+                        Kind::Rtcp => ReplayId::Recent(digest(
+                            packet.get(h..h + TAG_BYTES).ok_or(CryptoError::Malformed)?,
+                        )),
+                    };
+                    (n, 0, replay)
                 }
             };
             let body = len
@@ -244,13 +292,6 @@ pub fn open(key: &KeyState, kind: Kind, packet: &mut [u8]) -> Result<Opened, Cry
     Ok(opened)
 }
 
-fn seq_replay(kind: Kind, p: &[u8]) -> ReplayId {
-    match kind {
-        Kind::Rtp => ReplayId::Sequence(u16::from_be_bytes([p[2], p[3]])),
-        Kind::Rtcp => ReplayId::None,
-    }
-}
-
 /// Encrypts the plaintext packet `plain` of `kind` for a member using `key`
 /// and that member's outgoing `counter`, writing the datagram into `out`.
 /// Returns its length.
@@ -263,6 +304,9 @@ pub fn seal(
 ) -> Result<usize, CryptoError> {
     if kind == Kind::Rtp && !rtp_plain_ok(plain) {
         return Err(CryptoError::Malformed);
+    }
+    if kind == Kind::Rtcp && key.mode == Mode::XSalsa20Poly1305 {
+        return Err(CryptoError::NonceReuse);
     }
     let h = clear_header(key.mode, kind, plain).ok_or(CryptoError::Malformed)?;
     let body = plain.len() - h;
@@ -480,19 +524,69 @@ mod tests {
     #[test]
     fn replay_ids_per_mode() {
         let plain = rtp(0, None, b"x");
-        let expect = [
-            (Mode::Aes256GcmRtpSize, ReplayId::Counter(77)),
-            (Mode::XChaCha20Poly1305RtpSize, ReplayId::Counter(77)),
-            (Mode::XSalsa20Poly1305Lite, ReplayId::Counter(77)),
-            (Mode::XSalsa20Poly1305Suffix, ReplayId::Sequence(0x1234)),
-            (Mode::XSalsa20Poly1305, ReplayId::Sequence(0x1234)),
-        ];
-        for (mode, id) in expect {
+        let header = ReplayId::Header {
+            seq: 0x1234,
+            timestamp: 0x3C0,
+        };
+        for (mode, ordered) in [
+            (Mode::Aes256GcmRtpSize, Some(ReplayId::Counter(77))),
+            (Mode::XChaCha20Poly1305RtpSize, Some(ReplayId::Counter(77))),
+            (Mode::XSalsa20Poly1305Lite, Some(ReplayId::Counter(77))),
+            (Mode::XSalsa20Poly1305, Some(header)),
+            (Mode::XSalsa20Poly1305Suffix, None),
+        ] {
             let k = KeyState::new(mode, &KEY).unwrap();
-            let mut wire = [0u8; 128];
-            let n = seal(&k, Kind::Rtp, 77, &plain, &mut wire).unwrap();
-            assert_eq!(open(&k, Kind::Rtp, &mut wire[..n]).unwrap().replay, id);
+            let mut ids = Vec::new();
+            for counter in [77, 78] {
+                let mut wire = [0u8; 128];
+                let n = seal(&k, Kind::Rtp, counter, &plain, &mut wire).unwrap();
+                ids.push(open(&k, Kind::Rtp, &mut wire[..n]).unwrap().replay);
+            }
+            match ordered {
+                Some(id) => assert_eq!(ids[0], id, "{mode:?}"),
+                None => {
+                    // Suffix: a digest of each packet's own nonce.
+                    assert!(matches!(ids[0], ReplayId::Recent(_)));
+                    assert_ne!(ids[0], ids[1], "distinct nonces, distinct ids");
+                }
+            }
+            assert_eq!(ids[0].is_ordered(), ordered.is_some());
         }
+    }
+
+    #[test]
+    fn plain_mode_rtcp_is_told_apart_by_its_mac_and_never_sealed() {
+        let k = KeyState::new(Mode::XSalsa20Poly1305, &KEY).unwrap();
+        let lite = KeyState::new(Mode::XSalsa20Poly1305Lite, &KEY).unwrap();
+        let mut report = vec![0x81, 201, 0, 7];
+        report.extend_from_slice(&77u32.to_be_bytes());
+        report.extend_from_slice(&[9; 24]);
+        // A client sealing it as the mode says (nonce = the clear header).
+        let mut sealed = [0u8; 128];
+        let n = seal(&lite, Kind::Rtcp, 0, &report, &mut sealed).unwrap();
+        assert!(n > 0);
+        assert_eq!(
+            seal(&k, Kind::Rtcp, 0, &report, &mut sealed),
+            Err(CryptoError::NonceReuse),
+            "never sealed to a plain-mode receiver"
+        );
+        let sb = SecretBox::new(&KEY).unwrap();
+        let mut ids = Vec::new();
+        for body in [[9u8; 24], [8u8; 24]] {
+            let mut nonce = [0u8; 24];
+            nonce[..8].copy_from_slice(&report[..8]);
+            let mut wire = report[..8].to_vec();
+            let mut ct = [0u8; 24];
+            let mut mac = [0u8; TAG_BYTES];
+            sb.seal(&nonce, &body, &mut ct, &mut mac).unwrap();
+            wire.extend_from_slice(&mac);
+            wire.extend_from_slice(&ct);
+            let opened = open(&k, Kind::Rtcp, &mut wire).unwrap();
+            assert_eq!(&wire[8..opened.len], &body);
+            ids.push(opened.replay);
+        }
+        assert!(matches!(ids[0], ReplayId::Recent(_)));
+        assert_ne!(ids[0], ids[1]);
     }
 
     #[test]

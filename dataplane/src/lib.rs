@@ -8,6 +8,8 @@
 //! for announced SSRCs, echoes keepalives, and for RTP/RTCP authenticates
 //! and decrypts with the sender's key, rejects replays, and re-encrypts for
 //! every other member of the channel with that member's key and mode.
+//! Unauthenticated datagrams change no trusted state and earn no answer
+//! larger than themselves (see [`forward`] "What a stranger can do").
 //!
 //! # Layout
 //!
@@ -30,12 +32,23 @@
 //! commands from the rings. Tests drive [`forward::Forwarder`] directly:
 //!
 //! ```
-//! use dataplane::forward::{Forwarder, Outbox};
-//! let mut core = Forwarder::new(0);
+//! use dataplane::forward::{ForwardConfig, Forwarder, Outbox};
+//! use shared::{Command, Counters};
+//! let mut core = Forwarder::new(0, ForwardConfig::default(), Counters::in_memory(64));
 //! let mut out = Outbox::with_capacity(8);
-//! let mut keepalive = [1, 0, 0, 0, 0, 0, 0, 0];
-//! core.handle("127.0.0.1:5000".parse().unwrap(), &mut keepalive, &mut out);
-//! assert_eq!(out.len(), 1);
+//! let now = 1_000; // monotonic milliseconds, passed in
+//! let from = "127.0.0.1:5000".parse().unwrap();
+//! // A keepalive from an address no session proved gets nothing.
+//! core.handle(now, from, &mut [1, 0, 0, 0, 0, 0, 0, 0], &mut out);
+//! assert!(out.is_empty());
+//! // IP discovery for an SSRC control announced gets its reply.
+//! core.apply(now, Command::AnnounceSsrc { ssrc: 7, channel: 1, user: 1 }).unwrap();
+//! let mut discovery = [0u8; 74];
+//! discovery[1] = 1;
+//! discovery[3] = 70;
+//! discovery[7] = 7;
+//! core.handle(now, from, &mut discovery, &mut out);
+//! assert_eq!(out.get(0).map(|(to, reply)| (to, reply.len())), Some((from, 74)));
 //! ```
 //!
 //! # Kernel features

@@ -12,12 +12,18 @@ const DISCOVERY_REQUEST: u16 = 0x0001;
 const DISCOVERY_RESPONSE: u16 = 0x0002;
 const DISCOVERY_BODY_LEN: u16 = 70;
 
+/// Second bytes of RTCP packets (RFC 5761 section 4: packet types 192-223,
+/// which RTP payload types 64-95 with the marker bit would collide with, so
+/// RTP never uses them). Covers SR/RR/SDES/BYE/APP (200-204), the
+/// feedback messages NACK (205) and PLI/FIR (206), and the rest.
+pub const RTCP_TYPES: std::ops::RangeInclusive<u8> = 192..=223;
+
 /// RTP or RTCP: which clear header and replay window a packet uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// An RTP media packet (SSRC at bytes 8..12).
     Rtp,
-    /// An RTCP packet (payload type 200..=204, sender SSRC at bytes 4..8).
+    /// An RTCP packet ([`RTCP_TYPES`], sender SSRC at bytes 4..8).
     Rtcp,
 }
 
@@ -29,7 +35,9 @@ pub enum Datagram {
         /// The SSRC the client was given in Ready.
         ssrc: u32,
     },
-    /// A keepalive to echo back unchanged.
+    /// A keepalive in the documented format (8 bytes: a little-endian
+    /// u32 counter, then 4 zero bytes), to echo back unchanged to a bound
+    /// address.
     Keepalive,
     /// Encrypted RTP or RTCP from `ssrc`.
     Media {
@@ -63,14 +71,16 @@ fn classify_inner(p: &[u8]) -> Option<Datagram> {
         return Some(Datagram::Discovery { ssrc: be32(p, 4)? });
     }
     if p.len() == KEEPALIVE_LEN {
-        return Some(Datagram::Keepalive);
+        // Nothing else is 8 bytes long (sealed RTCP has at least a header
+        // and a tag), and anything else 8 bytes long is not echoed.
+        return (p[4..] == [0; 4]).then_some(Datagram::Keepalive);
     }
     let b0 = *p.first()?;
     if b0 >> 6 != 2 {
         return None;
     }
     let b1 = *p.get(1)?;
-    if (200..=204).contains(&b1) {
+    if RTCP_TYPES.contains(&b1) {
         return Some(Datagram::Media {
             kind: Kind::Rtcp,
             ssrc: be32(p, 4)?,
@@ -87,6 +97,13 @@ fn classify_inner(p: &[u8]) -> Option<Datagram> {
         kind: Kind::Rtp,
         ssrc: be32(p, 8)?,
     })
+}
+
+/// The one form of an address the data plane compares and stores: an
+/// IPv4-mapped IPv6 address (what a dual-stack socket reports for an IPv4
+/// peer) becomes the IPv4 address it maps.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Writes the IP discovery response for `ssrc` seen from `addr` into `out`.
@@ -150,8 +167,11 @@ mod tests {
                 ssrc: 0x457
             }
         );
-        // Exactly 8 bytes is always a keepalive (sealed RTCP is longer).
-        assert_eq!(classify(&hex("81c8 0006 0000 0457")), Datagram::Keepalive);
+        // Exactly 8 bytes with 4 zero bytes last is a keepalive (sealed
+        // RTCP is longer); other 8-byte datagrams are nothing.
+        assert_eq!(classify(&hex("81c8 0006 0000 0000")), Datagram::Keepalive);
+        assert_eq!(classify(&hex("81c8 0006 0000 0457")), Datagram::Malformed);
+        assert_eq!(classify(&hex("ffff ffff 0000 0000")), Datagram::Keepalive);
         let rtcp = hex("81c8 0006 0000 0457 0000 0000");
         assert_eq!(
             classify(&rtcp),
@@ -169,6 +189,35 @@ mod tests {
             }
         );
         assert_eq!(classify(&hex("0100 0000 0000 0000")), Datagram::Keepalive);
+        // RFC 5761: every RTCP type 192-223 is RTCP, NACK and PLI included,
+        // with the sender SSRC at bytes 4..8.
+        for pt in [192, 200, 204, 205, 206, 223] {
+            let mut p = hex("8100 0003 0000 0459 0000 0001 0000 0002");
+            p[1] = pt;
+            assert_eq!(
+                classify(&p),
+                Datagram::Media {
+                    kind: Kind::Rtcp,
+                    ssrc: 0x459
+                },
+                "type {pt}"
+            );
+        }
+        // 224 and up, and below 192: RTP (marker bit + payload type).
+        for pt in [0x78, 191, 224, 0xF8] {
+            let mut p = hex("8000 0001 0000 03c0 0000 0457 aabb");
+            p[1] = pt;
+            assert!(
+                matches!(
+                    classify(&p),
+                    Datagram::Media {
+                        kind: Kind::Rtp,
+                        ssrc: 0x457
+                    }
+                ),
+                "type {pt}"
+            );
+        }
         // two CSRCs claimed, none present
         assert_eq!(
             classify(&hex("8278 0001 0000 03c0 0000 0457 aabb")),
@@ -181,6 +230,17 @@ mod tests {
         );
         assert_eq!(classify(&[]), Datagram::Malformed);
         assert_eq!(classify(&hex("80")), Datagram::Malformed);
+    }
+
+    #[test]
+    fn mapped_addresses_compare_equal() {
+        let v4: SocketAddr = "10.1.2.3:9".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:9".parse().unwrap();
+        assert_ne!(v4, mapped);
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use shared::{
-    Command, Consumer, CoreStats, DropReason, Event, Mode, Producer, Region, RegionConfig,
+    Command, Consumer, CoreStats, DropReason, Drops, Event, Mode, Producer, Region, RegionConfig,
     SessionSpec,
 };
 
@@ -16,6 +16,38 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Kills the child if the test fails half-way.
 struct Dataplane(Child);
 
+impl Dataplane {
+    /// Waits for the port the dataplane publishes in `region`.
+    fn published_port(&mut self, region: &Region) -> u16 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(p) = region.udp_port() {
+                return p;
+            }
+            if let Some(status) = self.0.try_wait().unwrap() {
+                panic!("dataplane exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dataplane never published its port"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the dataplane to exit; `what` says what it means if not.
+    fn exit_status(&mut self, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Dataplane {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -23,10 +55,15 @@ impl Drop for Dataplane {
     }
 }
 
+/// Plays control: reads events, and tells every other core about an
+/// address a core proved (as control does), so any core can echo
+/// keepalives from it.
 struct Control {
     rings: Vec<(Producer<Command>, Consumer<Event>)>,
-    learned: Vec<(u32, SocketAddr)>,
+    observed: Vec<(u32, SocketAddr)>,
+    proven: Vec<(u32, SocketAddr)>,
     stats: Vec<CoreStats>,
+    drops: Vec<Drops>,
 }
 
 impl Control {
@@ -38,15 +75,35 @@ impl Control {
     }
 
     fn poll(&mut self) {
-        for (_, events) in &mut self.rings {
-            while let Some(e) = events.pop() {
-                match e.expect("event decodes") {
-                    Event::AddressLearned { ssrc, addr } => self.learned.push((ssrc, addr)),
+        let mut binds = Vec::new();
+        for (core, (_, events)) in self.rings.iter_mut().enumerate() {
+            while let Some(e) = events.pop().expect("event ring intact") {
+                match e {
+                    Event::AddressObserved { ssrc, addr } => self.observed.push((ssrc, addr)),
+                    Event::AddressProven { ssrc, addr } => {
+                        self.proven.push((ssrc, addr));
+                        binds.push((core, ssrc, addr));
+                    }
+                    Event::AddressExpired { .. } => {}
                     Event::Stats(s) => {
                         let core = s.core as usize;
                         self.stats[core] = s;
                     }
+                    Event::Drops { core, drops } => self.drops[core as usize] = drops,
                 }
+            }
+        }
+        for (owner, ssrc, addr) in binds {
+            for core in (0..self.rings.len()).filter(|c| *c != owner) {
+                // This test gives every session the slot = its SSRC.
+                self.send(
+                    core as u32,
+                    Command::BindAddress {
+                        addr,
+                        ssrc,
+                        slot: ssrc,
+                    },
+                );
             }
         }
     }
@@ -64,7 +121,7 @@ impl Control {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        self.stats.iter().map(|s| s.dropped(reason)).sum()
+        self.drops.iter().map(|d| d.get(reason)).sum()
     }
 }
 
@@ -129,6 +186,18 @@ impl Client {
         p.extend_from_slice(&self.seq.to_be_bytes());
         p.extend_from_slice(&[0, 0, 2, 0]);
         p.extend_from_slice(&self.ssrc.to_be_bytes());
+        self.seal(p, payload)
+    }
+
+    /// An RTCP packet of type `pt` (206: PLI), sealed with its 8-byte
+    /// header as the AAD.
+    fn rtcp(&mut self, pt: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x81, pt, 0, 2];
+        p.extend_from_slice(&self.ssrc.to_be_bytes());
+        self.seal(p, body)
+    }
+
+    fn seal(&mut self, mut p: Vec<u8>, payload: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 12];
         nonce[..4].copy_from_slice(&self.counter.to_be_bytes());
         let ct = aes_gcm::Aes256Gcm::new_from_slice(&self.key)
@@ -173,6 +242,7 @@ impl Client {
             mode: Mode::Aes256GcmRtpSize,
             key: self.key,
             declared,
+            slot: self.ssrc,
         })
     }
 }
@@ -198,26 +268,14 @@ fn real_binary_forwards_between_members() {
         .spawn()
         .expect("starts the dataplane");
     let mut dp = Dataplane(child);
-
-    let deadline = Instant::now() + TIMEOUT;
-    let port = loop {
-        if let Some(p) = region.udp_port() {
-            break p;
-        }
-        if let Some(status) = dp.0.try_wait().unwrap() {
-            panic!("dataplane exited early: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dataplane never published its port"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let port = dp.published_port(&region);
     let server = SocketAddr::from(([127, 0, 0, 1], port));
     let mut control = Control {
         rings: (0..2).map(|c| region.control_side(c).unwrap()).collect(),
-        learned: Vec::new(),
+        observed: Vec::new(),
+        proven: Vec::new(),
         stats: vec![CoreStats::default(); 2],
+        drops: vec![Drops::default(); 2],
     };
 
     // IP discovery on each core: 1000 belongs to core 0, 1001 to core 1.
@@ -253,15 +311,17 @@ fn real_binary_forwards_between_members() {
         assert_eq!(&reply[8..18], b"127.0.0.1\0");
         assert_eq!(u16::from_be_bytes([reply[72], reply[73]]), x.addr().port());
     }
-    control.wait_for("three AddressLearned events", |c| c.learned.len() >= 3);
+    control.wait_for("three AddressObserved events", |c| c.observed.len() >= 3);
     for x in [&lone, &a, &b] {
-        assert!(control.learned.contains(&(x.ssrc, x.addr())));
+        assert!(control.observed.contains(&(x.ssrc, x.addr())));
     }
+    assert!(control.proven.is_empty(), "discovery proves nothing");
 
     // Keys: a and b declared what discovery saw; c never did discovery.
     control.send(1, a.upsert(9, Some(a.addr())));
     control.send(1, b.upsert(9, Some(b.addr())));
     control.send(1, c.upsert(9, None));
+    control.wait_for("a and b proven", |c| c.proven.len() >= 2);
     std::thread::sleep(Duration::from_millis(20));
 
     // c's first packet reaches a and b (listen-only members hear it).
@@ -284,10 +344,22 @@ fn real_binary_forwards_between_members() {
     a.socket.send_to(&p, server).unwrap();
     assert!(b.recv().is_none());
 
-    // Keepalive echoed as is.
+    // RTCP feedback (PLI, type 206) reaches the sender's core and the
+    // others (RFC 5761 steering and classification).
+    let p = a.rtcp(206, &1001u32.to_be_bytes());
+    a.socket.send_to(&p, server).unwrap();
+    for r in [&b, &c] {
+        let got = r.recv().expect("forwarded PLI");
+        assert_eq!(got[1], 206);
+    }
+
+    // Keepalives from a proven address are echoed as they are, whichever
+    // core the kernel hashes them to; a stranger's are not.
     let ka = [9, 0, 0, 0, 0, 0, 0, 0];
     b.socket.send_to(&ka, server).unwrap();
     assert_eq!(b.recv().as_deref(), Some(&ka[..]));
+    lone.socket.send_to(&ka, server).unwrap();
+    assert!(lone.recv().is_none(), "never proven: no echo");
 
     // Garbage and an unknown SSRC are counted.
     lone.socket
@@ -304,6 +376,9 @@ fn real_binary_forwards_between_members() {
     let s = &control.stats[1];
     assert_eq!(s.sessions, 3);
     assert!(s.packets_in >= 5 && s.packets_out >= 6, "{s:?}");
+    control.wait_for("the stranger's keepalive counted", |c| {
+        c.drops(DropReason::Unbound) >= 1
+    });
 
     // Commands are applied without traffic: removing b stops its feed.
     control.send(1, Command::RemoveSession { ssrc: b.ssrc });
@@ -317,14 +392,7 @@ fn real_binary_forwards_between_members() {
     let pid = dp.0.id().to_string();
     let killed = Process::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = dp.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "dataplane ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = dp.exit_status("dataplane ignored SIGTERM");
     assert!(status.success(), "{status}");
 }
 
@@ -340,4 +408,28 @@ fn missing_region_is_a_clear_error() {
         stderr.contains("cannot attach shared memory region"),
         "{stderr}"
     );
+}
+
+/// A dataplane whose region is removed (its control is gone and a new one
+/// may come) stops and leaves the port's reuseport group.
+#[test]
+fn a_dataplane_whose_region_is_removed_leaves_the_port() {
+    let path = std::env::temp_dir().join(format!(
+        "dataplane-stale-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let region = Region::create(&path, RegionConfig::new(1)).unwrap();
+    let child = Process::new(env!("CARGO_BIN_EXE_dataplane"))
+        .args(["--shm", path.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starts the dataplane");
+    let mut dp = Dataplane(child);
+    let port = dp.published_port(&region);
+    drop(region); // removes the file
+    let status = dp.exit_status("a stale dataplane kept running");
+    assert!(status.success(), "{status}");
+    // Nobody holds the port any more: a plain bind succeeds.
+    UdpSocket::bind(("127.0.0.1", port)).expect("the port is free");
 }

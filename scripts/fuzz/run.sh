@@ -9,8 +9,7 @@
 #   scripts/fuzz/run.sh -s 60 gateway -- -max_len=8192
 #
 # Arguments after `--` go to libFuzzer. CARGO_TARGET_DIR defaults to
-# target/fuzz (the instrumented build must not share the normal one);
-# FUZZ_FEATURES=strict builds the targets with issue 8's stricter checks.
+# target/fuzz (the instrumented build must not share the normal one).
 # New corpus entries go to scripts/fuzz/corpus/<target>, crashes to
 # scripts/fuzz/artifacts/<target>, logs to scripts/fuzz/logs (all untracked).
 set -euo pipefail
@@ -55,8 +54,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 bins=()
 for t in "${targets[@]}"; do bins+=(--bin "$t"); done
-cargo build --release --locked --manifest-path "$here/Cargo.toml" --target "$host" \
-  ${FUZZ_FEATURES:+--features "$FUZZ_FEATURES"} "${bins[@]}"
+cargo build --release --locked --manifest-path "$here/Cargo.toml" --target "$host" "${bins[@]}"
 
 mkdir -p "$here/logs"
 summary=()

@@ -20,6 +20,8 @@
 //!   call.
 //! - [`blaster`]: the UDP load generator (server vs an in-process
 //!   recvmmsg/sendmmsg relay, hdrhistogram latency); CLI in `src/bin/blaster.rs`.
+//! - [`flood`]: the garbage flood and a call's loss under it; CLI in
+//!   `src/bin/flood.rs`.
 //! - [`error`]: [`ClientError`] for the networked layer; pure layers have
 //!   [`PacketError`](rtp::PacketError) and [`CryptoError`](crypto::CryptoError).
 //!
@@ -55,6 +57,7 @@
 pub mod blaster;
 pub mod crypto;
 pub mod error;
+pub mod flood;
 pub mod gateway;
 pub mod lvsp;
 pub mod rtp;

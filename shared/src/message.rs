@@ -6,6 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use zeroize::Zeroize;
+
 use crate::ring::Wire;
 
 /// Size of one ring slot in bytes.
@@ -51,6 +53,18 @@ impl Mode {
         Mode::XSalsa20Poly1305,
     ];
 
+    /// The modes offered unless the operator lists others: the two AEAD
+    /// modes Discord still serves. The three `xsalsa20_poly1305` modes were
+    /// removed by Discord in 2024 and protect weaker (the suffix mode
+    /// authenticates nothing it could order replays by; see README
+    /// "Security"), so they are offered only when configured.
+    pub const DEFAULT: [Mode; 2] = [Mode::Aes256GcmRtpSize, Mode::XChaCha20Poly1305RtpSize];
+
+    /// Whether the mode is one of the legacy `xsalsa20_poly1305` family.
+    pub fn is_legacy(self) -> bool {
+        !Mode::DEFAULT.contains(&self)
+    }
+
     /// The mode's name on the voice gateway.
     pub fn name(self) -> &'static str {
         match self {
@@ -90,6 +104,18 @@ pub struct SessionSpec {
     pub key: [u8; 32],
     /// The address the client declared in Select Protocol, if it parsed.
     pub declared: Option<SocketAddr>,
+    /// The session's slot in the region's counter table (see
+    /// [`Counters`](crate::Counters)): where the core keeps the high-water
+    /// mark of the nonce counters it sealed with, so a restarted core never
+    /// reuses one under this key. Unique among live sessions.
+    pub slot: u32,
+}
+
+impl Drop for SessionSpec {
+    /// Every copy of a session key is wiped when it goes away.
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
 }
 
 /// Control → core.
@@ -117,15 +143,36 @@ pub enum Command {
         /// Control's numeric id of the voice channel.
         channel: u64,
     },
-    /// The SSRC's address was proven on this server before (a core learned
-    /// it and reported it): send to it right away. Control sends this when
-    /// it pushes its state into a restarted data plane, after the session's
-    /// upsert, so members who never send keep hearing the call.
+    /// The SSRC's address was proven on this server before (a core reported
+    /// [`Event::AddressProven`]): send to it right away. Control sends this
+    /// when it pushes its state into a restarted data plane, after the
+    /// session's upsert, so members who never send keep hearing the call.
     TrustAddress {
         /// The SSRC.
         ssrc: u32,
         /// Its proven address.
         addr: SocketAddr,
+    },
+    /// A session on another core proved this address. Keepalives carry no
+    /// SSRC, so the kernel cannot steer them to the owner core: every core
+    /// knows every proven address, echoes keepalives from it and marks the
+    /// session's slot alive.
+    BindAddress {
+        /// The proven address.
+        addr: SocketAddr,
+        /// The session that proved it.
+        ssrc: u32,
+        /// The session's counter slot (its liveness mark).
+        slot: u32,
+    },
+    /// The address is no longer bound to `ssrc` (it moved, expired, or the
+    /// session left). Ignored if the address is bound to another SSRC by
+    /// now.
+    UnbindAddress {
+        /// The address.
+        addr: SocketAddr,
+        /// The session it was bound to.
+        ssrc: u32,
     },
 }
 
@@ -149,11 +196,19 @@ pub enum DropReason {
     Unsupported = 6,
     /// A discovery request for an SSRC that is not announced.
     DiscoveryUnknown = 7,
+    /// An unauthenticated packet (IP discovery, keepalive) over the answer
+    /// budget of its SSRC or of its source address.
+    RateLimited = 8,
+    /// A keepalive from an address no session has proven: never echoed.
+    Unbound = 9,
+    /// The socket's receive buffer was full: the kernel dropped datagrams
+    /// before the core could read them (overload).
+    Overflow = 10,
 }
 
 impl DropReason {
-    /// Number of reasons (length of [`CoreStats::drops`]).
-    pub const COUNT: usize = 8;
+    /// Number of reasons (length of a [`Event::Drops`] array).
+    pub const COUNT: usize = 11;
     /// Every reason, by index.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -164,6 +219,9 @@ impl DropReason {
         DropReason::SendFailed,
         DropReason::Unsupported,
         DropReason::DiscoveryUnknown,
+        DropReason::RateLimited,
+        DropReason::Unbound,
+        DropReason::Overflow,
     ];
 
     /// A stable snake_case name for metrics.
@@ -177,7 +235,17 @@ impl DropReason {
             DropReason::SendFailed => "send_failed",
             DropReason::Unsupported => "unsupported",
             DropReason::DiscoveryUnknown => "discovery_unknown",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Unbound => "unbound",
+            DropReason::Overflow => "overflow",
         }
+    }
+
+    /// Whether the drop means the server could not keep up (the socket
+    /// buffer overflowed, a send was refused), as opposed to junk being
+    /// refused. Only these lower health: junk is counted, not load.
+    pub fn is_overload(self) -> bool {
+        matches!(self, DropReason::SendFailed | DropReason::Overflow)
     }
 }
 
@@ -198,30 +266,76 @@ pub struct CoreStats {
     pub bytes_out: u64,
     /// Nanoseconds the core spent handling packets (not waiting).
     pub busy_ns: u64,
-    /// Dropped datagrams by [`DropReason`] index.
-    pub drops: [u64; DropReason::COUNT],
 }
 
-impl CoreStats {
+/// Cumulative dropped datagrams of one core by [`DropReason`] index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drops(pub [u64; DropReason::COUNT]);
+
+impl Drops {
     /// Count of drops for one reason.
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.drops[reason as usize]
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    /// Counts one more drop.
+    pub fn add(&mut self, reason: DropReason, n: u64) {
+        self.0[reason as usize] += n;
+    }
+
+    /// Drops that mean overload ([`DropReason::is_overload`]).
+    pub fn overload(&self) -> u64 {
+        DropReason::ALL
+            .iter()
+            .filter(|r| r.is_overload())
+            .map(|r| self.get(*r))
+            .sum()
+    }
+
+    /// Every drop, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
     }
 }
 
 /// Core → control.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The core saw this SSRC at this address (IP discovery or an
-    /// authenticated packet from a new address).
-    AddressLearned {
+    /// IP discovery for this SSRC came from this address. Unauthenticated:
+    /// anyone who knows the SSRC can cause it. Control keeps it for
+    /// operators and never trusts it.
+    AddressObserved {
         /// The SSRC.
         ssrc: u32,
-        /// Where its packets come from.
+        /// Where the discovery request came from.
+        addr: SocketAddr,
+    },
+    /// Media is now sent to this address: an authenticated packet came
+    /// from it, or the address declared in Select Protocol matched an
+    /// observation. Control persists it and re-pushes it after a restart.
+    AddressProven {
+        /// The SSRC.
+        ssrc: u32,
+        /// The proven address.
+        addr: SocketAddr,
+    },
+    /// Nothing came from the proven address for the idle timeout: the core
+    /// stopped sending to it.
+    AddressExpired {
+        /// The SSRC.
+        ssrc: u32,
+        /// The address given up.
         addr: SocketAddr,
     },
     /// Periodic statistics.
     Stats(CoreStats),
+    /// Periodic drop counters (sent with every [`Event::Stats`]).
+    Drops {
+        /// Core index.
+        core: u32,
+        /// The counters.
+        drops: Drops,
+    },
 }
 
 const TAG_ANNOUNCE: u8 = 1;
@@ -229,8 +343,16 @@ const TAG_UPSERT: u8 = 2;
 const TAG_REMOVE_SESSION: u8 = 3;
 const TAG_REMOVE_CHANNEL: u8 = 4;
 const TAG_TRUST_ADDRESS: u8 = 5;
-const TAG_ADDRESS: u8 = 1;
+const TAG_BIND_ADDRESS: u8 = 6;
+const TAG_UNBIND_ADDRESS: u8 = 7;
+const TAG_OBSERVED: u8 = 1;
 const TAG_STATS: u8 = 2;
+const TAG_PROVEN: u8 = 3;
+const TAG_EXPIRED: u8 = 4;
+const TAG_DROPS: u8 = 5;
+
+/// Bytes of an encoded address: family, 16 address bytes, port.
+const ADDR_BYTES: usize = 19;
 
 /// Little-endian field writer over one slot.
 struct Put<'a> {
@@ -253,7 +375,7 @@ impl Put<'_> {
     fn u64(&mut self, v: u64) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }
-    /// 19 bytes: family (0, 4, 6), 16 address bytes, port.
+    /// [`ADDR_BYTES`] bytes: family (0, 4, 6), 16 address bytes, port.
     fn addr(&mut self, a: Option<SocketAddr>) -> &mut Self {
         let (family, ip) = match a.map(|a| a.ip()) {
             None => (0, [0; 16]),
@@ -305,6 +427,10 @@ impl Get<'_> {
             f => Err(DecodeError::UnknownFamily(f)),
         }
     }
+    /// An address that must be present.
+    fn some_addr(&mut self) -> Result<SocketAddr, DecodeError> {
+        self.addr()?.ok_or(DecodeError::UnknownFamily(0))
+    }
 }
 
 impl Wire for Command {
@@ -325,7 +451,8 @@ impl Wire for Command {
                     .u64(s.user)
                     .u8(s.mode as u8)
                     .bytes(&s.key)
-                    .addr(s.declared);
+                    .addr(s.declared)
+                    .u32(s.slot);
             }
             Command::RemoveSession { ssrc } => {
                 p.u8(TAG_REMOVE_SESSION).u32(*ssrc);
@@ -335,6 +462,15 @@ impl Wire for Command {
             }
             Command::TrustAddress { ssrc, addr } => {
                 p.u8(TAG_TRUST_ADDRESS).u32(*ssrc).addr(Some(*addr));
+            }
+            Command::BindAddress { addr, ssrc, slot } => {
+                p.u8(TAG_BIND_ADDRESS)
+                    .u32(*ssrc)
+                    .addr(Some(*addr))
+                    .u32(*slot);
+            }
+            Command::UnbindAddress { addr, ssrc } => {
+                p.u8(TAG_UNBIND_ADDRESS).u32(*ssrc).addr(Some(*addr));
             }
         }
     }
@@ -354,16 +490,23 @@ impl Wire for Command {
                 mode: Mode::from_u8(g.u8())?,
                 key: g.array(),
                 declared: g.addr()?,
+                slot: g.u32(),
             }),
             TAG_REMOVE_SESSION => Command::RemoveSession { ssrc: g.u32() },
             TAG_REMOVE_CHANNEL => Command::RemoveChannel { channel: g.u64() },
-            TAG_TRUST_ADDRESS => {
-                let ssrc = g.u32();
-                match g.addr()? {
-                    Some(addr) => Command::TrustAddress { ssrc, addr },
-                    None => return Err(DecodeError::UnknownFamily(0)),
-                }
-            }
+            TAG_TRUST_ADDRESS => Command::TrustAddress {
+                ssrc: g.u32(),
+                addr: g.some_addr()?,
+            },
+            TAG_BIND_ADDRESS => Command::BindAddress {
+                ssrc: g.u32(),
+                addr: g.some_addr()?,
+                slot: g.u32(),
+            },
+            TAG_UNBIND_ADDRESS => Command::UnbindAddress {
+                ssrc: g.u32(),
+                addr: g.some_addr()?,
+            },
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -373,8 +516,14 @@ impl Wire for Event {
     fn encode(&self, slot: &mut [u8; SLOT_SIZE]) {
         let mut p = Put { buf: slot, at: 0 };
         match self {
-            Event::AddressLearned { ssrc, addr } => {
-                p.u8(TAG_ADDRESS).u32(*ssrc).addr(Some(*addr));
+            Event::AddressObserved { ssrc, addr } => {
+                p.u8(TAG_OBSERVED).u32(*ssrc).addr(Some(*addr));
+            }
+            Event::AddressProven { ssrc, addr } => {
+                p.u8(TAG_PROVEN).u32(*ssrc).addr(Some(*addr));
+            }
+            Event::AddressExpired { ssrc, addr } => {
+                p.u8(TAG_EXPIRED).u32(*ssrc).addr(Some(*addr));
             }
             Event::Stats(s) => {
                 p.u8(TAG_STATS)
@@ -385,7 +534,10 @@ impl Wire for Event {
                     .u64(s.packets_out)
                     .u64(s.bytes_out)
                     .u64(s.busy_ns);
-                for d in s.drops {
+            }
+            Event::Drops { core, drops } => {
+                p.u8(TAG_DROPS).u32(*core);
+                for d in drops.0 {
                     p.u64(d);
                 }
             }
@@ -395,33 +547,43 @@ impl Wire for Event {
     fn decode(slot: &[u8; SLOT_SIZE]) -> Result<Self, DecodeError> {
         let mut g = Get { buf: slot, at: 0 };
         Ok(match g.u8() {
-            TAG_ADDRESS => {
-                let ssrc = g.u32();
-                match g.addr()? {
-                    Some(addr) => Event::AddressLearned { ssrc, addr },
-                    None => return Err(DecodeError::UnknownFamily(0)),
-                }
-            }
-            TAG_STATS => {
-                let mut s = CoreStats {
-                    core: g.u32(),
-                    sessions: g.u32(),
-                    packets_in: g.u64(),
-                    bytes_in: g.u64(),
-                    packets_out: g.u64(),
-                    bytes_out: g.u64(),
-                    busy_ns: g.u64(),
-                    drops: [0; DropReason::COUNT],
-                };
-                for d in &mut s.drops {
+            TAG_OBSERVED => Event::AddressObserved {
+                ssrc: g.u32(),
+                addr: g.some_addr()?,
+            },
+            TAG_PROVEN => Event::AddressProven {
+                ssrc: g.u32(),
+                addr: g.some_addr()?,
+            },
+            TAG_EXPIRED => Event::AddressExpired {
+                ssrc: g.u32(),
+                addr: g.some_addr()?,
+            },
+            TAG_STATS => Event::Stats(CoreStats {
+                core: g.u32(),
+                sessions: g.u32(),
+                packets_in: g.u64(),
+                bytes_in: g.u64(),
+                packets_out: g.u64(),
+                bytes_out: g.u64(),
+                busy_ns: g.u64(),
+            }),
+            TAG_DROPS => {
+                let core = g.u32();
+                let mut drops = Drops::default();
+                for d in &mut drops.0 {
                     *d = g.u64();
                 }
-                Event::Stats(s)
+                Event::Drops { core, drops }
             }
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
 }
+
+// Every message must fit its slot; the largest are checked here.
+const _: () = assert!(1 + 4 + 8 + 8 + 1 + 32 + ADDR_BYTES + 4 <= SLOT_SIZE);
+const _: () = assert!(1 + 4 + 8 * DropReason::COUNT <= SLOT_SIZE);
 
 #[cfg(test)]
 mod tests {
@@ -453,6 +615,7 @@ mod tests {
                     mode,
                     key: std::array::from_fn(|i| i as u8),
                     declared,
+                    slot: 65_535,
                 }));
             }
         }
@@ -462,14 +625,23 @@ mod tests {
             ssrc: 9,
             addr: "[2001:db8::1]:50000".parse().unwrap(),
         });
+        roundtrip(Command::BindAddress {
+            addr: "192.0.2.7:9".parse().unwrap(),
+            ssrc: 11,
+            slot: 3,
+        });
+        roundtrip(Command::UnbindAddress {
+            addr: "[::1]:9".parse().unwrap(),
+            ssrc: 11,
+        });
     }
 
     #[test]
     fn events_roundtrip() {
-        roundtrip(Event::AddressLearned {
-            ssrc: 5,
-            addr: "10.0.0.1:1234".parse().unwrap(),
-        });
+        let addr: SocketAddr = "10.0.0.1:1234".parse().unwrap();
+        roundtrip(Event::AddressObserved { ssrc: 5, addr });
+        roundtrip(Event::AddressProven { ssrc: 5, addr });
+        roundtrip(Event::AddressExpired { ssrc: 5, addr });
         roundtrip(Event::Stats(CoreStats {
             core: 1,
             sessions: 4,
@@ -478,8 +650,11 @@ mod tests {
             packets_out: 3,
             bytes_out: 4,
             busy_ns: 5,
-            drops: [6, 7, 8, 9, 10, 11, 12, 13],
         }));
+        roundtrip(Event::Drops {
+            core: 2,
+            drops: Drops(std::array::from_fn(|i| u64::MAX - i as u64)),
+        });
     }
 
     #[test]
@@ -495,6 +670,7 @@ mod tests {
             mode: Mode::XSalsa20Poly1305,
             key: [0; 32],
             declared: None,
+            slot: 0,
         })
         .encode(&mut slot);
         slot[21] = 77; // the mode byte
@@ -502,6 +678,19 @@ mod tests {
         slot[21] = 1;
         slot[54] = 5; // the address family byte
         assert_eq!(Command::decode(&slot), Err(DecodeError::UnknownFamily(5)));
+    }
+
+    #[test]
+    fn only_overload_lowers_health() {
+        let overload: Vec<_> = DropReason::ALL
+            .into_iter()
+            .filter(|r| r.is_overload())
+            .collect();
+        assert_eq!(overload, [DropReason::SendFailed, DropReason::Overflow]);
+        let mut d = Drops::default();
+        d.add(DropReason::AuthFailed, 5);
+        d.add(DropReason::Overflow, 2);
+        assert_eq!((d.overload(), d.total()), (2, 7));
     }
 
     #[test]

@@ -4,24 +4,32 @@
 //! ```text
 //! offset 0    Header (128 bytes)
 //! then        core 0 command ring, core 0 event ring, core 1 command ring, ...
+//! then        the counter table: 16 bytes per session slot
 //! ```
 //!
 //! Every ring starts on a 128-byte boundary (header size, ring header size and
 //! slot size are all multiples of 128).
+//!
+//! The region carries session keys in flight, so no other user may read it:
+//! by default it is an anonymous memfd (gone with the last process that maps
+//! it, never a file anybody could find after a crash), reached by the child
+//! through `/proc/<control pid>/fd/<n>`; a named file (for a dataplane the
+//! operator starts) is created with mode 0600.
 
 use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::message::{Command, Event, SLOT_SIZE};
-use crate::ring::{ring_bytes, Consumer, Producer};
+use crate::ring::{ring_bytes, Consumer, Corrupt, Producer};
 
 /// First 8 bytes of a region: "VOICESHM" in ASCII.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VOICESHM");
 /// Bumped whenever the header, ring or message layout changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 const HEADER_BYTES: usize = 128;
 
@@ -70,6 +78,22 @@ pub enum RegionError {
     /// This process already holds that end of that ring.
     #[error("core {0}: this side of its rings is already taken")]
     Taken(u32),
+    /// A ring's indices are corrupt (a stale or damaged region).
+    #[error("core {core}: {source}")]
+    Ring {
+        /// The core whose ring is corrupt.
+        core: u32,
+        /// What the indices said.
+        source: Corrupt,
+    },
+    /// A region file other users could read.
+    #[error("shared memory {path}: mode {mode:o} lets other users read session keys (want 0600)")]
+    Permissions {
+        /// The region's file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// The shape of a region.
@@ -81,6 +105,9 @@ pub struct RegionConfig {
     pub command_slots: u32,
     /// Slots per event ring (power of two, 2..=65536). Default 1024.
     pub event_slots: u32,
+    /// Entries of the counter table (1..=1 << 20, 16 bytes each): how many
+    /// sessions can be keyed at once on the whole data plane. Default 65536.
+    pub counter_slots: u32,
 }
 
 impl RegionConfig {
@@ -90,6 +117,7 @@ impl RegionConfig {
             cores,
             command_slots: 1024,
             event_slots: 1024,
+            counter_slots: 65536,
         }
     }
 
@@ -107,12 +135,22 @@ impl RegionConfig {
                 ));
             }
         }
+        if !(1..=1 << 20).contains(&self.counter_slots) {
+            return Err(format!(
+                "counter_slots must be 1..=1048576, got {}",
+                self.counter_slots
+            ));
+        }
         Ok(())
     }
 
-    fn len(&self) -> usize {
+    fn counters_offset(&self) -> usize {
         HEADER_BYTES
             + self.cores as usize * (ring_bytes(self.command_slots) + ring_bytes(self.event_slots))
+    }
+
+    fn len(&self) -> usize {
+        self.counters_offset() + self.counter_slots as usize * COUNTER_ENTRY_BYTES
     }
 }
 
@@ -129,6 +167,7 @@ struct Header {
     /// are up (0 until then). Release on store, Acquire on load.
     udp_port: AtomicU32,
     region_len: u64,
+    counter_slots: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
@@ -203,12 +242,126 @@ pub struct Region {
     owner: bool,
     /// Per core: control side taken, core side taken (in this process).
     taken: Mutex<Vec<[bool; 2]>>,
+    /// Device and inode of the region's file when it was mapped.
+    identity: (u64, u64),
+    /// The open file: for a memfd, what keeps [`Region::path`] valid.
+    _file: std::fs::File,
+}
+
+/// Device and inode of an open file.
+fn identity(file: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// A table in shared memory with one entry per session slot (control hands
+/// a slot to each keyed session):
+///
+/// - the **nonce mark**: the high-water mark of the nonce counters a core
+///   has reserved for the session, so a restarted core (same region)
+///   continues above it and never seals twice with one nonce under one key;
+/// - the **alive mark**: when a keepalive last came from the session's
+///   proven address (monotonic milliseconds), written by whichever core the
+///   kernel handed the keepalive to, read by the owner core when it decides
+///   whether the address went idle.
+///
+/// Indices out of range read as 0 and ignore stores; control validates
+/// slots when it hands them out.
+pub struct Counters {
+    base: *const [AtomicU64; 2],
+    len: usize,
+    _memory: Arc<dyn Send + Sync>,
+}
+
+impl Clone for Counters {
+    /// Another handle to the same table.
+    fn clone(&self) -> Counters {
+        Counters {
+            base: self.base,
+            len: self.len,
+            _memory: self._memory.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").field("len", &self.len).finish()
+    }
+}
+
+// SAFETY: the pointer targets atomics kept alive by `_memory` (a shared
+// mapping or an owned slice); atomics may be used from any thread.
+unsafe impl Send for Counters {}
+// SAFETY: as above; every access is an atomic operation.
+unsafe impl Sync for Counters {}
+
+/// Bytes of one [`Counters`] entry.
+const COUNTER_ENTRY_BYTES: usize = 16;
+
+impl Counters {
+    /// A table of `len` entries in private memory (tests, benchmarks).
+    pub fn in_memory(len: usize) -> Counters {
+        let memory: Arc<[[AtomicU64; 2]]> = (0..len)
+            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+            .collect();
+        Counters {
+            base: memory.as_ptr(),
+            len,
+            _memory: Arc::new(memory),
+        }
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the table has no slot.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn get(&self, slot: u32) -> Option<&[AtomicU64; 2]> {
+        let i = slot as usize;
+        // SAFETY: `i < len` and the table of `len` entries is alive while
+        // `_memory` is (it is owned by self); 8-byte alignment holds for
+        // the region's 128-byte aligned table and for the owned slice.
+        (i < self.len).then(|| unsafe { &*self.base.add(i) })
+    }
+
+    /// The nonce mark of `slot`.
+    pub fn nonce_mark(&self, slot: u32) -> u64 {
+        // Acquire pairs with `raise_nonce_mark`'s Release (a restarted core
+        // reads what the previous one reserved).
+        self.get(slot).map_or(0, |c| c[0].load(Ordering::Acquire))
+    }
+
+    /// Raises the nonce mark of `slot` to `value` (never lowers it).
+    pub fn raise_nonce_mark(&self, slot: u32, value: u64) {
+        if let Some(c) = self.get(slot) {
+            c[0].fetch_max(value, Ordering::Release);
+        }
+    }
+
+    /// When a keepalive last came from the slot's address (0: never).
+    pub fn alive(&self, slot: u32) -> u64 {
+        // Relaxed: a hint about time, ordered with nothing else.
+        self.get(slot).map_or(0, |c| c[1].load(Ordering::Relaxed))
+    }
+
+    /// Records a keepalive from the slot's address at `now`.
+    pub fn mark_alive(&self, slot: u32, now: u64) {
+        if let Some(c) = self.get(slot) {
+            c[1].fetch_max(now, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Region {
-    /// Creates (or replaces) the region file at `path` and initialises it.
-    /// The file is removed when this handle is dropped; attached processes
-    /// keep their mapping.
+    /// Creates (or replaces) the region file at `path`, mode 0600, and
+    /// initialises it. The file is removed when this handle is dropped;
+    /// attached processes keep their mapping.
     pub fn create(path: impl AsRef<Path>, config: RegionConfig) -> Result<Region, RegionError> {
         let path = path.as_ref().to_path_buf();
         config.validate().map_err(RegionError::Config)?;
@@ -217,16 +370,63 @@ impl Region {
             source,
         };
         let _ = std::fs::remove_file(&path);
+        // Created 0600 in the open call itself: there is no moment at which
+        // another user could open it.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
+        Region::init(file, config, path, true)
+    }
+
+    /// Creates the region in an anonymous memfd: no file exists, the memory
+    /// goes away with the last process mapping it, and another process of
+    /// the same user reaches it through [`Region::path`]
+    /// (`/proc/<pid>/fd/<n>`) while this handle lives.
+    pub fn create_anonymous(config: RegionConfig) -> Result<Region, RegionError> {
+        config.validate().map_err(RegionError::Config)?;
+        let name = c"voice-region";
+        // SAFETY: a NUL-terminated name and valid flags; the call creates a
+        // new descriptor or fails.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(RegionError::Io {
+                path: PathBuf::from("memfd"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let path = PathBuf::from(format!("/proc/{}/fd/{fd}", std::process::id()));
+        // memfds start 0777; /proc already limits who may open the path,
+        // and the mode says the same to anyone who checks.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| RegionError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Region::init(file, config, path, false)
+    }
+
+    /// Sizes, maps and initialises a fresh, private, zero-filled file.
+    fn init(
+        file: std::fs::File,
+        config: RegionConfig,
+        path: PathBuf,
+        owner: bool,
+    ) -> Result<Region, RegionError> {
+        let io = |source| RegionError::Io {
+            path: path.clone(),
+            source,
+        };
         let len = config.len();
         file.set_len(len as u64).map_err(io)?;
         let map = Mapping::map(&file, len).map_err(io)?;
-        // The file is fresh and zero-filled, so every ring index starts at 0.
+        // The file is fresh and zero-filled, so every ring index and every
+        // counter starts at 0.
         // SAFETY: we are the only user of the fresh mapping; the header
         // fields other than `magic` are written before `magic` is published.
         unsafe {
@@ -237,10 +437,11 @@ impl Region {
             (*h).event_slots = config.event_slots;
             (*h).slot_size = SLOT_SIZE as u32;
             (*h).region_len = len as u64;
+            (*h).counter_slots = config.counter_slots;
         }
         // Release: an attacher that Acquire-loads MAGIC sees the fields above.
         map.header().magic.store(MAGIC, Ordering::Release);
-        Ok(Region::new(map, config, path, true))
+        Region::new(map, config, path, owner, file)
     }
 
     /// Maps an existing region and checks its header against this build.
@@ -259,7 +460,12 @@ impl Region {
             .write(true)
             .open(&path)
             .map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len() as usize;
+        let meta = file.metadata().map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & 0o077 != 0 {
+            return Err(RegionError::Permissions { path, mode });
+        }
+        let file_len = meta.len() as usize;
         if file_len < HEADER_BYTES {
             return Err(layout(format!(
                 "file is {file_len} bytes, smaller than the header"
@@ -287,6 +493,7 @@ impl Region {
             cores: h.cores,
             command_slots: h.command_slots,
             event_slots: h.event_slots,
+            counter_slots: h.counter_slots,
         };
         config.validate().map_err(layout)?;
         if h.region_len as usize != config.len() || file_len < config.len() {
@@ -296,16 +503,51 @@ impl Region {
                 config.len()
             )));
         }
-        Ok(Region::new(map, config, path, false))
+        Region::new(map, config, path, false, file)
     }
 
-    fn new(map: Mapping, config: RegionConfig, path: PathBuf, owner: bool) -> Region {
-        Region {
+    fn new(
+        map: Mapping,
+        config: RegionConfig,
+        path: PathBuf,
+        owner: bool,
+        file: std::fs::File,
+    ) -> Result<Region, RegionError> {
+        let identity = identity(&file).map_err(|source| RegionError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Region {
             map: Arc::new(map),
             taken: Mutex::new(vec![[false; 2]; config.cores as usize]),
             config,
             path,
             owner,
+            identity,
+            _file: file,
+        })
+    }
+
+    /// Whether [`Region::path`] still names this region. False once the
+    /// file was removed or replaced, or (for a memfd) the process that
+    /// created it is gone: a dataplane attached to a stale region must stop
+    /// and leave the UDP port's reuseport group to the current one.
+    pub fn is_current(&self) -> bool {
+        std::fs::File::open(&self.path)
+            .and_then(|f| identity(&f))
+            .is_ok_and(|id| id == self.identity)
+    }
+
+    /// The table of per-session nonce counter high-water marks.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            base: self
+                .map
+                .as_ptr()
+                .wrapping_add(self.config.counters_offset())
+                .cast(),
+            len: self.config.counter_slots as usize,
+            _memory: self.map.clone(),
         }
     }
 
@@ -343,7 +585,7 @@ impl Region {
         }
     }
 
-    fn command_ring_offset(&self, core: u32) -> usize {
+    pub(crate) fn command_ring_offset(&self, core: u32) -> usize {
         let per_core = ring_bytes(self.config.command_slots) + ring_bytes(self.config.event_slots);
         HEADER_BYTES + core as usize * per_core
     }
@@ -379,15 +621,23 @@ impl Region {
     ) -> Result<(Producer<Command>, Consumer<Event>), RegionError> {
         self.take(core, 0)?;
         let (c, e) = (self.command_ring_offset(core), self.event_ring_offset(core));
+        let ring = |source| RegionError::Ring { core, source };
         // SAFETY: offsets and sizes come from the validated config; `take`
         // guarantees this process holds this side once, and by protocol the
         // other process holds only the core side.
-        unsafe {
-            Ok((
-                Producer::new(self.map.clone(), c, self.config.command_slots),
-                Consumer::new(self.map.clone(), e, self.config.event_slots),
-            ))
-        }
+        let ends = unsafe {
+            Producer::new(self.map.clone(), c, self.config.command_slots).and_then(|p| {
+                Ok((
+                    p,
+                    Consumer::new(self.map.clone(), e, self.config.event_slots)?,
+                ))
+            })
+        };
+        ends.map_err(|source| {
+            // Nothing was taken after all.
+            self.release(core, 0);
+            ring(source)
+        })
     }
 
     /// A core's ends: the command consumer and event producer.
@@ -397,12 +647,27 @@ impl Region {
     ) -> Result<(Consumer<Command>, Producer<Event>), RegionError> {
         self.take(core, 1)?;
         let (c, e) = (self.command_ring_offset(core), self.event_ring_offset(core));
+        let ring = |source| RegionError::Ring { core, source };
         // SAFETY: as in `control_side`, for the opposite ends.
-        unsafe {
-            Ok((
-                Consumer::new(self.map.clone(), c, self.config.command_slots),
-                Producer::new(self.map.clone(), e, self.config.event_slots),
-            ))
+        let ends = unsafe {
+            Consumer::new(self.map.clone(), c, self.config.command_slots).and_then(|c| {
+                Ok((
+                    c,
+                    Producer::new(self.map.clone(), e, self.config.event_slots)?,
+                ))
+            })
+        };
+        ends.map_err(|source| {
+            // Nothing was taken after all: a repaired ring can be attached.
+            self.release(core, 1);
+            ring(source)
+        })
+    }
+
+    fn release(&self, core: u32, side: usize) {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = taken.get_mut(core as usize) {
+            t[side] = false;
         }
     }
 }
@@ -435,6 +700,7 @@ mod tests {
             cores: 3,
             command_slots: 64,
             event_slots: 32,
+            counter_slots: 10,
         };
         let created = Region::create(&p, cfg).unwrap();
         let attached = Region::attach(&p).unwrap();
@@ -451,12 +717,23 @@ mod tests {
     #[test]
     fn attach_rejects_garbage_and_mismatches() {
         let p = temp_path("bad");
-        std::fs::write(&p, [0u8; 10]).unwrap();
+        let private = |bytes: &[u8]| {
+            use std::io::Write;
+            let _ = std::fs::remove_file(&p);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .unwrap();
+            f.write_all(bytes).unwrap();
+        };
+        private(&[0u8; 10]);
         assert!(matches!(
             Region::attach(&p),
             Err(RegionError::Layout { .. })
         ));
-        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        private(&[0u8; 4096]);
         assert!(matches!(Region::attach(&p), Err(RegionError::BadMagic(_))));
         std::fs::remove_file(&p).unwrap();
 
@@ -491,6 +768,78 @@ mod tests {
     }
 
     #[test]
+    fn region_files_are_private() {
+        let p = temp_path("mode");
+        let r = Region::create(&p, RegionConfig::new(1)).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A region file others can read is refused (keys would leak).
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Region::attach(&p),
+            Err(RegionError::Permissions { mode: 0o644, .. })
+        ));
+        drop(r);
+    }
+
+    #[test]
+    fn anonymous_region_is_reached_through_proc_and_leaves_no_file() {
+        let r = Region::create_anonymous(RegionConfig::new(2)).unwrap();
+        let path = r.path().to_path_buf();
+        assert!(path.starts_with("/proc"), "{}", path.display());
+        let attached = Region::attach(&path).unwrap();
+        assert!(attached.is_current());
+        attached.publish_udp_port(4000);
+        assert_eq!(r.udp_port(), Some(4000));
+        let (mut tx, _) = r.control_side(1).unwrap();
+        let (mut rx, _) = attached.core_side(1).unwrap();
+        tx.push(&Command::RemoveChannel { channel: 3 }).unwrap();
+        assert_eq!(rx.pop(), Ok(Some(Command::RemoveChannel { channel: 3 })));
+        drop(r);
+        assert!(!attached.is_current(), "the creator's descriptor is gone");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_replaced_file_is_not_current() {
+        let p = temp_path("stale");
+        let first = Region::create(&p, RegionConfig::new(1)).unwrap();
+        let attached = Region::attach(&p).unwrap();
+        assert!(attached.is_current());
+        // A new control replaces the file: the old attachment is stale.
+        std::mem::forget(first);
+        let second = Region::create(&p, RegionConfig::new(1)).unwrap();
+        assert!(!attached.is_current());
+        drop(second);
+        assert!(!attached.is_current());
+    }
+
+    #[test]
+    fn counters_outlive_an_attachment() {
+        let r = Region::create_anonymous(RegionConfig {
+            counter_slots: 4,
+            ..RegionConfig::new(1)
+        })
+        .unwrap();
+        {
+            let dp = Region::attach(r.path()).unwrap();
+            let c = dp.counters();
+            assert_eq!(c.len(), 4);
+            c.raise_nonce_mark(2, 4096);
+            c.raise_nonce_mark(2, 100); // never lowered
+            c.raise_nonce_mark(9, 1); // out of range: ignored
+            c.mark_alive(3, 55);
+        }
+        let again = Region::attach(r.path()).unwrap().counters();
+        assert_eq!(again.nonce_mark(2), 4096);
+        assert_eq!(again.nonce_mark(9), 0);
+        assert_eq!((again.alive(3), again.alive(2)), (55, 0));
+        let mem = Counters::in_memory(2);
+        mem.raise_nonce_mark(1, 7);
+        assert_eq!((mem.nonce_mark(0), mem.nonce_mark(1)), (0, 7));
+    }
+
+    #[test]
     fn sides_are_taken_once() {
         let p = temp_path("take");
         let r = Region::create(&p, RegionConfig::new(2)).unwrap();
@@ -511,6 +860,11 @@ mod tests {
                 cores: 1,
                 command_slots: 100,
                 event_slots: 8,
+                counter_slots: 1,
+            },
+            RegionConfig {
+                counter_slots: 0,
+                ..RegionConfig::new(1)
             },
         ] {
             assert!(matches!(
@@ -552,13 +906,13 @@ mod tests {
                 sent += 1;
             }
             match events.pop() {
-                Some(Ok(Event::Stats(s))) => {
+                Ok(Some(Event::Stats(s))) => {
                     assert_eq!(s.packets_in, u64::from(got));
                     assert_eq!(s.core, 1);
                     got += 1;
                 }
-                Some(other) => panic!("unexpected {other:?}"),
-                None => std::thread::yield_now(),
+                Ok(None) => std::thread::yield_now(),
+                other => panic!("unexpected {other:?}"),
             }
         }
         assert!(child.wait().unwrap().success());
@@ -575,7 +929,7 @@ mod tests {
         let mut seen = 0u32;
         while seen < 5000 {
             match commands.pop() {
-                Some(Ok(Command::RemoveSession { ssrc })) => {
+                Ok(Some(Command::RemoveSession { ssrc })) => {
                     assert_eq!(ssrc, seen);
                     let ev = Event::Stats(CoreStats {
                         core: 1,
@@ -587,8 +941,8 @@ mod tests {
                     }
                     seen += 1;
                 }
-                Some(other) => panic!("unexpected {other:?}"),
-                None => std::thread::yield_now(),
+                Ok(None) => std::thread::yield_now(),
+                other => panic!("unexpected {other:?}"),
             }
         }
     }

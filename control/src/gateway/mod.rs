@@ -1,12 +1,22 @@
 //! The Discord voice gateway, server side, as a sans-IO state machine
 //! (seeds/004 "Voice Connections", DESIGN.md "Voice gateway").
 //!
-//! One [`Connection`] per websocket. Inputs: text frames
-//! ([`Connection::handle_text`]), messages from the registry for this
-//! connection ([`Connection::handle_push`]) and deadlines
+//! One [`Connection`] per websocket. A text frame goes in two steps:
+//! [`Connection::handle_text`] checks the connection's budget and decodes
+//! it into an [`Incoming`] without touching shared state (the server calls
+//! it outside the registry lock, so parsing costs nobody else anything);
+//! [`Connection::handle_incoming`] then acts on it with the registry.
+//! Other inputs: messages from the registry for this connection
+//! ([`Connection::handle_push`]) and deadlines
 //! ([`Connection::handle_timeout`]); outputs through
 //! [`Connection::poll_output`]. Call [`Connection::closed`] once when the
 //! socket is gone so the registry parks or releases the session.
+//!
+//! Before Identify or Resume a connection is cheap to refuse: frames over
+//! [`PRE_AUTH_MAX_MESSAGE`] are closed unparsed, and only Identify, Resume
+//! and Heartbeat are accepted (a heartbeat then never takes the registry
+//! lock). Once identified, every message is also charged to the voice
+//! session's budget in the registry, which survives reconnects.
 //!
 //! Sequenced messages (v8 `seq`) are numbered in the session's [`Stream`],
 //! which the registry keeps across connections: a Resume on a new socket
@@ -19,11 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::Mode;
 
 use crate::limit::{Bucket, RateLimit};
-use crate::protocol::{grace, refuse, Refusal, Result};
+use crate::protocol::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::registry::{ConnId, IdentifyError, Push, Registry};
 use crate::Output;
 
@@ -82,8 +93,9 @@ pub struct Config {
     pub udp_ip: Ipv4Addr,
     /// The UDP port announced in Ready.
     pub udp_port: u16,
-    /// Per-connection message budget (past it: 4021). Default 10/s, burst
-    /// 60.
+    /// Message budget (past it: 4021), both per connection and per voice
+    /// session (the latter kept in the registry across reconnects).
+    /// Default 10/s, burst 60.
     pub rate: RateLimit,
     /// The encryption modes offered in Ready, in order; Select Protocol with
     /// any other is 4016. Default: all five, in [`Mode::ALL`]'s order.
@@ -100,16 +112,41 @@ pub const VERSIONS: std::ops::RangeInclusive<u8> = 1..=8;
 /// The version of a connection whose URL has no `v`: Discord's default, 1.
 pub const DEFAULT_VERSION: u8 = 1;
 
+/// Which earlier message a newer one makes obsolete in a [`Stream`]: a
+/// receiver that resumes needs only the latest Speaking of each member and
+/// the latest of each member's connects and disconnects. Keeping one
+/// message per key bounds what one member can put into another's resume
+/// buffer, however often it speaks or rejoins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Supersedes {
+    /// Speaking (op 5) of this user.
+    Speaking(u64),
+    /// Clients Connect (op 11) or Client Disconnect (op 13) of this user.
+    Presence(u64),
+}
+
+/// One numbered message kept for a Resume.
+#[derive(Debug)]
+struct Kept {
+    seq: u64,
+    text: String,
+    key: Option<Supersedes>,
+}
+
 /// The numbered messages of one gateway session: at v8 every server
 /// message but Hello, Heartbeat ACK and Resumed carries `seq`, and the last
-/// `capacity` of them are kept for a Resume to re-deliver.
+/// `capacity` of them are kept for a Resume to re-deliver. A message with a
+/// [`Supersedes`] key replaces the kept one with the same key.
 #[derive(Debug)]
 pub struct Stream {
     version: u8,
     /// `seq` of the last numbered message.
     seq: u64,
-    sent: VecDeque<(u64, String)>,
+    sent: VecDeque<Kept>,
     capacity: usize,
+    /// The highest `seq` dropped for lack of room (0: none). Superseded
+    /// messages do not count: what they said is in a later message.
+    lost_through: u64,
 }
 
 impl Stream {
@@ -120,20 +157,38 @@ impl Stream {
             seq: 0,
             sent: VecDeque::new(),
             capacity: capacity.max(1),
+            lost_through: 0,
         }
     }
 
     /// The wire text of a message, numbered (and kept) at v8.
     pub fn message(&mut self, op: u64, d: Value) -> String {
+        self.message_keyed(op, d, None)
+    }
+
+    /// [`Stream::message`], replacing the kept message with the same
+    /// `key`, if any.
+    pub fn message_keyed(&mut self, op: u64, d: Value, key: Option<Supersedes>) -> String {
         if self.version < 8 {
             return json!({"op": op, "d": d}).to_string();
         }
         self.seq += 1;
         let text = json!({"op": op, "d": d, "seq": self.seq}).to_string();
-        if self.sent.len() == self.capacity {
-            self.sent.pop_front();
+        if let Some(key) = key {
+            if let Some(i) = self.sent.iter().position(|k| k.key == Some(key)) {
+                self.sent.remove(i);
+            }
         }
-        self.sent.push_back((self.seq, text.clone()));
+        if self.sent.len() == self.capacity {
+            if let Some(lost) = self.sent.pop_front() {
+                self.lost_through = lost.seq;
+            }
+        }
+        self.sent.push_back(Kept {
+            seq: self.seq,
+            text: text.clone(),
+            key,
+        });
         text
     }
 
@@ -150,21 +205,70 @@ impl Stream {
         if self.version < 8 {
             return Some(Vec::new());
         }
-        if seq_ack > self.seq {
-            return None;
-        }
-        let oldest = self.sent.front().map_or(self.seq + 1, |(s, _)| *s);
-        if seq_ack + 1 < oldest {
+        if seq_ack > self.seq || seq_ack < self.lost_through {
             return None;
         }
         Some(
             self.sent
                 .iter()
-                .filter(|(s, _)| *s > seq_ack)
-                .map(|(_, t)| t.clone())
+                .filter(|k| k.seq > seq_ack)
+                .map(|k| k.text.clone())
                 .collect(),
         )
     }
+}
+
+/// Identify op 0's data.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Identify {
+    /// The guild id (the channel id for DMs).
+    pub server_id: String,
+    /// The user.
+    pub user_id: String,
+    /// VOICE_STATE_DONE's session id.
+    pub session_id: String,
+    /// CHANNEL_ASSIGN's token.
+    pub token: String,
+}
+
+/// Resume op 7's data.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The guild id (the channel id for DMs).
+    pub server_id: String,
+    /// The session to resume.
+    pub session_id: String,
+    /// CHANNEL_ASSIGN's token.
+    pub token: String,
+    /// v8: the last numbered message the client saw (0 when none); below
+    /// v8 None (nothing is numbered).
+    pub seq_ack: Option<u64>,
+}
+
+/// Select Protocol op 1's data, checked against the offered modes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectProtocol {
+    /// The chosen mode (one of those offered).
+    pub mode: Mode,
+    /// The address the client says it has (advisory).
+    pub declared: Option<SocketAddr>,
+}
+
+/// A client message, decoded by [`Connection::handle_text`].
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// Heartbeat op 3 of an identified connection, with the ACK's `d`.
+    Heartbeat(Value),
+    /// Identify op 0.
+    Identify(Identify),
+    /// Resume op 7.
+    Resume(Resume),
+    /// Select Protocol op 1.
+    SelectProtocol(SelectProtocol),
+    /// Speaking op 5 with its flags.
+    Speaking(u32),
+    /// An op accepted and ignored (video, client flags, DAVE).
+    Ignored,
 }
 
 /// One voice gateway connection.
@@ -181,6 +285,8 @@ pub struct Connection {
     deadline: Instant,
     /// Until when Identify or Resume must arrive (None once they did).
     identify_by: Option<Instant>,
+    /// This socket's budget; once identified the session's budget in the
+    /// registry is charged as well.
     bucket: Bucket,
     out: VecDeque<Output>,
 }
@@ -215,6 +321,19 @@ impl Connection {
         c.out.clear();
         c.close(refuse(close::BAD_REQUEST, "unsupported gateway version"));
         c
+    }
+
+    /// Whether Identify or Resume succeeded.
+    pub fn is_identified(&self) -> bool {
+        self.identify_by.is_none()
+    }
+
+    /// A websocket Ping or Pong: it spends a message of the budget like
+    /// any other frame (past it, 4021).
+    pub fn handle_ping(&mut self, now: Instant) {
+        if self.closing.is_none() && !self.bucket.take(now) {
+            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+        }
     }
 
     /// The next thing to send, if any.
@@ -266,9 +385,15 @@ impl Connection {
     }
 
     /// A binary frame. DAVE is negotiated off (`dave_protocol_version: 0`),
-    /// so a client has no reason to send one; it is ignored, not fatal.
+    /// so a client has no reason to send one: after Identify it is
+    /// ignored (within the connection's budget), before it 4003.
     pub fn handle_binary(&mut self, now: Instant) {
-        if self.closing.is_none() && !self.bucket.take(now) {
+        if self.closing.is_some() {
+            return;
+        }
+        if self.session.is_none() {
+            self.close(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
+        } else if !self.bucket.take(now) {
             self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
         }
     }
@@ -294,15 +419,102 @@ impl Connection {
         }
     }
 
-    /// A text frame from the client.
-    pub fn handle_text(&mut self, now: Instant, text: &str, registry: &mut Registry) {
+    /// A text frame from the client, step one (no shared state): charges
+    /// this connection's budget and decodes the frame. A heartbeat before
+    /// Identify is answered here. Returns what
+    /// [`Connection::handle_incoming`] must handle, or None (answered, or
+    /// refused with a close queued).
+    pub fn handle_text(&mut self, now: Instant, text: &str) -> Option<Incoming> {
+        if self.closing.is_some() {
+            return None;
+        }
+        if !self.bucket.take(now) {
+            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+            return None;
+        }
+        match self.decode(text) {
+            Ok(Incoming::Heartbeat(ack)) if self.session.is_none() => {
+                self.heartbeat(now, ack);
+                None
+            }
+            Ok(incoming) => Some(incoming),
+            Err(r) => {
+                self.close(r);
+                None
+            }
+        }
+    }
+
+    /// Decodes a text frame for this connection's state, without side
+    /// effects: the size and op limits before Identify, the message's
+    /// shape, and the checks that need no registry (protocol and mode in
+    /// Select Protocol, the heartbeat nonce).
+    pub fn decode(&self, text: &str) -> Result<Incoming> {
+        let identified = self.session.is_some();
+        if !identified && text.len() > PRE_AUTH_MAX_MESSAGE {
+            return Err(refuse(close::DECODE_ERROR, "message too large"));
+        }
+        let mut msg: Value =
+            serde_json::from_str(text).map_err(|_| refuse(close::DECODE_ERROR, "invalid json"))?;
+        let op = msg
+            .get("op")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| refuse(close::DECODE_ERROR, "missing integer op"))?;
+        let d = msg.get_mut("d").map(Value::take).unwrap_or(Value::Null);
+        if !identified && !matches!(op, op::IDENTIFY | op::RESUME | op::HEARTBEAT) {
+            return Err(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
+        }
+        let already = || refuse(close::ALREADY_AUTHENTICATED, "already authenticated");
+        Ok(match op {
+            op::HEARTBEAT => Incoming::Heartbeat(self.heartbeat_ack(&d)?),
+            op::IDENTIFY if identified => return Err(already()),
+            op::IDENTIFY => Incoming::Identify(serde_json::from_value(d).map_err(|_| bad_field())?),
+            op::RESUME if identified => return Err(already()),
+            op::RESUME => Incoming::Resume(self.decode_resume(&d)?),
+            op::SELECT_PROTOCOL => Incoming::SelectProtocol(self.decode_select(&d)?),
+            op::SPEAKING => Incoming::Speaking(match d.get("speaking") {
+                Some(Value::Bool(b)) => u32::from(*b),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| refuse(close::DECODE_ERROR, "speaking must be flags"))?,
+                None => return Err(refuse(close::DECODE_ERROR, "speaking missing")),
+            }),
+            // Video (12), client flags/platform (14-20) and DAVE (21-31):
+            // accepted and ignored while video and DAVE are off.
+            10 | 12 | 14..=31 => Incoming::Ignored,
+            _ => return Err(refuse(close::UNKNOWN_OPCODE, "unknown opcode")),
+        })
+    }
+
+    /// A decoded message, step two, with the registry (under its lock).
+    /// Once identified, every message is charged to the session's budget.
+    pub fn handle_incoming(&mut self, now: Instant, incoming: Incoming, registry: &mut Registry) {
         if self.closing.is_some() {
             return;
         }
-        if !self.bucket.take(now) {
-            return self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+        if let Some(session_id) = &self.session {
+            if !registry.spend(session_id, now, self.config.rate) {
+                return self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+            }
         }
-        if let Err(r) = self.dispatch(now, text, registry) {
+        let handled = match incoming {
+            Incoming::Heartbeat(ack) => {
+                self.heartbeat(now, ack);
+                Ok(())
+            }
+            Incoming::Identify(identify) => self.identify(now, &identify, registry),
+            Incoming::Resume(resume) => self.resume(now, &resume, registry),
+            Incoming::SelectProtocol(select) => self.select_protocol(&select, registry),
+            Incoming::Speaking(flags) => {
+                if let Some(session_id) = &self.session {
+                    registry.speaking(session_id, flags);
+                }
+                Ok(())
+            }
+            Incoming::Ignored => Ok(()),
+        };
+        if let Err(r) = handled {
             self.close(r);
         }
     }
@@ -312,7 +524,7 @@ impl Connection {
             self.closing = Some(r.code);
             self.out.push_back(Output::Close {
                 code: r.code,
-                reason: r.reason,
+                reason: r.reason.to_owned(),
             });
         }
     }
@@ -333,75 +545,89 @@ impl Connection {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, text: &str, registry: &mut Registry) -> Result<()> {
-        let msg: Value = serde_json::from_str(text)
-            .map_err(|e| refuse(close::DECODE_ERROR, format!("invalid json: {e}")))?;
-        let op = msg
-            .get("op")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| refuse(close::DECODE_ERROR, "missing integer op"))?;
-        let d = msg.get("d").unwrap_or(&Value::Null);
-        match op {
-            op::HEARTBEAT => self.heartbeat(now, d),
-            op::IDENTIFY => self.identify(now, d, registry)?,
-            op::RESUME => self.resume(now, d, registry)?,
-            op::SELECT_PROTOCOL => self.select_protocol(d, registry)?,
-            op::SPEAKING => {
-                let Some(session_id) = &self.session else {
-                    return Err(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
-                };
-                let speaking = match d.get("speaking") {
-                    Some(Value::Bool(b)) => u32::from(*b),
-                    Some(v) => v
-                        .as_u64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| refuse(close::DECODE_ERROR, "speaking must be flags"))?,
-                    None => return Err(refuse(close::DECODE_ERROR, "speaking missing")),
-                };
-                registry.speaking(session_id, speaking);
-            }
-            // Video (12), client flags/platform (14-20) and DAVE (21-31):
-            // accepted and ignored while video and DAVE are off.
-            10 | 12 | 14..=31 => {}
-            other => {
-                return Err(refuse(
-                    close::UNKNOWN_OPCODE,
-                    format!("unknown opcode {other}"),
-                ))
-            }
+    /// The ACK's `d` for a heartbeat's `d`: only the nonce comes back, so
+    /// an ACK is never larger than what earned it. Below v8 `d` is the
+    /// nonce, an integer; at v8 it is `{t, seq_ack}` with an integer `t`
+    /// and the ACK is `{t}`.
+    fn heartbeat_ack(&self, d: &Value) -> Result<Value> {
+        let nonce = if self.version >= 8 {
+            d.get("t")
+        } else {
+            Some(d)
+        };
+        match nonce {
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(if self.version >= 8 {
+                json!({"t": n})
+            } else {
+                Value::Number(n.clone())
+            }),
+            _ => Err(refuse(
+                close::DECODE_ERROR,
+                "heartbeat nonce must be an integer",
+            )),
         }
-        Ok(())
     }
 
-    fn heartbeat(&mut self, now: Instant, d: &Value) {
+    fn heartbeat(&mut self, now: Instant, ack: Value) {
         self.deadline = now + grace(self.config.heartbeat_interval);
-        let ack = match (self.version >= 8, d.get("t")) {
-            (true, Some(t)) => json!({"t": t}),
-            _ => d.clone(),
-        };
         self.send_unsequenced(op::HEARTBEAT_ACK, ack);
     }
 
-    fn identify(&mut self, now: Instant, d: &Value, registry: &mut Registry) -> Result<()> {
-        if self.session.is_some() {
-            return Err(refuse(
-                close::ALREADY_AUTHENTICATED,
-                "already authenticated",
-            ));
+    fn decode_resume(&self, d: &Value) -> Result<Resume> {
+        let (server_id, session_id, token) = (
+            field(d, "server_id")?,
+            field(d, "session_id")?,
+            field(d, "token")?,
+        );
+        // `seq_ack` (v8): the last numbered message the client saw; -1 or
+        // absent when it saw none.
+        let seq_ack = match d.get("seq_ack") {
+            None | Some(Value::Null) => (self.version >= 8).then_some(0),
+            Some(v) => match v.as_i64() {
+                Some(n) => Some(u64::try_from(n).unwrap_or(0)),
+                None => return Err(refuse(close::DECODE_ERROR, "seq_ack must be an integer")),
+            },
+        };
+        Ok(Resume {
+            server_id: server_id.to_owned(),
+            session_id: session_id.to_owned(),
+            token: token.to_owned(),
+            seq_ack,
+        })
+    }
+
+    fn decode_select(&self, d: &Value) -> Result<SelectProtocol> {
+        if field(d, "protocol")? != "udp" {
+            return Err(refuse(close::UNKNOWN_PROTOCOL, "unknown protocol"));
         }
-        let (server_id, user_id) = (field(d, "server_id")?, field(d, "user_id")?);
-        let (session_id, token) = (field(d, "session_id")?, field(d, "token")?);
+        let data = d
+            .get("data")
+            .filter(|v| v.is_object())
+            .ok_or_else(|| refuse(close::DECODE_ERROR, "data must be an object"))?;
+        let mode = Mode::from_name(field(data, "mode")?)
+            .filter(|m| self.config.modes.contains(m))
+            .ok_or_else(|| refuse(close::UNKNOWN_MODE, "unknown encryption mode"))?;
+        // The declared address is advisory: the data plane uses it only when
+        // it matches what IP discovery observed.
+        let declared = match (
+            data.get("address").and_then(Value::as_str),
+            data.get("port").and_then(Value::as_u64),
+        ) {
+            (Some(a), Some(p)) => a
+                .parse::<IpAddr>()
+                .ok()
+                .zip(u16::try_from(p).ok())
+                .map(|(ip, port)| SocketAddr::new(ip, port)),
+            _ => None,
+        };
+        Ok(SelectProtocol { mode, declared })
+    }
+
+    fn identify(&mut self, now: Instant, id: &Identify, registry: &mut Registry) -> Result<()> {
         let identified = registry
-            .identify(
-                self.conn,
-                self.version,
-                server_id,
-                user_id,
-                session_id,
-                token,
-            )
+            .identify(self.conn, self.version, id, now, self.config.rate)
             .map_err(identify_refusal)?;
-        self.session = Some(session_id.to_owned());
+        self.session = Some(id.session_id.clone());
         self.ssrc = Some(identified.ssrc);
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
@@ -419,42 +645,15 @@ impl Connection {
             }),
         );
         // Who is here and which SSRC is whose, numbered after Ready.
-        registry.welcome(session_id);
+        registry.welcome(&id.session_id);
         Ok(())
     }
 
-    fn resume(&mut self, now: Instant, d: &Value, registry: &mut Registry) -> Result<()> {
-        if self.session.is_some() {
-            return Err(refuse(
-                close::ALREADY_AUTHENTICATED,
-                "already authenticated",
-            ));
-        }
-        let (server_id, session_id, token) = (
-            field(d, "server_id")?,
-            field(d, "session_id")?,
-            field(d, "token")?,
-        );
-        // `seq_ack` (v8): the last numbered message the client saw; -1 or
-        // absent when it saw none.
-        let seq_ack = match d.get("seq_ack") {
-            None | Some(Value::Null) => (self.version >= 8).then_some(0),
-            Some(v) => match v.as_i64() {
-                Some(n) => Some(u64::try_from(n).unwrap_or(0)),
-                None => return Err(refuse(close::DECODE_ERROR, "seq_ack must be an integer")),
-            },
-        };
+    fn resume(&mut self, now: Instant, resume: &Resume, registry: &mut Registry) -> Result<()> {
         let resumed = registry
-            .resume(
-                self.conn,
-                self.version,
-                server_id,
-                session_id,
-                token,
-                seq_ack,
-            )
+            .resume(self.conn, self.version, resume, now, self.config.rate)
             .map_err(identify_refusal)?;
-        self.session = Some(session_id.to_owned());
+        self.session = Some(resume.session_id.clone());
         self.ssrc = Some(resumed.ssrc);
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
@@ -464,46 +663,20 @@ impl Connection {
         Ok(())
     }
 
-    fn select_protocol(&mut self, d: &Value, registry: &mut Registry) -> Result<()> {
+    fn select_protocol(&mut self, select: &SelectProtocol, registry: &mut Registry) -> Result<()> {
         let Some(session_id) = self.session.clone() else {
             return Err(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
         };
-        let protocol = field(d, "protocol")?;
-        if protocol != "udp" {
-            return Err(refuse(
-                close::UNKNOWN_PROTOCOL,
-                format!("unknown protocol {protocol}"),
-            ));
-        }
-        let data = d
-            .get("data")
-            .filter(|v| v.is_object())
-            .ok_or_else(|| refuse(close::DECODE_ERROR, "data must be an object"))?;
-        let mode_name = field(data, "mode")?;
-        let mode = Mode::from_name(mode_name)
-            .filter(|m| self.config.modes.contains(m))
-            .ok_or_else(|| refuse(close::UNKNOWN_MODE, format!("unknown mode {mode_name}")))?;
-        // The declared address is advisory: the data plane uses it only when
-        // it matches what IP discovery observed.
-        let declared = match (
-            data.get("address").and_then(Value::as_str),
-            data.get("port").and_then(Value::as_u64),
-        ) {
-            (Some(a), Some(p)) => a
-                .parse::<IpAddr>()
-                .ok()
-                .zip(u16::try_from(p).ok())
-                .map(|(ip, port)| SocketAddr::new(ip, port)),
-            _ => None,
-        };
         let mut key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
-        registry.select_protocol(&session_id, mode, key, declared);
+        registry
+            .select_protocol(&session_id, select.mode, key, select.declared)
+            .map_err(|_| refuse(close::BAD_REQUEST, "server full"))?;
         self.send(
             registry,
             op::SESSION_DESCRIPTION,
             json!({
-                "mode": mode.name(),
+                "mode": select.mode.name(),
                 "secret_key": key.to_vec(),
                 "dave_protocol_version": 0,
             }),
@@ -519,14 +692,17 @@ fn identify_refusal(e: IdentifyError) -> Refusal {
         }
         IdentifyError::ServerNotFound => refuse(close::SERVER_NOT_FOUND, "server not found"),
         IdentifyError::SessionInvalid => refuse(close::SESSION_INVALID, "session no longer valid"),
+        IdentifyError::RateLimited => refuse(close::RATE_LIMITED, "rate limit exceeded"),
     }
+}
+
+fn bad_field() -> Refusal {
+    refuse(close::DECODE_ERROR, "missing or wrong-typed field")
 }
 
 /// A required string field of `d`.
 fn field<'a>(d: &'a Value, name: &str) -> Result<&'a str> {
-    d.get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(close::DECODE_ERROR, format!("{name} must be a string")))
+    d.get(name).and_then(Value::as_str).ok_or_else(bad_field)
 }
 
 /// The gateway version a request URI's query asks for: its `v`
@@ -602,7 +778,7 @@ mod tests {
         }
 
         fn send(&mut self, c: &mut Connection, msg: &str) -> Vec<Value> {
-            c.handle_text(self.now, msg, &mut self.registry);
+            feed(c, self.now, msg, &mut self.registry);
             self.route(&mut [&mut *c]);
             out(c)
         }
@@ -652,6 +828,13 @@ mod tests {
             modes: Mode::ALL.to_vec(),
             identify_timeout: Duration::from_secs(5),
         })
+    }
+
+    /// A text frame through both steps, as the server feeds it.
+    fn feed(c: &mut Connection, now: Instant, text: &str, registry: &mut Registry) {
+        if let Some(incoming) = c.handle_text(now, text) {
+            c.handle_incoming(now, incoming, registry);
+        }
     }
 
     fn out(c: &mut Connection) -> Vec<Value> {
@@ -744,7 +927,7 @@ mod tests {
         out(&mut a);
         out(&mut b);
         let m = json!({"op":5,"d":{"speaking":1,"delay":0,"ssrc":a.ssrc()}}).to_string();
-        a.handle_text(call.now, &m, &mut call.registry);
+        feed(&mut a, call.now, &m, &mut call.registry);
         call.route(&mut [&mut a, &mut b]);
         assert!(out(&mut a).is_empty(), "not echoed to the speaker");
         assert_eq!(
@@ -769,8 +952,15 @@ mod tests {
         let cases: &[(&[&str], u16)] = &[
             (&["nope"], close::DECODE_ERROR),
             (&[r#"{"d":1}"#], close::DECODE_ERROR),
-            (&[r#"{"op":99,"d":{}}"#], close::UNKNOWN_OPCODE),
-            (&[r#"{"op":2,"d":{}}"#], close::UNKNOWN_OPCODE),
+            // Before Identify only Identify, Resume and Heartbeat: any
+            // other op, known or not, is 4003.
+            (&[r#"{"op":99,"d":{}}"#], close::NOT_AUTHENTICATED),
+            (&[r#"{"op":2,"d":{}}"#], close::NOT_AUTHENTICATED),
+            (&[r#"{"op":12,"d":{}}"#], close::NOT_AUTHENTICATED),
+            (&["IDENTIFY", r#"{"op":99,"d":{}}"#], close::UNKNOWN_OPCODE),
+            (&["IDENTIFY", r#"{"op":2,"d":{}}"#], close::UNKNOWN_OPCODE),
+            (&[r#"{"op":3,"d":"nonce"}"#], close::DECODE_ERROR),
+            (&[r#"{"op":3,"d":{"t":"1"}}"#], close::DECODE_ERROR),
             (
                 &[r#"{"op":5,"d":{"speaking":1}}"#],
                 close::NOT_AUTHENTICATED,
@@ -840,7 +1030,7 @@ mod tests {
                     .to_string(),
                     m => m.to_string(),
                 };
-                c.handle_text(call.now, &m, &mut call.registry);
+                feed(&mut c, call.now, &m, &mut call.registry);
             }
             let o = out(&mut c);
             assert_eq!(o.last().unwrap(), &json!({"close": code}), "{msgs:?}");
@@ -1035,7 +1225,7 @@ mod tests {
         out(&mut a2);
         let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
             "token": call.token, "seq_ack": 1}});
-        a2.handle_text(call.now, &resume.to_string(), &mut call.registry);
+        feed(&mut a2, call.now, &resume.to_string(), &mut call.registry);
         call.route(&mut [&mut a, &mut a2]);
         assert_eq!(out(&mut a), vec![json!({"close": 4006})]);
         assert_eq!(out(&mut a2)[0]["op"], 9);
@@ -1114,5 +1304,226 @@ mod tests {
         let mut v4 = Stream::new(4, 2);
         assert_eq!(v4.message(5, json!(1)), r#"{"d":1,"op":5}"#);
         assert_eq!(v4.after(0), Some(vec![]));
+    }
+
+    /// The close frame (code and reason) a connection queued.
+    fn close_of(c: &mut Connection) -> Option<(u16, String)> {
+        std::iter::from_fn(|| c.poll_output()).find_map(|o| match o {
+            Output::Close { code, reason } => Some((code, reason)),
+            Output::Text(_) => None,
+        })
+    }
+
+    #[test]
+    fn before_identify_only_small_frames_and_three_ops() {
+        let mut call = call();
+        // A large frame is refused unparsed: even valid JSON.
+        let pad = "x".repeat(PRE_AUTH_MAX_MESSAGE);
+        let big = json!({"op": 3, "d": {"t": 1}, "pad": pad}).to_string();
+        let mut c = Connection::new(config(), 1, 8, call.now);
+        out(&mut c);
+        assert!(c.handle_text(call.now, &big).is_none());
+        assert_eq!(out(&mut c), vec![json!({"close": 4002})]);
+        // A heartbeat is answered without the registry (no Incoming).
+        let mut c = Connection::new(config(), 2, 8, call.now);
+        out(&mut c);
+        assert!(c.handle_text(call.now, r#"{"op":3,"d":{"t":7}}"#).is_none());
+        assert_eq!(out(&mut c), vec![json!({"op": 6, "d": {"t": 7}})]);
+        // A binary frame before Identify is 4003.
+        c.handle_binary(call.now);
+        assert_eq!(out(&mut c), vec![json!({"close": 4003})]);
+        // Once identified, large frames are the socket layer's business.
+        let mut a = call.join(3, 8, "7", 0);
+        out(&mut a);
+        let o = call.send(&mut a, &big);
+        assert_eq!(o, vec![json!({"op": 6, "d": {"t": 1}})]);
+    }
+
+    #[test]
+    fn heartbeat_acks_carry_only_the_nonce() {
+        let mut call = call();
+        let mut v4 = call.join(1, 4, "7", 0);
+        let mut v8 = call.join(2, 8, "8", 1);
+        call.route(&mut [&mut v4, &mut v8]);
+        out(&mut v4);
+        out(&mut v8);
+        let blob = "y".repeat(1000);
+        let ack = call.send(
+            &mut v8,
+            &json!({"op": 3, "d": {"t": -5, "seq_ack": 2, "extra": blob}}).to_string(),
+        );
+        assert_eq!(ack, vec![json!({"op": 6, "d": {"t": -5}})]);
+        assert_eq!(
+            call.send(&mut v4, r#"{"op":3,"d":18446744073709551615}"#),
+            vec![json!({"op": 6, "d": 18446744073709551615u64})]
+        );
+        for (version, d) in [
+            (4, json!({"t": 1})),
+            (4, json!(blob)),
+            (4, json!(1.5)),
+            (4, Value::Null),
+            (8, json!(5)),
+            (8, json!({"t": [1, 2]})),
+            (8, json!({"t": 1.5})),
+        ] {
+            let mut c = Connection::new(config(), 9, version, call.now);
+            out(&mut c);
+            let m = json!({"op": 3, "d": d}).to_string();
+            assert!(c.handle_text(call.now, &m).is_none());
+            assert_eq!(out(&mut c), vec![json!({"close": 4002})], "v{version} {d}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_never_echo_client_text() {
+        let mut call = call();
+        let evil = "EVIL<script>";
+        let cases = [
+            format!("{{\"op\":1,\"d\":{{\"protocol\":\"{evil}\",\"data\":{{}}}}}}"),
+            format!("{{\"op\":1,\"d\":{{\"protocol\":\"udp\",\"data\":{{\"mode\":\"{evil}\"}}}}}}"),
+            format!("{{\"op\":\"{evil}\"}}"),
+            format!("{{\"op\":99,\"d\":\"{evil}\"}}"),
+            format!("{evil} not json"),
+            format!("{{\"op\":5,\"d\":{{\"speaking\":\"{evil}\"}}}}"),
+        ];
+        for (i, m) in cases.iter().enumerate() {
+            let mut c = call.join(10 + i as u64, 8, "7", 0);
+            out(&mut c);
+            feed(&mut c, call.now, m, &mut call.registry);
+            let (code, reason) = close_of(&mut c).expect("closed");
+            assert!(!reason.contains("EVIL"), "{code} {reason:?} for {m}");
+            c.closed(call.now, &mut call.registry);
+        }
+        // Before Identify, too.
+        let mut c = Connection::new(config(), 30, 8, call.now);
+        out(&mut c);
+        c.handle_text(
+            call.now,
+            &format!("{{\"op\":0,\"d\":{{\"server_id\":\"{evil}\"}}}}"),
+        );
+        let (_, reason) = close_of(&mut c).expect("closed");
+        assert!(!reason.contains("EVIL"));
+    }
+
+    /// Identifying again on new sockets does not refill the budget: it is
+    /// the voice session's, kept in the registry.
+    #[test]
+    fn the_budget_belongs_to_the_session_not_the_socket() {
+        let mut call = call();
+        let hb = r#"{"op":3,"d":{"t":1,"seq_ack":0}}"#;
+        let mut accepted = 0;
+        let mut conn = 1;
+        let mut c = call.join(conn, 8, "7", 0); // 1 of the burst of 20
+        accepted += 1;
+        for _ in 0..10 {
+            // 5 messages per socket, then a new socket identifies again.
+            for _ in 0..5 {
+                if call.send(&mut c, hb).first() == Some(&json!({"op": 6, "d": {"t": 1}})) {
+                    accepted += 1;
+                }
+            }
+            c.closed(call.now, &mut call.registry);
+            conn += 1;
+            c = Connection::new(config(), conn, 8, call.now);
+            out(&mut c);
+            let o = call.send(&mut c, &call.identify_msg("7", 0));
+            match o.first() {
+                Some(m) if m["op"] == 2 => accepted += 1,
+                Some(m) => {
+                    assert_eq!(m, &json!({"close": 4021}), "refused only for the budget");
+                    break;
+                }
+                None => panic!("no answer to Identify"),
+            }
+        }
+        assert_eq!(accepted, 20, "one burst across every socket");
+        // The budget refills with time (5/s): one second later, 5 more.
+        call.now += Duration::from_secs(1);
+        let mut c = Connection::new(config(), 99, 8, call.now);
+        out(&mut c);
+        assert_eq!(call.send(&mut c, &call.identify_msg("7", 0))[0]["op"], 2);
+        // An unidentified socket still has its own budget (20 here).
+        let mut idle = Connection::new(config(), 100, 8, call.now);
+        out(&mut idle);
+        let acks = (0..25)
+            .filter(|_| {
+                call.send(&mut idle, hb)
+                    .first()
+                    .is_some_and(|m| m["op"] == 6)
+            })
+            .count();
+        assert_eq!(acks, 20);
+    }
+
+    /// A member who speaks and rejoins in a loop cannot push a parked
+    /// member's missed messages out of its resume buffer (4 here): only its
+    /// latest Speaking and its latest connect or disconnect are kept.
+    #[test]
+    fn a_flooding_member_cannot_evict_a_parked_members_messages() {
+        let mut call = call();
+        let mut parked = call.join(1, 8, "7", 0);
+        let mut flooder = call.join(2, 8, "8", 1);
+        let mut witness = call.join(3, 8, "9", 2);
+        call.route(&mut [&mut parked, &mut flooder, &mut witness]);
+        let seq_ack = out(&mut parked).last().unwrap()["seq"].as_u64().unwrap();
+        out(&mut witness);
+        parked.closed(call.now, &mut call.registry); // the socket died
+        let mut conn = 10;
+        let mut seen_by_witness = 0;
+        for round in 0..50u32 {
+            call.now += Duration::from_secs(1); // the budget refills
+            for flags in 1..=3 {
+                let m = json!({"op": 5, "d": {"speaking": flags + round, "delay": 0}});
+                call.send(&mut flooder, &m.to_string());
+            }
+            // Leave for good (4002 is not resumable), then join again.
+            call.send(&mut flooder, "garbage");
+            flooder.closed(call.now, &mut call.registry);
+            conn += 1;
+            flooder = Connection::new(config(), conn, 8, call.now);
+            out(&mut flooder);
+            assert_eq!(
+                call.send(&mut flooder, &call.identify_msg("8", 1))[0]["op"],
+                2
+            );
+            call.route(&mut [&mut witness]);
+            seen_by_witness += out(&mut witness).len();
+        }
+        assert!(seen_by_witness >= 250, "live members get everything");
+        let mut back = Connection::new(config(), 99, 8, call.now);
+        out(&mut back);
+        let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
+            "token": call.token, "seq_ack": seq_ack}});
+        let o = call.send(&mut back, &resume.to_string());
+        assert_eq!(o[0], json!({"op": 9, "d": null}), "{o:?}");
+        let ops: Vec<u64> = o[1..].iter().map(|m| m["op"].as_u64().unwrap()).collect();
+        assert_eq!(
+            ops,
+            vec![5, 11],
+            "the latest Speaking, then the latest join"
+        );
+        assert_eq!(o[1]["d"]["speaking"], 3 + 49);
+        assert_eq!(o[1]["d"]["user_id"], "8");
+        assert_eq!(o[2]["d"]["user_ids"], json!(["8"]));
+    }
+
+    #[test]
+    fn stream_keeps_only_the_latest_message_per_key() {
+        let mut s = Stream::new(8, 3);
+        let speaking = |u| Some(Supersedes::Speaking(u));
+        s.message(11, json!("first")); // seq 1, unkeyed
+        for i in 0..10 {
+            s.message_keyed(5, json!(i), speaking(7)); // seq 2..=11
+        }
+        s.message_keyed(13, json!("left"), Some(Supersedes::Presence(7))); // 12
+                                                                           // Kept: 1, 11, 12. Nothing was dropped for room: any seq_ack works.
+        let all = s.after(0).unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(all[1].contains("\"d\":9"), "{all:?}");
+        assert_eq!(s.after(5).unwrap().len(), 2, "seq 11 and 12");
+        // Another user's Speaking is not superseded by 7's.
+        s.message_keyed(5, json!("eight"), speaking(8)); // 13: room → 1 lost
+        assert_eq!(s.after(0), None, "seq 1 is gone");
+        assert_eq!(s.after(1).unwrap().len(), 3);
     }
 }

@@ -1,13 +1,21 @@
 //! The LVSP server side as a sans-IO state machine (seeds/001, DESIGN.md
 //! "LVSP").
 //!
-//! Feed it decoded websocket frames with [`Connection::handle_text`] and
-//! deadlines with [`Connection::handle_timeout`]; take what it wants sent
-//! with [`Connection::poll_output`]. Registry changes happen through the
-//! `&mut Registry` passed in, whose effects the caller carries out; the
-//! INFOs the server sends are numbered and kept in the [`Replay`] buffer
-//! shared by every connection, so a RESUME on a new connection re-delivers
-//! what the old one may have lost.
+//! A text frame goes in two steps: [`Connection::handle_text`] checks the
+//! connection's budget and decodes it into an [`Incoming`] without
+//! touching shared state (the server calls it outside the registry lock);
+//! [`Connection::handle_incoming`] then acts on it with the registry, the
+//! [`Replay`] buffer and the [`AuthGuard`]. Deadlines go in with
+//! [`Connection::handle_timeout`]; take what it wants sent with
+//! [`Connection::poll_output`]. Registry changes queue effects the caller
+//! carries out; the INFOs the server sends are numbered and kept in the
+//! [`Replay`] buffer shared by every connection, so a RESUME on a new
+//! connection re-delivers what the old one may have lost.
+//!
+//! Before IDENTIFY only small frames ([`PRE_AUTH_MAX_MESSAGE`]) and only
+//! IDENTIFY and RESUME are accepted. A wrong token is recorded per peer
+//! address in the [`AuthGuard`]: after a few, that address's attempts are
+//! refused unchecked for a growing window.
 //!
 //! Messages of one connection are handled strictly in order, so a
 //! CHANNEL_REQ is processed before any later message for that channel
@@ -15,6 +23,7 @@
 //! sent first.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,9 +32,13 @@ use rand::distributions::{Alphanumeric, DistString};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
+mod backoff;
+
+pub use backoff::{AuthBackoff, AuthGuard, Failure};
+
 use crate::limit::Bucket;
 pub use crate::limit::RateLimit;
-use crate::protocol::{grace, refuse, Refusal, Result};
+use crate::protocol::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::registry::{Registry, RequestError};
 use crate::Output;
 
@@ -35,6 +48,10 @@ pub const CLOSE_GENERAL: u16 = 4000;
 pub const CLOSE_AUTH: u16 = 4001;
 /// Close code: the message failed to decode.
 pub const CLOSE_DECODE: u16 = 4002;
+
+/// The shortest secret the server starts with, in characters: 32 random
+/// hex digits (128 bits) is the floor. The generated default is 64.
+pub const MIN_SECRET_LEN: usize = 32;
 
 /// Opcodes.
 mod op {
@@ -141,7 +158,8 @@ impl Dialect {
 /// LVSP settings shared by every connection.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The secret shared with Litecord (key of the IDENTIFY HMAC).
+    /// The secret shared with Litecord (key of the IDENTIFY HMAC), at
+    /// least [`MIN_SECRET_LEN`] characters.
     pub secret: String,
     /// How often the client must heartbeat. Default 10 s.
     pub heartbeat_interval: Duration,
@@ -207,6 +225,64 @@ impl Replay {
     }
 }
 
+/// A client request carried by an INFO, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// CHANNEL_REQ.
+    ChannelReq {
+        /// The channel's snowflake.
+        channel_id: String,
+        /// The guild's snowflake (None for DMs).
+        guild_id: Option<String>,
+    },
+    /// CHANNEL_UPDATE (litecord dialect): accepted, no reply.
+    ChannelUpdate,
+    /// CHANNEL_DESTROY.
+    ChannelDestroy {
+        /// The channel's snowflake.
+        channel_id: String,
+    },
+    /// VOICE_STATE_CREATE.
+    VoiceStateCreate {
+        /// The user's snowflake.
+        user_id: String,
+        /// The channel's snowflake.
+        channel_id: String,
+        /// The guild's snowflake (None for DMs).
+        guild_id: Option<String>,
+    },
+    /// VOICE_STATE_DESTROY (VST_LEAVE in the litecord dialect).
+    VoiceStateDestroy {
+        /// The user's snowflake.
+        user_id: String,
+        /// The channel's snowflake.
+        channel_id: String,
+    },
+    /// VOICE_STATE_UPDATE: accepted, no reply.
+    VoiceStateUpdate,
+}
+
+/// A client message, decoded by [`Connection::handle_text`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// IDENTIFY with its token.
+    Identify {
+        /// Hex HMAC of the nonce.
+        token: String,
+    },
+    /// RESUME with its token and the last INFO seen.
+    Resume {
+        /// Hex HMAC of the nonce.
+        token: String,
+        /// `s` of the last INFO the client saw.
+        seq: u64,
+    },
+    /// HEARTBEAT after READY.
+    Heartbeat,
+    /// INFO after READY.
+    Info(Request),
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum State {
     /// HELLO sent; waiting for IDENTIFY or RESUME.
@@ -221,6 +297,9 @@ enum State {
 #[derive(Debug)]
 pub struct Connection {
     config: Arc<Config>,
+    /// Where the connection comes from (failed IDENTIFYs are counted per
+    /// address).
+    peer: SocketAddr,
     nonce: String,
     state: State,
     /// Whether this connection counts as Litecord being connected.
@@ -232,14 +311,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A new connection; queues HELLO with a fresh nonce.
-    pub fn new(config: Arc<Config>, now: Instant) -> Connection {
+    /// A new connection from `peer`; queues HELLO with a fresh nonce.
+    pub fn new(config: Arc<Config>, peer: SocketAddr, now: Instant) -> Connection {
         let nonce = Alphanumeric.sample_string(&mut rand::thread_rng(), 10);
         let mut c = Connection {
             deadline: now + grace(config.heartbeat_interval),
             bucket: Bucket::new(config.rate, now),
             nonce,
             config,
+            peer,
             state: State::Hello,
             up: false,
             out: VecDeque::new(),
@@ -261,6 +341,19 @@ impl Connection {
     /// Whether the connection has queued its close.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// Whether IDENTIFY or RESUME succeeded (and the connection is open).
+    pub fn is_identified(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// A websocket Ping or Pong: it spends a message of the budget like
+    /// any other frame.
+    pub fn handle_ping(&mut self, now: Instant) {
+        if self.state != State::Closed && !self.bucket.take(now) {
+            self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
+        }
     }
 
     /// The next thing to send, if any.
@@ -298,21 +391,92 @@ impl Connection {
         self.state = State::Closed;
     }
 
-    /// A text frame from the client.
-    pub fn handle_text(
+    /// A text frame from the client, step one (no shared state): charges
+    /// the connection's budget and decodes the frame. Returns what
+    /// [`Connection::handle_incoming`] must handle, or None (refused, a
+    /// close queued).
+    pub fn handle_text(&mut self, now: Instant, text: &str) -> Option<Incoming> {
+        if self.state == State::Closed {
+            return None;
+        }
+        if !self.bucket.take(now) {
+            self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
+            return None;
+        }
+        match self.decode(text) {
+            Ok(incoming) => Some(incoming),
+            Err(r) => {
+                self.close(r);
+                None
+            }
+        }
+    }
+
+    /// Decodes a text frame for this connection's state, without side
+    /// effects: the size and op limits before IDENTIFY and the message's
+    /// shape.
+    pub fn decode(&self, text: &str) -> Result<Incoming> {
+        let hello = self.state == State::Hello;
+        if hello && text.len() > PRE_AUTH_MAX_MESSAGE {
+            return Err(refuse(CLOSE_DECODE, "message too large"));
+        }
+        let msg: Value =
+            serde_json::from_str(text).map_err(|_| refuse(CLOSE_DECODE, "invalid json"))?;
+        let op = msg
+            .get("op")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| refuse(CLOSE_DECODE, "missing integer op"))?;
+        let d = msg.get("d").unwrap_or(&Value::Null);
+        Ok(match (hello, op) {
+            (true, op::IDENTIFY) => Incoming::Identify {
+                token: field_str(d, "token")?.to_owned(),
+            },
+            (true, op::RESUME) => Incoming::Resume {
+                token: field_str(d, "token")?.to_owned(),
+                seq: obj(d)?
+                    .get("seq")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| refuse(CLOSE_DECODE, "seq must be an integer"))?,
+            },
+            (true, op::HEARTBEAT | op::INFO) => {
+                return Err(refuse(CLOSE_GENERAL, "not identified"));
+            }
+            (false, op::IDENTIFY | op::RESUME) => {
+                return Err(refuse(CLOSE_GENERAL, "already identified"));
+            }
+            (false, op::HEARTBEAT) => {
+                // `d` is null (spec) or {"s": n} (Litecord sends s = 0).
+                if !(d.is_null() || d.is_object()) {
+                    return Err(refuse(
+                        CLOSE_DECODE,
+                        "HEARTBEAT d must be null or an object",
+                    ));
+                }
+                Incoming::Heartbeat
+            }
+            (false, op::INFO) => Incoming::Info(self.decode_info(d)?),
+            (_, op::HELLO | op::READY | op::HEARTBEAT_ACK) => {
+                return Err(refuse(CLOSE_GENERAL, "op is sent by the server"));
+            }
+            _ => return Err(refuse(CLOSE_GENERAL, "unknown op")),
+        })
+    }
+
+    /// A decoded message, step two, with the shared state (under its
+    /// lock): the registry, the replay buffer and the per-address
+    /// authentication guard.
+    pub fn handle_incoming(
         &mut self,
         now: Instant,
-        text: &str,
+        incoming: Incoming,
         registry: &mut Registry,
         replay: &mut Replay,
+        guard: &mut AuthGuard,
     ) {
         if self.state == State::Closed {
             return;
         }
-        if !self.bucket.take(now) {
-            return self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
-        }
-        if let Err(r) = self.dispatch(now, text, registry, replay) {
+        if let Err(r) = self.dispatch(now, incoming, registry, replay, guard) {
             self.close(r);
         }
     }
@@ -322,7 +486,7 @@ impl Connection {
             self.state = State::Closed;
             self.out.push_back(Output::Close {
                 code: r.code,
-                reason: r.reason,
+                reason: r.reason.to_owned(),
             });
         }
     }
@@ -340,28 +504,18 @@ impl Connection {
     fn dispatch(
         &mut self,
         now: Instant,
-        text: &str,
+        incoming: Incoming,
         registry: &mut Registry,
         replay: &mut Replay,
+        guard: &mut AuthGuard,
     ) -> Result<()> {
-        let msg: Value = serde_json::from_str(text)
-            .map_err(|e| refuse(CLOSE_DECODE, format!("invalid json: {e}")))?;
-        let op = msg
-            .get("op")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| refuse(CLOSE_DECODE, "missing integer op"))?;
-        let d = msg.get("d").unwrap_or(&Value::Null);
-        match (&self.state, op) {
-            (State::Hello, op::IDENTIFY) => {
-                self.authenticate(d)?;
+        match incoming {
+            Incoming::Identify { token } => {
+                self.authenticate(now, &token, guard)?;
                 self.ready(now, registry);
             }
-            (State::Hello, op::RESUME) => {
-                self.authenticate(d)?;
-                let seq = obj(d)?
-                    .get("seq")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| refuse(CLOSE_DECODE, "field seq must be an integer"))?;
+            Incoming::Resume { token, seq } => {
+                self.authenticate(now, &token, guard)?;
                 let missed: Vec<String> = replay
                     .after(seq)
                     .ok_or_else(|| refuse(CLOSE_GENERAL, "cannot resume from that seq"))?
@@ -370,42 +524,38 @@ impl Connection {
                 self.out.extend(missed.into_iter().map(Output::Text));
                 self.ready(now, registry);
             }
-            (State::Hello, op::HEARTBEAT | op::INFO) => {
-                return Err(refuse(CLOSE_GENERAL, "not identified"));
-            }
-            (State::Ready, op::IDENTIFY | op::RESUME) => {
-                return Err(refuse(CLOSE_GENERAL, "already identified"));
-            }
-            (State::Ready, op::HEARTBEAT) => {
-                // `d` is null (spec) or {"s": n} (Litecord sends s = 0).
-                if !(d.is_null() || d.is_object()) {
-                    return Err(refuse(
-                        CLOSE_DECODE,
-                        "HEARTBEAT d must be null or an object",
-                    ));
-                }
+            Incoming::Heartbeat => {
                 self.deadline = now + grace(self.config.heartbeat_interval);
                 self.send(op::HEARTBEAT_ACK, json!({"health": registry.health()}));
             }
-            (State::Ready, op::INFO) => self.handle_info(d, registry, replay)?,
-            (_, op::HELLO | op::READY | op::HEARTBEAT_ACK) => {
-                return Err(refuse(
-                    CLOSE_GENERAL,
-                    format!("op {op} is sent by the server"),
-                ));
-            }
-            (_, op) => return Err(refuse(CLOSE_GENERAL, format!("unknown op {op}"))),
+            Incoming::Info(request) => self.handle_request(request, registry, replay)?,
         }
         Ok(())
     }
 
-    fn authenticate(&self, d: &Value) -> Result<()> {
-        let token = field_str(d, "token")?;
-        if self.token_valid(token) {
-            Ok(())
-        } else {
-            Err(refuse(CLOSE_AUTH, "authentication failed"))
+    /// Checks an IDENTIFY or RESUME token, unless the peer's address is
+    /// backing off after failures (then it is refused unchecked). Failures
+    /// are logged with the peer's address, at a bounded rate.
+    fn authenticate(&self, now: Instant, token: &str, guard: &mut AuthGuard) -> Result<()> {
+        let ip = self.peer.ip();
+        if !guard.admit(ip, now) {
+            return Err(refuse(CLOSE_AUTH, "too many failed attempts; retry later"));
         }
+        if self.token_valid(token) {
+            guard.succeeded(ip);
+            return Ok(());
+        }
+        let failure = guard.failed(ip, now);
+        if failure.log {
+            tracing::warn!(
+                peer = %self.peer,
+                failures = failure.failures,
+                backoff = ?failure.blocked_for,
+                unlogged = failure.unlogged,
+                "LVSP authentication failed"
+            );
+        }
+        Err(refuse(CLOSE_AUTH, "authentication failed"))
     }
 
     fn ready(&mut self, now: Instant, registry: &mut Registry) {
@@ -428,12 +578,7 @@ impl Connection {
         mac.verify_slice(&given).is_ok()
     }
 
-    fn handle_info(
-        &mut self,
-        d: &Value,
-        registry: &mut Registry,
-        replay: &mut Replay,
-    ) -> Result<()> {
+    fn decode_info(&self, d: &Value) -> Result<Request> {
         let kind = d
             .get("type")
             .and_then(Value::as_u64)
@@ -442,46 +587,89 @@ impl Connection {
             .get("data")
             .filter(|v| v.is_object())
             .ok_or_else(|| refuse(CLOSE_DECODE, "INFO without data object"))?;
-        let request = |e: RequestError| match e {
-            RequestError::BadSnowflake(_) => refuse(CLOSE_DECODE, e.to_string()),
-            RequestError::UnknownChannel(_) => refuse(CLOSE_GENERAL, e.to_string()),
-        };
         let info = self
             .config
             .dialect
             .decode(kind)
-            .ok_or_else(|| refuse(CLOSE_GENERAL, format!("unknown INFO type {kind}")))?;
-        match info {
-            Info::ChannelReq => {
-                let channel_id = field_str(data, "channel_id")?;
-                let guild_id = field_opt_str(data, "guild_id")?;
+            .ok_or_else(|| refuse(CLOSE_GENERAL, "unknown INFO type"))?;
+        let string = |name| field_str(data, name).map(str::to_owned);
+        let optional = |name| field_opt_str(data, name).map(|s| s.map(str::to_owned));
+        Ok(match info {
+            Info::ChannelReq => Request::ChannelReq {
+                channel_id: string("channel_id")?,
+                guild_id: optional("guild_id")?,
+            },
+            Info::ChannelUpdate => {
+                // Accepted without reply (seeds/001 "Updating a voice
+                // channel"); nothing about a channel's media changes.
+                string("channel_id")?;
+                optional("guild_id")?;
+                Request::ChannelUpdate
+            }
+            Info::ChannelDestroy => {
+                let channel_id = string("channel_id")?;
+                optional("guild_id")?;
+                Request::ChannelDestroy { channel_id }
+            }
+            Info::VoiceStateCreate => Request::VoiceStateCreate {
+                user_id: string("user_id")?,
+                channel_id: string("channel_id")?,
+                guild_id: optional("guild_id")?,
+            },
+            Info::VoiceStateDestroy => {
+                let (user_id, channel_id) = (string("user_id")?, string("channel_id")?);
+                optional("guild_id")?;
+                Request::VoiceStateDestroy {
+                    user_id,
+                    channel_id,
+                }
+            }
+            Info::VoiceStateUpdate => {
+                // Accepted: mute/deaf flags do not change forwarding.
+                if self.config.dialect == Dialect::Spec {
+                    string("session_id")?;
+                }
+                Request::VoiceStateUpdate
+            }
+            Info::ChannelAssign | Info::VoiceStateDone => {
+                return Err(refuse(CLOSE_GENERAL, "INFO type is sent by the server"));
+            }
+        })
+    }
+
+    fn handle_request(
+        &mut self,
+        request: Request,
+        registry: &mut Registry,
+        replay: &mut Replay,
+    ) -> Result<()> {
+        let refusal = |e: RequestError| match e {
+            RequestError::BadSnowflake(_) => refuse(CLOSE_DECODE, "bad snowflake"),
+            RequestError::UnknownChannel(_) => refuse(CLOSE_GENERAL, "unknown channel"),
+        };
+        match request {
+            Request::ChannelReq {
+                channel_id,
+                guild_id,
+            } => {
                 let a = registry
-                    .channel_req(channel_id, guild_id)
-                    .map_err(request)?;
+                    .channel_req(&channel_id, guild_id.as_deref())
+                    .map_err(refusal)?;
                 self.send_info(
                     replay,
                     Reply::ChannelAssign,
                     json!({"channel_id": a.channel_id, "guild_id": a.guild_id, "token": a.token}),
                 );
             }
-            Info::ChannelUpdate => {
-                // Accepted without reply (seeds/001 "Updating a voice
-                // channel"); nothing about a channel's media changes.
-                field_str(data, "channel_id")?;
-                field_opt_str(data, "guild_id")?;
-            }
-            Info::ChannelDestroy => {
-                let channel_id = field_str(data, "channel_id")?;
-                field_opt_str(data, "guild_id")?;
-                registry.channel_destroy(channel_id);
-            }
-            Info::VoiceStateCreate => {
-                let user_id = field_str(data, "user_id")?;
-                let channel_id = field_str(data, "channel_id")?;
-                let guild_id = field_opt_str(data, "guild_id")?;
+            Request::ChannelDestroy { channel_id } => registry.channel_destroy(&channel_id),
+            Request::VoiceStateCreate {
+                user_id,
+                channel_id,
+                guild_id,
+            } => {
                 let session_id = registry
-                    .voice_state_create(user_id, channel_id)
-                    .map_err(request)?;
+                    .voice_state_create(&user_id, &channel_id)
+                    .map_err(refusal)?;
                 self.send_info(
                     replay,
                     Reply::VoiceStateDone,
@@ -493,24 +681,11 @@ impl Connection {
                     }),
                 );
             }
-            Info::VoiceStateDestroy => {
-                let user_id = field_str(data, "user_id")?;
-                let channel_id = field_str(data, "channel_id")?;
-                field_opt_str(data, "guild_id")?;
-                registry.voice_state_destroy(user_id, channel_id);
-            }
-            Info::VoiceStateUpdate => {
-                // Accepted: mute/deaf flags do not change forwarding.
-                if self.config.dialect == Dialect::Spec {
-                    field_str(data, "session_id")?;
-                }
-            }
-            Info::ChannelAssign | Info::VoiceStateDone => {
-                return Err(refuse(
-                    CLOSE_GENERAL,
-                    format!("INFO type {kind} is sent by the server"),
-                ));
-            }
+            Request::VoiceStateDestroy {
+                user_id,
+                channel_id,
+            } => registry.voice_state_destroy(&user_id, &channel_id),
+            Request::ChannelUpdate | Request::VoiceStateUpdate => {}
         }
         Ok(())
     }
@@ -526,7 +701,7 @@ fn field_str<'a>(v: &'a Value, name: &str) -> Result<&'a str> {
     obj(v)?
         .get(name)
         .and_then(Value::as_str)
-        .ok_or_else(|| refuse(CLOSE_DECODE, format!("field {name} must be a string")))
+        .ok_or_else(|| refuse(CLOSE_DECODE, "missing or wrong-typed field"))
 }
 
 /// An optional string field: absent or null is None, anything else an error.
@@ -534,10 +709,7 @@ fn field_opt_str<'a>(v: &'a Value, name: &str) -> Result<Option<&'a str>> {
     match obj(v)?.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(refuse(
-            CLOSE_DECODE,
-            format!("field {name} must be a string or null"),
-        )),
+        Some(_) => Err(refuse(CLOSE_DECODE, "missing or wrong-typed field")),
     }
 }
 
@@ -545,12 +717,20 @@ fn field_opt_str<'a>(v: &'a Value, name: &str) -> Result<Option<&'a str>> {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "s3cret";
+    const SECRET: &str = "s3cret-s3cret-s3cret-s3cret-s3cret";
 
-    /// One LVSP server: the registry and replay buffer all connections share.
+    /// Where the test's connections come from.
+    const PEER: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+        40000,
+    );
+
+    /// One LVSP server: the registry, replay buffer and authentication
+    /// guard all connections share.
     struct Server {
         registry: Registry,
         replay: Replay,
+        guard: AuthGuard,
         config: Arc<Config>,
         now: Instant,
     }
@@ -560,6 +740,7 @@ mod tests {
             Server {
                 registry: Registry::new(2),
                 replay: Replay::new(4),
+                guard: AuthGuard::new(AuthBackoff::default()),
                 config: Arc::new(Config {
                     secret: SECRET.into(),
                     heartbeat_interval: Duration::from_millis(1500),
@@ -574,7 +755,11 @@ mod tests {
         }
 
         fn connect(&self) -> (Connection, String) {
-            let mut c = Connection::new(self.config.clone(), self.now);
+            self.connect_from(PEER)
+        }
+
+        fn connect_from(&self, peer: SocketAddr) -> (Connection, String) {
+            let mut c = Connection::new(self.config.clone(), peer, self.now);
             let hello = out(&mut c);
             assert_eq!(hello[0]["op"], 0);
             let nonce = hello[0]["d"]["nonce"].as_str().unwrap().to_owned();
@@ -583,7 +768,15 @@ mod tests {
         }
 
         fn send(&mut self, c: &mut Connection, msg: &str) -> Vec<Value> {
-            c.handle_text(self.now, msg, &mut self.registry, &mut self.replay);
+            if let Some(incoming) = c.handle_text(self.now, msg) {
+                c.handle_incoming(
+                    self.now,
+                    incoming,
+                    &mut self.registry,
+                    &mut self.replay,
+                    &mut self.guard,
+                );
+            }
             out(c)
         }
 
@@ -626,7 +819,7 @@ mod tests {
         assert_ne!(na, nb);
         assert!(out(&mut a).is_empty());
         let hello = |d| {
-            let mut c = Connection::new(Server::new(d).config, Instant::now());
+            let mut c = Connection::new(Server::new(d).config, PEER, Instant::now());
             out(&mut c)[0]["d"]["heartbeat_interval"].clone()
         };
         assert_eq!(hello(Dialect::Spec), 1500);
@@ -930,5 +1123,90 @@ mod tests {
         srv.registry.handle_timeout(expiry);
         assert_eq!(srv.registry.channel_count(), 0);
         assert_eq!(srv.registry.poll_timeout(), None);
+    }
+
+    #[test]
+    fn before_identify_only_small_identify_or_resume() {
+        let mut srv = Server::new(Dialect::Spec);
+        let (mut c, nonce) = srv.connect();
+        let pad = "x".repeat(PRE_AUTH_MAX_MESSAGE);
+        let big = json!({"op": 1, "d": {"token": token(&nonce), "pad": pad}}).to_string();
+        assert_eq!(srv.send(&mut c, &big), vec![json!({"close": 4002})]);
+        assert_eq!(srv.guard.failures_total(), 0, "not even looked at");
+        // After READY, larger frames are fine (up to the socket's limit).
+        let mut c = srv.identified();
+        let big_info = info(
+            0,
+            json!({"channel_id": "100", "guild_id": "1", "pad": "y".repeat(8000)}),
+        );
+        assert_eq!(srv.send(&mut c, &big_info)[0]["d"]["type"], 1);
+    }
+
+    #[test]
+    fn failed_identifies_back_off_per_address() {
+        let mut srv = Server::new(Dialect::Spec);
+        let attacker: SocketAddr = "198.51.100.9:5000".parse().unwrap();
+        let wrong = |_: &str| json!({"op": 1, "d": {"token": "00".repeat(32)}}).to_string();
+        for _ in 0..4 {
+            let (mut c, nonce) = srv.connect_from(attacker);
+            assert_eq!(
+                srv.send(&mut c, &wrong(&nonce)),
+                vec![json!({"close": 4001})]
+            );
+        }
+        assert_eq!(srv.guard.failures_total(), 4);
+        // Now even the right token from that address is refused unchecked.
+        let (mut c, nonce) = srv.connect_from(attacker);
+        let right = json!({"op": 1, "d": {"token": token(&nonce)}}).to_string();
+        assert_eq!(srv.send(&mut c, &right), vec![json!({"close": 4001})]);
+        assert_eq!(srv.guard.refused_total(), 1);
+        let (mut r, nonce) = srv.connect_from(attacker);
+        let resume = json!({"op": 2, "d": {"token": token(&nonce), "seq": 0}}).to_string();
+        assert_eq!(srv.send(&mut r, &resume), vec![json!({"close": 4001})]);
+        assert_eq!(srv.guard.failures_total(), 4, "refusals are not checks");
+        // Litecord, elsewhere, is not affected.
+        let _litecord = srv.identified();
+        // After the window (1 s for the first failure past the free ones)
+        // the attacker's address may try again; success forgets it.
+        srv.now += Duration::from_secs(1);
+        let (mut c, nonce) = srv.connect_from(attacker);
+        let right = json!({"op": 1, "d": {"token": token(&nonce)}}).to_string();
+        assert_eq!(srv.send(&mut c, &right)[0]["op"], 3);
+        assert_eq!(srv.guard.tracked(), 0);
+    }
+
+    #[test]
+    fn close_reasons_never_echo_client_text() {
+        let cases = [
+            r#"{"op":6,"d":{"type":0,"data":{"channel_id":"EVIL"}}}"#,
+            r#"{"op":6,"d":{"type":3,"data":{"user_id":"1","channel_id":"404EVIL"}}}"#,
+            r#"{"op":6,"d":{"type":3,"data":{"user_id":"1","channel_id":"404"}}}"#,
+            r#"{"op":6,"d":{"type":77,"data":{"EVIL":1}}}"#,
+            r#"{"op":"EVIL"}"#,
+            r#"EVIL"#,
+            r#"{"op":12345,"d":"EVIL"}"#,
+        ];
+        for m in cases {
+            let mut srv = Server::new(Dialect::Spec);
+            let mut c = srv.identified();
+            if let Some(incoming) = c.handle_text(srv.now, m) {
+                c.handle_incoming(
+                    srv.now,
+                    incoming,
+                    &mut srv.registry,
+                    &mut srv.replay,
+                    &mut srv.guard,
+                );
+            }
+            let close = std::iter::from_fn(|| c.poll_output()).find_map(|o| match o {
+                Output::Close { reason, .. } => Some(reason),
+                Output::Text(_) => None,
+            });
+            let reason = close.expect("closed");
+            assert!(
+                !reason.contains("EVIL") && !reason.contains("404") && !reason.contains("12345"),
+                "{reason:?} for {m}"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! gets 404 or 400.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::budget::{Refusal, SUMMARY_EVERY};
 use super::{Hub, Shared};
 
 /// Renders every counter the server keeps.
@@ -54,29 +56,86 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
         "gauge",
     );
     let _ = writeln!(out, "voice_sessions_parked {}", hub.registry.parked_count());
+    let listeners = [
+        ("lvsp", &shared.budgets[0]),
+        ("gateway", &shared.budgets[1]),
+    ];
     metric(
         &mut out,
         "voice_connections",
-        "Open websocket connections, by protocol.",
+        "Open connections (pending and identified), by protocol.",
         "gauge",
     );
-    for (i, proto) in ["lvsp", "gateway"].into_iter().enumerate() {
-        let open = shared.max_connections - shared.limits[i].available_permits();
+    for (proto, budget) in listeners {
+        let open = budget.pending_open() + budget.identified_open();
         let _ = writeln!(out, "voice_connections{{protocol=\"{proto}\"}} {open}");
     }
     metric(
         &mut out,
+        "voice_connections_pending",
+        "Open connections not yet identified (TCP, TLS, upgrade, waiting for Identify), by protocol.",
+        "gauge",
+    );
+    for (proto, budget) in listeners {
+        let n = budget.pending_open();
+        let _ = writeln!(out, "voice_connections_pending{{protocol=\"{proto}\"}} {n}");
+    }
+    metric(
+        &mut out,
         "voice_connections_refused_total",
-        "Connections refused at the connection limit, by protocol.",
+        "Connections refused, by protocol and reason (pending_full, per_address, per_prefix, identified_full; full for metrics).",
         "counter",
     );
-    for proto in ["lvsp", "gateway"] {
-        let n = hub.refused.get(proto).copied().unwrap_or(0);
+    for (proto, budget) in listeners {
+        for (reason, n) in Refusal::ALL.iter().zip(budget.refused()) {
+            let _ = writeln!(
+                out,
+                "voice_connections_refused_total{{protocol=\"{proto}\",reason=\"{}\"}} {n}",
+                reason.name()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "voice_connections_refused_total{{protocol=\"metrics\",reason=\"full\"}} {}",
+        shared.metrics_refused.load(Ordering::Relaxed)
+    );
+    metric(
+        &mut out,
+        "voice_connections_evicted_total",
+        "Pending connections dropped to make room for a newer one when the pending budget was full, by protocol.",
+        "counter",
+    );
+    for (proto, budget) in listeners {
+        let n = budget.evicted();
         let _ = writeln!(
             out,
-            "voice_connections_refused_total{{protocol=\"{proto}\"}} {n}"
+            "voice_connections_evicted_total{{protocol=\"{proto}\"}} {n}"
         );
     }
+    metric(
+        &mut out,
+        "voice_lvsp_auth_failures_total",
+        "LVSP IDENTIFY/RESUME with a wrong token.",
+        "counter",
+    );
+    let guard = &hub.lvsp_guard;
+    let _ = writeln!(
+        out,
+        "voice_lvsp_auth_failures_total {}",
+        guard.failures_total()
+    );
+    metric(
+        &mut out,
+        "voice_lvsp_auth_refused_total",
+        "LVSP IDENTIFY/RESUME refused unchecked: the address is backing off.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "voice_lvsp_auth_refused_total {}",
+        guard.refused_total()
+    );
     metric(
         &mut out,
         "voice_dataplane_restarts_total",
@@ -141,13 +200,13 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
         "counter",
     );
     for core in 0..cores {
-        if let Some(s) = hub.load.stats(core) {
+        if let (Some(_), Some(d)) = (hub.load.stats(core), hub.load.drops(core)) {
             for r in DropReason::ALL {
                 let _ = writeln!(
                     out,
                     "voice_drops_total{{core=\"{core}\",reason=\"{}\"}} {}",
                     r.name(),
-                    s.dropped(r)
+                    d.get(r)
                 );
             }
         }
@@ -160,20 +219,48 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut summary = tokio::time::interval(SUMMARY_EVERY);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged = 0;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // A few scrapers at a time; a flood of slow requests
+                    // must not run the process out of descriptors.
+                    let Ok(slot) = shared.metrics_slots.clone().try_acquire_owned() else {
+                        shared.metrics_refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &shared)).await;
+                        let _slot = slot;
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, &shared)).await;
                     });
                 }
+                Err(e) => {
+                    tracing::debug!(%e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = summary.tick() => {
+                let refused = shared.metrics_refused.load(Ordering::Relaxed);
+                if refused > logged {
+                    tracing::warn!(
+                        refused = refused - logged,
+                        seconds = SUMMARY_EVERY.as_secs(),
+                        "metrics connections refused at the cap"
+                    );
+                }
+                logged = refused;
             }
             _ = stop.changed() => break,
         }
     }
 }
+
+/// How long one metrics request may take, reading and answering.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];

@@ -21,12 +21,15 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{Config, Tls};
+use crate::config::{Config, DescriptorShortage, Tls};
 use crate::link::{self, Events, Link, Load};
 use crate::registry::{ConnId, Effect, Push, Registry};
 use crate::{gateway, lvsp, Output};
+use budget::{Budget, Pending};
 use supervisor::Supervisor;
 
+mod budget;
+mod descriptors;
 mod metrics;
 mod supervisor;
 pub mod tls;
@@ -51,6 +54,12 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The open-file limit could not be read.
+    #[error("reading the open-file limit: {0}")]
+    OpenFileLimit(std::io::Error),
+    /// The connection caps do not fit in the open-file limit.
+    #[error(transparent)]
+    OpenFiles(#[from] DescriptorShortage),
     /// The dataplane failed to start or died.
     #[error("dataplane: {0}")]
     Dataplane(String),
@@ -66,7 +75,10 @@ struct Hub {
     registry: Registry,
     /// LVSP's numbered INFOs, shared by every LVSP connection.
     replay: lvsp::Replay,
+    /// Failed LVSP authentications per peer address (backoff).
+    lvsp_guard: lvsp::AuthGuard,
     link: Link,
+    events: Events,
     gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
     load: Load,
     closes: CloseCounts,
@@ -74,8 +86,6 @@ struct Hub {
     dataplane_restarts: u64,
     /// The dataplane child's process id, while it runs.
     dataplane_pid: Option<u32>,
-    /// Connections refused at the limit, by protocol.
-    refused: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug)]
@@ -85,10 +95,17 @@ struct Shared {
     gateway: Arc<gateway::Config>,
     ws: WebSocketConfig,
     next_conn: AtomicU64,
-    /// Open-connection permits per listener, indexed by [`Kind`].
-    limits: [Arc<tokio::sync::Semaphore>; 2],
-    /// The limit both semaphores started with.
-    max_connections: usize,
+    /// Pending and identified connection budgets per listener, indexed by
+    /// [`Kind`].
+    budgets: [Arc<Budget>; 2],
+    /// From accept to the end of the websocket upgrade, TLS included.
+    handshake_timeout: Duration,
+    /// From the upgrade to Identify (or RESUME), indexed by [`Kind`].
+    identify_timeouts: [Duration; 2],
+    /// Concurrent `/metrics` connections.
+    metrics_slots: Arc<tokio::sync::Semaphore>,
+    /// `/metrics` connections refused at that cap.
+    metrics_refused: AtomicU64,
 }
 
 impl Shared {
@@ -105,6 +122,7 @@ impl Shared {
         let r = f(&mut Ctx {
             registry: &mut hub.registry,
             replay: &mut hub.replay,
+            guard: &mut hub.lvsp_guard,
         });
         hub.dispatch();
         r
@@ -131,6 +149,7 @@ impl Hub {
 struct Ctx<'a> {
     registry: &'a mut Registry,
     replay: &'a mut lvsp::Replay,
+    guard: &'a mut lvsp::AuthGuard,
 }
 
 /// A started server: listeners bound, dataplane up.
@@ -149,10 +168,10 @@ pub struct Server {
     gateway_tls: Option<TlsAcceptor>,
     /// Data-plane cores.
     pub cores: u32,
-    /// The shared-memory file.
+    /// Where the dataplane finds the shared-memory region (a file, or
+    /// `/proc/<pid>/fd/<n>` for the default anonymous memfd).
     pub shm_path: PathBuf,
     shared: Arc<Shared>,
-    events: Events,
     region: Region,
     supervisor: Supervisor,
     lvsp: TcpListener,
@@ -176,6 +195,17 @@ impl Server {
     /// listeners.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        // Every connection cap must fit in the descriptors the process may
+        // open: a flood must meet a cap, never EMFILE (which would stop
+        // the LVSP and metrics listeners too).
+        let files = descriptors::raise_open_file_limit().map_err(ServerError::OpenFileLimit)?;
+        config.check_open_files(files.now)?;
+        tracing::info!(
+            was = files.was,
+            now = files.now,
+            needed = config.descriptors_needed(),
+            "open-file limit"
+        );
         let lvsp_tls = tls::acceptor(&config.lvsp_tls)?;
         // One generated certificate serves both listeners.
         let gateway_tls = match (&config.lvsp_tls, &config.gateway_tls) {
@@ -188,9 +218,13 @@ impl Server {
                 Tls::SelfSigned { cert_out, .. } => Some(cert_out.clone()),
                 _ => None,
             });
-        let region = Region::create(&config.shm_path, RegionConfig::new(config.cores))?;
+        let region_config = RegionConfig::new(config.cores);
+        let region = match &config.shm_path {
+            Some(path) => Region::create(path, region_config)?,
+            None => Region::create_anonymous(region_config)?,
+        };
         let (link, events) = link::attach(&region)?;
-        let mut supervisor = Supervisor::new(&config)?;
+        let mut supervisor = Supervisor::new(&config, region.path())?;
         let udp_port = supervisor.start(&region).await?;
         let udp_addr = SocketAddr::new(config.udp_bind.ip(), udp_port);
         let bind = |addr: SocketAddr| async move {
@@ -211,19 +245,21 @@ impl Server {
             ..WebSocketConfig::default()
         };
         let mut registry = Registry::new(config.cores);
+        registry.set_counter_slots(region_config.counter_slots);
         registry.set_orphan_grace(config.lvsp_grace);
         registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
                 registry,
                 replay: lvsp::Replay::new(config.lvsp_replay),
+                lvsp_guard: lvsp::AuthGuard::new(config.lvsp_auth_backoff),
                 link,
+                events,
                 gateways: HashMap::new(),
                 load: Load::new(config.cores, config.capacity_per_core),
                 closes: CloseCounts::new(),
                 dataplane_restarts: 0,
                 dataplane_pid: None,
-                refused: BTreeMap::new(),
             }),
             lvsp: Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
@@ -241,11 +277,22 @@ impl Server {
             }),
             ws,
             next_conn: AtomicU64::new(1),
-            limits: [
-                Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-                Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-            ],
-            max_connections: config.max_connections,
+            budgets: [
+                (config.lvsp_max_pending, config.lvsp_max_connections),
+                (config.gateway_max_pending, config.max_connections),
+            ]
+            .map(|(pending, identified)| {
+                Arc::new(Budget::new(budget::Limits {
+                    pending,
+                    per_address: config.max_pending_per_address,
+                    per_prefix: config.max_pending_per_prefix,
+                    identified,
+                }))
+            }),
+            handshake_timeout: config.handshake_timeout,
+            identify_timeouts: [config.lvsp_identify_timeout, config.identify_timeout],
+            metrics_slots: Arc::new(tokio::sync::Semaphore::new(config.metrics_max_connections)),
+            metrics_refused: AtomicU64::new(0),
         });
         Ok(Server {
             lvsp_addr: local(&lvsp_listener, config.lvsp_listen),
@@ -256,9 +303,8 @@ impl Server {
             lvsp_tls,
             gateway_tls,
             cores: config.cores,
-            shm_path: config.shm_path.clone(),
+            shm_path: region.path().to_path_buf(),
             shared,
-            events,
             region,
             supervisor,
             lvsp: lvsp_listener,
@@ -272,7 +318,6 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             shared,
-            mut events,
             region,
             mut supervisor,
             lvsp,
@@ -308,7 +353,7 @@ impl Server {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => poll_rings(&shared, &mut events),
+                        _ = tick.tick() => poll_rings(&shared),
                         _ = stop.changed() => break,
                     }
                 }
@@ -321,7 +366,17 @@ impl Server {
                 _ = &mut shutdown => break Ok(()),
                 status = supervisor.exited() => {
                     tracing::error!(%status, "dataplane died; restarting it");
-                    shared.hub().dataplane_pid = None;
+                    {
+                        // Take what the dead one reported last, then repair
+                        // the indices it owned (it may have died writing
+                        // them) and drop the commands it never took: the
+                        // new one gets the whole state pushed again.
+                        poll_rings(&shared);
+                        let mut hub = shared.hub();
+                        hub.dataplane_pid = None;
+                        hub.events.reset();
+                        hub.link.reset();
+                    }
                     if let Err(e) = supervisor.restart(&region).await {
                         break Err(e);
                     }
@@ -372,16 +427,25 @@ fn url(tls: bool, addr: SocketAddr) -> String {
     format!("{}://{addr}", if tls { "wss" } else { "ws" })
 }
 
-fn poll_rings(shared: &Shared, events: &mut Events) {
+fn poll_rings(shared: &Shared) {
     let now = Instant::now();
     let mut hub = shared.hub();
     let hub = &mut *hub;
     hub.link.flush();
-    let corrupt = events.drain(|core, ev| match ev {
+    let corrupt = hub.events.drain(|core, ev| match ev {
         Event::Stats(s) => hub.load.record(now, s),
-        Event::AddressLearned { ssrc, addr } => {
-            tracing::debug!(core, ssrc, %addr, "address learned");
-            hub.registry.address_learned(ssrc, addr);
+        Event::Drops { core, drops } => hub.load.record_drops(core, drops),
+        Event::AddressObserved { ssrc, addr } => {
+            tracing::debug!(core, ssrc, %addr, "address observed (discovery)");
+            hub.registry.address_observed(ssrc, addr);
+        }
+        Event::AddressProven { ssrc, addr } => {
+            tracing::debug!(core, ssrc, %addr, "address proven");
+            hub.registry.address_proven(ssrc, addr);
+        }
+        Event::AddressExpired { ssrc, addr } => {
+            tracing::debug!(core, ssrc, %addr, "address went idle");
+            hub.registry.address_expired(ssrc, addr);
         }
     });
     if corrupt > 0 {
@@ -415,28 +479,34 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     kind: Kind,
 ) {
+    let budget = shared.budgets[kind as usize].clone();
+    let mut summary = tokio::time::interval(budget::SUMMARY_EVERY);
+    summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged = [0; 5];
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // One permit per open connection, held by its task.
-                    let Ok(permit) = shared.limits[kind as usize].clone().try_acquire_owned() else {
-                        *shared.hub().refused.entry(kind.name()).or_default() += 1;
-                        tracing::warn!(%peer, protocol = kind.name(), "connection limit reached");
+                    // A pending slot from accept to Identify; refusals are
+                    // counted, and logged only in the periodic summary.
+                    let Ok(pending) = budget.admit(peer.ip()) else {
                         continue; // dropping the stream closes it
                     };
                     let _ = stream.set_nodelay(true);
+                    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
                     let (shared, stop, tls) = (shared.clone(), stop.clone(), tls.clone());
                     tokio::spawn(async move {
-                        let _permit = permit;
                         match tls {
-                            None => connection(stream, peer, shared, stop, kind).await,
+                            None => connection(stream, peer, shared, stop, kind, pending, deadline).await,
                             Some(tls) => {
-                                let accepted =
-                                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+                                let evicted = pending.evicted();
+                                let accepted = tokio::select! {
+                                    accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
+                                    _ = evicted => return,
+                                };
                                 match accepted {
                                     Ok(Ok(stream)) => {
-                                        connection(stream, peer, shared, stop, kind).await
+                                        connection(stream, peer, shared, stop, kind, pending, deadline).await
                                     }
                                     Ok(Err(e)) => tracing::debug!(%peer, %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -445,20 +515,46 @@ async fn accept_loop(
                         }
                     });
                 }
+                Err(e) if is_per_connection(&e) => {
+                    tracing::debug!(%e, "accept failed for one connection");
+                }
                 Err(e) => {
+                    // Out of descriptors or memory: give it a moment.
                     tracing::warn!(%e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            _ = summary.tick() => budget.log_refusals(kind.name(), &mut logged),
             _ = stop.changed() => break,
         }
     }
 }
 
+/// Accept errors that concern only the connection being accepted (the peer
+/// gave up before accept): no reason to slow the loop down.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
+}
+
 /// The common shape of both protocol state machines.
 trait Machine {
     const NAME: &'static str;
-    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>);
+    /// The close code for a connection that did not identify in time.
+    const IDENTIFY_TIMEOUT_CODE: u16;
+    /// A decoded message, handled under the shared lock.
+    type Incoming;
+    /// Whether Identify (or Resume) succeeded: the connection leaves the
+    /// pending budget.
+    fn is_identified(&self) -> bool;
+    /// A websocket Ping or Pong: it costs a message of the budget.
+    fn on_ping(&mut self, now: Instant);
+    /// Budget and decoding: no shared state, so no lock.
+    fn on_text(&mut self, now: Instant, text: &str) -> Option<Self::Incoming>;
+    fn on_incoming(&mut self, now: Instant, incoming: Self::Incoming, ctx: &mut Ctx<'_>);
     fn on_binary(&mut self, now: Instant);
     fn on_oversized(&mut self);
     fn on_push(&mut self, push: Push);
@@ -470,8 +566,19 @@ trait Machine {
 
 impl Machine for lvsp::Connection {
     const NAME: &'static str = "lvsp";
-    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
-        self.handle_text(now, text, ctx.registry, ctx.replay)
+    const IDENTIFY_TIMEOUT_CODE: u16 = lvsp::CLOSE_GENERAL;
+    type Incoming = lvsp::Incoming;
+    fn is_identified(&self) -> bool {
+        self.is_identified()
+    }
+    fn on_ping(&mut self, now: Instant) {
+        self.handle_ping(now)
+    }
+    fn on_text(&mut self, now: Instant, text: &str) -> Option<lvsp::Incoming> {
+        self.handle_text(now, text)
+    }
+    fn on_incoming(&mut self, now: Instant, incoming: lvsp::Incoming, ctx: &mut Ctx<'_>) {
+        self.handle_incoming(now, incoming, ctx.registry, ctx.replay, ctx.guard)
     }
     fn on_binary(&mut self, _now: Instant) {
         self.handle_binary()
@@ -496,8 +603,19 @@ impl Machine for lvsp::Connection {
 
 impl Machine for gateway::Connection {
     const NAME: &'static str = "gateway";
-    fn on_text(&mut self, now: Instant, text: &str, ctx: &mut Ctx<'_>) {
-        self.handle_text(now, text, ctx.registry)
+    const IDENTIFY_TIMEOUT_CODE: u16 = gateway::close::NOT_AUTHENTICATED;
+    type Incoming = gateway::Incoming;
+    fn is_identified(&self) -> bool {
+        self.is_identified()
+    }
+    fn on_ping(&mut self, now: Instant) {
+        self.handle_ping(now)
+    }
+    fn on_text(&mut self, now: Instant, text: &str) -> Option<gateway::Incoming> {
+        self.handle_text(now, text)
+    }
+    fn on_incoming(&mut self, now: Instant, incoming: gateway::Incoming, ctx: &mut Ctx<'_>) {
+        self.handle_incoming(now, incoming, ctx.registry)
     }
     fn on_binary(&mut self, now: Instant) {
         self.handle_binary(now)
@@ -522,8 +640,81 @@ impl Machine for gateway::Connection {
     }
 }
 
-/// How long a client may take over the TLS or websocket handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close code for an identifying connection when every identified slot is
+/// taken (RFC 6455 "try again later").
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// Where a connection stands in its listener's budgets.
+#[derive(Debug)]
+struct Admission {
+    budget: Arc<Budget>,
+    /// Held until the connection identifies (or, when refused, ends).
+    pending: Option<Pending>,
+    /// Held once identified, until the connection ends.
+    identified: Option<budget::Identified>,
+    /// It identified with every identified slot taken: it must close.
+    refused: bool,
+    /// When a connection that has not identified is closed.
+    identify_by: Instant,
+}
+
+/// What [`Admission::promote`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Promotion {
+    /// Pending or identified: carry on.
+    Fine,
+    /// Identified with every identified slot taken: close with 1013.
+    Full,
+    /// A newer connection took the pending slot: drop the socket.
+    Evicted,
+}
+
+impl Admission {
+    /// Moves the connection to the identified budget once the machine says
+    /// it identified.
+    fn promote(&mut self, identified: bool) -> Promotion {
+        if identified && self.identified.is_none() && !self.refused {
+            if let Some(slot) = self.pending.take() {
+                match self.budget.promote(slot) {
+                    Ok(slot) => self.identified = Some(slot),
+                    Err((slot, why)) => {
+                        self.pending = Some(slot);
+                        self.refused = true;
+                        if why != budget::Refusal::IdentifiedFull {
+                            return Promotion::Evicted;
+                        }
+                    }
+                }
+            }
+        }
+        if self.refused {
+            Promotion::Full
+        } else {
+            Promotion::Fine
+        }
+    }
+
+    /// The identify deadline, while it applies.
+    fn deadline(&self) -> Option<Instant> {
+        (self.identified.is_none() && !self.refused).then_some(self.identify_by)
+    }
+
+    /// Completes when the pending slot is taken by a newer connection;
+    /// never once identified.
+    fn evicted(&self) -> impl Future<Output = ()> + Send + 'static {
+        let evicted = self
+            .pending
+            .as_ref()
+            .filter(|_| !self.refused)
+            .map(Pending::evicted);
+        async move {
+            match evicted {
+                Some(evicted) => evicted.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+}
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
@@ -531,6 +722,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     kind: Kind,
+    pending: Pending,
+    deadline: tokio::time::Instant,
 ) {
     let mut query: Option<String> = None;
     // The error type is tungstenite's; it is never built here.
@@ -541,7 +734,19 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.ws));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let evicted = pending.evicted();
+    let handshake = async {
+        tokio::select! {
+            ws = tokio::time::timeout_at(deadline, handshake) => Some(ws),
+            _ = evicted => None,
+        }
+    };
+    let ws = match handshake.await {
+        // A newer connection took the slot.
+        None => return,
+        Some(ws) => ws,
+    };
+    let ws = match ws {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, %e, "websocket handshake failed");
@@ -553,10 +758,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let now = Instant::now();
+    let admission = Admission {
+        budget: shared.budgets[kind as usize].clone(),
+        pending: Some(pending),
+        identified: None,
+        refused: false,
+        identify_by: now + shared.identify_timeouts[kind as usize],
+    };
     match kind {
         Kind::Lvsp => {
-            let machine = lvsp::Connection::new(shared.lvsp.clone(), now);
-            drive(ws, machine, &shared, None, stop).await;
+            let machine = lvsp::Connection::new(shared.lvsp.clone(), peer, now);
+            drive(ws, machine, &shared, None, stop, admission).await;
         }
         Kind::Gateway => {
             let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -568,7 +780,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 None => gateway::Connection::unsupported(shared.gateway.clone(), conn, now),
             };
-            drive(ws, machine, &shared, Some(rx), stop).await;
+            drive(ws, machine, &shared, Some(rx), stop, admission).await;
             shared.hub().gateways.remove(&conn);
         }
     }
@@ -581,8 +793,22 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     mut pushes: Option<mpsc::UnboundedReceiver<Push>>,
     mut stop: watch::Receiver<bool>,
+    mut admission: Admission,
 ) {
     'run: loop {
+        match admission.promote(machine.is_identified()) {
+            Promotion::Fine => {}
+            Promotion::Evicted => break 'run,
+            Promotion::Full => {
+                // Identified, but every identified slot is taken: what it
+                // queued (Ready) is never sent.
+                while machine.next_output().is_some() {}
+                let code = CLOSE_TRY_AGAIN_LATER;
+                *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
+                send_close(&mut ws, code, "server full".into()).await;
+                break 'run;
+            }
+        }
         while let Some(out) = machine.next_output() {
             match out {
                 Output::Text(text) => {
@@ -600,17 +826,28 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        let identify_by = admission.deadline();
         let deadline = machine
             .deadline()
+            .into_iter()
+            .chain(identify_by)
+            .min()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    shared.with(|ctx| machine.on_text(Instant::now(), &text, ctx));
+                    // Decoded before the lock: parsing costs no one else.
+                    let now = Instant::now();
+                    if let Some(incoming) = machine.on_text(now, &text) {
+                        shared.with(|ctx| machine.on_incoming(now, incoming, ctx));
+                    }
                 }
                 Some(Ok(Message::Binary(_))) => machine.on_binary(Instant::now()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // Control frames cost a message too (tungstenite answers
+                // each Ping with a Pong).
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => machine.on_ping(Instant::now()),
+                Some(Ok(Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break 'run,
                 Some(Err(tungstenite::Error::Capacity(_))) => machine.on_oversized(),
                 Some(Err(_)) => break 'run,
@@ -621,7 +858,19 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                     None => std::future::pending().await,
                 }
             } => machine.on_push(push),
-            _ = tokio::time::sleep_until(deadline) => machine.on_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if identify_by.is_some_and(|by| now >= by) {
+                    // Out of the pending budget: no Identify in time.
+                    let code = M::IDENTIFY_TIMEOUT_CODE;
+                    *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
+                    send_close(&mut ws, code, "no identify in time".into()).await;
+                    break 'run;
+                }
+                machine.on_timeout(now)
+            }
+            // A newer connection took the pending slot: drop the socket.
+            _ = admission.evicted() => break 'run,
             _ = stop.changed() => {
                 send_close(&mut ws, 1001, "server shutting down".into()).await;
                 break 'run;
@@ -645,18 +894,24 @@ async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
     // that closing the socket with the peer's unread data in our buffer
     // does not reset the connection before the peer has read our close
     // frame (a client still flooding, or the rest of an oversized frame).
+    // Bounded in frames and bytes too: a flood that goes on after our
+    // close costs a little CPU, not two seconds of it.
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut frames = 0;
         loop {
             match ws.next().await {
                 None | Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) if frames < CLOSE_DRAIN_FRAMES => frames += 1,
+                Some(Ok(_)) => return,
                 Some(Err(_)) => break,
             }
         }
         // The websocket layer gave up on the bytes: drain them raw.
         let mut sink = [0u8; 16 << 10];
+        let mut drained = 0;
         while let Ok(n) = ws.get_mut().read(&mut sink).await {
-            if n == 0 {
+            drained += n;
+            if n == 0 || drained > CLOSE_DRAIN_BYTES {
                 return;
             }
         }
@@ -669,3 +924,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a closing connection waits for the peer's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Frames a closing connection reads (and discards) at most while waiting
+/// for the peer's close reply.
+const CLOSE_DRAIN_FRAMES: usize = 512;
+
+/// Raw bytes a closing connection discards at most once the websocket
+/// layer gave up (the rest of an oversized frame, and what followed it).
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;

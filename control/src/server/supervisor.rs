@@ -1,9 +1,18 @@
-//! The dataplane child: started, awaited until its sockets are bound,
+//! The dataplane child: started, awaited until its sockets are up,
 //! restarted when it dies (with a budget), stopped on shutdown.
+//!
+//! Control binds the UDP reuseport group itself, once, and hands the
+//! sockets to every dataplane it starts (inherited descriptors,
+//! `--udp-fds`): between a dataplane's death and its successor's start the
+//! port is never free for another process to bind into (which would join
+//! its reuseport group and take the traffic), and datagrams that arrive
+//! meanwhile wait in the sockets. A dataplane the operator starts
+//! (`--external-dataplane`) binds for itself.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shared::Region;
@@ -11,6 +20,21 @@ use tokio::process::{Child, Command};
 
 use super::ServerError;
 use crate::config::{Config, DataplaneMode};
+
+/// Sets or clears FD_CLOEXEC on the sockets' descriptors.
+fn inheritable(sockets: &[std::net::UdpSocket], yes: bool) -> Result<(), ServerError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = if yes {
+        FdFlag::empty()
+    } else {
+        FdFlag::FD_CLOEXEC
+    };
+    for s in sockets {
+        fcntl(s.as_raw_fd(), FcntlArg::F_SETFD(flags))
+            .map_err(|e| ServerError::Dataplane(format!("fcntl(FD_CLOEXEC): {e}")))?;
+    }
+    Ok(())
+}
 
 /// Restarts allowed within [`RESTART_WINDOW`] before control gives up.
 pub const MAX_RESTARTS: usize = 5;
@@ -23,16 +47,34 @@ pub(super) struct Supervisor {
     /// Program and optional subcommand; None when it runs on its own.
     launcher: Option<(PathBuf, Option<&'static str>)>,
     shm: PathBuf,
+    /// Seconds a proven address may stay silent (the dataplane's
+    /// `--udp-idle-secs`).
+    udp_idle_secs: u64,
     /// Where it binds; after the first start, with the port it got, so a
     /// restarted dataplane serves the port clients were told.
     bind: SocketAddr,
     start_timeout: Duration,
     child: Option<Child>,
     restarts: VecDeque<Instant>,
+    /// The reuseport group handed to each child (empty when the dataplane
+    /// runs on its own).
+    sockets: Vec<std::net::UdpSocket>,
 }
 
 impl Supervisor {
-    pub(super) fn new(config: &Config) -> Result<Supervisor, ServerError> {
+    pub(super) fn new(config: &Config, shm: &Path) -> Result<Supervisor, ServerError> {
+        let mut bind = config.udp_bind;
+        let sockets = match config.dataplane {
+            DataplaneMode::External => Vec::new(),
+            _ => {
+                let sockets = dataplane::sys::socket::bind_group(bind, config.cores)
+                    .map_err(|e| ServerError::Dataplane(format!("binding UDP {bind}: {e}")))?;
+                if let Some(Ok(local)) = sockets.first().map(|s| s.local_addr()) {
+                    bind = local;
+                }
+                sockets
+            }
+        };
         let launcher = match &config.dataplane {
             DataplaneMode::Embedded => {
                 let exe = std::env::current_exe().map_err(|e| {
@@ -45,11 +87,13 @@ impl Supervisor {
         };
         Ok(Supervisor {
             launcher,
-            shm: config.shm_path.clone(),
-            bind: config.udp_bind,
+            shm: shm.to_path_buf(),
+            udp_idle_secs: config.udp_idle.as_secs().max(1),
+            bind,
             start_timeout: config.dataplane_start_timeout,
             child: None,
             restarts: VecDeque::new(),
+            sockets,
         })
     }
 
@@ -64,17 +108,28 @@ impl Supervisor {
         region.clear_udp_port();
         match &self.launcher {
             Some((program, subcommand)) => {
-                let child = Command::new(program)
+                let fds: Vec<String> = self
+                    .sockets
+                    .iter()
+                    .map(|s| s.as_raw_fd().to_string())
+                    .collect();
+                // The child inherits exactly these descriptors: they are
+                // inheritable only while it is spawned.
+                inheritable(&self.sockets, true)?;
+                let spawned = Command::new(program)
                     .args(*subcommand)
                     .arg("--shm")
                     .arg(&self.shm)
-                    .arg("--bind")
-                    .arg(self.bind.to_string())
+                    .arg("--udp-fds")
+                    .arg(fds.join(","))
+                    .arg("--udp-idle-secs")
+                    .arg(self.udp_idle_secs.to_string())
                     .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| {
-                        ServerError::Dataplane(format!("spawn {}: {e}", program.display()))
-                    })?;
+                    .spawn();
+                inheritable(&self.sockets, false)?;
+                let child = spawned.map_err(|e| {
+                    ServerError::Dataplane(format!("spawn {}: {e}", program.display()))
+                })?;
                 self.child = Some(child);
             }
             None => tracing::info!(

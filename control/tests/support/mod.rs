@@ -11,6 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The LVSP secret the tests pass (`--secret`): long enough for the
+/// server's 32-character floor. The server does not print a secret it was
+/// given, so the tests use this one.
+pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e";
+
 /// A running server: control plus its dataplane child.
 pub struct ServerProcess {
     child: Child,
@@ -24,43 +29,77 @@ pub struct ServerProcess {
     pub udp: SocketAddr,
     /// `127.0.0.1:port` of the metrics endpoint.
     pub metrics: String,
-    /// The shared-memory file.
+    /// The shared-memory region's path (a 0600 file, or
+    /// `/proc/<pid>/fd/<n>` for the default memfd).
     pub shm: std::path::PathBuf,
     /// The generated self-signed certificate (PEM), when serving TLS with one.
     pub cert: Option<std::path::PathBuf>,
+    /// Every `key: value` line control printed at start-up.
+    pub printed: HashMap<String, String>,
 }
 
 impl ServerProcess {
-    /// Starts control on random ports with `cores` data-plane cores.
+    /// Starts control on random ports with `cores` data-plane cores and
+    /// its region in a file under /dev/shm (so tests can look at it).
     pub fn start(cores: u32, extra: &[&str]) -> ServerProcess {
+        Self::start_with(control_bin(), cores, extra, |_| {})
+    }
+
+    /// [`ServerProcess::start`] with another `control` executable and a
+    /// last say over the command (environment, stderr).
+    pub fn start_with(
+        program: std::path::PathBuf,
+        cores: u32,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
+        Self::launch(Command::new(program), cores, extra, true, customize)
+    }
+
+    /// Like [`ServerProcess::start`], with the open-file limit of control
+    /// (and its dataplane) set to `soft` and `hard`.
+    pub fn start_with_open_files(
+        cores: u32,
+        extra: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> ServerProcess {
+        Self::launch(open_files_command(soft, hard), cores, extra, true, |_| {})
+    }
+
+    /// Starts control as the README does, with its region in the default
+    /// anonymous memfd.
+    pub fn start_anonymous(cores: u32, extra: &[&str]) -> ServerProcess {
+        Self::launch(Command::new(control_bin()), cores, extra, false, |_| {})
+    }
+
+    fn launch(
+        mut command: Command,
+        cores: u32,
+        extra: &[&str],
+        shm_file: bool,
+        customize: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
         let shm = format!(
             "/dev/shm/voice-test-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
-            .args([
-                "--lvsp-listen",
-                "127.0.0.1:0",
-                "--gateway-listen",
-                "127.0.0.1:0",
-                "--udp-bind",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--cores",
-                &cores.to_string(),
-                "--shm",
-                &shm,
-                "--secret",
-                "e2e-secret",
-            ])
+        if shm_file {
+            command.args(["--shm", &shm]);
+        }
+        command
+            .args(loopback_args(cores))
+            .args(["--secret", SECRET])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn control");
+            .stderr(Stdio::inherit());
+        customize(&mut command);
+        let mut child = command.spawn().expect("spawn control");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -90,7 +129,7 @@ impl ServerProcess {
         ServerProcess {
             child,
             lvsp_url: fields["lvsp"].clone(),
-            secret: fields["secret"].clone(),
+            secret: SECRET.to_owned(),
             gateway_url: gateway,
             udp: fields["udp"].parse().expect("udp address"),
             metrics: fields["metrics"]
@@ -99,7 +138,13 @@ impl ServerProcess {
                 .to_owned(),
             shm: fields["shm"].clone().into(),
             cert: fields.get("cert").map(Into::into),
+            printed: fields,
         }
+    }
+
+    /// Control's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `GET /metrics`, parsed into `name{labels}` → value.
@@ -177,6 +222,47 @@ impl Drop for ServerProcess {
             }
         }
     }
+}
+
+/// The arguments that put every listener of a control on a free loopback
+/// port, with `cores` data-plane cores.
+pub fn loopback_args(cores: u32) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--lvsp-listen",
+        "127.0.0.1:0",
+        "--gateway-listen",
+        "127.0.0.1:0",
+        "--udp-bind",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--cores",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.push(cores.to_string());
+    args
+}
+
+/// The `control` executable under test: this build's, or the one named by
+/// `CONTROL_BIN` (to run the same tests against another build, e.g. to
+/// measure a flood before and after a change).
+pub fn control_bin() -> std::path::PathBuf {
+    std::env::var_os("CONTROL_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_control").into())
+}
+
+/// The `control` binary run through `sh` with its open-file limit set to
+/// `soft` and `hard`; `exec` keeps control's pid. Arguments follow.
+pub fn open_files_command(soft: u64, hard: u64) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+        ))
+        .arg(control_bin());
+    sh
 }
 
 /// A minimal HTTP/1.1 GET for the metrics endpoint.

@@ -45,6 +45,20 @@ pub fn raise_memlock(bytes: u64) -> io::Result<u64> {
     Ok(cur.rlim_cur)
 }
 
+/// Milliseconds of CLOCK_MONOTONIC: the same clock in every process on
+/// the machine, so times kept in the shared region stay comparable across
+/// dataplane restarts.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
 /// Set by the SIGTERM/SIGINT handler.
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 

@@ -13,13 +13,20 @@ const BUFFER_BYTES: usize = 4 << 20;
 
 /// Binds `cores` non-blocking UDP sockets to `addr` with SO_REUSEPORT, in
 /// core order (socket `i` is reuseport index `i`), and attaches the SSRC
-/// steering program when `cores > 1`. A port of 0 is resolved by the first
-/// bind and reused for the rest.
+/// steering program when `cores > 1`.
+///
+/// The address must be free: Linux lets a SO_REUSEPORT socket join any
+/// group of the same user on its port, and even hands a reuseport bind to
+/// port 0 a port such a group already uses, so two servers (or a restart
+/// racing another process) would silently share each other's traffic. A
+/// plain bind first (which conflicts with every socket on the port) finds
+/// a free port for port 0 and refuses a port in use (`AddrInUse`); the
+/// group is bound to that port right after.
 pub fn bind_group(addr: SocketAddr, cores: u32) -> io::Result<Vec<UdpSocket>> {
     if cores == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero cores"));
     }
-    let mut addr = addr;
+    let addr = UdpSocket::bind(addr)?.local_addr()?;
     let mut sockets = Vec::with_capacity(cores as usize);
     for _ in 0..cores {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -27,14 +34,64 @@ pub fn bind_group(addr: SocketAddr, cores: u32) -> io::Result<Vec<UdpSocket>> {
         socket.set_nonblocking(true)?;
         raise_buffers(&socket);
         socket.bind(&addr.into())?;
-        if addr.port() == 0 {
-            let bound = socket
-                .local_addr()?
-                .as_socket()
-                .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
-            addr.set_port(bound.port());
-        }
         sockets.push(UdpSocket::from(socket));
+    }
+    if cores > 1 {
+        attach_steering(&sockets[0], cores)?;
+    }
+    Ok(sockets)
+}
+
+/// Takes over the reuseport group control bound and handed down as the
+/// inherited descriptors `fds` (socket `i` for core `i`), so that a
+/// restarted dataplane serves the very sockets (and port) the last one did:
+/// the port is never free for another process to take between two
+/// dataplanes, and datagrams that arrived meanwhile wait in the sockets.
+/// Each descriptor must be an open datagram socket, all bound to one
+/// address, none given twice.
+pub fn adopt_group(fds: &[std::os::fd::RawFd], cores: u32) -> io::Result<Vec<UdpSocket>> {
+    use std::os::fd::FromRawFd;
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    if fds.len() != cores as usize {
+        return Err(invalid(format!("{} sockets for {cores} cores", fds.len())));
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        if fds[..i].contains(fd) {
+            return Err(invalid(format!("descriptor {fd} given twice")));
+        }
+        let mut kind: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `kind` is a writable c_int of the size passed; an fd
+        // that is not open or not a socket makes the call fail, nothing
+        // else.
+        let rc = unsafe {
+            libc::getsockopt(
+                *fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut kind as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 || kind != libc::SOCK_DGRAM {
+            return Err(invalid(format!("descriptor {fd} is not a datagram socket")));
+        }
+    }
+    let sockets: Vec<UdpSocket> = fds
+        .iter()
+        // SAFETY: each descriptor is open and a datagram socket (checked
+        // above), given once, and inherited for this process alone to own:
+        // nothing else in the process knows these numbers.
+        .map(|fd| unsafe { UdpSocket::from_raw_fd(*fd) })
+        .collect();
+    let local = sockets[0].local_addr()?;
+    for s in &sockets {
+        s.set_nonblocking(true)?;
+        if s.local_addr()? != local {
+            return Err(invalid(
+                "the sockets are bound to different addresses".into(),
+            ));
+        }
     }
     if cores > 1 {
         attach_steering(&sockets[0], cores)?;
@@ -83,49 +140,123 @@ fn setsockopt_int(
 }
 
 /// Classic BPF opcodes (linux/filter.h).
+const BPF_LD_W_LEN: u16 = 0x80; // BPF_LD | BPF_W | BPF_LEN
 const BPF_LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+const BPF_LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
 const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const BPF_JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
 const BPF_JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
 const BPF_JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
 const BPF_JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const BPF_MOD_K: u16 = 0x94; // BPF_ALU | BPF_MOD | BPF_K
 const BPF_RET_A: u16 = 0x16; // BPF_RET | BPF_A
+const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
+
+/// What the program returns for datagrams without an SSRC: an index past
+/// the group, which makes the kernel fall back to its 4-tuple hash, so
+/// such datagrams spread over the cores (each source still lands on one
+/// core) instead of all landing on core 0.
+pub const STEER_BY_HASH: u32 = u32::MAX;
 
 fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
 /// The steering program. Offset 0 is the first byte of the UDP payload.
+/// It reads only bytes the length check before it guarantees, and picks
+/// the core from the SSRC exactly where `packet::classify` finds it:
 ///
 /// ```text
-/// 0: ldb [0]                  first byte
-/// 1: jset #0x80, 2, 7         RTP version bit? else discovery (0x00..) → [4]
-/// 2: ldb [1]                  payload type byte
-/// 3: jge #200, 4, 5           below 200 → RTP
-/// 4: jgt #204, 5, 7           200..=204 → RTCP → [4]
-/// 5: ld [8]                   RTP SSRC
-/// 6: ja 8
-/// 7: ld [4]                   RTCP / discovery SSRC
-/// 8: mod #cores
-/// 9: ret a
+///  0: ld len
+///  1: jgt #8, 2, 18           8 bytes or fewer (keepalives, junk) → hash
+///  2: ldb [0]
+///  3: jset #0x80, 8, 4        RTP version bit set → 8, else discovery?
+///  4: ld len
+///  5: jeq #74, 6, 18          discovery is exactly 74 bytes
+///  6: ldh [0]
+///  7: jeq #1, 15, 18          type 0x0001 → SSRC at [4], else hash
+///  8: ldb [1]
+///  9: jge #192, 10, 11
+/// 10: jgt #223, 11, 15        192..=223: RTCP (RFC 5761) → SSRC at [4]
+/// 11: ld len
+/// 12: jge #12, 13, 18         RTP shorter than its header → hash
+/// 13: ld [8]                  RTP SSRC
+/// 14: ja 16
+/// 15: ld [4]                  RTCP / discovery SSRC
+/// 16: mod #cores
+/// 17: ret a
+/// 18: ret #STEER_BY_HASH
 /// ```
-///
-/// A load beyond the datagram ends the program with 0 (core 0), which is
-/// fine: such a datagram is malformed and core 0 counts it.
-pub fn steering_program(cores: u32) -> [libc::sock_filter; 10] {
+pub fn steering_program(cores: u32) -> [libc::sock_filter; 19] {
     [
+        insn(BPF_LD_W_LEN, 0, 0, 0),
+        insn(BPF_JGT_K, 0, 16, 8),
         insn(BPF_LD_B_ABS, 0, 0, 0),
-        insn(BPF_JSET_K, 0, 5, 0x80),
+        insn(BPF_JSET_K, 4, 0, 0x80),
+        insn(BPF_LD_W_LEN, 0, 0, 0),
+        insn(BPF_JEQ_K, 0, 12, 74),
+        insn(BPF_LD_H_ABS, 0, 0, 0),
+        insn(BPF_JEQ_K, 7, 10, 1),
         insn(BPF_LD_B_ABS, 0, 0, 1),
-        insn(BPF_JGE_K, 0, 1, 200),
-        insn(BPF_JGT_K, 0, 2, 204),
+        insn(
+            BPF_JGE_K,
+            0,
+            1,
+            u32::from(*crate::packet::RTCP_TYPES.start()),
+        ),
+        insn(BPF_JGT_K, 0, 4, u32::from(*crate::packet::RTCP_TYPES.end())),
+        insn(BPF_LD_W_LEN, 0, 0, 0),
+        insn(BPF_JGE_K, 0, 5, 12),
         insn(BPF_LD_W_ABS, 0, 0, 8),
         insn(BPF_JA, 0, 0, 1),
         insn(BPF_LD_W_ABS, 0, 0, 4),
         insn(BPF_MOD_K, 0, 0, cores),
         insn(BPF_RET_A, 0, 0, 0),
+        insn(BPF_RET_K, 0, 0, STEER_BY_HASH),
     ]
+}
+
+/// `SO_MEMINFO` (asm-generic/socket.h) and the index of the drop count in
+/// its answer (linux/sock_diag.h `SK_MEMINFO_DROPS`).
+const SO_MEMINFO: libc::c_int = 55;
+const SK_MEMINFO_VARS: usize = 9;
+
+/// Datagrams the kernel dropped on this socket because its receive buffer
+/// was full (a wrapping 32-bit count since the socket was created).
+pub fn receive_drops(fd: std::os::fd::RawFd) -> io::Result<u32> {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `fd` is an open socket borrowed for the call; `info` is
+    // writable for `len` bytes and the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < std::mem::size_of_val(&info) {
+        return Err(io::Error::other("SO_MEMINFO: no drop count"));
+    }
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
+}
+
+/// `to` in the form a socket of this family sends to: an IPv6 socket
+/// reaches IPv4 peers at their IPv4-mapped address (the data plane stores
+/// the plain IPv4 form, see `packet::canonical`).
+pub fn for_family(to: SocketAddr, v6_socket: bool) -> SocketAddr {
+    match to {
+        SocketAddr::V4(v4) if v6_socket => {
+            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        }
+        other => other,
+    }
 }
 
 fn attach_steering(socket: &UdpSocket, cores: u32) -> io::Result<()> {
@@ -194,17 +325,19 @@ impl BatchSender {
     }
 
     /// Sends up to [`BATCH`] datagrams from `packets` on the non-blocking
-    /// socket `fd` without waiting. Returns how many (a prefix) the kernel
-    /// took; an error means the first one was not sent (`WouldBlock`: the
-    /// send buffer is full, anything else: that datagram failed).
+    /// socket `fd` (an IPv6 socket when `v6_socket`) without waiting.
+    /// Returns how many (a prefix) the kernel took; an error means the
+    /// first one was not sent (`WouldBlock`: the send buffer is full,
+    /// anything else: that datagram failed).
     pub fn send<'a>(
         &mut self,
         fd: std::os::fd::RawFd,
         packets: impl Iterator<Item = (SocketAddr, &'a [u8])>,
+        v6_socket: bool,
     ) -> io::Result<usize> {
         let mut n = 0;
         for (to, bytes) in packets.take(BATCH) {
-            let addr = socket2::SockAddr::from(to);
+            let addr = socket2::SockAddr::from(for_family(to, v6_socket));
             // SAFETY: `addr` holds `addr.len()` initialised bytes of a
             // sockaddr no larger than sockaddr_storage, and the target slot
             // is a distinct, writable sockaddr_storage.
@@ -375,7 +508,8 @@ mod tests {
     use super::*;
 
     /// A tiny interpreter for the instructions the program uses, to check
-    /// its logic without the kernel.
+    /// its logic without the kernel. Like the kernel, a load past the end
+    /// ends the program with 0 (which the program must never rely on).
     fn run(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
         let mut a: u32 = 0;
         let mut pc = 0;
@@ -383,20 +517,27 @@ mod tests {
             let i = prog[pc];
             pc += 1;
             match i.code {
+                BPF_LD_W_LEN => a = pkt.len() as u32,
                 BPF_LD_B_ABS => match pkt.get(i.k as usize) {
                     Some(b) => a = u32::from(*b),
-                    None => return 0,
+                    None => panic!("out-of-bounds load [{}] of {}", i.k, pkt.len()),
+                },
+                BPF_LD_H_ABS => match pkt.get(i.k as usize..i.k as usize + 2) {
+                    Some(w) => a = u32::from(u16::from_be_bytes(w.try_into().unwrap())),
+                    None => panic!("out-of-bounds load [{}] of {}", i.k, pkt.len()),
                 },
                 BPF_LD_W_ABS => match pkt.get(i.k as usize..i.k as usize + 4) {
                     Some(w) => a = u32::from_be_bytes(w.try_into().unwrap()),
-                    None => return 0,
+                    None => panic!("out-of-bounds load [{}] of {}", i.k, pkt.len()),
                 },
+                BPF_JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
                 BPF_JSET_K => pc += usize::from(if a & i.k != 0 { i.jt } else { i.jf }),
                 BPF_JGE_K => pc += usize::from(if a >= i.k { i.jt } else { i.jf }),
                 BPF_JGT_K => pc += usize::from(if a > i.k { i.jt } else { i.jf }),
                 BPF_JA => pc += i.k as usize,
                 BPF_MOD_K => a %= i.k,
                 BPF_RET_A => return a,
+                BPF_RET_K => return i.k,
                 c => panic!("unexpected opcode {c:#x}"),
             }
         }
@@ -412,19 +553,71 @@ mod tests {
         assert_eq!(run(&p, &rtp), 1);
         rtp[1] = 0xF8; // marker + PT 120 = 248, still RTP
         assert_eq!(run(&p, &rtp), 1);
-        let mut rtcp = [0u8; 8];
+        let mut rtcp = [0u8; 28];
         rtcp[0] = 0x81;
-        rtcp[1] = 200;
         rtcp[4..8].copy_from_slice(&5u32.to_be_bytes());
-        assert_eq!(run(&p, &rtcp), 2);
-        rtcp[1] = 204;
-        assert_eq!(run(&p, &rtcp), 2);
+        for pt in [192, 200, 204, 205, 206, 223] {
+            rtcp[1] = pt;
+            assert_eq!(run(&p, &rtcp), 2, "RTCP type {pt}");
+        }
         let mut disc = [0u8; 74];
         disc[1] = 1;
         disc[3] = 70;
         disc[4..8].copy_from_slice(&0xFFFF_FFFFu32.to_be_bytes());
         assert_eq!(run(&p, &disc), 0xFFFF_FFFF % 3);
-        assert_eq!(run(&p, &[0x80, 0x78]), 0, "short RTP goes to core 0");
+        // Nothing with an SSRC where the classifier would look: hashed.
+        for junk in [
+            &[][..],
+            &[0x80, 0x78][..],
+            &[1, 0, 0, 0, 0, 0, 0, 0][..],             // keepalive
+            &[0x81, 200, 0, 0, 0, 0, 0, 5][..],        // 8 bytes, looks RTCP
+            &[0x80, 0x78, 0, 1, 0, 0, 0, 2, 0, 0][..], // RTP cut short
+            &[0u8; 74][..],                            // 74 bytes, not discovery
+            &[0u8; 20][..],
+        ] {
+            assert_eq!(run(&p, junk), STEER_BY_HASH, "{junk:?}");
+        }
+        // Every length from 0 to 100 of every first-two-byte pattern that
+        // matters: never an out-of-bounds load.
+        for len in 0..100 {
+            for (b0, b1) in [(0, 1), (0x80, 0x78), (0x81, 200), (0x80, 230), (0xFF, 0xFF)] {
+                let mut d = vec![0u8; len];
+                if len > 0 {
+                    d[0] = b0;
+                }
+                if len > 1 {
+                    d[1] = b1;
+                }
+                let _ = run(&p, &d);
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_take_the_socket_family() {
+        let v4: SocketAddr = "10.0.0.1:5".parse().unwrap();
+        assert_eq!(for_family(v4, false), v4);
+        assert_eq!(
+            for_family(v4, true),
+            "[::ffff:10.0.0.1]:5".parse::<SocketAddr>().unwrap()
+        );
+        let v6: SocketAddr = "[2001:db8::2]:5".parse().unwrap();
+        assert_eq!(for_family(v6, true), v6);
+    }
+
+    #[test]
+    fn receive_drops_counts_what_a_full_buffer_loses() {
+        let rx = socket2::Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        rx.set_recv_buffer_size(4096).unwrap();
+        rx.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let to = rx.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(receive_drops(rx.as_raw_fd()).unwrap(), 0);
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[0u8; 1000], to).unwrap();
+        }
+        assert!(receive_drops(rx.as_raw_fd()).unwrap() > 0);
     }
 
     #[test]
@@ -438,7 +631,7 @@ mod tests {
         let packets: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
         let mut batch = BatchSender::new();
         let sent = batch
-            .send(tx.as_raw_fd(), packets.iter().map(|p| (to, &p[..])))
+            .send(tx.as_raw_fd(), packets.iter().map(|p| (to, &p[..])), false)
             .unwrap();
         assert_eq!(sent, 3);
         let mut buf = [0u8; 64];
@@ -485,11 +678,59 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_group_is_the_same_sockets() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        let fds: Vec<_> = group.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        let adopted = adopt_group(&fds, 2).unwrap();
+        assert_eq!(adopted[1].local_addr().unwrap(), addr);
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut rtp = [0u8; 20];
+        rtp[0] = 0x80;
+        rtp[8..12].copy_from_slice(&3u32.to_be_bytes()); // core 1
+        tx.send_to(&rtp, addr).unwrap();
+        adopted[1]
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        adopted[1].set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(adopted[1].recv(&mut buf).unwrap(), 20, "steered to core 1");
+        let not_a_socket = std::fs::File::open("/dev/null").unwrap();
+        let err = adopt_group(&[not_a_socket.as_raw_fd()], 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(adopt_group(&[fds[0], fds[0]], 2).is_err());
+        assert!(adopt_group(&[fds[0]], 2).is_err());
+        // The adopted sockets own their descriptors and close them.
+        drop(adopted);
+    }
+
+    #[test]
     fn group_binds_one_port() {
         let group = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let a = group[0].local_addr().unwrap();
         let b = group[1].local_addr().unwrap();
         assert_ne!(a.port(), 0);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_not_shared() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let taken = first[0].local_addr().unwrap();
+        // Another group on the same port would join the first one.
+        let err = bind_group(taken, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // Many groups on port 0 never share a port.
+        let groups: Vec<_> = (0..50)
+            .map(|_| bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap())
+            .collect();
+        let mut ports: Vec<u16> = groups
+            .iter()
+            .map(|g| g[0].local_addr().unwrap().port())
+            .chain([taken.port()])
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 51);
     }
 }

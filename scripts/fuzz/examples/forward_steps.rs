@@ -2,16 +2,15 @@
 //! as the target would): `cargo run --release --example forward_steps FILE`
 //! (without run.sh's RUSTFLAGS).
 
-use arbitrary::{Arbitrary, Unstructured};
-use voice_fuzz::forward::{self, Step};
+use voice_fuzz::forward;
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: forward_steps FILE");
     let data = std::fs::read(path).expect("readable input");
-    let steps = Vec::<Step>::arbitrary_take_rest(Unstructured::new(&data)).expect("decodes");
+    let steps = forward::steps(&data);
     for step in &steps {
         println!("{step:?}");
     }
-    forward::run(steps);
-    println!("ok");
+    let reached = forward::run_steps(steps);
+    println!("ok: {reached:?}");
 }

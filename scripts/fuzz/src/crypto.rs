@@ -6,22 +6,69 @@
 //! - **a received datagram**: opening never panics, and arbitrary bytes
 //!   never authenticate (a forgery would need the key);
 //! - **a plaintext packet** (after a 4-byte counter and a 3-byte flip:
-//!   position and mask): sealed with the key it opens to exactly the same
-//!   plaintext, and with any byte past the clear header flipped it does not
-//!   open at all.
+//!   position and mask): sealed with the key as a client seals it, it
+//!   opens to exactly the same plaintext, and with any byte past the clear
+//!   header flipped it does not open at all. RTCP in `xsalsa20_poly1305`
+//!   is sealed the way clients do (the RTCP header is the nonce); the
+//!   server's own `seal` refuses it, since its nonces would repeat.
 
 use std::cell::RefCell;
 
-use dataplane::crypto::{self, KeyState, MAX_OVERHEAD};
+use dataplane::crypto::{self, CryptoError, KeyState, MAX_OVERHEAD};
 use dataplane::packet::Kind;
+use dataplane::sys::sodium::SecretBox;
 use shared::Mode;
+
+/// What a client holds: its key expanded for its mode, and the bare
+/// secretbox for the one packet [`crypto::seal`] refuses to make (RTCP in
+/// `xsalsa20_poly1305`, whose nonce is the RTCP header: clients send it).
+#[derive(Debug)]
+pub struct ClientKey {
+    state: KeyState,
+    secretbox: SecretBox,
+}
+
+impl ClientKey {
+    /// `key` for `mode`.
+    pub fn new(mode: Mode, key: &[u8; 32]) -> ClientKey {
+        ClientKey {
+            state: KeyState::new(mode, key).expect("key for every mode (AES-NI?)"),
+            secretbox: SecretBox::new(key).expect("libsodium"),
+        }
+    }
+
+    /// The key as the server's `open` takes it.
+    pub fn state(&self) -> &KeyState {
+        &self.state
+    }
+
+    /// `plain` (a packet of `kind`) sealed as a client sends it, with nonce
+    /// counter `counter` where the mode has one; None when its CSRCs or
+    /// extension overrun it.
+    pub fn seal(&self, kind: Kind, counter: u32, plain: &[u8]) -> Option<Vec<u8>> {
+        if kind == Kind::Rtcp && self.state.mode() == Mode::XSalsa20Poly1305 {
+            // Header ‖ MAC ‖ ciphertext, the nonce being the 8-byte header.
+            let (head, body) = plain.split_at_checked(8)?;
+            let mut nonce = [0u8; 24];
+            nonce[..8].copy_from_slice(head);
+            let mut mac = [0u8; 16];
+            let mut ct = vec![0u8; body.len()];
+            self.secretbox.seal(&nonce, body, &mut ct, &mut mac).ok()?;
+            return Some([head, &mac, &ct].concat());
+        }
+        let mut wire = vec![0u8; plain.len() + MAX_OVERHEAD];
+        let n = crypto::seal(&self.state, kind, counter, plain, &mut wire).ok()?;
+        wire.truncate(n);
+        Some(wire)
+    }
+}
 
 thread_local! {
     /// One key per mode, expanded once per process.
-    static KEYS: RefCell<Vec<(Mode, KeyState)>> = RefCell::new(
+    static KEYS: RefCell<Vec<(Mode, ClientKey)>> = RefCell::new(
         Mode::ALL
             .into_iter()
-            .map(|m| (m, KeyState::new(m, &[0x42; 32]).expect("key for every mode (AES-NI?)")))
+            .map(|m| (m, ClientKey::new(m, &[0x42; 32])))
             .collect(),
     );
 }
@@ -37,7 +84,7 @@ pub fn run(mode: Mode, data: &[u8]) {
         let (_, key) = keys.iter().find(|(m, _)| *m == mode).expect("every mode");
         if how & 2 == 0 {
             let mut packet = rest.to_vec();
-            let opened = open(key, kind, &mut packet);
+            let opened = open(key.state(), kind, &mut packet);
             assert!(opened.is_none(), "{mode:?}: arbitrary bytes authenticated");
         } else {
             seal_then_open(key, kind, rest);
@@ -52,7 +99,7 @@ fn open(key: &KeyState, kind: Kind, packet: &mut [u8]) -> Option<usize> {
     Some(opened.len)
 }
 
-fn seal_then_open(key: &KeyState, kind: Kind, data: &[u8]) {
+fn seal_then_open(key: &ClientKey, kind: Kind, data: &[u8]) {
     if data.len() < 7 {
         return;
     }
@@ -61,14 +108,22 @@ fn seal_then_open(key: &KeyState, kind: Kind, data: &[u8]) {
     let flip_at = usize::from(u16::from_be_bytes([head[4], head[5]]));
     let mask = head[6];
     let plain = plaintext(kind, body);
-    let mut sealed = vec![0u8; plain.len() + MAX_OVERHEAD];
+    if kind == Kind::Rtcp && key.state().mode() == Mode::XSalsa20Poly1305 {
+        let mut out = vec![0u8; plain.len() + MAX_OVERHEAD];
+        let refused = crypto::seal(key.state(), kind, counter, &plain, &mut out);
+        assert_eq!(
+            refused,
+            Err(CryptoError::NonceReuse),
+            "the server seals no plain-mode RTCP"
+        );
+    }
     // A plaintext whose CSRCs or extension overrun it cannot be sealed.
-    let Ok(n) = crypto::seal(key, kind, counter, &plain, &mut sealed) else {
+    let Some(mut sealed) = key.seal(kind, counter, &plain) else {
         return;
     };
-    sealed.truncate(n);
+    let n = sealed.len();
     let mut copy = sealed.clone();
-    let len = open(key, kind, &mut copy).expect("what we sealed opens");
+    let len = open(key.state(), kind, &mut copy).expect("what we sealed opens");
     assert_eq!(&copy[..len], &plain[..], "round trip");
     // Everything past the clear header (the larger of the rtpsize and
     // legacy ones) is authenticated in every mode.
@@ -76,7 +131,10 @@ fn seal_then_open(key: &KeyState, kind: Kind, data: &[u8]) {
     if mask != 0 && n > clear {
         let at = clear + flip_at % (n - clear);
         sealed[at] ^= mask;
-        assert!(open(key, kind, &mut sealed).is_none(), "flipped byte {at}");
+        assert!(
+            open(key.state(), kind, &mut sealed).is_none(),
+            "flipped byte {at}"
+        );
     }
 }
 
@@ -92,7 +150,7 @@ fn plaintext(kind: Kind, bytes: &[u8]) -> Vec<u8> {
     }
     p[0] = 0x80 | (p[0] & 0x3F);
     if kind == Kind::Rtcp {
-        p[1] = 200 + p[1] % 5;
+        p[1] = 192 + p[1] % 32;
     }
     p
 }
