@@ -33,7 +33,8 @@ while getopts "r:s:h" o; do
 done
 shift $((OPTIND - 1))
 targets=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+# (getopts already took a `--` that came right after the options.)
+while [ $# -gt 0 ] && [ "$1" != "--" ] && [[ $1 != -* ]]; do
   [[ " ${all[*]} " == *" $1 "* ]] || { echo "unknown target $1" >&2; usage; }
   targets+=("$1")
   shift

@@ -73,6 +73,10 @@ struct Slot {
     closed: Option<u16>,
     /// Ready or Resumed was sent.
     authenticated: bool,
+    /// Resumed was sent: what follows is re-delivered, made for the
+    /// connection the session had before (a Ready among it lists that
+    /// connection's modes).
+    resumed: bool,
     last_seq: u64,
 }
 
@@ -177,6 +181,7 @@ impl Call {
             modes,
             closed: None,
             authenticated: false,
+            resumed: false,
             last_seq: 0,
         }
     }
@@ -393,10 +398,13 @@ impl Call {
                         if op == 2 || op == 9 {
                             slot.authenticated = true;
                         }
+                        if op == 9 {
+                            slot.resumed = true;
+                        }
                         let names = |modes: &[Mode]| -> Vec<String> {
                             modes.iter().map(|m| m.name().to_owned()).collect()
                         };
-                        if op == 2 {
+                        if op == 2 && !slot.resumed {
                             let offered: Vec<String> =
                                 serde_json::from_value(v["d"]["modes"].clone()).expect("modes");
                             assert_eq!(offered, names(&slot.modes), "Ready's modes");
