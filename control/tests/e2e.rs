@@ -105,7 +105,7 @@ async fn call(server: &ServerProcess) {
             &state.user_id,
             &state.session_id,
             &assign.token,
-            Mode::AeadAes256GcmRtpsize,
+            Mode::Aes256GcmRtpSize,
         )
         .await
         .unwrap_or_else(|e| panic!("client {i} join: {e}"));

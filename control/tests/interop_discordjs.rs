@@ -162,7 +162,7 @@ fn hex_frames(frames: &[Vec<u8>]) -> Vec<String> {
 /// this project's client uses AES-GCM too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discordjs_voice_sends_and_receives_through_the_server() {
-    interop(&[], "aead_aes256_gcm_rtpsize", Mode::AeadAes256GcmRtpsize).await;
+    interop(&[], "aead_aes256_gcm_rtpsize", Mode::Aes256GcmRtpSize).await;
 }
 
 /// Only XChaCha20 and the legacy secretbox offered: discord.js must take

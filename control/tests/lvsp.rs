@@ -299,7 +299,7 @@ async fn litecord_client_behaviour_against_the_litecord_dialect() {
                 user,
                 session,
                 &token,
-                scripts::Mode::AeadAes256GcmRtpsize,
+                scripts::Mode::Aes256GcmRtpSize,
             )
             .await
             .expect("join"),

@@ -197,7 +197,7 @@ pub async fn call_under_flood(config: &CallUnderFlood) -> Result<FloodOutcome> {
                 user,
                 &done.session_id,
                 &assign.token,
-                Mode::AeadAes256GcmRtpsize,
+                Mode::Aes256GcmRtpSize,
             )
             .await?,
         );

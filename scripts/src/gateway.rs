@@ -682,10 +682,10 @@ mod tests {
             ready.addr().expect("addr"),
             "127.0.0.1:5000".parse().expect("addr")
         );
-        assert_eq!(ready.known_modes(), vec![Mode::AeadAes256GcmRtpsize]);
+        assert_eq!(ready.known_modes(), vec![Mode::Aes256GcmRtpSize]);
         assert_eq!(g.heartbeat_interval(), Some(Duration::from_millis(13750)));
         let sd = g
-            .select_protocol("127.0.0.1", 40000, Mode::AeadAes256GcmRtpsize)
+            .select_protocol("127.0.0.1", 40000, Mode::Aes256GcmRtpSize)
             .await
             .expect("session");
         assert_eq!(sd.key().expect("key"), [9; 32]);

@@ -41,7 +41,7 @@
 //! let mut voice = VoiceClient::join(
 //!     "ws://127.0.0.1:5002", 8,
 //!     "200", "300", &state.session_id, &assign.token,
-//!     Mode::AeadAes256GcmRtpsize,
+//!     Mode::Aes256GcmRtpSize,
 //! ).await?;
 //! voice.gateway.speaking(1).await?;
 //! voice.udp.send_opus(&[0xf8, 0xff, 0xfe]).await?;

@@ -118,8 +118,8 @@ mod tests {
         let udp_port = udp.local_addr().expect("addr").port();
         let udp_task = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let cipher = Cipher::new(Mode::AeadXChaCha20Poly1305Rtpsize, &key).expect("key");
-            let mut out = Cipher::new(Mode::AeadXChaCha20Poly1305Rtpsize, &key).expect("key");
+            let cipher = Cipher::new(Mode::XChaCha20Poly1305RtpSize, &key).expect("key");
+            let mut out = Cipher::new(Mode::XChaCha20Poly1305RtpSize, &key).expect("key");
             while let Ok((n, from)) = udp.recv_from(&mut buf).await {
                 if n == DISCOVERY_LEN {
                     let _ = udp.send_to(&discovery_response(42, from), from).await;
@@ -152,20 +152,12 @@ mod tests {
             peer.close(4022).await;
         })
         .await;
-        let mut c = VoiceClient::join(
-            &url,
-            7,
-            "g",
-            "u",
-            "s",
-            "t",
-            Mode::AeadXChaCha20Poly1305Rtpsize,
-        )
-        .await
-        .expect("join");
+        let mut c = VoiceClient::join(&url, 7, "g", "u", "s", "t", Mode::XChaCha20Poly1305RtpSize)
+            .await
+            .expect("join");
         assert_eq!(c.ssrc(), 42);
         assert_eq!(c.key(), key);
-        assert_eq!(c.mode(), Some(Mode::AeadXChaCha20Poly1305Rtpsize));
+        assert_eq!(c.mode(), Some(Mode::XChaCha20Poly1305RtpSize));
         c.udp.send_opus(b"frame").await.expect("send");
         let got = c
             .udp
