@@ -17,6 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use protocol::Snowflake;
 use scripts::gateway::{GatewayClient, GatewayEvent};
 use scripts::{ClientError, LvspClient};
 use serde_json::json;
@@ -226,12 +227,12 @@ async fn reconnecting_speaking_flood_cannot_evict_a_parked_members_messages() {
     assert_eq!(resumed, Ok(()), "the parked member resumes");
     assert!(
         events.iter().any(|e| matches!(e,
-            GatewayEvent::Speaking(s) if s.user_id.as_deref() == Some("10203"))),
+            GatewayEvent::Speaking(s) if s.user_id == Snowflake(10203))),
         "it learns the flooder's latest Speaking: {events:?}"
     );
     assert!(
         events.iter().any(|e| matches!(e,
-            GatewayEvent::ClientsConnect(ids) if ids.iter().any(|u| u == "10204"))),
+            GatewayEvent::ClientsConnect(ids) if ids.contains(&Snowflake(10204)))),
         "it learns who joined while it was away: {events:?}"
     );
     assert!(
@@ -283,7 +284,7 @@ async fn reidentifying_does_not_refill_the_message_budget() {
             .next_event_timeout(listen_until.saturating_duration_since(Instant::now()))
             .await
         {
-            Ok(GatewayEvent::Speaking(s)) if s.user_id.as_deref() == Some("10303") => heard += 1,
+            Ok(GatewayEvent::Speaking(s)) if s.user_id == Snowflake(10303) => heard += 1,
             Ok(GatewayEvent::Closed(code)) => panic!("the member was closed: {code:?}"),
             _ => continue,
         }

@@ -411,18 +411,18 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         .await
     {
         match event {
-            GatewayEvent::ClientsConnect(ids) => connected |= ids.iter().any(|u| u == DJS_USER),
+            GatewayEvent::ClientsConnect(ids) => {
+                connected |= ids.iter().any(|u| u.to_string() == DJS_USER)
+            }
             GatewayEvent::Speaking(s) => speaking.push(s),
             _ => {}
         }
     }
     assert!(connected, "no Clients Connect (op 11) for {DJS_USER}");
     assert!(
-        speaking
-            .iter()
-            .any(|s| s.user_id.as_deref() == Some(DJS_USER)
-                && s.ssrc == djs_ssrc
-                && s.speaking & 1 == 1),
+        speaking.iter().any(|s| s.user_id.to_string() == DJS_USER
+            && s.ssrc == djs_ssrc
+            && s.speaking & 1 == 1),
         "no Speaking (op 5) from {DJS_USER} with SSRC {djs_ssrc}: {speaking:?}"
     );
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::crypto::{Mode, KEY_LEN};
-use crate::error::{ClientError, Result};
+use crate::error::Result;
 use crate::gateway::{GatewayClient, Ready, SessionDescription};
 use crate::udp::VoiceUdp;
 use crate::ws::HeartbeatTask;
@@ -42,16 +42,12 @@ impl VoiceClient {
         let ready = gateway
             .identify(server_id, user_id, session_id, token)
             .await?;
-        let mut udp = VoiceUdp::bind(ready.addr()?, ready.ssrc).await?;
+        let mut udp = VoiceUdp::bind(ready.addr(), ready.ssrc).await?;
         let seen = udp.discover().await?;
         let session = gateway
-            .select_protocol(&seen.ip().to_string(), seen.port(), mode)
+            .select_protocol(seen.ip(), seen.port(), mode)
             .await?;
-        let key = session.key()?;
-        let chosen = Mode::from_name(&session.mode).ok_or_else(|| {
-            ClientError::Protocol(format!("server chose unknown mode {:?}", session.mode))
-        })?;
-        udp.set_session(chosen, &key, 0)?;
+        udp.set_session(session.mode, &session.secret_key, 0)?;
         let interval = gateway.wait_hello().await?;
         let heartbeat = Some(gateway.spawn_heartbeat(interval));
         Ok(VoiceClient {
@@ -152,7 +148,7 @@ mod tests {
             peer.close(4022).await;
         })
         .await;
-        let mut c = VoiceClient::join(&url, 7, "g", "u", "s", "t", Mode::XChaCha20Poly1305RtpSize)
+        let mut c = VoiceClient::join(&url, 7, "1", "2", "s", "t", Mode::XChaCha20Poly1305RtpSize)
             .await
             .expect("join");
         assert_eq!(c.ssrc(), 42);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use protocol::gateway::Nonce;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use scripts::gateway::{GatewayClient, GatewayEvent};
@@ -442,7 +443,7 @@ pub async fn heartbeat_rtts(gateway: &mut GatewayClient, n: usize, gap: Duration
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match gateway.next_event_timeout(left).await {
-                Ok(GatewayEvent::HeartbeatAck(d)) if ack_of(&d, nonce) => {
+                Ok(GatewayEvent::HeartbeatAck(d)) if d.nonce() == Nonce(nonce.into()) => {
                     rtts.push(sent.elapsed());
                     break;
                 }
@@ -460,10 +461,6 @@ pub async fn heartbeat_rtts(gateway: &mut GatewayClient, n: usize, gap: Duration
 
 /// Whether an ACK's `d` answers the heartbeat with `nonce` (a bare integer
 /// below v8, `{t}` at v8).
-fn ack_of(d: &serde_json::Value, nonce: u64) -> bool {
-    d.as_u64() == Some(nonce) || d.get("t").and_then(|t| t.as_u64()) == Some(nonce)
-}
-
 /// Median and maximum.
 pub fn median_max(samples: &[Duration]) -> (Duration, Duration) {
     let mut s = samples.to_vec();

@@ -18,7 +18,7 @@ pub mod frame;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -606,6 +606,11 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Where to send UDP.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
     /// The offered modes that are among the five, in the server's order.
     pub fn known_modes(&self) -> Vec<Mode> {
         self.modes
