@@ -387,8 +387,10 @@ impl Registry {
             }
         });
         ChannelAssign {
-            channel_id: ch.channel_id,
-            guild_id: ch.guild_id,
+            channel: protocol::lvsp::Channel {
+                channel_id: ch.channel_id,
+                guild_id: ch.guild_id,
+            },
             token: ch.token.clone(),
         }
     }

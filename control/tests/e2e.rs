@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use scripts::lvsp::{LvspClient, LvspEvent};
 use scripts::{ClientError, Mode, VoiceClient};
 use support::ServerProcess;
@@ -76,9 +76,9 @@ async fn call(server: &ServerProcess) {
         .channel_req(CHANNEL, Some(GUILD))
         .await
         .expect("CHANNEL_ASSIGN");
-    assert_eq!(assign.channel_id.to_string(), CHANNEL);
+    assert_eq!(assign.channel.channel_id.to_string(), CHANNEL);
     assert_eq!(
-        assign.guild_id.map(|g| g.to_string()).as_deref(),
+        assign.channel.guild_id.map(|g| g.to_string()).as_deref(),
         Some(GUILD)
     );
     let users = [
@@ -93,7 +93,7 @@ async fn call(server: &ServerProcess) {
             .voice_state_create(user, CHANNEL, Some(GUILD))
             .await
             .expect("VOICE_STATE_DONE");
-        assert_eq!(done.user_id.to_string(), user);
+        assert_eq!(done.state.user_id.to_string(), user);
         states.push(done);
     }
 
@@ -105,7 +105,7 @@ async fn call(server: &ServerProcess) {
             &server.gateway_url,
             version,
             GUILD,
-            &state.user_id.to_string(),
+            &state.state.user_id.to_string(),
             &state.session_id,
             &assign.token,
             Mode::Aes256GcmRtpSize,
@@ -140,7 +140,7 @@ async fn call(server: &ServerProcess) {
                 .await
                 .expect("speaking relayed")
             {
-                GatewayEvent::Speaking(s) => {
+                GatewayEvent::Message(ServerMessage::Speaking(s)) => {
                     assert_eq!(s.user_id.to_string(), users[0]);
                     assert_eq!(s.ssrc, ssrcs[0]);
                     break;

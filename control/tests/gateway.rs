@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use protocol::Snowflake;
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use scripts::{ClientError, LvspClient, Mode, VoiceClient};
 use serde_json::json;
 use support::{assert_call_flows, join_call, ServerProcess};
@@ -129,14 +129,14 @@ async fn resume_keeps_media_flowing_and_redelivers_what_was_missed() {
     .await
     .unwrap();
     next_matching(&mut back, "Resumed", |e| {
-        matches!(e, GatewayEvent::Resumed).then_some(())
+        matches!(e, GatewayEvent::Message(ServerMessage::Resumed)).then_some(())
     })
     .await;
     // Everything numbered after seq_ack comes again: 6003's arrival, and
     // anything else the old socket had not read yet (6002's, say).
     loop {
         let joined = next_matching(&mut back, "the missed Clients Connect", |e| match e {
-            GatewayEvent::ClientsConnect(ids) => Some(ids.clone()),
+            GatewayEvent::Message(ServerMessage::ClientsConnect(c)) => Some(c.user_ids.clone()),
             _ => None,
         })
         .await;
@@ -170,7 +170,7 @@ async fn an_unresumed_session_leaves_after_the_grace_period() {
     call[0].stop_heartbeat();
     call[0].gateway.close(1001).await.unwrap();
     let left = next_matching(&mut call[1].gateway, "Client Disconnect", |e| match e {
-        GatewayEvent::ClientDisconnect(user) => Some(*user),
+        GatewayEvent::Message(ServerMessage::ClientDisconnect(c)) => Some(c.user_id),
         _ => None,
     })
     .await;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use scripts::gateway::ServerMessage;
 use scripts::{ClientError, GatewayEvent, LvspClient, Mode, VoiceClient};
 use serde_json::{json, Value};
 use support::ServerProcess;
@@ -411,10 +412,10 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         .await
     {
         match event {
-            GatewayEvent::ClientsConnect(ids) => {
-                connected |= ids.iter().any(|u| u.to_string() == DJS_USER)
+            GatewayEvent::Message(ServerMessage::ClientsConnect(c)) => {
+                connected |= c.user_ids.iter().any(|u| u.to_string() == DJS_USER)
             }
-            GatewayEvent::Speaking(s) => speaking.push(s),
+            GatewayEvent::Message(ServerMessage::Speaking(s)) => speaking.push(s),
             _ => {}
         }
     }

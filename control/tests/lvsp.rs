@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use protocol::Snowflake;
-use scripts::lvsp::{encode_info, identify_token, LvspClient, LvspEvent, Reply};
+use scripts::lvsp::{
+    encode_info, identify_token, Health, LvspClient, LvspEvent, Reply, ServerMessage,
+};
 use scripts::ClientError;
 use serde_json::{json, Value};
 use support::{assert_call_flows, join_call, ServerProcess};
@@ -161,7 +163,7 @@ async fn calls_outlive_the_connection_and_resume_replays_what_was_missed() {
     let Reply::VoiceStateDone(done) = missed.reply else {
         panic!("replayed {missed:?}")
     };
-    assert_eq!(done.user_id, Snowflake(2003));
+    assert_eq!(done.state.user_id, Snowflake(2003));
     assert_eq!(done.session_id.len(), 32);
     assert!(back.heartbeat().await.is_ok());
     // A seq the server never sent cannot be resumed.
@@ -271,14 +273,14 @@ async fn litecord_client_behaviour_against_the_litecord_dialect() {
             break;
         }
         match litecord.recv_timeout(left).await {
-            Ok(LvspEvent::HeartbeatAck(health)) => {
+            Ok(LvspEvent::Message(ServerMessage::HeartbeatAck(Health { health }))) => {
                 assert!((0.0..=1.0).contains(&health));
                 acks += 1;
             }
             // Only CHANNEL_ASSIGN (1) and VOICE_STATE_DONE (4) decode as
             // INFOs; any other type (Litecord closes on those above 6)
             // arrives as `Other` and fails below.
-            Ok(LvspEvent::Info(info)) => match info.reply {
+            Ok(LvspEvent::Message(ServerMessage::Info { reply, .. })) => match reply {
                 Reply::ChannelAssign(assign) => token = Some(assign.token),
                 Reply::VoiceStateDone(done) => sessions.push(done.session_id),
             },

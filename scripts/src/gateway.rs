@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::gateway::{
-    ClientMessage, Heartbeat, HeartbeatAck, Hello, MemberSpeaking, Millis, Nonce, Resume,
-    SelectProtocol, SelectProtocolData, ServerMessage, Speaking, UDP,
+    ClientMessage, Heartbeat, HeartbeatAck, Millis, Nonce, Resume, SelectProtocol,
+    SelectProtocolData, Speaking, UDP,
 };
-pub use protocol::gateway::{Identify, Ready, SessionDescription, SPEAKING_MICROPHONE};
+pub use protocol::gateway::{
+    Identify, Ready, ServerMessage, SessionDescription, SPEAKING_MICROPHONE,
+};
 use protocol::Snowflake;
 use serde_json::Value;
 
@@ -28,24 +30,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Something the gateway sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GatewayEvent {
-    /// Hello op 8.
-    Hello(Hello),
-    /// Ready op 2.
-    Ready(Ready),
-    /// Session Description op 4.
-    SessionDescription(SessionDescription),
-    /// Speaking op 5.
-    Speaking(MemberSpeaking),
-    /// Heartbeat ACK op 6.
-    HeartbeatAck(HeartbeatAck),
-    /// Resumed op 9.
-    Resumed,
-    /// Clients Connect op 11.
-    ClientsConnect(Vec<Snowflake>),
-    /// Client Disconnect op 13.
-    ClientDisconnect(Snowflake),
-    /// A JSON message that is none of the above (an op this library does
-    /// not read, or a known one whose data did not decode), whole.
+    /// A message.
+    Message(ServerMessage),
+    /// A JSON message that is none of [`ServerMessage`]'s (an op this
+    /// library does not read, or a known one whose data did not decode),
+    /// whole.
     Other {
         /// The op.
         op: u64,
@@ -73,17 +62,7 @@ pub fn gateway_url(base: &str, version: u8) -> String {
 /// Text that is not JSON, or JSON without an integer `op`, is an error.
 pub fn decode(text: &str) -> Result<(GatewayEvent, Option<u64>)> {
     if let Ok((message, seq)) = ServerMessage::decode(text) {
-        let event = match message {
-            ServerMessage::Hello(h) => GatewayEvent::Hello(h),
-            ServerMessage::Ready(r) => GatewayEvent::Ready(r),
-            ServerMessage::SessionDescription(s) => GatewayEvent::SessionDescription(s),
-            ServerMessage::Speaking(s) => GatewayEvent::Speaking(s),
-            ServerMessage::HeartbeatAck(a) => GatewayEvent::HeartbeatAck(a),
-            ServerMessage::Resumed => GatewayEvent::Resumed,
-            ServerMessage::ClientsConnect(c) => GatewayEvent::ClientsConnect(c.user_ids),
-            ServerMessage::ClientDisconnect(c) => GatewayEvent::ClientDisconnect(c.user_id),
-        };
-        return Ok((event, seq));
+        return Ok((GatewayEvent::Message(message), seq));
     }
     let message: Value = serde_json::from_str(text)?;
     let op = message
@@ -193,7 +172,7 @@ impl GatewayClient {
         })
         .await?;
         self.wait("gateway Ready", |e| match e {
-            GatewayEvent::Ready(r) => Ok(r),
+            GatewayEvent::Message(ServerMessage::Ready(r)) => Ok(r),
             e => Err(e),
         })
         .await
@@ -214,7 +193,7 @@ impl GatewayClient {
         self.send_select_protocol(Some(address), port, mode.name())
             .await?;
         self.wait("gateway Session Description", |e| match e {
-            GatewayEvent::SessionDescription(s) => Ok(s),
+            GatewayEvent::Message(ServerMessage::SessionDescription(s)) => Ok(s),
             e => Err(e),
         })
         .await
@@ -293,7 +272,7 @@ impl GatewayClient {
             return Ok(i);
         }
         self.wait("gateway Hello", |e| match e {
-            GatewayEvent::Hello(_) => Ok(()),
+            GatewayEvent::Message(ServerMessage::Hello(_)) => Ok(()),
             e => Err(e),
         })
         .await?;
@@ -361,16 +340,16 @@ impl GatewayClient {
             Frame::Closed(code) => GatewayEvent::Closed(code),
         };
         match &event {
-            GatewayEvent::Hello(h) => {
+            GatewayEvent::Message(ServerMessage::Hello(h)) => {
                 self.heartbeat_interval = Some(interval(h.heartbeat_interval));
             }
-            GatewayEvent::Ready(r) => {
+            GatewayEvent::Message(ServerMessage::Ready(r)) => {
                 self.ssrc = Some(r.ssrc);
                 if let (None, Some(i)) = (self.heartbeat_interval, r.heartbeat_interval) {
                     self.heartbeat_interval = Some(interval(i));
                 }
             }
-            GatewayEvent::HeartbeatAck(a) => self.last_ack = Some(*a),
+            GatewayEvent::Message(ServerMessage::HeartbeatAck(a)) => self.last_ack = Some(*a),
             _ => {}
         }
         Ok(event)
@@ -390,7 +369,9 @@ impl GatewayClient {
                 match pick(self.recv().await?) {
                     Ok(t) => return Ok(t),
                     Err(GatewayEvent::Closed(code)) => return Err(ClientError::Closed(code)),
-                    Err(GatewayEvent::Hello(_) | GatewayEvent::HeartbeatAck(_)) => {}
+                    Err(GatewayEvent::Message(
+                        ServerMessage::Hello(_) | ServerMessage::HeartbeatAck(_),
+                    )) => {}
                     Err(e) => self.pending.push_back(e),
                 }
             }
@@ -408,6 +389,7 @@ fn interval(ms: Millis) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use protocol::gateway::{ClientDisconnect, ClientsConnect, Hello, MemberSpeaking};
     use serde_json::json;
 
     use super::*;
@@ -435,29 +417,36 @@ mod tests {
             decode(r#"{"op":8,"d":{"heartbeat_interval":41250.5},"seq":3}"#).expect("hello");
         assert_eq!(
             e,
-            GatewayEvent::Hello(Hello {
+            GatewayEvent::Message(ServerMessage::Hello(Hello {
                 v: None,
                 heartbeat_interval: Millis(41251)
-            })
+            }))
         );
         assert_eq!(seq, Some(3));
         let (e, _) =
             decode(r#"{"op":5,"d":{"user_id":"1","ssrc":2,"speaking":1}}"#).expect("speaking");
         assert_eq!(
             e,
-            GatewayEvent::Speaking(MemberSpeaking {
+            GatewayEvent::Message(ServerMessage::Speaking(MemberSpeaking {
                 user_id: Snowflake(1),
                 ssrc: 2,
                 speaking: 1
-            })
+            }))
         );
         let (e, _) = decode(r#"{"op":11,"d":{"user_ids":["1","2"]}}"#).expect("connect");
         assert_eq!(
             e,
-            GatewayEvent::ClientsConnect(vec![Snowflake(1), Snowflake(2)])
+            GatewayEvent::Message(ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(1), Snowflake(2)]
+            }))
         );
         let (e, _) = decode(r#"{"op":13,"d":{"user_id":"1"}}"#).expect("disconnect");
-        assert_eq!(e, GatewayEvent::ClientDisconnect(Snowflake(1)));
+        assert_eq!(
+            e,
+            GatewayEvent::Message(ServerMessage::ClientDisconnect(ClientDisconnect {
+                user_id: Snowflake(1)
+            }))
+        );
         for other in [
             r#"{"op":18,"d":{}}"#,
             r#"{"op":2,"d":{"ssrc":-1}}"#,
@@ -539,18 +528,25 @@ mod tests {
         let nonce = g.heartbeat().await.expect("hb");
         assert_eq!(
             g.next_event().await.expect("queued"),
-            GatewayEvent::ClientsConnect(vec![Snowflake(3)])
+            GatewayEvent::Message(ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(3)]
+            }))
         );
         assert_eq!(
             g.next_event().await.expect("ack"),
-            GatewayEvent::HeartbeatAck(HeartbeatAck::Numbered {
+            GatewayEvent::Message(ServerMessage::HeartbeatAck(HeartbeatAck::Numbered {
                 t: Nonce(nonce.into())
-            })
+            }))
         );
-        assert!(matches!(g.next_event().await, Ok(GatewayEvent::Speaking(s)) if s.ssrc == 78));
+        assert!(matches!(
+            g.next_event().await,
+            Ok(GatewayEvent::Message(ServerMessage::Speaking(s))) if s.ssrc == 78
+        ));
         assert_eq!(
             g.next_event().await.expect("dc"),
-            GatewayEvent::ClientDisconnect(Snowflake(3))
+            GatewayEvent::Message(ServerMessage::ClientDisconnect(ClientDisconnect {
+                user_id: Snowflake(3)
+            }))
         );
         assert!(matches!(
             g.next_event().await,
@@ -585,7 +581,9 @@ mod tests {
         let nonce = g.heartbeat().await.expect("hb");
         assert_eq!(
             g.next_event().await.expect("ack"),
-            GatewayEvent::HeartbeatAck(HeartbeatAck::Bare(Nonce(nonce.into())))
+            GatewayEvent::Message(ServerMessage::HeartbeatAck(HeartbeatAck::Bare(Nonce(
+                nonce.into()
+            ))))
         );
         let r = g.identify("1", "2", "s", "bad").await;
         assert!(matches!(r, Err(ClientError::Closed(Some(4004)))), "{r:?}");

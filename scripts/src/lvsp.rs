@@ -19,11 +19,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 pub use protocol::lvsp::{
-    identify_token, ChannelAssign, Dialect, Health, Hello, Reply, VoiceStateDone,
+    identify_token, ChannelAssign, Dialect, Health, Hello, Reply, ServerMessage, VoiceStateDone,
 };
 use protocol::lvsp::{
-    Channel, ClientMessage, Heartbeat, Identify, Opcode, Request, Resume, ServerMessage,
-    VoiceState, VoiceStateUpdate,
+    Channel, ClientMessage, Heartbeat, Identify, Opcode, Request, Resume, VoiceState,
+    VoiceStateUpdate,
 };
 use protocol::Snowflake;
 use serde_json::{json, Value};
@@ -37,7 +37,7 @@ const DIALECT: Dialect = Dialect::Spec;
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An INFO from the server.
+/// An INFO from the server, as the client queues it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Info {
     /// Its top-level `s`.
@@ -49,16 +49,10 @@ pub struct Info {
 /// Something the server sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LvspEvent {
-    /// HELLO.
-    Hello(Hello),
-    /// READY.
-    Ready(Health),
-    /// HEARTBEAT_ACK with its health.
-    HeartbeatAck(f64),
-    /// INFO.
-    Info(Info),
-    /// A JSON message that is none of the above (an unknown op, or a known
-    /// one whose data did not decode), whole.
+    /// A message.
+    Message(ServerMessage),
+    /// A JSON message that is none of [`ServerMessage`]'s (an unknown op,
+    /// or a known one whose data did not decode), whole.
     Other {
         /// The op.
         op: u64,
@@ -79,12 +73,7 @@ pub fn encode_info(kind: u64, data: Value) -> String {
 /// integer `op`, is an error.
 pub fn decode(text: &str) -> Result<LvspEvent> {
     if let Ok(message) = ServerMessage::decode(text) {
-        return Ok(match message {
-            ServerMessage::Hello(h) => LvspEvent::Hello(h),
-            ServerMessage::Ready(r) => LvspEvent::Ready(r),
-            ServerMessage::HeartbeatAck(h) => LvspEvent::HeartbeatAck(h.health),
-            ServerMessage::Info { s, reply } => LvspEvent::Info(Info { seq: s, reply }),
-        });
+        return Ok(LvspEvent::Message(message));
     }
     let message: Value = serde_json::from_str(text)?;
     let op = message
@@ -137,7 +126,7 @@ impl LvspClient {
             loop {
                 match ws.recv().await? {
                     Frame::Text(t) => {
-                        if let LvspEvent::Hello(h) = decode(&t)? {
+                        if let LvspEvent::Message(ServerMessage::Hello(h)) = decode(&t)? {
                             return Ok(h);
                         }
                     }
@@ -198,7 +187,7 @@ impl LvspClient {
     /// Waits for READY, queueing INFOs (replays) on the way.
     pub async fn wait_ready(&mut self) -> Result<Health> {
         self.wait("LVSP READY", |e| match e {
-            LvspEvent::Ready(r) => Some(r),
+            ServerMessage::Ready(r) => Some(*r),
             _ => None,
         })
         .await
@@ -243,15 +232,11 @@ impl LvspClient {
     ) -> Result<ChannelAssign> {
         let req = channel(channel_id, guild_id)?;
         self.send_request(Request::ChannelReq(req)).await?;
-        let info = self
-            .wait_info(
-                |i| matches!(&i.reply, Reply::ChannelAssign(a) if a.channel_id == req.channel_id),
-            )
-            .await?;
-        match info.reply {
-            Reply::ChannelAssign(assign) => Ok(assign),
-            Reply::VoiceStateDone(_) => unreachable!("picked a CHANNEL_ASSIGN"),
-        }
+        self.wait_reply(|r| match r {
+            Reply::ChannelAssign(a) if a.channel.channel_id == req.channel_id => Some(a.clone()),
+            _ => None,
+        })
+        .await
     }
 
     /// VOICE_STATE_CREATE, then waits for the VOICE_STATE_DONE of that user
@@ -264,16 +249,16 @@ impl LvspClient {
     ) -> Result<VoiceStateDone> {
         let state = voice_state(user_id, channel_id, guild_id)?;
         self.send_request(Request::VoiceStateCreate(state)).await?;
-        let info = self
-            .wait_info(|i| {
-                matches!(&i.reply, Reply::VoiceStateDone(d)
-                    if d.user_id == state.user_id && d.channel_id == state.channel_id)
-            })
-            .await?;
-        match info.reply {
-            Reply::VoiceStateDone(done) => Ok(done),
-            Reply::ChannelAssign(_) => unreachable!("picked a VOICE_STATE_DONE"),
-        }
+        let (user, channel) = (state.user_id, state.channel_id);
+        self.wait_reply(|r| match r {
+            Reply::VoiceStateDone(d)
+                if (d.state.user_id, d.state.channel_id) == (user, channel) =>
+            {
+                Some(d.clone())
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// VOICE_STATE_DESTROY (no reply).
@@ -307,23 +292,32 @@ impl LvspClient {
         self.send(ClientMessage::Info(request)).await
     }
 
-    /// The first queued or incoming INFO matching `pred`; others are queued.
-    pub async fn wait_info(&mut self, mut pred: impl FnMut(&Info) -> bool) -> Result<Info> {
-        if let Some(i) = self.queue.iter().position(&mut pred) {
-            if let Some(info) = self.queue.remove(i) {
-                return Ok(info);
-            }
+    /// What `pick` takes from the first queued or incoming INFO it
+    /// accepts; the others are queued.
+    pub async fn wait_info<T>(&mut self, mut pick: impl FnMut(&Info) -> Option<T>) -> Result<T> {
+        let queued = self.queue.iter().enumerate();
+        if let Some((i, t)) = queued.filter_map(|(i, info)| Some((i, pick(info)?))).next() {
+            self.queue.remove(i);
+            return Ok(t);
         }
-        self.wait("LVSP INFO", |e| match e {
-            LvspEvent::Info(i) if pred(&i) => Some(i),
+        self.wait("LVSP INFO", |m| match m {
+            ServerMessage::Info { s, reply } => pick(&Info {
+                seq: *s,
+                reply: reply.clone(),
+            }),
             _ => None,
         })
         .await
     }
 
+    /// [`wait_info`](Self::wait_info) by the INFO's reply alone.
+    async fn wait_reply<T>(&mut self, mut pick: impl FnMut(&Reply) -> Option<T>) -> Result<T> {
+        self.wait_info(|info| pick(&info.reply)).await
+    }
+
     /// The oldest queued INFO, or the next one to arrive.
     pub async fn next_info(&mut self) -> Result<Info> {
-        self.wait_info(|_| true).await
+        self.wait_info(|info| Some(info.clone())).await
     }
 
     /// Sends HEARTBEAT with `d: null` and returns the ACK's health.
@@ -341,7 +335,7 @@ impl LvspClient {
 
     async fn wait_heartbeat_ack(&mut self) -> Result<f64> {
         self.wait("LVSP HEARTBEAT_ACK", |e| match e {
-            LvspEvent::HeartbeatAck(h) => Some(h),
+            ServerMessage::HeartbeatAck(h) => Some(h.health),
             _ => None,
         })
         .await
@@ -391,11 +385,12 @@ impl LvspClient {
                 Frame::Closed(code) => LvspEvent::Closed(code),
             };
             match &event {
-                LvspEvent::Info(Info { seq, .. }) => {
-                    self.last_seq = Some(self.last_seq.map_or(*seq, |l| l.max(*seq)));
+                LvspEvent::Message(ServerMessage::Info { s, .. }) => {
+                    self.last_seq = Some(self.last_seq.map_or(*s, |l| l.max(*s)));
                 }
-                LvspEvent::Ready(r) => self.health = Some(r.health),
-                LvspEvent::HeartbeatAck(h) => self.health = Some(*h),
+                LvspEvent::Message(ServerMessage::Ready(h) | ServerMessage::HeartbeatAck(h)) => {
+                    self.health = Some(h.health)
+                }
                 _ => {}
             }
             return Ok(event);
@@ -409,30 +404,27 @@ impl LvspClient {
             .map_err(|_| ClientError::Timeout("LVSP message"))?
     }
 
-    /// Reads until `pick` accepts an event; INFOs it declines are queued,
+    /// Reads until `pick` accepts a message; INFOs it declines are queued,
     /// anything else it declines is dropped; a close is an error.
     async fn wait<T>(
         &mut self,
         what: &'static str,
-        mut pick: impl FnMut(LvspEvent) -> Option<T>,
+        mut pick: impl FnMut(&ServerMessage) -> Option<T>,
     ) -> Result<T> {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, async {
             loop {
-                let event = self.recv().await?;
-                match event {
+                match self.recv().await? {
                     LvspEvent::Closed(code) => return Err(ClientError::Closed(code)),
-                    LvspEvent::Info(i) => {
-                        if let Some(t) = pick(LvspEvent::Info(i.clone())) {
+                    LvspEvent::Message(m) => {
+                        if let Some(t) = pick(&m) {
                             return Ok(t);
                         }
-                        self.queue.push_back(i);
-                    }
-                    e => {
-                        if let Some(t) = pick(e) {
-                            return Ok(t);
+                        if let ServerMessage::Info { s, reply } = m {
+                            self.queue.push_back(Info { seq: s, reply });
                         }
                     }
+                    LvspEvent::Other { .. } => {}
                 }
             }
         })
@@ -451,23 +443,25 @@ mod tests {
         assert_eq!(
             decode(r#"{"op":0,"d":{"heartbeat_interval":5000,"nonce":"0123456789"}}"#)
                 .expect("hello"),
-            LvspEvent::Hello(Hello {
+            LvspEvent::Message(ServerMessage::Hello(Hello {
                 heartbeat_interval: 5000,
                 nonce: "0123456789".into()
-            })
+            }))
         );
         assert_eq!(
             decode(r#"{"op":5,"d":{"health":0.5}}"#).expect("ack"),
-            LvspEvent::HeartbeatAck(0.5)
+            LvspEvent::Message(ServerMessage::HeartbeatAck(Health { health: 0.5 }))
         );
         assert_eq!(
             decode(r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1","token":"t"}}}"#)
                 .expect("info"),
-            LvspEvent::Info(Info {
-                seq: 7,
+            LvspEvent::Message(ServerMessage::Info {
+                s: 7,
                 reply: Reply::ChannelAssign(ChannelAssign {
-                    channel_id: Snowflake(1),
-                    guild_id: None,
+                    channel: Channel {
+                        channel_id: Snowflake(1),
+                        guild_id: None
+                    },
                     token: "t".into()
                 })
             })
@@ -557,8 +551,10 @@ mod tests {
         assert_eq!(
             assign,
             ChannelAssign {
-                channel_id: Snowflake(10),
-                guild_id: None,
+                channel: Channel {
+                    channel_id: Snowflake(10),
+                    guild_id: None
+                },
                 token: "tok".into()
             }
         );

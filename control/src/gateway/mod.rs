@@ -30,9 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::gateway::{
-    self as wire, ClientMessage, CloseCode, DecodeError, Envelope, HeartbeatAck, Hello, Identify,
-    Millis, Opcode, Ready, Resume, ServerMessage, SessionDescription,
+    self as wire, ClientMessage, CloseCode, DecodeError, HeartbeatAck, Hello, Identify, Millis,
+    Opcode, Ready, Resume, ServerMessage, SessionDescription,
 };
+use protocol::Envelope;
 use rand::RngCore;
 use shared::Mode;
 
@@ -279,17 +280,17 @@ impl Connection {
         if !identified && text.len() > PRE_AUTH_MAX_MESSAGE {
             return Err(refuse(CloseCode::DecodeError, "message too large"));
         }
-        let envelope = Envelope::parse(text).map_err(decode_refusal)?;
-        let op = envelope.opcode();
+        let envelope = Envelope::parse(text).map_err(|e| decode_refusal(e.into()))?;
+        let op = Opcode::from_code(envelope.op());
         if !identified
             && !matches!(
                 op,
-                Ok(Opcode::Identify | Opcode::Resume | Opcode::Heartbeat)
+                Some(Opcode::Identify | Opcode::Resume | Opcode::Heartbeat)
             )
         {
             return Err(not_authenticated());
         }
-        if identified && matches!(op, Ok(Opcode::Identify | Opcode::Resume)) {
+        if identified && matches!(op, Some(Opcode::Identify | Opcode::Resume)) {
             return Err(refuse(
                 CloseCode::AlreadyAuthenticated,
                 "already authenticated",

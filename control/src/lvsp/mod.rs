@@ -29,9 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::lvsp::{
-    token_valid, CloseCode, DecodeError, Envelope, Health, Hello, Opcode, Reply, Request,
-    ServerMessage, VoiceStateDone,
+    token_valid, CloseCode, DecodeError, Health, Hello, Opcode, Reply, Request, ServerMessage,
+    VoiceStateDone,
 };
+use protocol::Envelope;
 use rand::distributions::{Alphanumeric, DistString};
 
 mod backoff;
@@ -253,12 +254,12 @@ impl Connection {
         if hello && text.len() > PRE_AUTH_MAX_MESSAGE {
             return Err(refuse(CloseCode::DecodeError, "message too large"));
         }
-        let envelope = Envelope::parse(text).map_err(decode_refusal)?;
-        match (hello, envelope.opcode()) {
-            (true, Ok(Opcode::Heartbeat | Opcode::Info)) => {
+        let envelope = Envelope::parse(text).map_err(|e| decode_refusal(e.into()))?;
+        match (hello, Opcode::from_code(envelope.op())) {
+            (true, Some(Opcode::Heartbeat | Opcode::Info)) => {
                 return Err(refuse(CloseCode::General, "not identified"));
             }
-            (false, Ok(Opcode::Identify | Opcode::Resume)) => {
+            (false, Some(Opcode::Identify | Opcode::Resume)) => {
                 return Err(refuse(CloseCode::General, "already identified"));
             }
             _ => {}
@@ -395,12 +396,7 @@ impl Connection {
                     .map_err(|RequestError::UnknownChannel(_)| {
                         refuse(CloseCode::General, "unknown channel")
                     })?;
-                let done = VoiceStateDone {
-                    user_id: state.user_id,
-                    channel_id: state.channel_id,
-                    guild_id: state.guild_id,
-                    session_id,
-                };
+                let done = VoiceStateDone { state, session_id };
                 self.send_info(replay, Reply::VoiceStateDone(done));
             }
             Request::VoiceStateDestroy(state) => {

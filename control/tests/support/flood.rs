@@ -21,7 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::gateway::Nonce;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -443,7 +443,9 @@ pub async fn heartbeat_rtts(gateway: &mut GatewayClient, n: usize, gap: Duration
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match gateway.next_event_timeout(left).await {
-                Ok(GatewayEvent::HeartbeatAck(d)) if d.nonce() == Nonce(nonce.into()) => {
+                Ok(GatewayEvent::Message(ServerMessage::HeartbeatAck(d)))
+                    if d.nonce() == Nonce(nonce.into()) =>
+                {
                     rtts.push(sent.elapsed());
                     break;
                 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::gateway::Nonce;
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use scripts::ClientError;
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
@@ -397,7 +397,11 @@ pub async fn heartbeat_rtts(
         let acked = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
                 match g.next_event().await {
-                    Ok(GatewayEvent::HeartbeatAck(d)) if d.nonce() == Nonce(nonce.into()) => return,
+                    Ok(GatewayEvent::Message(ServerMessage::HeartbeatAck(d)))
+                        if d.nonce() == Nonce(nonce.into()) =>
+                    {
+                        return
+                    }
                     Ok(GatewayEvent::Closed(code)) | Err(ClientError::Closed(code)) => {
                         panic!("the member was closed ({code:?})")
                     }

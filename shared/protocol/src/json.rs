@@ -1,7 +1,8 @@
 //! What both protocols share on the wire: JSON text frames `{op, d}`,
 //! decoded in two steps (the envelope, then `d` once the op is known).
 
-use serde::Deserialize;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 /// Why a frame is not a well-formed message. Both protocols close with
@@ -32,6 +33,34 @@ impl Malformed {
 /// would fill a struct from an array too; messages are objects.
 fn is_object(text: &str) -> bool {
     text.trim_start().starts_with('{')
+}
+
+/// A frame's `op` and raw `d`, before `d` is decoded: both protocols
+/// frame JSON messages as `{op, d}`. Parse it, check the op against the
+/// connection's state, then decode `d` with the protocol's
+/// `ClientMessage::from_envelope`.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    op: u64,
+    #[serde(borrow, default)]
+    d: Option<&'a RawValue>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses a text frame: a JSON object with an integer `op`.
+    pub fn parse(text: &'a str) -> Result<Envelope<'a>, Malformed> {
+        envelope(text)
+    }
+
+    /// The op, whatever it is.
+    pub fn op(&self) -> u64 {
+        self.op
+    }
+
+    /// The raw `d` (None when absent or null).
+    pub(crate) fn d(&self) -> Option<&'a RawValue> {
+        self.d
+    }
 }
 
 /// Parses a frame into an envelope type `E` (an `op`, a raw `d`, maybe a
@@ -70,26 +99,46 @@ pub(crate) fn is_object_data(d: Option<&RawValue>) -> bool {
     is_object(raw(d))
 }
 
+/// The text frame `{"op": op, "d": d}`, plus a sequence number under its
+/// protocol's key when given (`s` on LVSP INFOs, `seq` at gateway v8).
+pub(crate) fn encode<O: Serialize, D: Serialize>(
+    op: O,
+    d: D,
+    number: Option<(&'static str, u64)>,
+) -> String {
+    struct Frame<O, D> {
+        op: O,
+        d: D,
+        number: Option<(&'static str, u64)>,
+    }
+    impl<O: Serialize, D: Serialize> Serialize for Frame<O, D> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(None)?;
+            map.serialize_entry("op", &self.op)?;
+            map.serialize_entry("d", &self.d)?;
+            if let Some((key, n)) = self.number {
+                map.serialize_entry(key, &n)?;
+            }
+            map.end()
+        }
+    }
+    serde_json::to_string(&Frame { op, d, number })
+        .unwrap_or_else(|_| unreachable!("messages are plain data"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize)]
-    struct Env<'a> {
-        op: u64,
-        #[serde(borrow, default)]
-        d: Option<&'a RawValue>,
-    }
-
     #[test]
     fn envelopes_and_data() {
-        let e: Env<'_> = envelope(r#" {"op":3,"d":{"t":1},"x":[]}"#).unwrap();
-        assert_eq!(e.op, 3);
-        assert_eq!(raw(e.d), r#"{"t":1}"#);
-        let e: Env<'_> = envelope(r#"{"op":9}"#).unwrap();
-        assert_eq!(raw(e.d), "null");
-        let e: Env<'_> = envelope(r#"{"op":9,"d":null}"#).unwrap();
-        assert!(e.d.is_none());
+        let e = Envelope::parse(r#" {"op":3,"d":{"t":1},"x":[]}"#).unwrap();
+        assert_eq!(e.op(), 3);
+        assert_eq!(raw(e.d()), r#"{"t":1}"#);
+        let e = Envelope::parse(r#"{"op":9}"#).unwrap();
+        assert_eq!(raw(e.d()), "null");
+        let e = Envelope::parse(r#"{"op":9,"d":null}"#).unwrap();
+        assert!(e.d().is_none());
         for (text, err) in [
             ("nope", Malformed::NotJson),
             ("[1,2]", Malformed::NotJson),
@@ -100,7 +149,7 @@ mod tests {
             (r#"{"op":-1}"#, Malformed::NoOp),
             (r#"{"op":1.5}"#, Malformed::NoOp),
         ] {
-            assert_eq!(envelope::<Env<'_>>(text).unwrap_err(), err, "{text}");
+            assert_eq!(Envelope::parse(text).unwrap_err(), err, "{text}");
         }
         #[derive(Debug, Deserialize)]
         struct S {

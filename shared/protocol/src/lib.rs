@@ -20,11 +20,12 @@
 //! it reads `d`:
 //!
 //! ```
-//! use protocol::gateway::{ClientMessage, Envelope, Opcode};
+//! use protocol::gateway::{ClientMessage, Opcode};
+//! use protocol::Envelope;
 //!
 //! let text = r#"{"op":3,"d":{"t":1501184119561,"seq_ack":10}}"#;
 //! let env = Envelope::parse(text).expect("an object with an integer op");
-//! assert_eq!(env.opcode(), Ok(Opcode::Heartbeat));
+//! assert_eq!(Opcode::from_code(env.op()), Some(Opcode::Heartbeat));
 //! let message = ClientMessage::from_envelope(&env, 8).expect("a v8 heartbeat");
 //! let ClientMessage::Heartbeat(heartbeat) = message else { unreachable!() };
 //! let ack = protocol::gateway::ServerMessage::HeartbeatAck(heartbeat.ack());
@@ -36,13 +37,14 @@
 //! repeats what the peer sent. Unknown fields are ignored.
 #![forbid(unsafe_code)]
 
+mod code;
 pub mod gateway;
 mod json;
 pub mod lvsp;
 mod mode;
 mod snowflake;
 
-pub use json::Malformed;
+pub use json::{Envelope, Malformed};
 pub use mode::{Mode, UnknownMode, TAG_LEN};
 pub use snowflake::{ParseSnowflakeError, Snowflake};
 

@@ -9,7 +9,7 @@
 //! [`close_code`](DecodeError::close_code) is the documented one.
 //!
 //! A server decodes in two steps so it can refuse by state before it reads
-//! `d`: [`Envelope::parse`], [`Envelope::opcode`], then
+//! `d`: [`Envelope::parse`], [`Opcode::from_code`] of its `op`, then
 //! [`ClientMessage::from_envelope`]; it encodes with
 //! [`ServerMessage::encode`]. A client does the reverse with
 //! [`ServerMessage::decode`] and [`ClientMessage::encode`].
@@ -21,135 +21,90 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use crate::code::numbered;
 use crate::json::{self, Malformed};
+use crate::Envelope;
 use crate::{Mode, Snowflake};
 
 /// The first gateway version whose server messages carry `seq`, whose
 /// heartbeats are `{t, seq_ack}` and whose sessions resume with re-delivery.
 pub const NUMBERED: u8 = 8;
 
-/// Voice gateway opcodes: every number from 0 to 31 is one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Opcode {
-    /// Client → server: [`Identify`].
-    Identify = 0,
-    /// Client → server: [`SelectProtocol`].
-    SelectProtocol = 1,
-    /// Server → client: [`Ready`].
-    Ready = 2,
-    /// Client → server: [`Heartbeat`].
-    Heartbeat = 3,
-    /// Server → client: [`SessionDescription`].
-    SessionDescription = 4,
-    /// Both ways: [`Speaking`] from a client, [`MemberSpeaking`] to the
-    /// others.
-    Speaking = 5,
-    /// Server → client: [`HeartbeatAck`].
-    HeartbeatAck = 6,
-    /// Client → server: [`Resume`].
-    Resume = 7,
-    /// Server → client: [`Hello`].
-    Hello = 8,
-    /// Server → client: `d` null.
-    Resumed = 9,
-    /// Undocumented; clients that send it are not refused.
-    Undocumented10 = 10,
-    /// Server → client: [`ClientsConnect`].
-    ClientsConnect = 11,
-    /// Both ways: video streams (accepted, not acted on yet).
-    Video = 12,
-    /// Server → client: [`ClientDisconnect`].
-    ClientDisconnect = 13,
-    /// Undocumented client op.
-    SessionUpdate = 14,
-    /// Client → server: which streams it wants.
-    MediaSinkWants = 15,
-    /// Both ways: backend version query.
-    VoiceBackendVersion = 16,
-    /// Undocumented client op.
-    ChannelOptionsUpdate = 17,
-    /// Client → server: client flags.
-    ClientFlags = 18,
-    /// Undocumented client op.
-    SpeedTest = 19,
-    /// Client → server: client platform.
-    ClientPlatform = 20,
-    /// DAVE, server → client JSON: `{protocol_version, transition_id}`.
-    DavePrepareTransition = 21,
-    /// DAVE, server → client JSON: `{transition_id}`.
-    DaveExecuteTransition = 22,
-    /// DAVE, client → server JSON: `{transition_id}`.
-    DaveTransitionReady = 23,
-    /// DAVE, server → client JSON: `{protocol_version, epoch}`.
-    DavePrepareEpoch = 24,
-    /// DAVE, server → client binary: the MLS external sender.
-    DaveMlsExternalSender = 25,
-    /// DAVE, client → server binary: an MLS key package.
-    DaveMlsKeyPackage = 26,
-    /// DAVE, server → client binary: MLS proposals.
-    DaveMlsProposals = 27,
-    /// DAVE, client → server binary: an MLS commit and welcome.
-    DaveMlsCommitWelcome = 28,
-    /// DAVE, server → client binary: announce a commit transition.
-    DaveMlsAnnounceCommitTransition = 29,
-    /// DAVE, server → client binary: an MLS welcome.
-    DaveMlsWelcome = 30,
-    /// DAVE, client → server JSON: `{transition_id}`.
-    DaveMlsInvalidCommitWelcome = 31,
+numbered! {
+    /// Voice gateway opcodes: every number from 0 to 31 is one.
+    pub enum Opcode: u8 {
+        /// Client → server: [`Identify`].
+        Identify = 0,
+        /// Client → server: [`SelectProtocol`].
+        SelectProtocol = 1,
+        /// Server → client: [`Ready`].
+        Ready = 2,
+        /// Client → server: [`Heartbeat`].
+        Heartbeat = 3,
+        /// Server → client: [`SessionDescription`].
+        SessionDescription = 4,
+        /// Both ways: [`Speaking`] from a client, [`MemberSpeaking`] to the
+        /// others.
+        Speaking = 5,
+        /// Server → client: [`HeartbeatAck`].
+        HeartbeatAck = 6,
+        /// Client → server: [`Resume`].
+        Resume = 7,
+        /// Server → client: [`Hello`].
+        Hello = 8,
+        /// Server → client: `d` null.
+        Resumed = 9,
+        /// Undocumented; clients that send it are not refused.
+        Undocumented10 = 10,
+        /// Server → client: [`ClientsConnect`].
+        ClientsConnect = 11,
+        /// Both ways: video streams (accepted, not acted on yet).
+        Video = 12,
+        /// Server → client: [`ClientDisconnect`].
+        ClientDisconnect = 13,
+        /// Undocumented client op.
+        SessionUpdate = 14,
+        /// Client → server: which streams it wants.
+        MediaSinkWants = 15,
+        /// Both ways: backend version query.
+        VoiceBackendVersion = 16,
+        /// Undocumented client op.
+        ChannelOptionsUpdate = 17,
+        /// Client → server: client flags.
+        ClientFlags = 18,
+        /// Undocumented client op.
+        SpeedTest = 19,
+        /// Client → server: client platform.
+        ClientPlatform = 20,
+        /// DAVE, server → client JSON: `{protocol_version, transition_id}`.
+        DavePrepareTransition = 21,
+        /// DAVE, server → client JSON: `{transition_id}`.
+        DaveExecuteTransition = 22,
+        /// DAVE, client → server JSON: `{transition_id}`.
+        DaveTransitionReady = 23,
+        /// DAVE, server → client JSON: `{protocol_version, epoch}`.
+        DavePrepareEpoch = 24,
+        /// DAVE, server → client binary: the MLS external sender.
+        DaveMlsExternalSender = 25,
+        /// DAVE, client → server binary: an MLS key package.
+        DaveMlsKeyPackage = 26,
+        /// DAVE, server → client binary: MLS proposals.
+        DaveMlsProposals = 27,
+        /// DAVE, client → server binary: an MLS commit and welcome.
+        DaveMlsCommitWelcome = 28,
+        /// DAVE, server → client binary: announce a commit transition.
+        DaveMlsAnnounceCommitTransition = 29,
+        /// DAVE, server → client binary: an MLS welcome.
+        DaveMlsWelcome = 30,
+        /// DAVE, client → server JSON: `{transition_id}`.
+        DaveMlsInvalidCommitWelcome = 31,
+    }
 }
 
 impl Opcode {
-    /// Every opcode; `ALL[n]` is op `n`.
-    pub const ALL: [Opcode; 32] = {
-        use Opcode::*;
-        [
-            Identify,
-            SelectProtocol,
-            Ready,
-            Heartbeat,
-            SessionDescription,
-            Speaking,
-            HeartbeatAck,
-            Resume,
-            Hello,
-            Resumed,
-            Undocumented10,
-            ClientsConnect,
-            Video,
-            ClientDisconnect,
-            SessionUpdate,
-            MediaSinkWants,
-            VoiceBackendVersion,
-            ChannelOptionsUpdate,
-            ClientFlags,
-            SpeedTest,
-            ClientPlatform,
-            DavePrepareTransition,
-            DaveExecuteTransition,
-            DaveTransitionReady,
-            DavePrepareEpoch,
-            DaveMlsExternalSender,
-            DaveMlsKeyPackage,
-            DaveMlsProposals,
-            DaveMlsCommitWelcome,
-            DaveMlsAnnounceCommitTransition,
-            DaveMlsWelcome,
-            DaveMlsInvalidCommitWelcome,
-        ]
-    };
-
-    /// The opcode numbered `op`, if any.
-    pub fn from_code(op: u64) -> Option<Opcode> {
-        usize::try_from(op)
-            .ok()
-            .and_then(|i| Opcode::ALL.get(i))
-            .copied()
-    }
-
     /// Whether it travels in binary frames ([`frame`]): the DAVE MLS ops
     /// 25 to 30.
     pub fn is_binary(self) -> bool {
@@ -173,85 +128,43 @@ impl Opcode {
     }
 }
 
-impl Serialize for Opcode {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u8(*self as u8)
-    }
-}
-
-/// Voice gateway close codes (DESIGN.md "Voice gateway", README "Close
-/// codes" says which refusal gets which).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum CloseCode {
-    /// An opcode the server does not know, or one only it sends.
-    UnknownOpcode = 4001,
-    /// A payload that failed to decode.
-    DecodeError = 4002,
-    /// A payload before Identify (or no Identify in time).
-    NotAuthenticated = 4003,
-    /// Wrong token, session or ids in Identify or Resume.
-    AuthenticationFailed = 4004,
-    /// A second Identify or Resume.
-    AlreadyAuthenticated = 4005,
-    /// The session is gone or cannot be resumed, or another socket took it.
-    SessionInvalid = 4006,
-    /// No heartbeat in time.
-    SessionTimeout = 4009,
-    /// `server_id` names no guild or channel of this server.
-    ServerNotFound = 4011,
-    /// Select Protocol with a protocol other than `udp`.
-    UnknownProtocol = 4012,
-    /// Channel destroyed or voice state removed: do not reconnect.
-    Disconnected = 4014,
-    /// The voice server crashed: resume.
-    ServerCrashed = 4015,
-    /// Select Protocol with a mode the server does not offer.
-    UnknownEncryptionMode = 4016,
-    /// DAVE is required and the client does not support it.
-    E2eeRequired = 4017,
-    /// Bad request (this server: an unsupported gateway version, or no room
-    /// to key another session).
-    BadRequest = 4020,
-    /// Too many messages.
-    RateLimited = 4021,
-    /// The call was terminated.
-    CallTerminated = 4022,
-}
-
-impl CloseCode {
-    /// Every close code.
-    pub const ALL: [CloseCode; 16] = {
-        use CloseCode::*;
-        [
-            UnknownOpcode,
-            DecodeError,
-            NotAuthenticated,
-            AuthenticationFailed,
-            AlreadyAuthenticated,
-            SessionInvalid,
-            SessionTimeout,
-            ServerNotFound,
-            UnknownProtocol,
-            Disconnected,
-            ServerCrashed,
-            UnknownEncryptionMode,
-            E2eeRequired,
-            BadRequest,
-            RateLimited,
-            CallTerminated,
-        ]
-    };
-
-    /// The close code numbered `code`, if any.
-    pub fn from_code(code: u16) -> Option<CloseCode> {
-        CloseCode::ALL.into_iter().find(|c| *c as u16 == code)
-    }
-}
-
-impl From<CloseCode> for u16 {
-    fn from(code: CloseCode) -> u16 {
-        code as u16
+numbered! {
+    /// Voice gateway close codes (DESIGN.md "Voice gateway", README "Close
+    /// codes" says which refusal gets which).
+    pub enum CloseCode: u16 {
+        /// An opcode the server does not know, or one only it sends.
+        UnknownOpcode = 4001,
+        /// A payload that failed to decode.
+        DecodeError = 4002,
+        /// A payload before Identify (or no Identify in time).
+        NotAuthenticated = 4003,
+        /// Wrong token, session or ids in Identify or Resume.
+        AuthenticationFailed = 4004,
+        /// A second Identify or Resume.
+        AlreadyAuthenticated = 4005,
+        /// The session is gone or cannot be resumed, or another socket took it.
+        SessionInvalid = 4006,
+        /// No heartbeat in time.
+        SessionTimeout = 4009,
+        /// `server_id` names no guild or channel of this server.
+        ServerNotFound = 4011,
+        /// Select Protocol with a protocol other than `udp`.
+        UnknownProtocol = 4012,
+        /// Channel destroyed or voice state removed: do not reconnect.
+        Disconnected = 4014,
+        /// The voice server crashed: resume.
+        ServerCrashed = 4015,
+        /// Select Protocol with a mode the server does not offer.
+        UnknownEncryptionMode = 4016,
+        /// DAVE is required and the client does not support it.
+        E2eeRequired = 4017,
+        /// Bad request (this server: an unsupported gateway version, or no room
+        /// to key another session).
+        BadRequest = 4020,
+        /// Too many messages.
+        RateLimited = 4021,
+        /// The call was terminated.
+        CallTerminated = 4022,
     }
 }
 
@@ -706,39 +619,9 @@ pub enum ServerMessage {
     ClientDisconnect(ClientDisconnect),
 }
 
-/// A client frame's `op` and raw `d`, before `d` is decoded.
-#[derive(Debug, Deserialize)]
-pub struct Envelope<'a> {
-    op: u64,
-    #[serde(borrow, default)]
-    d: Option<&'a RawValue>,
-}
-
-impl<'a> Envelope<'a> {
-    /// Parses a text frame: a JSON object with an integer `op`.
-    pub fn parse(text: &'a str) -> Result<Envelope<'a>, DecodeError> {
-        Ok(json::envelope(text)?)
-    }
-
-    /// The opcode, if the gateway has it.
-    pub fn opcode(&self) -> Result<Opcode, DecodeError> {
-        Opcode::from_code(self.op).ok_or(DecodeError::UnknownOpcode)
-    }
-}
-
-/// The wire form of a message: `{"op", "d"}`, plus `"seq"` on numbered
-/// server messages.
-#[derive(Serialize)]
-struct Out<D> {
-    op: Opcode,
-    d: D,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-}
-
+/// The text frame `{"op", "d"}`, plus `"seq"` on numbered server messages.
 fn encode<D: Serialize>(op: Opcode, d: D, seq: Option<u64>) -> String {
-    serde_json::to_string(&Out { op, d, seq })
-        .unwrap_or_else(|_| unreachable!("messages are plain data"))
+    json::encode(op, d, seq.map(|seq| ("seq", seq)))
 }
 
 impl ClientMessage {
@@ -750,24 +633,24 @@ impl ClientMessage {
     /// Decodes the `d` of a parsed frame at gateway `version` (which
     /// decides the heartbeat's shape).
     pub fn from_envelope(env: &Envelope<'_>, version: u8) -> Result<ClientMessage, DecodeError> {
-        let op = env.opcode()?;
+        let op = Opcode::from_code(env.op()).ok_or(DecodeError::UnknownOpcode)?;
         Ok(match op {
-            Opcode::Identify => ClientMessage::Identify(json::object(env.d)?),
+            Opcode::Identify => ClientMessage::Identify(json::object(env.d())?),
             Opcode::SelectProtocol => {
                 #[derive(Deserialize)]
                 struct Protocol<'a> {
                     #[serde(borrow)]
                     protocol: Cow<'a, str>,
                 }
-                let Protocol { protocol } = json::object(env.d)?;
+                let Protocol { protocol } = json::object(env.d())?;
                 if protocol != UDP {
                     return Err(DecodeError::UnknownProtocol);
                 }
-                ClientMessage::SelectProtocol(json::object(env.d)?)
+                ClientMessage::SelectProtocol(json::object(env.d())?)
             }
-            Opcode::Heartbeat => ClientMessage::Heartbeat(Heartbeat::decode(env.d, version)?),
-            Opcode::Speaking => ClientMessage::Speaking(json::object(env.d)?),
-            Opcode::Resume => ClientMessage::Resume(json::object(env.d)?),
+            Opcode::Heartbeat => ClientMessage::Heartbeat(Heartbeat::decode(env.d(), version)?),
+            Opcode::Speaking => ClientMessage::Speaking(json::object(env.d())?),
+            Opcode::Resume => ClientMessage::Resume(json::object(env.d())?),
             op if op.sent_by_server() => return Err(DecodeError::UnknownOpcode),
             op => ClientMessage::Ignored(op),
         })

@@ -12,13 +12,14 @@ fn decode(text: &str, version: u8) -> Result<ClientMessage, DecodeError> {
 
 #[test]
 fn opcodes_and_close_codes_are_numbered_as_documented() {
-    for (i, op) in Opcode::ALL.into_iter().enumerate() {
+    for (i, op) in Opcode::ALL.iter().copied().enumerate() {
         assert_eq!(op as usize, i);
         assert_eq!(Opcode::from_code(i as u64), Some(op));
     }
+    assert_eq!(Opcode::ALL.len(), 32);
     assert_eq!(Opcode::from_code(32), None);
     assert_eq!(Opcode::from_code(u64::MAX), None);
-    let codes: Vec<u16> = CloseCode::ALL.into_iter().map(u16::from).collect();
+    let codes: Vec<u16> = CloseCode::ALL.iter().copied().map(u16::from).collect();
     assert_eq!(
         codes,
         [
@@ -26,8 +27,8 @@ fn opcodes_and_close_codes_are_numbered_as_documented() {
             4021, 4022
         ]
     );
-    for c in CloseCode::ALL {
-        assert_eq!(CloseCode::from_code(c as u16), Some(c));
+    for c in CloseCode::ALL.iter().copied() {
+        assert_eq!(CloseCode::from_code(c as u64), Some(c));
     }
     assert_eq!(CloseCode::from_code(4000), None);
 }
