@@ -728,13 +728,16 @@ impl Registry {
         )
     }
 
-    /// Gateway Resume on a new connection: the same session, SSRC, key and
-    /// address; the messages after `seq_ack` (v8; None: nothing is
-    /// numbered at the connection's version) to re-deliver. Charges the
-    /// session's budget like [`Registry::identify`].
+    /// Gateway Resume on a new connection at gateway `version`: the same
+    /// session, SSRC, key and address; the messages after `seq_ack` (v8;
+    /// None: nothing is numbered at the connection's version) to
+    /// re-deliver. Charges the session's budget like
+    /// [`Registry::identify`]. Refused when the session identified at a
+    /// version with the other numbering (v8 against below).
     pub fn resume(
         &mut self,
         conn: ConnId,
+        version: u8,
         resume: &Resume,
         seq_ack: Option<u64>,
         now: Instant,
@@ -754,6 +757,11 @@ impl Registry {
         let (Some(stream), Some(ssrc)) = (&state.stream, state.ssrc) else {
             return Err(IdentifyError::SessionInvalid);
         };
+        // The session's messages are numbered (v8) or not as it identified:
+        // a connection at the other kind of version could not read them.
+        if !stream.serves(version) {
+            return Err(IdentifyError::SessionInvalid);
+        }
         let missed = match seq_ack {
             Some(seq) => stream.after(seq).ok_or(IdentifyError::SessionInvalid)?,
             None => Vec::new(),

@@ -109,6 +109,12 @@ impl Stream {
         }
     }
 
+    /// Whether a connection at gateway `version` can carry this stream:
+    /// both numbered (v8) or both not.
+    pub fn serves(&self, version: u8) -> bool {
+        (self.version >= NUMBERED) == (version >= NUMBERED)
+    }
+
     /// The messages after `seq_ack`, or None when some are no longer kept
     /// (or `seq_ack` is ahead of what was sent). Below v8 nothing is
     /// numbered: nothing to re-deliver.

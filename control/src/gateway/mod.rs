@@ -417,7 +417,14 @@ impl Connection {
     fn resume(&mut self, now: Instant, resume: &Resume, registry: &mut Registry) -> Result<()> {
         let seq_ack = resume.seq_ack_at(self.version);
         let resumed = registry
-            .resume(self.conn, resume, seq_ack, now, self.config.rate)
+            .resume(
+                self.conn,
+                self.version,
+                resume,
+                seq_ack,
+                now,
+                self.config.rate,
+            )
             .map_err(identify_refusal)?;
         self.session = Some(resume.session_id.clone());
         self.ssrc = Some(resumed.ssrc);
@@ -968,6 +975,40 @@ mod tests {
         assert_eq!(
             call.send(&mut a3, &old.to_string()),
             vec![json!({"close": 4006})]
+        );
+    }
+
+    /// Found by the gateway fuzz target: a session identified at v8
+    /// resumed on a v1 connection re-delivered its numbered v8 messages
+    /// (Ready with `seq`) to a client of a version that numbers nothing.
+    #[test]
+    fn resume_at_a_version_with_other_numbering_is_4006() {
+        for (identified_at, resumed_at) in [(8, 1), (8, 4), (4, 8)] {
+            let mut call = call();
+            let mut a = call.join(1, identified_at, "7", 0);
+            let mut b = Connection::new(config(), 2, resumed_at, call.now);
+            out(&mut b);
+            let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
+                "token": call.token, "seq_ack": -1}});
+            assert_eq!(
+                call.send(&mut b, &resume.to_string()),
+                vec![json!({"close": 4006})],
+                "v{identified_at} resumed at v{resumed_at}"
+            );
+            call.route(&mut [&mut a]);
+            assert!(out(&mut a).is_empty(), "the first connection keeps it");
+        }
+        // Versions that number alike may resume each other.
+        let mut call = call();
+        let mut a = call.join(1, 4, "7", 0);
+        a.closed(call.now, &mut call.registry);
+        let mut b = Connection::new(config(), 2, 1, call.now);
+        out(&mut b);
+        let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
+            "token": call.token}});
+        assert_eq!(
+            call.send(&mut b, &resume.to_string()),
+            vec![json!({"op": 9, "d": null})]
         );
     }
 
