@@ -7,11 +7,13 @@
 //!
 //! # Layout
 //!
-//! - [`lvsp`], [`gateway`]: sans-IO protocol state machines. They take parsed
-//!   input and `now`, and return [`Output`]s; they never touch a socket or a
-//!   clock.
+//! - [`lvsp`], [`gateway`]: sans-IO protocol state machines. They parse
+//!   frames into the `protocol` crate's types, take `now`, and return
+//!   [`Output`]s; they never touch a socket or a clock.
 //! - [`registry`]: the state both protocols change, emitting effects
-//!   (data-plane commands, messages for gateway connections).
+//!   (data-plane commands, typed messages and closes for gateway
+//!   connections); [`stream`] numbers a gateway session's messages for
+//!   Resume.
 //! - [`server`]: the thin tokio/tungstenite layer: listeners, one task per
 //!   websocket, effect dispatch, the dataplane child process.
 //! - [`link`]: the control side of the rings, with back-pressure.
@@ -21,15 +23,16 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod connection;
 pub mod gateway;
 pub mod limit;
 pub mod link;
 pub mod lvsp;
-mod protocol;
 pub mod registry;
 pub mod server;
+pub mod stream;
 
-pub use protocol::{Refusal, PRE_AUTH_MAX_MESSAGE};
+pub use connection::{Refusal, PRE_AUTH_MAX_MESSAGE};
 
 /// What a protocol state machine wants done on its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,25 +9,30 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use protocol::gateway::{
+    ClientDisconnect, ClientsConnect, CloseCode, Identify, MemberSpeaking, Resume, ServerMessage,
+};
+use protocol::lvsp::ChannelAssign;
+use protocol::Snowflake;
 use rand::RngCore;
-use serde_json::{json, Value};
 use shared::{Command, Mode, SessionSpec};
 
-use crate::gateway::{close, op, Identify, Resume, Stream, Supersedes};
 use crate::limit::{Bucket, RateLimit};
+use crate::stream::{Sequenced, Stream, Supersedes};
 
 /// Identifies one gateway websocket connection.
 pub type ConnId = u64;
 
-/// A message the registry wants delivered to one gateway connection.
+/// A message the registry wants delivered to one gateway connection. It
+/// stays typed: the connection encodes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
     /// A gateway message, already numbered in the session's stream.
-    Text(String),
+    Message(Sequenced),
     /// Close the connection with this code (e.g. 4014 channel destroyed).
     Close {
-        /// Websocket close code.
-        code: u16,
+        /// The close code.
+        code: CloseCode,
         /// Human-readable reason.
         reason: &'static str,
     },
@@ -55,10 +60,10 @@ pub enum Effect {
 /// A voice channel assigned over LVSP.
 #[derive(Debug, Clone)]
 pub struct Channel {
-    /// The channel's snowflake.
-    pub channel_id: String,
-    /// The guild's snowflake (None for DMs).
-    pub guild_id: Option<String>,
+    /// The channel.
+    pub channel_id: Snowflake,
+    /// The guild (None for DMs).
+    pub guild_id: Option<Snowflake>,
     /// The token clients present at Identify.
     pub token: String,
     /// Numeric id used on the data plane.
@@ -72,9 +77,8 @@ pub struct Channel {
 /// A user's voice state in a channel, created over LVSP.
 #[derive(Debug)]
 struct VoiceState {
-    user_id: String,
-    user: u64,
-    channel_id: String,
+    user_id: Snowflake,
+    channel_id: Snowflake,
     /// The gateway connection attached to it, if any.
     conn: Option<ConnId>,
     /// The SSRC handed out at the first Identify.
@@ -144,8 +148,8 @@ pub enum SelectError {
 pub struct Identified {
     /// The session's SSRC.
     pub ssrc: u32,
-    /// The channel's snowflake.
-    pub channel_id: String,
+    /// The channel.
+    pub channel_id: Snowflake,
 }
 
 /// What a successful Resume hands the connection.
@@ -154,18 +158,7 @@ pub struct Resumed {
     /// The session's SSRC (unchanged).
     pub ssrc: u32,
     /// The numbered messages after the client's `seq_ack`, in order.
-    pub missed: Vec<String>,
-}
-
-/// What an LVSP CHANNEL_REQ returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelAssign {
-    /// The channel's snowflake.
-    pub channel_id: String,
-    /// The guild's snowflake.
-    pub guild_id: Option<String>,
-    /// The gateway token for the channel.
-    pub token: String,
+    pub missed: Vec<Sequenced>,
 }
 
 /// Why an LVSP request was refused.
@@ -173,20 +166,17 @@ pub struct ChannelAssign {
 pub enum RequestError {
     /// VOICE_STATE_CREATE for a channel that was never requested.
     #[error("unknown channel {0}")]
-    UnknownChannel(String),
-    /// An id that should be a snowflake is not one.
-    #[error("bad snowflake {0:?}")]
-    BadSnowflake(String),
+    UnknownChannel(Snowflake),
 }
 
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
     cores: u32,
-    channels: HashMap<String, Channel>,
+    channels: HashMap<Snowflake, Channel>,
     states: HashMap<String, VoiceState>,
     /// Live voice state per (channel, user): Litecord re-sends creates.
-    by_user: HashMap<(String, String), String>,
+    by_user: HashMap<(Snowflake, Snowflake), String>,
     /// Allocated SSRCs and whose voice state holds each.
     ssrcs: HashMap<u32, String>,
     next_channel: u64,
@@ -220,13 +210,6 @@ fn random_token() -> String {
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)
-}
-
-fn snowflake(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
 }
 
 impl Registry {
@@ -333,10 +316,10 @@ impl Registry {
         }
         let orphan = self.orphaned_since.map(|t| t + self.orphan_grace);
         if !self.channels.is_empty() && orphan.is_some_and(|t| now >= t) {
-            let channels: Vec<String> = self.channels.keys().cloned().collect();
+            let channels: Vec<Snowflake> = self.channels.keys().copied().collect();
             tracing::info!(channels = channels.len(), "LVSP state expired");
             for channel_id in channels {
-                self.channel_destroy(&channel_id);
+                self.channel_destroy(channel_id);
             }
         }
     }
@@ -378,51 +361,44 @@ impl Registry {
             .count()
     }
 
-    /// A channel by snowflake.
-    pub fn channel(&self, channel_id: &str) -> Option<&Channel> {
-        self.channels.get(channel_id)
+    /// A channel.
+    pub fn channel(&self, channel_id: Snowflake) -> Option<&Channel> {
+        self.channels.get(&channel_id)
     }
 
     /// CHANNEL_REQ: creates the channel, or returns the existing assignment.
     pub fn channel_req(
         &mut self,
-        channel_id: &str,
-        guild_id: Option<&str>,
-    ) -> Result<ChannelAssign, RequestError> {
-        for id in std::iter::once(channel_id).chain(guild_id) {
-            snowflake(id).ok_or_else(|| RequestError::BadSnowflake(id.to_owned()))?;
-        }
-        if !self.channels.contains_key(channel_id) {
+        channel_id: Snowflake,
+        guild_id: Option<Snowflake>,
+    ) -> ChannelAssign {
+        let (cores, load, next) = (self.cores, &self.load, &mut self.next_channel);
+        let ch = self.channels.entry(channel_id).or_insert_with(|| {
             // Least-loaded core; ties go to the lowest index.
-            let core = (0..self.cores)
-                .min_by_key(|c| self.load[*c as usize])
-                .unwrap_or(0);
-            let num = self.next_channel;
-            self.next_channel += 1;
-            self.channels.insert(
-                channel_id.to_owned(),
-                Channel {
-                    channel_id: channel_id.to_owned(),
-                    guild_id: guild_id.map(str::to_owned),
-                    token: random_token(),
-                    num,
-                    core,
-                    members: HashSet::new(),
-                },
-            );
-        }
-        let ch = &self.channels[channel_id];
-        Ok(ChannelAssign {
-            channel_id: ch.channel_id.clone(),
-            guild_id: ch.guild_id.clone(),
+            let core = (0..cores).min_by_key(|c| load[*c as usize]).unwrap_or(0);
+            *next += 1;
+            Channel {
+                channel_id,
+                guild_id,
+                token: random_token(),
+                num: *next - 1,
+                core,
+                members: HashSet::new(),
+            }
+        });
+        ChannelAssign {
+            channel: protocol::lvsp::Channel {
+                channel_id: ch.channel_id,
+                guild_id: ch.guild_id,
+            },
             token: ch.token.clone(),
-        })
+        }
     }
 
     /// CHANNEL_DESTROY: closes every member's gateway with 4014 and removes
     /// the channel from its core. Unknown channels are ignored (idempotent).
-    pub fn channel_destroy(&mut self, channel_id: &str) {
-        let Some(ch) = self.channels.remove(channel_id) else {
+    pub fn channel_destroy(&mut self, channel_id: Snowflake) {
+        let Some(ch) = self.channels.remove(&channel_id) else {
             return;
         };
         // The data plane forgets the channel before anyone is told: a member
@@ -448,7 +424,7 @@ impl Registry {
                 self.effects.push_back(Effect::Gateway {
                     conn,
                     push: Push::Close {
-                        code: close::DISCONNECTED,
+                        code: CloseCode::Disconnected,
                         reason: "disconnected",
                     },
                 });
@@ -459,27 +435,24 @@ impl Registry {
     /// VOICE_STATE_CREATE: returns the session id (the same one on repeats).
     pub fn voice_state_create(
         &mut self,
-        user_id: &str,
-        channel_id: &str,
+        user_id: Snowflake,
+        channel_id: Snowflake,
     ) -> Result<String, RequestError> {
-        let user =
-            snowflake(user_id).ok_or_else(|| RequestError::BadSnowflake(user_id.to_owned()))?;
-        let key = (channel_id.to_owned(), user_id.to_owned());
+        let key = (channel_id, user_id);
         if let Some(sid) = self.by_user.get(&key) {
             return Ok(sid.clone());
         }
         let ch = self
             .channels
-            .get_mut(channel_id)
-            .ok_or_else(|| RequestError::UnknownChannel(channel_id.to_owned()))?;
+            .get_mut(&channel_id)
+            .ok_or(RequestError::UnknownChannel(channel_id))?;
         let session_id = random_token();
         ch.members.insert(session_id.clone());
         self.states.insert(
             session_id.clone(),
             VoiceState {
-                user_id: user_id.to_owned(),
-                user,
-                channel_id: channel_id.to_owned(),
+                user_id,
+                channel_id,
                 conn: None,
                 ssrc: None,
                 speaking: 0,
@@ -498,27 +471,21 @@ impl Registry {
 
     /// VOICE_STATE_DESTROY: removes the user's state in that channel,
     /// closing its gateway with 4014. Unknown states are ignored.
-    pub fn voice_state_destroy(&mut self, user_id: &str, channel_id: &str) {
-        let Some(sid) = self
-            .by_user
-            .get(&(channel_id.to_owned(), user_id.to_owned()))
-            .cloned()
-        else {
+    pub fn voice_state_destroy(&mut self, user_id: Snowflake, channel_id: Snowflake) {
+        let Some(sid) = self.by_user.remove(&(channel_id, user_id)) else {
             return;
         };
         if let Some(conn) = self.leave_call(&sid) {
             self.effects.push_back(Effect::Gateway {
                 conn,
                 push: Push::Close {
-                    code: close::DISCONNECTED,
+                    code: CloseCode::Disconnected,
                     reason: "disconnected",
                 },
             });
         }
-        self.by_user
-            .remove(&(channel_id.to_owned(), user_id.to_owned()));
         self.states.remove(&sid);
-        if let Some(ch) = self.channels.get_mut(channel_id) {
+        if let Some(ch) = self.channels.get_mut(&channel_id) {
             ch.members.remove(&sid);
         }
     }
@@ -537,8 +504,7 @@ impl Registry {
         let slot = state.slot.take();
         state.speaking = 0;
         let ssrc = state.ssrc.take();
-        let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
-        let user = state.user;
+        let (user_id, channel_id) = (state.user_id, state.channel_id);
         self.free_slots.extend(slot);
         let core = self.channels.get(&channel_id)?.core;
         if let Some(ssrc) = ssrc {
@@ -553,9 +519,9 @@ impl Registry {
             }
         }
         if in_call {
-            let key = Some(Supersedes::Presence(user));
-            self.broadcast(&channel_id, session_id, key, || {
-                (op::CLIENT_DISCONNECT, json!({"user_id": user_id}))
+            let key = Some(Supersedes::Presence(user_id));
+            self.broadcast(channel_id, session_id, key, || {
+                ServerMessage::ClientDisconnect(ClientDisconnect { user_id })
             });
         }
         conn
@@ -564,18 +530,18 @@ impl Registry {
     /// Numbers a message in `session_id`'s stream and delivers it if a
     /// connection is attached; a parked session keeps it for its Resume
     /// (in place of the kept message with the same `key`).
-    fn deliver(&mut self, session_id: &str, op: u64, d: Value, key: Option<Supersedes>) {
+    fn deliver(&mut self, session_id: &str, message: ServerMessage, key: Option<Supersedes>) {
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
         let Some(stream) = state.stream.as_mut() else {
             return;
         };
-        let text = stream.message_keyed(op, d, key);
+        let message = stream.message_keyed(message, key);
         if let Some(conn) = state.conn {
             self.effects.push_back(Effect::Gateway {
                 conn,
-                push: Push::Text(text),
+                push: Push::Message(message),
             });
         }
     }
@@ -583,12 +549,12 @@ impl Registry {
     /// Delivers a message to every other member in the call.
     fn broadcast(
         &mut self,
-        channel_id: &str,
+        channel_id: Snowflake,
         except: &str,
         key: Option<Supersedes>,
-        make: impl Fn() -> (u64, Value),
+        make: impl Fn() -> ServerMessage,
     ) {
-        let Some(ch) = self.channels.get(channel_id) else {
+        let Some(ch) = self.channels.get(&channel_id) else {
             return;
         };
         let mut targets: Vec<String> = ch
@@ -599,8 +565,7 @@ impl Registry {
             .collect();
         targets.sort();
         for sid in targets {
-            let (op, d) = make();
-            self.deliver(&sid, op, d, key);
+            self.deliver(&sid, make(), key);
         }
     }
 
@@ -608,15 +573,15 @@ impl Registry {
     /// and server id (and the user, when given).
     fn authenticate(
         &self,
-        server_id: &str,
-        user_id: Option<&str>,
+        server_id: Snowflake,
+        user_id: Option<Snowflake>,
         session_id: &str,
         token: &str,
     ) -> Result<&VoiceState, IdentifyError> {
         let known_server = self
             .channels
             .values()
-            .any(|c| c.guild_id.as_deref().unwrap_or(&c.channel_id) == server_id);
+            .any(|c| c.guild_id.unwrap_or(c.channel_id) == server_id);
         if !known_server {
             return Err(IdentifyError::ServerNotFound);
         }
@@ -625,7 +590,7 @@ impl Registry {
             .get(session_id)
             .ok_or(IdentifyError::AuthenticationFailed)?;
         let ch = &self.channels[&state.channel_id];
-        let expected_server = ch.guild_id.as_deref().unwrap_or(&ch.channel_id);
+        let expected_server = ch.guild_id.unwrap_or(ch.channel_id);
         let token_ok = constant_time_eq(token.as_bytes(), ch.token.as_bytes());
         if !token_ok || user_id.is_some_and(|u| u != state.user_id) || server_id != expected_server
         {
@@ -661,21 +626,21 @@ impl Registry {
         limit: RateLimit,
     ) -> Result<Identified, IdentifyError> {
         let session_id = id.session_id.as_str();
-        self.authenticate(&id.server_id, Some(&id.user_id), session_id, &id.token)?;
+        self.authenticate(id.server_id, Some(id.user_id), session_id, &id.token)?;
         if !self.spend(session_id, now, limit) {
             return Err(IdentifyError::RateLimited);
         }
         let state = &self.states[session_id];
         let ch = &self.channels[&state.channel_id];
-        let (core, num, channel_id) = (ch.core, ch.num, ch.channel_id.clone());
-        let (user, previous, ssrc) = (state.user, state.conn, state.ssrc);
+        let (core, num, channel_id) = (ch.core, ch.num, ch.channel_id);
+        let (user_id, previous, ssrc) = (state.user_id, state.conn, state.ssrc);
         // A second Identify for the same voice state replaces the first
         // connection (the client reconnected without resuming).
         if let Some(old) = previous {
             self.effects.push_back(Effect::Gateway {
                 conn: old,
                 push: Push::Close {
-                    code: close::SESSION_INVALID,
+                    code: CloseCode::SessionInvalid,
                     reason: "session replaced",
                 },
             });
@@ -703,14 +668,15 @@ impl Registry {
             command: Command::AnnounceSsrc {
                 ssrc,
                 channel: num,
-                user,
+                user: user_id.0,
             },
         });
         if joined {
-            let user_id = id.user_id.clone();
-            let key = Some(Supersedes::Presence(user));
-            self.broadcast(&channel_id, session_id, key, || {
-                (op::CLIENTS_CONNECT, json!({"user_ids": [user_id]}))
+            let key = Some(Supersedes::Presence(user_id));
+            self.broadcast(channel_id, session_id, key, || {
+                ServerMessage::ClientsConnect(ClientsConnect {
+                    user_ids: vec![user_id],
+                })
             });
         }
         Ok(Identified { ssrc, channel_id })
@@ -720,7 +686,7 @@ impl Registry {
     /// (Clients Connect) and which SSRC is whose (Speaking of the members
     /// who have spoken).
     pub fn welcome(&mut self, session_id: &str) {
-        let Some(channel_id) = self.states.get(session_id).map(|s| s.channel_id.clone()) else {
+        let Some(channel_id) = self.states.get(session_id).map(|s| s.channel_id) else {
             return;
         };
         let mut present = Vec::new();
@@ -730,46 +696,42 @@ impl Registry {
             if sid == session_id || !s.in_call() {
                 continue;
             }
-            present.push(s.user_id.clone());
+            present.push(s.user_id);
             if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
-                let d = json!({"user_id": s.user_id, "ssrc": ssrc, "speaking": s.speaking});
-                speakers.push((d, s.user));
+                speakers.push(MemberSpeaking {
+                    user_id: s.user_id,
+                    ssrc,
+                    speaking: s.speaking,
+                });
             }
         }
         if !present.is_empty() {
             present.sort();
-            self.deliver(
-                session_id,
-                op::CLIENTS_CONNECT,
-                json!({"user_ids": present}),
-                None,
-            );
+            let connect = ServerMessage::ClientsConnect(ClientsConnect { user_ids: present });
+            self.deliver(session_id, connect, None);
         }
-        for (d, user) in speakers {
-            self.deliver(
-                session_id,
-                op::SPEAKING,
-                d,
-                Some(Supersedes::Speaking(user)),
-            );
+        for speaking in speakers {
+            let key = Some(Supersedes::Speaking(speaking.user_id));
+            self.deliver(session_id, ServerMessage::Speaking(speaking), key);
         }
     }
 
     /// Numbers a message the connection sends itself (Ready, Session
     /// Description) in the session's stream.
-    pub fn message(&mut self, session_id: &str, op: u64, d: Value) -> Option<String> {
+    pub fn message(&mut self, session_id: &str, message: ServerMessage) -> Option<Sequenced> {
         Some(
             self.states
                 .get_mut(session_id)?
                 .stream
                 .as_mut()?
-                .message(op, d),
+                .message(message),
         )
     }
 
     /// Gateway Resume on a new connection at gateway `version`: the same
-    /// session, SSRC, key and address; the messages after `seq_ack` (v8)
-    /// to re-deliver. Charges the session's budget like
+    /// session, SSRC, key and address; the messages after `seq_ack` (v8;
+    /// None: nothing is numbered at the connection's version) to
+    /// re-deliver. Charges the session's budget like
     /// [`Registry::identify`]. Refused when the session identified at a
     /// version with the other numbering (v8 against below).
     pub fn resume(
@@ -777,11 +739,12 @@ impl Registry {
         conn: ConnId,
         version: u8,
         resume: &Resume,
+        seq_ack: Option<u64>,
         now: Instant,
         limit: RateLimit,
     ) -> Result<Resumed, IdentifyError> {
         let session_id = resume.session_id.as_str();
-        let authenticated = self.authenticate(&resume.server_id, None, session_id, &resume.token);
+        let authenticated = self.authenticate(resume.server_id, None, session_id, &resume.token);
         let state = match authenticated {
             // A session that no longer exists cannot be resumed (the client
             // should identify afresh); a wrong token for a live one is an
@@ -799,7 +762,7 @@ impl Registry {
         if !stream.serves(version) {
             return Err(IdentifyError::SessionInvalid);
         }
-        let missed = match resume.seq_ack {
+        let missed = match seq_ack {
             Some(seq) => stream.after(seq).ok_or(IdentifyError::SessionInvalid)?,
             None => Vec::new(),
         };
@@ -813,7 +776,7 @@ impl Registry {
             self.effects.push_back(Effect::Gateway {
                 conn: old,
                 push: Push::Close {
-                    code: close::SESSION_INVALID,
+                    code: CloseCode::SessionInvalid,
                     reason: "session resumed elsewhere",
                 },
             });
@@ -861,7 +824,7 @@ impl Registry {
         let (Some(ssrc), Some(ch)) = (state.ssrc, self.channels.get(&state.channel_id)) else {
             return Ok(());
         };
-        let (core, num, user) = (ch.core, ch.num, state.user);
+        let (core, num, user) = (ch.core, ch.num, state.user_id.0);
         let slot = match state.slot {
             Some(slot) => slot,
             None => self.take_slot().ok_or(SelectError::Full)?,
@@ -968,7 +931,7 @@ impl Registry {
                 Command::AnnounceSsrc {
                     ssrc,
                     channel: ch.num,
-                    user: state.user,
+                    user: state.user_id.0,
                 },
             );
             if let Some(spec) = &state.media {
@@ -993,16 +956,17 @@ impl Registry {
         };
         let Some(ssrc) = state.ssrc else { return };
         state.speaking = speaking;
-        let (user_id, channel_id) = (state.user_id.clone(), state.channel_id.clone());
+        let (user_id, channel_id) = (state.user_id, state.channel_id);
         // A newer Speaking of this member replaces its older one in every
         // receiver's resume buffer: a member who speaks (or rejoins) in a
         // loop never pushes another member's missed messages out.
-        let key = Some(Supersedes::Speaking(state.user));
-        self.broadcast(&channel_id, session_id, key, || {
-            (
-                op::SPEAKING,
-                json!({"user_id": user_id, "ssrc": ssrc, "speaking": speaking}),
-            )
+        let key = Some(Supersedes::Speaking(user_id));
+        self.broadcast(channel_id, session_id, key, || {
+            ServerMessage::Speaking(MemberSpeaking {
+                user_id,
+                ssrc,
+                speaking,
+            })
         });
     }
 
@@ -1044,7 +1008,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
+
+    fn sf(id: u64) -> Snowflake {
+        Snowflake(id)
+    }
 
     const LIMIT: RateLimit = RateLimit {
         per_second: 10.0,
@@ -1061,10 +1031,11 @@ mod tests {
         token: &str,
     ) -> Result<Identified, IdentifyError> {
         let id = Identify {
-            server_id: server_id.into(),
-            user_id: user_id.into(),
+            server_id: server_id.parse().unwrap(),
+            user_id: user_id.parse().unwrap(),
             session_id: session_id.into(),
             token: token.into(),
+            max_dave_protocol_version: None,
         };
         r.identify(conn, version, &id, Instant::now(), LIMIT)
     }
@@ -1080,8 +1051,8 @@ mod tests {
             .filter_map(|e| match e {
                 Effect::Gateway {
                     conn: c,
-                    push: Push::Text(t),
-                } if *c == conn => Some(serde_json::from_str(t).unwrap()),
+                    push: Push::Message(m),
+                } if *c == conn => Some(serde_json::from_str(&m.encode()).unwrap()),
                 _ => None,
             })
             .collect()
@@ -1094,25 +1065,21 @@ mod tests {
                 Effect::Gateway {
                     conn: c,
                     push: Push::Close { code, .. },
-                } if *c == conn => Some(*code),
+                } if *c == conn => Some(u16::from(*code)),
                 _ => None,
             })
             .collect()
     }
 
     #[test]
-    fn channel_req_is_idempotent_and_validates() {
+    fn channel_req_is_idempotent() {
         let mut r = Registry::new(2);
-        let a = r.channel_req("100", Some("1")).unwrap();
-        let b = r.channel_req("100", Some("1")).unwrap();
+        let a = r.channel_req(sf(100), Some(sf(1)));
+        let b = r.channel_req(sf(100), Some(sf(1)));
         assert_eq!(a, b);
         assert_eq!(a.token.len(), 32);
         assert!(matches!(
-            r.channel_req("abc", None),
-            Err(RequestError::BadSnowflake(_))
-        ));
-        assert!(matches!(
-            r.voice_state_create("7", "404"),
+            r.voice_state_create(sf(7), sf(404)),
             Err(RequestError::UnknownChannel(_))
         ));
         assert_eq!(r.channel_count(), 1);
@@ -1121,21 +1088,21 @@ mod tests {
     #[test]
     fn channels_go_to_the_least_loaded_core() {
         let mut r = Registry::new(2);
-        let t = r.channel_req("100", Some("1")).unwrap().token;
-        let sid = r.voice_state_create("7", "100").unwrap();
+        let t = r.channel_req(sf(100), Some(sf(1))).token;
+        let sid = r.voice_state_create(sf(7), sf(100)).unwrap();
         identify(&mut r, 1, 4, "1", "7", &sid, &t).unwrap();
-        assert_eq!(r.channel("100").unwrap().core, 0);
-        r.channel_req("101", Some("1")).unwrap();
-        assert_eq!(r.channel("101").unwrap().core, 1, "core 0 has a session");
+        assert_eq!(r.channel(sf(100)).unwrap().core, 0);
+        r.channel_req(sf(101), Some(sf(1)));
+        assert_eq!(r.channel(sf(101)).unwrap().core, 1, "core 0 has a session");
     }
 
     #[test]
     fn identify_checks_everything_and_ssrc_lands_on_owner_core() {
         let mut r = Registry::new(3);
-        let ch = r.channel_req("100", Some("1")).unwrap();
-        let sid = r.voice_state_create("7", "100").unwrap();
-        assert_eq!(r.voice_state_create("7", "100").unwrap(), sid);
-        let core = r.channel("100").unwrap().core;
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let sid = r.voice_state_create(sf(7), sf(100)).unwrap();
+        assert_eq!(r.voice_state_create(sf(7), sf(100)).unwrap(), sid);
+        let core = r.channel(sf(100)).unwrap().core;
         for (server, user, session, token, err) in [
             (
                 "1",
@@ -1190,8 +1157,8 @@ mod tests {
     #[test]
     fn dm_channels_use_channel_id_as_server_id() {
         let mut r = Registry::new(1);
-        let ch = r.channel_req("555", None).unwrap();
-        let sid = r.voice_state_create("7", "555").unwrap();
+        let ch = r.channel_req(sf(555), None);
+        let sid = r.voice_state_create(sf(7), sf(555)).unwrap();
         assert!(identify(&mut r, 1, 4, "555", "7", &sid, &ch.token).is_ok());
     }
 
@@ -1209,9 +1176,9 @@ mod tests {
     #[test]
     fn members_see_each_other_and_destroy_closes_4014() {
         let mut r = Registry::new(1);
-        let ch = r.channel_req("100", Some("1")).unwrap();
-        let a = r.voice_state_create("7", "100").unwrap();
-        let b = r.voice_state_create("8", "100").unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
         let ia = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         r.speaking(&a, 1);
         effects(&mut r);
@@ -1229,7 +1196,7 @@ mod tests {
                 json!({"op": 5, "d": {"user_id": "7", "ssrc": ia.ssrc, "speaking": 1}}),
             ]
         );
-        r.channel_destroy("100");
+        r.channel_destroy(sf(100));
         let e = effects(&mut r);
         assert_eq!(
             e[0],
@@ -1248,11 +1215,11 @@ mod tests {
     #[test]
     fn voice_state_destroy_removes_the_session() {
         let mut r = Registry::new(1);
-        let ch = r.channel_req("100", Some("1")).unwrap();
-        let a = r.voice_state_create("7", "100").unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let id = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
-        r.voice_state_destroy("7", "100");
+        r.voice_state_destroy(sf(7), sf(100));
         let e = effects(&mut r);
         assert!(e.contains(&Effect::Dataplane {
             core: 0,
@@ -1261,15 +1228,15 @@ mod tests {
         assert_eq!(closes(&e, 10), vec![4014]);
         assert!(identify(&mut r, 11, 4, "1", "7", &a, &ch.token).is_err());
         // A move: a new state in the same channel gets a new session id.
-        let b = r.voice_state_create("7", "100").unwrap();
+        let b = r.voice_state_create(sf(7), sf(100)).unwrap();
         assert_ne!(a, b);
     }
 
     #[test]
     fn a_second_identify_replaces_the_first_connection() {
         let mut r = Registry::new(1);
-        let ch = r.channel_req("100", Some("1")).unwrap();
-        let a = r.voice_state_create("7", "100").unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let first = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
         let second = identify(&mut r, 11, 8, "1", "7", &a, &ch.token).unwrap();
@@ -1282,10 +1249,10 @@ mod tests {
     #[test]
     fn resync_pushes_every_session_with_its_key_and_proven_address() {
         let mut r = Registry::new(1);
-        let ch = r.channel_req("100", Some("1")).unwrap();
-        let a = r.voice_state_create("7", "100").unwrap();
-        let b = r.voice_state_create("8", "100").unwrap();
-        let _unjoined = r.voice_state_create("9", "100").unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
+        let _unjoined = r.voice_state_create(sf(9), sf(100)).unwrap();
         let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
@@ -1333,8 +1300,8 @@ mod tests {
     #[test]
     fn proven_addresses_are_bound_on_the_other_cores() {
         let mut r = Registry::new(3);
-        let ch = r.channel_req("100", Some("1")).unwrap();
-        let a = r.voice_state_create("7", "100").unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let id = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let owner = id.ssrc % 3;
         r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
@@ -1410,9 +1377,9 @@ mod tests {
     fn select_protocol_fails_when_every_slot_is_taken() {
         let mut r = Registry::new(1);
         r.set_counter_slots(1);
-        let ch = r.channel_req("100", Some("1")).unwrap();
-        let a = r.voice_state_create("7", "100").unwrap();
-        let b = r.voice_state_create("8", "100").unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
         identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         let key = [2; 32];

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use scripts::lvsp::{LvspClient, LvspEvent};
 use scripts::{ClientError, Mode, VoiceClient};
 use support::ServerProcess;
@@ -76,8 +76,11 @@ async fn call(server: &ServerProcess) {
         .channel_req(CHANNEL, Some(GUILD))
         .await
         .expect("CHANNEL_ASSIGN");
-    assert_eq!(assign.channel_id, CHANNEL);
-    assert_eq!(assign.guild_id.as_deref(), Some(GUILD));
+    assert_eq!(assign.channel.channel_id.to_string(), CHANNEL);
+    assert_eq!(
+        assign.channel.guild_id.map(|g| g.to_string()).as_deref(),
+        Some(GUILD)
+    );
     let users = [
         "80351110224678912",
         "80351110224678913",
@@ -90,7 +93,7 @@ async fn call(server: &ServerProcess) {
             .voice_state_create(user, CHANNEL, Some(GUILD))
             .await
             .expect("VOICE_STATE_DONE");
-        assert_eq!(done.user_id, user);
+        assert_eq!(done.state.user_id.to_string(), user);
         states.push(done);
     }
 
@@ -102,17 +105,17 @@ async fn call(server: &ServerProcess) {
             &server.gateway_url,
             version,
             GUILD,
-            &state.user_id,
+            &state.state.user_id.to_string(),
             &state.session_id,
             &assign.token,
-            Mode::AeadAes256GcmRtpsize,
+            Mode::Aes256GcmRtpSize,
         )
         .await
         .unwrap_or_else(|e| panic!("client {i} join: {e}"));
-        assert_eq!(client.ready.ip, "127.0.0.1");
+        assert_eq!(client.ready.ip.to_string(), "127.0.0.1");
         assert_eq!(client.ready.port, server.udp.port());
         assert_eq!(client.ready.modes[0], "aead_aes256_gcm_rtpsize");
-        assert_eq!(client.session.dave_protocol_version, Some(0));
+        assert_eq!(client.session.dave_protocol_version, 0);
         clients.push(client);
     }
     let ssrcs: Vec<u32> = clients.iter().map(|c| c.ssrc()).collect();
@@ -137,8 +140,8 @@ async fn call(server: &ServerProcess) {
                 .await
                 .expect("speaking relayed")
             {
-                GatewayEvent::Speaking(s) => {
-                    assert_eq!(s.user_id.as_deref(), Some(users[0]));
+                GatewayEvent::Message(ServerMessage::Speaking(s)) => {
+                    assert_eq!(s.user_id.to_string(), users[0]);
                     assert_eq!(s.ssrc, ssrcs[0]);
                     break;
                 }

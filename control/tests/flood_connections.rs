@@ -89,7 +89,7 @@ async fn join(server: &ServerProcess, legit: &mut Legit) -> Result<VoiceClient, 
             &user,
             &done.session_id,
             &legit.token,
-            Mode::AeadAes256GcmRtpsize,
+            Mode::Aes256GcmRtpSize,
         ),
     )
     .await

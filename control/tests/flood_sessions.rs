@@ -17,7 +17,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use protocol::Snowflake;
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use scripts::{ClientError, LvspClient};
 use serde_json::json;
 use support::{assert_call_flows, join_call, ServerProcess, SECRET};
@@ -193,7 +194,7 @@ async fn reconnecting_speaking_flood_cannot_evict_a_parked_members_messages() {
     let mut events = Vec::new();
     let resumed = loop {
         match back.next_event_timeout(Duration::from_secs(5)).await {
-            Ok(GatewayEvent::Resumed) => break Ok(()),
+            Ok(GatewayEvent::Message(ServerMessage::Resumed)) => break Ok(()),
             Ok(GatewayEvent::Closed(code)) | Err(ClientError::Closed(code)) => break Err(code),
             Ok(_) => continue,
             Err(e) => panic!("no answer to Resume: {e}"),
@@ -226,12 +227,13 @@ async fn reconnecting_speaking_flood_cannot_evict_a_parked_members_messages() {
     assert_eq!(resumed, Ok(()), "the parked member resumes");
     assert!(
         events.iter().any(|e| matches!(e,
-            GatewayEvent::Speaking(s) if s.user_id.as_deref() == Some("10203"))),
+            GatewayEvent::Message(ServerMessage::Speaking(s)) if s.user_id == Snowflake(10203))),
         "it learns the flooder's latest Speaking: {events:?}"
     );
     assert!(
         events.iter().any(|e| matches!(e,
-            GatewayEvent::ClientsConnect(ids) if ids.iter().any(|u| u == "10204"))),
+            GatewayEvent::Message(ServerMessage::ClientsConnect(c))
+                if c.user_ids.contains(&Snowflake(10204)))),
         "it learns who joined while it was away: {events:?}"
     );
     assert!(
@@ -283,7 +285,11 @@ async fn reidentifying_does_not_refill_the_message_budget() {
             .next_event_timeout(listen_until.saturating_duration_since(Instant::now()))
             .await
         {
-            Ok(GatewayEvent::Speaking(s)) if s.user_id.as_deref() == Some("10303") => heard += 1,
+            Ok(GatewayEvent::Message(ServerMessage::Speaking(s)))
+                if s.user_id == Snowflake(10303) =>
+            {
+                heard += 1
+            }
             Ok(GatewayEvent::Closed(code)) => panic!("the member was closed: {code:?}"),
             _ => continue,
         }

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use protocol::Snowflake;
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use scripts::{ClientError, LvspClient, Mode, VoiceClient};
 use serde_json::json;
 use support::{assert_call_flows, join_call, ServerProcess};
@@ -74,7 +75,7 @@ async fn every_mode_at_v4_and_v8_in_one_channel() {
             )
             .await
             .unwrap_or_else(|e| panic!("v{version} {}: {e}", mode.name()));
-            assert_eq!(member.session.mode, mode.name());
+            assert_eq!(member.session.mode, mode);
             members.push(member);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -128,22 +129,22 @@ async fn resume_keeps_media_flowing_and_redelivers_what_was_missed() {
     .await
     .unwrap();
     next_matching(&mut back, "Resumed", |e| {
-        matches!(e, GatewayEvent::Resumed).then_some(())
+        matches!(e, GatewayEvent::Message(ServerMessage::Resumed)).then_some(())
     })
     .await;
     // Everything numbered after seq_ack comes again: 6003's arrival, and
     // anything else the old socket had not read yet (6002's, say).
     loop {
         let joined = next_matching(&mut back, "the missed Clients Connect", |e| match e {
-            GatewayEvent::ClientsConnect(ids) => Some(ids.clone()),
+            GatewayEvent::Message(ServerMessage::ClientsConnect(c)) => Some(c.user_ids.clone()),
             _ => None,
         })
         .await;
         assert!(
-            joined.iter().all(|u| u == "6002" || u == "6003"),
+            joined.iter().all(|u| [6002, 6003].contains(&u.0)),
             "{joined:?}"
         );
-        if joined == ["6003"] {
+        if joined == [Snowflake(6003)] {
             break;
         }
     }
@@ -169,11 +170,11 @@ async fn an_unresumed_session_leaves_after_the_grace_period() {
     call[0].stop_heartbeat();
     call[0].gateway.close(1001).await.unwrap();
     let left = next_matching(&mut call[1].gateway, "Client Disconnect", |e| match e {
-        GatewayEvent::ClientDisconnect(user) => Some(user.clone()),
+        GatewayEvent::Message(ServerMessage::ClientDisconnect(c)) => Some(c.user_id),
         _ => None,
     })
     .await;
-    assert_eq!(left, "7001");
+    assert_eq!(left, Snowflake(7001));
     // Its SSRC is off the data plane: its packets are dropped.
     call[0].udp.send_opus(b"too late").await.unwrap();
     server.wait_metrics(Duration::from_secs(5), "an unknown SSRC", |s| {
@@ -257,7 +258,7 @@ async fn close_codes_on_live_sockets() {
         ["aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"]
     );
     let _ = legacy
-        .select_protocol("127.0.0.1", 4000, Mode::XSalsa20Poly1305)
+        .select_protocol([127, 0, 0, 1].into(), 4000, Mode::XSalsa20Poly1305)
         .await;
     assert_eq!(close_code(&mut legacy).await, Some(4016));
 

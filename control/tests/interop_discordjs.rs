@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use scripts::gateway::ServerMessage;
 use scripts::{ClientError, GatewayEvent, LvspClient, Mode, VoiceClient};
 use serde_json::{json, Value};
 use support::ServerProcess;
@@ -162,7 +163,7 @@ fn hex_frames(frames: &[Vec<u8>]) -> Vec<String> {
 /// this project's client uses AES-GCM too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discordjs_voice_sends_and_receives_through_the_server() {
-    interop(&[], "aead_aes256_gcm_rtpsize", Mode::AeadAes256GcmRtpsize).await;
+    interop(&[], "aead_aes256_gcm_rtpsize", Mode::Aes256GcmRtpSize).await;
 }
 
 /// Only XChaCha20 and the legacy secretbox offered: discord.js must take
@@ -411,18 +412,18 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         .await
     {
         match event {
-            GatewayEvent::ClientsConnect(ids) => connected |= ids.iter().any(|u| u == DJS_USER),
-            GatewayEvent::Speaking(s) => speaking.push(s),
+            GatewayEvent::Message(ServerMessage::ClientsConnect(c)) => {
+                connected |= c.user_ids.iter().any(|u| u.to_string() == DJS_USER)
+            }
+            GatewayEvent::Message(ServerMessage::Speaking(s)) => speaking.push(s),
             _ => {}
         }
     }
     assert!(connected, "no Clients Connect (op 11) for {DJS_USER}");
     assert!(
-        speaking
-            .iter()
-            .any(|s| s.user_id.as_deref() == Some(DJS_USER)
-                && s.ssrc == djs_ssrc
-                && s.speaking & 1 == 1),
+        speaking.iter().any(|s| s.user_id.to_string() == DJS_USER
+            && s.ssrc == djs_ssrc
+            && s.speaking & 1 == 1),
         "no Speaking (op 5) from {DJS_USER} with SSRC {djs_ssrc}: {speaking:?}"
     );
 }

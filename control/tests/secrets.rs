@@ -190,7 +190,7 @@ async fn trace_logs_carry_no_secrets() {
             user,
             &done.session_id,
             &assign.token,
-            Mode::AeadAes256GcmRtpsize,
+            Mode::Aes256GcmRtpSize,
         )
         .await
         .unwrap();

@@ -133,7 +133,7 @@ impl ServerTarget {
             secret: secret.to_owned(),
             gateway_url: gateway_url.to_owned(),
             cert: None,
-            mode: Mode::AeadAes256GcmRtpsize,
+            mode: Mode::Aes256GcmRtpSize,
             gateway_version: 8,
         }
     }
@@ -251,7 +251,7 @@ impl Config {
     fn mode(&self) -> Mode {
         self.server
             .as_ref()
-            .map_or(Mode::AeadAes256GcmRtpsize, |s| s.mode)
+            .map_or(Mode::Aes256GcmRtpSize, |s| s.mode)
     }
 
     /// Payload bytes (after the 12-byte header) so the datagram is
@@ -1176,7 +1176,7 @@ enum Sealer {
 impl Sealer {
     fn new(mode: Mode, key: &[u8; 32]) -> Result<Self, CryptoError> {
         Ok(match mode {
-            Mode::AeadAes256GcmRtpsize => Sealer::Aes(Box::new(
+            Mode::Aes256GcmRtpSize => Sealer::Aes(Box::new(
                 Aes256Gcm::new_from_slice(key).map_err(|_| CryptoError::KeyLength(key.len()))?,
             )),
             _ => Sealer::Generic(Box::new(Cipher::new(mode, key)?)),
@@ -1334,19 +1334,19 @@ mod tests {
     #[test]
     fn aes_in_place_matches_cipher() {
         let key = [9u8; 32];
-        let mut sealer = Sealer::new(Mode::AeadAes256GcmRtpsize, &key).expect("key");
+        let mut sealer = Sealer::new(Mode::Aes256GcmRtpSize, &key).expect("key");
         let mut buf = [0u8; MAX_DATAGRAM];
         write_header(&mut buf, 5, 4800, 42);
         write_payload(&mut buf[12..140], 1, 5, 42);
         let plain = buf[..140].to_vec();
         let len = sealer.seal(&mut buf, 140, 3).expect("seal");
         assert_eq!(len, 160);
-        let cipher = Cipher::new(Mode::AeadAes256GcmRtpsize, &key).expect("key");
+        let cipher = Cipher::new(Mode::Aes256GcmRtpSize, &key).expect("key");
         assert_eq!(cipher.decrypt(&buf[..len]).expect("open"), plain);
         let wire = cipher.encrypt_with(&plain, 3, [0; 24]).expect("seal");
         assert_eq!(wire, buf[..len]);
 
-        let opener = Sealer::new(Mode::AeadAes256GcmRtpsize, &key).expect("key");
+        let opener = Sealer::new(Mode::Aes256GcmRtpSize, &key).expect("key");
         let mut copy = buf;
         let opened = opener.open(&mut copy, len).expect("open");
         assert_eq!((opened.ssrc, opened.seq), (42, 5));

@@ -9,7 +9,6 @@
 //! ready for [`RtpPacket::parse`](crate::rtp::RtpPacket::parse).
 
 use std::fmt;
-use std::str::FromStr;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
@@ -17,12 +16,12 @@ use chacha20poly1305::XChaCha20Poly1305;
 use crypto_secretbox::XSalsa20Poly1305;
 use rand::RngCore;
 
+pub use protocol::{Mode, TAG_LEN};
+
 use crate::rtp::{rtpsize_header_len, PacketError, FIXED_HEADER_LEN};
 
 /// Length of the session key.
 pub const KEY_LEN: usize = 32;
-/// Length of the Poly1305 / GCM tag.
-pub const TAG_LEN: usize = 16;
 
 /// Why a packet could not be sealed or opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,9 +29,6 @@ pub enum CryptoError {
     /// The key is not 32 bytes long.
     #[error("session key must be 32 bytes, got {0}")]
     KeyLength(usize),
-    /// The mode name is not one of the five.
-    #[error("unknown encryption mode {0:?}")]
-    UnknownMode(String),
     /// The packet is too short for its headers, tag and nonce.
     #[error(transparent)]
     Packet(#[from] PacketError),
@@ -42,82 +38,6 @@ pub enum CryptoError {
     /// The cipher refused to encrypt (only on absurd lengths).
     #[error("encryption failed")]
     Encrypt,
-}
-
-/// A transport encryption mode, named as on the voice gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// `aead_aes256_gcm_rtpsize`.
-    AeadAes256GcmRtpsize,
-    /// `aead_xchacha20_poly1305_rtpsize`.
-    AeadXChaCha20Poly1305Rtpsize,
-    /// `xsalsa20_poly1305_lite`.
-    XSalsa20Poly1305Lite,
-    /// `xsalsa20_poly1305_suffix`.
-    XSalsa20Poly1305Suffix,
-    /// `xsalsa20_poly1305`.
-    XSalsa20Poly1305,
-}
-
-impl Mode {
-    /// Every mode, in the order the server offers them.
-    pub const ALL: [Mode; 5] = [
-        Mode::AeadAes256GcmRtpsize,
-        Mode::AeadXChaCha20Poly1305Rtpsize,
-        Mode::XSalsa20Poly1305Lite,
-        Mode::XSalsa20Poly1305Suffix,
-        Mode::XSalsa20Poly1305,
-    ];
-
-    /// The gateway name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::AeadAes256GcmRtpsize => "aead_aes256_gcm_rtpsize",
-            Mode::AeadXChaCha20Poly1305Rtpsize => "aead_xchacha20_poly1305_rtpsize",
-            Mode::XSalsa20Poly1305Lite => "xsalsa20_poly1305_lite",
-            Mode::XSalsa20Poly1305Suffix => "xsalsa20_poly1305_suffix",
-            Mode::XSalsa20Poly1305 => "xsalsa20_poly1305",
-        }
-    }
-
-    /// The mode with this exact gateway name.
-    pub fn from_name(name: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    /// True for the `_rtpsize` modes (CSRCs and extension preamble in clear).
-    pub fn is_rtpsize(self) -> bool {
-        matches!(
-            self,
-            Mode::AeadAes256GcmRtpsize | Mode::AeadXChaCha20Poly1305Rtpsize
-        )
-    }
-
-    /// Bytes the mode adds to a plaintext packet (tag plus nonce trailer).
-    pub fn overhead(self) -> usize {
-        TAG_LEN
-            + match self {
-                Mode::AeadAes256GcmRtpsize
-                | Mode::AeadXChaCha20Poly1305Rtpsize
-                | Mode::XSalsa20Poly1305Lite => 4,
-                Mode::XSalsa20Poly1305Suffix => 24,
-                Mode::XSalsa20Poly1305 => 0,
-            }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = CryptoError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Mode::from_name(s).ok_or_else(|| CryptoError::UnknownMode(s.to_owned()))
-    }
 }
 
 enum Sealer {
@@ -150,8 +70,8 @@ impl Cipher {
             .try_into()
             .map_err(|_| CryptoError::KeyLength(key.len()))?;
         let aead = match mode {
-            Mode::AeadAes256GcmRtpsize => Sealer::Aes(Box::new(Aes256Gcm::new(&key.into()))),
-            Mode::AeadXChaCha20Poly1305Rtpsize => {
+            Mode::Aes256GcmRtpSize => Sealer::Aes(Box::new(Aes256Gcm::new(&key.into()))),
+            Mode::XChaCha20Poly1305RtpSize => {
                 Sealer::XChaCha(Box::new(XChaCha20Poly1305::new(&key.into())))
             }
             _ => Sealer::XSalsa(Box::new(XSalsa20Poly1305::new(&key.into()))),
@@ -195,9 +115,7 @@ impl Cipher {
         let out = self.encrypt_with(packet, self.counter, suffix)?;
         if matches!(
             self.mode,
-            Mode::AeadAes256GcmRtpsize
-                | Mode::AeadXChaCha20Poly1305Rtpsize
-                | Mode::XSalsa20Poly1305Lite
+            Mode::Aes256GcmRtpSize | Mode::XChaCha20Poly1305RtpSize | Mode::XSalsa20Poly1305Lite
         ) {
             self.counter = self.counter.wrapping_add(1);
         }
@@ -327,19 +245,9 @@ mod tests {
     }
 
     #[test]
-    fn names_round_trip() {
-        for m in Mode::ALL {
-            assert_eq!(Mode::from_name(m.name()), Some(m));
-            assert_eq!(m.name().parse::<Mode>(), Ok(m));
-        }
-        assert_eq!(Mode::from_name("aead_aes256_gcm"), None);
-        assert!("plain".parse::<Mode>().is_err());
-    }
-
-    #[test]
     fn key_length_checked() {
         assert_eq!(
-            Cipher::new(Mode::AeadAes256GcmRtpsize, &[0; 16]).map(|_| ()),
+            Cipher::new(Mode::Aes256GcmRtpSize, &[0; 16]).map(|_| ()),
             Err(CryptoError::KeyLength(16))
         );
     }
@@ -386,7 +294,7 @@ mod tests {
             payload: vec![1],
         }
         .to_bytes();
-        let mut c = Cipher::new(Mode::AeadAes256GcmRtpsize, &[0; 32])
+        let mut c = Cipher::new(Mode::Aes256GcmRtpSize, &[0; 32])
             .expect("key")
             .with_counter(u32::MAX);
         let a = c.encrypt(&plain).expect("seal");
@@ -409,8 +317,8 @@ mod tests {
         }
         .to_bytes();
         let cases = [
-            (Mode::AeadAes256GcmRtpsize, KAT_AES),
-            (Mode::AeadXChaCha20Poly1305Rtpsize, KAT_XCHACHA),
+            (Mode::Aes256GcmRtpSize, KAT_AES),
+            (Mode::XChaCha20Poly1305RtpSize, KAT_XCHACHA),
             (Mode::XSalsa20Poly1305Lite, KAT_LITE),
             (Mode::XSalsa20Poly1305Suffix, KAT_SUFFIX),
             (Mode::XSalsa20Poly1305, KAT_PLAIN),

@@ -197,7 +197,7 @@ pub async fn call_under_flood(config: &CallUnderFlood) -> Result<FloodOutcome> {
                 user,
                 &done.session_id,
                 &assign.token,
-                Mode::AeadAes256GcmRtpsize,
+                Mode::Aes256GcmRtpSize,
             )
             .await?,
         );
@@ -205,7 +205,7 @@ pub async fn call_under_flood(config: &CallUnderFlood) -> Result<FloodOutcome> {
     let mut listener = members.pop().expect("two members");
     let mut talker = members.pop().expect("two members");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let health_before = lvsp.heartbeat().await?.unwrap_or(0.0);
+    let health_before = lvsp.heartbeat().await?;
 
     let mut flood = config.flood.clone();
     flood.target = talker.udp.server_addr();
@@ -231,9 +231,7 @@ pub async fn call_under_flood(config: &CallUnderFlood) -> Result<FloodOutcome> {
         talker.udp.send_opus(payload.as_bytes()).await?;
         sent += 1;
         if sent % 25 == 0 {
-            if let Some(h) = lvsp.heartbeat().await? {
-                health_during = health_during.min(h);
-            }
+            health_during = health_during.min(lvsp.heartbeat().await?);
         }
     }
     let flood = flooding

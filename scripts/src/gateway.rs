@@ -1,202 +1,47 @@
 //! The Discord voice gateway from the client side (DESIGN.md "Voice
 //! gateway"): versions 4 to 8, Identify / Select Protocol / Speaking /
 //! Heartbeat, with close codes observable as [`GatewayEvent::Closed`] or
-//! [`ClientError::Closed`].
+//! [`ClientError::Closed`]. The messages are the `protocol` crate's
+//! ([`protocol::gateway`]); [`GatewayClient`] sends and awaits them.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use protocol::gateway::{
+    ClientMessage, Heartbeat, HeartbeatAck, Millis, Nonce, Resume, SelectProtocol,
+    SelectProtocolData, Speaking, UDP,
+};
+pub use protocol::gateway::{
+    Identify, Ready, ServerMessage, SessionDescription, SPEAKING_MICROPHONE,
+};
+use protocol::Snowflake;
+use serde_json::Value;
 
-use crate::crypto::{Mode, KEY_LEN};
+use crate::crypto::Mode;
 use crate::error::{ClientError, Result};
 use crate::ws::{Frame, HeartbeatTask, WsConn, WsWriter};
-
-/// Voice gateway opcodes.
-pub mod op {
-    /// client → server.
-    pub const IDENTIFY: u64 = 0;
-    /// client → server.
-    pub const SELECT_PROTOCOL: u64 = 1;
-    /// server → client.
-    pub const READY: u64 = 2;
-    /// client → server.
-    pub const HEARTBEAT: u64 = 3;
-    /// server → client.
-    pub const SESSION_DESCRIPTION: u64 = 4;
-    /// both ways.
-    pub const SPEAKING: u64 = 5;
-    /// server → client.
-    pub const HEARTBEAT_ACK: u64 = 6;
-    /// client → server.
-    pub const RESUME: u64 = 7;
-    /// server → client.
-    pub const HELLO: u64 = 8;
-    /// server → client.
-    pub const RESUMED: u64 = 9;
-    /// server → client.
-    pub const CLIENTS_CONNECT: u64 = 11;
-    /// server → client.
-    pub const CLIENT_DISCONNECT: u64 = 13;
-}
-
-/// Voice gateway close codes.
-pub mod close_code {
-    /// Unknown opcode.
-    pub const UNKNOWN_OPCODE: u16 = 4001;
-    /// Failed to decode payload.
-    pub const DECODE_ERROR: u16 = 4002;
-    /// Not authenticated.
-    pub const NOT_AUTHENTICATED: u16 = 4003;
-    /// Authentication failed.
-    pub const AUTHENTICATION_FAILED: u16 = 4004;
-    /// Already authenticated.
-    pub const ALREADY_AUTHENTICATED: u16 = 4005;
-    /// Session no longer valid.
-    pub const SESSION_INVALID: u16 = 4006;
-    /// Session timeout.
-    pub const SESSION_TIMEOUT: u16 = 4009;
-    /// Server not found.
-    pub const SERVER_NOT_FOUND: u16 = 4011;
-    /// Unknown protocol.
-    pub const UNKNOWN_PROTOCOL: u16 = 4012;
-    /// Disconnected (channel destroyed / state removed).
-    pub const DISCONNECTED: u16 = 4014;
-    /// Voice server crashed.
-    pub const SERVER_CRASHED: u16 = 4015;
-    /// Unknown encryption mode.
-    pub const UNKNOWN_ENCRYPTION_MODE: u16 = 4016;
-    /// Bad request.
-    pub const BAD_REQUEST: u16 = 4020;
-    /// Rate limited.
-    pub const RATE_LIMITED: u16 = 4021;
-    /// Call terminated.
-    pub const CALL_TERMINATED: u16 = 4022;
-}
-
-/// Speaking flag: microphone.
-pub const SPEAKING_MICROPHONE: u64 = 1;
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Identify op 0 data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identify {
-    /// Guild id (or channel id for DMs).
-    pub server_id: String,
-    /// User id.
-    pub user_id: String,
-    /// VOICE_STATE_DONE session id.
-    pub session_id: String,
-    /// CHANNEL_ASSIGN token.
-    pub token: String,
-    /// Highest DAVE version we speak (0: none).
-    pub max_dave_protocol_version: u64,
-}
-
-/// Ready op 2 data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ready {
-    /// Our SSRC.
-    pub ssrc: u32,
-    /// The voice UDP address.
-    pub ip: String,
-    /// The voice UDP port.
-    pub port: u16,
-    /// Encryption modes offered, preferred first.
-    pub modes: Vec<String>,
-    /// Heartbeat interval in ms, if the server put one here (old versions).
-    #[serde(default)]
-    pub heartbeat_interval: Option<f64>,
-}
-
-impl Ready {
-    /// The voice UDP address.
-    pub fn addr(&self) -> Result<SocketAddr> {
-        let ip: IpAddr = self
-            .ip
-            .parse()
-            .map_err(|_| ClientError::Protocol(format!("Ready ip {:?} is not an IP", self.ip)))?;
-        Ok(SocketAddr::new(ip, self.port))
-    }
-
-    /// The offered modes this library implements, in the server's order.
-    pub fn known_modes(&self) -> Vec<Mode> {
-        self.modes
-            .iter()
-            .filter_map(|m| Mode::from_name(m))
-            .collect()
-    }
-}
-
-/// Session Description op 4 data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionDescription {
-    /// The mode chosen.
-    pub mode: String,
-    /// The session key (32 bytes).
-    pub secret_key: Vec<u8>,
-    /// DAVE version (0 without DAVE); `None` if the server left it out.
-    #[serde(default)]
-    pub dave_protocol_version: Option<u64>,
-}
-
-impl SessionDescription {
-    /// The key as an array, if it has 32 bytes.
-    pub fn key(&self) -> Result<[u8; KEY_LEN]> {
-        self.secret_key.as_slice().try_into().map_err(|_| {
-            ClientError::Protocol(format!("secret_key has {} bytes", self.secret_key.len()))
-        })
-    }
-}
-
-/// Speaking op 5 from the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Speaking {
-    /// Who (absent in some echoes).
-    #[serde(default)]
-    pub user_id: Option<String>,
-    /// Their SSRC.
-    pub ssrc: u32,
-    /// Speaking flags.
-    pub speaking: u64,
-}
-
 /// Something the gateway sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GatewayEvent {
-    /// Hello op 8, interval in ms.
-    Hello {
-        /// Heartbeat interval in milliseconds.
-        heartbeat_interval: f64,
-    },
-    /// Ready op 2.
-    Ready(Ready),
-    /// Session Description op 4.
-    SessionDescription(SessionDescription),
-    /// Speaking op 5.
-    Speaking(Speaking),
-    /// Heartbeat ACK op 6 with its `d` (an integer below v8, `{t}` at v8).
-    HeartbeatAck(Value),
-    /// Resumed op 9.
-    Resumed,
-    /// Clients Connect op 11.
-    ClientsConnect(Vec<String>),
-    /// Client Disconnect op 13.
-    ClientDisconnect(String),
-    /// Any other op, or a known one whose data did not parse.
+    /// A message.
+    Message(ServerMessage),
+    /// A JSON message that is none of [`ServerMessage`]'s (an op this
+    /// library does not read, or a known one whose data did not decode),
+    /// whole.
     Other {
         /// The op.
         op: u64,
         /// The whole message.
         message: Value,
     },
-    /// A binary frame (DAVE at v8).
+    /// A binary frame (DAVE at v8; see `protocol::gateway::frame`).
     Binary(Vec<u8>),
     /// The server closed the websocket (close code, if any).
     Closed(Option<u16>),
@@ -213,60 +58,37 @@ pub fn gateway_url(base: &str, version: u8) -> String {
     }
 }
 
-/// Encodes `{"op": op, "d": d}`.
-pub fn encode(op: u64, d: Value) -> String {
-    json!({ "op": op, "d": d }).to_string()
-}
-
-/// The Heartbeat op 3 of `version`: a bare nonce below v8, `{t, seq_ack}`
-/// at v8 and above.
-pub fn encode_heartbeat(version: u8, nonce: u64, seq_ack: i64) -> String {
-    if version >= 8 {
-        encode(op::HEARTBEAT, json!({ "t": nonce, "seq_ack": seq_ack }))
-    } else {
-        encode(op::HEARTBEAT, json!(nonce))
-    }
-}
-
 /// Decodes a server text frame into the event and its top-level `seq`.
-pub fn decode(text: &str) -> Result<(GatewayEvent, Option<i64>)> {
+/// Text that is not JSON, or JSON without an integer `op`, is an error.
+pub fn decode(text: &str) -> Result<(GatewayEvent, Option<u64>)> {
+    if let Ok((message, seq)) = ServerMessage::decode(text) {
+        return Ok((GatewayEvent::Message(message), seq));
+    }
     let message: Value = serde_json::from_str(text)?;
     let op = message
         .get("op")
         .and_then(Value::as_u64)
         .ok_or_else(|| ClientError::Protocol(format!("no op in {text}")))?;
-    let seq = message.get("seq").and_then(Value::as_i64);
-    let d = message.get("d").cloned().unwrap_or(Value::Null);
-    fn parsed<T: serde::de::DeserializeOwned>(d: &Value) -> Option<T> {
-        serde_json::from_value(d.clone()).ok()
-    }
-    let event = match op {
-        op::HELLO => d
-            .get("heartbeat_interval")
-            .and_then(Value::as_f64)
-            .map(|heartbeat_interval| GatewayEvent::Hello { heartbeat_interval }),
-        op::READY => parsed(&d).map(GatewayEvent::Ready),
-        op::SESSION_DESCRIPTION => parsed(&d).map(GatewayEvent::SessionDescription),
-        op::SPEAKING => parsed(&d).map(GatewayEvent::Speaking),
-        op::HEARTBEAT_ACK => Some(GatewayEvent::HeartbeatAck(d.clone())),
-        op::RESUMED => Some(GatewayEvent::Resumed),
-        op::CLIENTS_CONNECT => d
-            .get("user_ids")
-            .and_then(parsed)
-            .map(GatewayEvent::ClientsConnect),
-        op::CLIENT_DISCONNECT => d
-            .get("user_id")
-            .and_then(Value::as_str)
-            .map(|u| GatewayEvent::ClientDisconnect(u.to_owned())),
-        _ => None,
-    };
-    Ok((event.unwrap_or(GatewayEvent::Other { op, message }), seq))
+    let seq = message.get("seq").and_then(Value::as_u64);
+    Ok((GatewayEvent::Other { op, message }, seq))
+}
+
+/// A snowflake given as a string.
+fn snowflake(id: &str) -> Result<Snowflake> {
+    id.parse()
+        .map_err(|_| ClientError::Protocol(format!("{id:?} is not a snowflake")))
 }
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The heartbeat of `version` carrying `nonce` and `seq_ack`.
+fn heartbeat(version: u8, nonce: u64, seq_ack: i64) -> String {
+    let heartbeat = Heartbeat::new(version, Nonce(nonce.into()), seq_ack);
+    ClientMessage::Heartbeat(heartbeat).encode()
 }
 
 /// A voice gateway connection.
@@ -282,7 +104,7 @@ pub struct GatewayClient {
     seq: Arc<AtomicI64>,
     heartbeat_interval: Option<Duration>,
     ssrc: Option<u32>,
-    last_ack: Option<Value>,
+    last_ack: Option<HeartbeatAck>,
     pending: VecDeque<GatewayEvent>,
     timeout: Duration,
 }
@@ -324,8 +146,8 @@ impl GatewayClient {
     }
 
     /// The `d` of the last Heartbeat ACK seen.
-    pub fn last_heartbeat_ack(&self) -> Option<&Value> {
-        self.last_ack.as_ref()
+    pub fn last_heartbeat_ack(&self) -> Option<HeartbeatAck> {
+        self.last_ack
     }
 
     /// How long helpers wait for their reply (default 10 s).
@@ -342,15 +164,15 @@ impl GatewayClient {
         token: &str,
     ) -> Result<Ready> {
         self.send_identify(&Identify {
-            server_id: server_id.to_owned(),
-            user_id: user_id.to_owned(),
+            server_id: snowflake(server_id)?,
+            user_id: snowflake(user_id)?,
             session_id: session_id.to_owned(),
             token: token.to_owned(),
-            max_dave_protocol_version: 0,
+            max_dave_protocol_version: Some(0),
         })
         .await?;
         self.wait("gateway Ready", |e| match e {
-            GatewayEvent::Ready(r) => Ok(r),
+            GatewayEvent::Message(ServerMessage::Ready(r)) => Ok(r),
             e => Err(e),
         })
         .await
@@ -358,40 +180,46 @@ impl GatewayClient {
 
     /// Sends Identify.
     pub async fn send_identify(&self, identify: &Identify) -> Result<()> {
-        self.send_text(encode(op::IDENTIFY, serde_json::to_value(identify)?))
-            .await
+        self.send(ClientMessage::Identify(identify.clone())).await
     }
 
     /// Sends Select Protocol and waits for Session Description.
     pub async fn select_protocol(
         &mut self,
-        address: &str,
+        address: IpAddr,
         port: u16,
         mode: Mode,
     ) -> Result<SessionDescription> {
-        self.send_select_protocol(address, port, mode.name())
+        self.send_select_protocol(Some(address), port, mode.name())
             .await?;
         self.wait("gateway Session Description", |e| match e {
-            GatewayEvent::SessionDescription(s) => Ok(s),
+            GatewayEvent::Message(ServerMessage::SessionDescription(s)) => Ok(s),
             e => Err(e),
         })
         .await
     }
 
-    /// Sends Select Protocol with any mode name.
-    pub async fn send_select_protocol(&self, address: &str, port: u16, mode: &str) -> Result<()> {
-        self.send_text(encode(
-            op::SELECT_PROTOCOL,
-            json!({
-                "protocol": "udp",
-                "data": { "address": address, "port": port, "mode": mode },
-            }),
-        ))
+    /// Sends Select Protocol with any mode name (and no address, if None).
+    pub async fn send_select_protocol(
+        &self,
+        address: Option<IpAddr>,
+        port: u16,
+        mode: &str,
+    ) -> Result<()> {
+        self.send(ClientMessage::SelectProtocol(SelectProtocol {
+            protocol: UDP.into(),
+            data: SelectProtocolData {
+                address,
+                port: Some(port),
+                mode: mode.into(),
+            },
+            codecs: None,
+        }))
         .await
     }
 
     /// Sends Speaking `{speaking: flags, delay: 0, ssrc}` with our SSRC.
-    pub async fn speaking(&self, flags: u64) -> Result<()> {
+    pub async fn speaking(&self, flags: u32) -> Result<()> {
         let ssrc = self
             .ssrc
             .ok_or_else(|| ClientError::Protocol("Speaking before Ready".into()))?;
@@ -399,11 +227,12 @@ impl GatewayClient {
     }
 
     /// Sends Speaking with any delay and SSRC.
-    pub async fn speaking_as(&self, flags: u64, delay: u64, ssrc: u32) -> Result<()> {
-        self.send_text(encode(
-            op::SPEAKING,
-            json!({ "speaking": flags, "delay": delay, "ssrc": ssrc }),
-        ))
+    pub async fn speaking_as(&self, flags: u32, delay: u32, ssrc: u32) -> Result<()> {
+        self.send(ClientMessage::Speaking(Speaking {
+            speaking: flags,
+            delay: Some(delay),
+            ssrc: Some(ssrc),
+        }))
         .await
     }
 
@@ -411,22 +240,19 @@ impl GatewayClient {
     /// (milliseconds since the epoch), which the ACK echoes.
     pub async fn heartbeat(&self) -> Result<u64> {
         let nonce = now_ms();
-        self.send_text(encode_heartbeat(self.version, nonce, self.seq_ack()))
+        self.send_text(heartbeat(self.version, nonce, self.seq_ack()))
             .await?;
         Ok(nonce)
     }
 
     /// Sends Resume op 7 with the current `seq_ack`.
     pub async fn send_resume(&self, server_id: &str, session_id: &str, token: &str) -> Result<()> {
-        self.send_text(encode(
-            op::RESUME,
-            json!({
-                "server_id": server_id,
-                "session_id": session_id,
-                "token": token,
-                "seq_ack": self.seq_ack(),
-            }),
-        ))
+        self.send(ClientMessage::Resume(Resume {
+            server_id: snowflake(server_id)?,
+            session_id: session_id.to_owned(),
+            token: token.to_owned(),
+            seq_ack: Some(self.seq_ack()),
+        }))
         .await
     }
 
@@ -436,7 +262,7 @@ impl GatewayClient {
         let seq = Arc::clone(&self.seq);
         let version = self.version;
         HeartbeatTask::spawn(self.writer(), interval, move || {
-            encode_heartbeat(version, now_ms(), seq.load(Ordering::Relaxed))
+            heartbeat(version, now_ms(), seq.load(Ordering::Relaxed))
         })
     }
 
@@ -446,7 +272,7 @@ impl GatewayClient {
             return Ok(i);
         }
         self.wait("gateway Hello", |e| match e {
-            GatewayEvent::Hello { .. } => Ok(()),
+            GatewayEvent::Message(ServerMessage::Hello(_)) => Ok(()),
             e => Err(e),
         })
         .await?;
@@ -472,6 +298,11 @@ impl GatewayClient {
     /// A handle that can send on this connection from another task.
     pub fn writer(&self) -> WsWriter {
         self.ws.writer.clone()
+    }
+
+    /// Sends a message.
+    pub async fn send(&self, message: ClientMessage) -> Result<()> {
+        self.send_text(message.encode()).await
     }
 
     /// Sends a JSON value as a text frame.
@@ -500,7 +331,7 @@ impl GatewayClient {
         let event = match self.ws.recv().await? {
             Frame::Text(t) => {
                 let (event, seq) = decode(&t)?;
-                if let Some(s) = seq {
+                if let Some(s) = seq.and_then(|s| i64::try_from(s).ok()) {
                     self.seq.fetch_max(s, Ordering::Relaxed);
                 }
                 event
@@ -509,16 +340,16 @@ impl GatewayClient {
             Frame::Closed(code) => GatewayEvent::Closed(code),
         };
         match &event {
-            GatewayEvent::Hello { heartbeat_interval } => {
-                self.heartbeat_interval = Some(millis(*heartbeat_interval));
+            GatewayEvent::Message(ServerMessage::Hello(h)) => {
+                self.heartbeat_interval = Some(interval(h.heartbeat_interval));
             }
-            GatewayEvent::Ready(r) => {
+            GatewayEvent::Message(ServerMessage::Ready(r)) => {
                 self.ssrc = Some(r.ssrc);
                 if let (None, Some(i)) = (self.heartbeat_interval, r.heartbeat_interval) {
-                    self.heartbeat_interval = Some(millis(i));
+                    self.heartbeat_interval = Some(interval(i));
                 }
             }
-            GatewayEvent::HeartbeatAck(d) => self.last_ack = Some(d.clone()),
+            GatewayEvent::Message(ServerMessage::HeartbeatAck(a)) => self.last_ack = Some(*a),
             _ => {}
         }
         Ok(event)
@@ -538,7 +369,9 @@ impl GatewayClient {
                 match pick(self.recv().await?) {
                     Ok(t) => return Ok(t),
                     Err(GatewayEvent::Closed(code)) => return Err(ClientError::Closed(code)),
-                    Err(GatewayEvent::Hello { .. } | GatewayEvent::HeartbeatAck(_)) => {}
+                    Err(GatewayEvent::Message(
+                        ServerMessage::Hello(_) | ServerMessage::HeartbeatAck(_),
+                    )) => {}
                     Err(e) => self.pending.push_back(e),
                 }
             }
@@ -548,12 +381,17 @@ impl GatewayClient {
     }
 }
 
-fn millis(ms: f64) -> Duration {
-    Duration::from_secs_f64((ms / 1000.0).clamp(0.001, 86_400.0))
+/// A heartbeat interval to run a timer with: between 1 ms and a day.
+fn interval(ms: Millis) -> Duration {
+    ms.duration()
+        .clamp(Duration::from_millis(1), Duration::from_secs(86_400))
 }
 
 #[cfg(test)]
 mod tests {
+    use protocol::gateway::{ClientDisconnect, ClientsConnect, Hello, MemberSpeaking};
+    use serde_json::json;
+
     use super::*;
     use crate::testutil::serve;
 
@@ -567,9 +405,9 @@ mod tests {
 
     #[test]
     fn heartbeat_shapes() {
-        let v4: Value = serde_json::from_str(&encode_heartbeat(4, 123, 9)).expect("json");
+        let v4: Value = serde_json::from_str(&heartbeat(4, 123, 9)).expect("json");
         assert_eq!(v4, json!({"op": 3, "d": 123}));
-        let v8: Value = serde_json::from_str(&encode_heartbeat(8, 123, -1)).expect("json");
+        let v8: Value = serde_json::from_str(&heartbeat(8, 123, -1)).expect("json");
         assert_eq!(v8, json!({"op": 3, "d": {"t": 123, "seq_ack": -1}}));
     }
 
@@ -579,33 +417,42 @@ mod tests {
             decode(r#"{"op":8,"d":{"heartbeat_interval":41250.5},"seq":3}"#).expect("hello");
         assert_eq!(
             e,
-            GatewayEvent::Hello {
-                heartbeat_interval: 41250.5
-            }
+            GatewayEvent::Message(ServerMessage::Hello(Hello {
+                v: None,
+                heartbeat_interval: Millis(41251)
+            }))
         );
         assert_eq!(seq, Some(3));
         let (e, _) =
             decode(r#"{"op":5,"d":{"user_id":"1","ssrc":2,"speaking":1}}"#).expect("speaking");
         assert_eq!(
             e,
-            GatewayEvent::Speaking(Speaking {
-                user_id: Some("1".into()),
+            GatewayEvent::Message(ServerMessage::Speaking(MemberSpeaking {
+                user_id: Snowflake(1),
                 ssrc: 2,
                 speaking: 1
-            })
+            }))
         );
         let (e, _) = decode(r#"{"op":11,"d":{"user_ids":["1","2"]}}"#).expect("connect");
         assert_eq!(
             e,
-            GatewayEvent::ClientsConnect(vec!["1".into(), "2".into()])
+            GatewayEvent::Message(ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(1), Snowflake(2)]
+            }))
         );
         let (e, _) = decode(r#"{"op":13,"d":{"user_id":"1"}}"#).expect("disconnect");
-        assert_eq!(e, GatewayEvent::ClientDisconnect("1".into()));
+        assert_eq!(
+            e,
+            GatewayEvent::Message(ServerMessage::ClientDisconnect(ClientDisconnect {
+                user_id: Snowflake(1)
+            }))
+        );
         for other in [
             r#"{"op":18,"d":{}}"#,
             r#"{"op":2,"d":{"ssrc":-1}}"#,
             r#"{"op":4,"d":{"mode":"x","secret_key":[256]}}"#,
-            r#"{"op":11,"d":{"user_ids":[1]}}"#,
+            r#"{"op":11,"d":{"user_ids":[-1]}}"#,
+            r#"{"op":5,"d":{"ssrc":2,"speaking":1}}"#,
         ] {
             assert!(
                 matches!(decode(other), Ok((GatewayEvent::Other { .. }, _))),
@@ -616,16 +463,6 @@ mod tests {
         assert!(decode(r#"{"op":"x"}"#).is_err());
     }
 
-    #[test]
-    fn session_key_length() {
-        let s = SessionDescription {
-            mode: "m".into(),
-            secret_key: vec![1; 31],
-            dave_protocol_version: Some(0),
-        };
-        assert!(s.key().is_err());
-    }
-
     #[tokio::test]
     async fn v8_handshake_events_and_heartbeats() {
         let (url, server) = serve(|mut peer| async move {
@@ -633,13 +470,13 @@ mod tests {
             let identify = peer.recv().await;
             assert_eq!(
                 identify,
-                json!({"op": 0, "d": {"server_id": "g", "user_id": "u", "session_id": "s",
+                json!({"op": 0, "d": {"server_id": "1", "user_id": "2", "session_id": "s",
                     "token": "t", "max_dave_protocol_version": 0}})
             );
             // Hello after Identify, then an event before Ready.
             peer.send(json!({"op": 8, "d": {"heartbeat_interval": 13750.0}}))
                 .await;
-            peer.send(json!({"op": 11, "d": {"user_ids": ["v"]}, "seq": 1}))
+            peer.send(json!({"op": 11, "d": {"user_ids": ["3"]}, "seq": 1}))
                 .await;
             peer.send(
                 json!({"op": 2, "seq": 2, "d": {"ssrc": 77, "ip": "127.0.0.1",
@@ -665,9 +502,9 @@ mod tests {
             assert_eq!(hb["op"], 3);
             assert_eq!(hb["d"]["seq_ack"], 3);
             peer.send(json!({"op": 6, "d": {"t": hb["d"]["t"]}})).await;
-            peer.send(json!({"op": 5, "seq": 4, "d": {"user_id": "v", "ssrc": 78, "speaking": 1}}))
+            peer.send(json!({"op": 5, "seq": 4, "d": {"user_id": "3", "ssrc": 78, "speaking": 1}}))
                 .await;
-            peer.send(json!({"op": 13, "seq": 5, "d": {"user_id": "v"}}))
+            peer.send(json!({"op": 13, "seq": 5, "d": {"user_id": "3"}}))
                 .await;
             peer.send(json!({"op": 99, "d": null})).await;
             // Background heartbeat carries the latest seq_ack.
@@ -677,33 +514,39 @@ mod tests {
         })
         .await;
         let mut g = GatewayClient::connect(&url, 8).await.expect("connect");
-        let ready = g.identify("g", "u", "s", "t").await.expect("ready");
-        assert_eq!(
-            ready.addr().expect("addr"),
-            "127.0.0.1:5000".parse().expect("addr")
-        );
-        assert_eq!(ready.known_modes(), vec![Mode::AeadAes256GcmRtpsize]);
+        let ready = g.identify("1", "2", "s", "t").await.expect("ready");
+        assert_eq!(ready.addr(), "127.0.0.1:5000".parse().expect("addr"));
+        assert_eq!(ready.known_modes(), vec![Mode::Aes256GcmRtpSize]);
         assert_eq!(g.heartbeat_interval(), Some(Duration::from_millis(13750)));
         let sd = g
-            .select_protocol("127.0.0.1", 40000, Mode::AeadAes256GcmRtpsize)
+            .select_protocol([127, 0, 0, 1].into(), 40000, Mode::Aes256GcmRtpSize)
             .await
             .expect("session");
-        assert_eq!(sd.key().expect("key"), [9; 32]);
-        assert_eq!(sd.dave_protocol_version, Some(0));
+        assert_eq!(sd.secret_key, [9; 32]);
+        assert_eq!(sd.dave_protocol_version, 0);
         g.speaking(SPEAKING_MICROPHONE).await.expect("speaking");
         let nonce = g.heartbeat().await.expect("hb");
         assert_eq!(
             g.next_event().await.expect("queued"),
-            GatewayEvent::ClientsConnect(vec!["v".into()])
+            GatewayEvent::Message(ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(3)]
+            }))
         );
         assert_eq!(
             g.next_event().await.expect("ack"),
-            GatewayEvent::HeartbeatAck(json!({ "t": nonce }))
+            GatewayEvent::Message(ServerMessage::HeartbeatAck(HeartbeatAck::Numbered {
+                t: Nonce(nonce.into())
+            }))
         );
-        assert!(matches!(g.next_event().await, Ok(GatewayEvent::Speaking(s)) if s.ssrc == 78));
+        assert!(matches!(
+            g.next_event().await,
+            Ok(GatewayEvent::Message(ServerMessage::Speaking(s))) if s.ssrc == 78
+        ));
         assert_eq!(
             g.next_event().await.expect("dc"),
-            GatewayEvent::ClientDisconnect("v".into())
+            GatewayEvent::Message(ServerMessage::ClientDisconnect(ClientDisconnect {
+                user_id: Snowflake(3)
+            }))
         );
         assert!(matches!(
             g.next_event().await,
@@ -738,9 +581,11 @@ mod tests {
         let nonce = g.heartbeat().await.expect("hb");
         assert_eq!(
             g.next_event().await.expect("ack"),
-            GatewayEvent::HeartbeatAck(json!(nonce))
+            GatewayEvent::Message(ServerMessage::HeartbeatAck(HeartbeatAck::Bare(Nonce(
+                nonce.into()
+            ))))
         );
-        let r = g.identify("g", "u", "s", "bad").await;
+        let r = g.identify("1", "2", "s", "bad").await;
         assert!(matches!(r, Err(ClientError::Closed(Some(4004)))), "{r:?}");
         assert_eq!(g.closed(), Some(Some(4004)));
         server.await.expect("server script");

@@ -8,14 +8,15 @@
 //!
 //! - [`lvsp`]: [`LvspClient`] — HELLO / IDENTIFY / READY, CHANNEL_REQ →
 //!   CHANNEL_ASSIGN, VOICE_STATE_CREATE → VOICE_STATE_DONE, heartbeats,
-//!   RESUME, raw frames and close codes.
+//!   RESUME, raw frames (for bad input) and close codes.
 //! - [`gateway`]: [`GatewayClient`] — voice gateway v4-v8: Identify →
 //!   Ready, Select Protocol → Session Description, Speaking, Heartbeat
 //!   (both shapes), events and close codes.
 //! - [`udp`]: [`VoiceUdp`] — IP discovery, keepalives, sending and
 //!   receiving encrypted Opus.
 //! - [`rtp`]: RTP header build / parse (CSRCs, extensions, padding).
-//! - [`crypto`]: the five transport encryption [`Mode`]s and [`Cipher`].
+//! - [`crypto`]: [`Cipher`], sealing and opening in each of the five
+//!   [`Mode`]s.
 //! - [`voice`]: [`VoiceClient::join`], the whole client handshake in one
 //!   call.
 //! - [`blaster`]: the UDP load generator (server vs an in-process
@@ -25,8 +26,9 @@
 //! - [`error`]: [`ClientError`] for the networked layer; pure layers have
 //!   [`PacketError`](rtp::PacketError) and [`CryptoError`](crypto::CryptoError).
 //!
-//! Message shapes and packet formats are plain functions (`encode`,
-//! `decode`, `discovery_request`, ...) that tests can use without sockets.
+//! Message shapes, opcodes, close codes and [`Mode`] are the `protocol`
+//! crate's, shared with the server; packet formats are plain functions
+//! (`discovery_request`, ...) that tests can use without sockets.
 //!
 //! # Use
 //!
@@ -41,7 +43,7 @@
 //! let mut voice = VoiceClient::join(
 //!     "ws://127.0.0.1:5002", 8,
 //!     "200", "300", &state.session_id, &assign.token,
-//!     Mode::AeadAes256GcmRtpsize,
+//!     Mode::Aes256GcmRtpSize,
 //! ).await?;
 //! voice.gateway.speaking(1).await?;
 //! voice.udp.send_opus(&[0xf8, 0xff, 0xfe]).await?;

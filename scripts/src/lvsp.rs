@@ -1,8 +1,10 @@
 //! LVSP, the Litecord Voice Server Protocol, from the Litecord side
 //! (seeds/001 and DESIGN.md "LVSP", spec dialect).
 //!
-//! The message shapes and encoders are plain functions and types; the
-//! [`LvspClient`] drives them over a websocket.
+//! The messages are the `protocol` crate's ([`protocol::lvsp`]); the
+//! [`LvspClient`] sends and awaits them over a websocket, and
+//! [`encode_info`] builds any INFO for tests that send what a
+//! well-behaved Litecord would not.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), scripts::ClientError> {
@@ -16,118 +18,41 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+pub use protocol::lvsp::{
+    identify_token, ChannelAssign, Dialect, Health, Hello, Reply, ServerMessage, VoiceStateDone,
+};
+use protocol::lvsp::{
+    Channel, ClientMessage, Heartbeat, Identify, Opcode, Request, Resume, VoiceState,
+    VoiceStateUpdate,
+};
+use protocol::Snowflake;
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::error::{ClientError, Result};
 use crate::ws::{Frame, HeartbeatTask, WsConn, WsWriter};
 
-/// LVSP opcodes.
-pub mod op {
-    /// server → client: heartbeat interval and nonce.
-    pub const HELLO: u64 = 0;
-    /// client → server: HMAC token.
-    pub const IDENTIFY: u64 = 1;
-    /// client → server: token and last seen sequence.
-    pub const RESUME: u64 = 2;
-    /// server → client: identified, with health.
-    pub const READY: u64 = 3;
-    /// client → server.
-    pub const HEARTBEAT: u64 = 4;
-    /// server → client, with health.
-    pub const HEARTBEAT_ACK: u64 = 5;
-    /// both ways: typed request / reply.
-    pub const INFO: u64 = 6;
-}
-
-/// INFO types of the spec dialect.
-pub mod info_type {
-    /// client → server `{channel_id, guild_id}`.
-    pub const CHANNEL_REQ: u64 = 0;
-    /// server → client `{channel_id, guild_id, token}`.
-    pub const CHANNEL_ASSIGN: u64 = 1;
-    /// client → server `{channel_id, guild_id}`.
-    pub const CHANNEL_DESTROY: u64 = 2;
-    /// client → server `{user_id, channel_id, guild_id}`.
-    pub const VOICE_STATE_CREATE: u64 = 3;
-    /// server → client `{user_id, channel_id, guild_id, session_id}`.
-    pub const VOICE_STATE_DONE: u64 = 4;
-    /// client → server `{user_id, channel_id, guild_id}`.
-    pub const VOICE_STATE_DESTROY: u64 = 5;
-    /// `{session_id}`.
-    pub const VOICE_STATE_UPDATE: u64 = 6;
-}
+/// The dialect this client speaks: seeds/001's.
+const DIALECT: Dialect = Dialect::Spec;
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// HELLO data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    /// Heartbeat interval (milliseconds in the spec dialect).
-    pub heartbeat_interval: u64,
-    /// The nonce IDENTIFY and RESUME sign.
-    pub nonce: String,
-}
-
-/// READY data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ready {
-    /// Server health in [0, 1].
-    pub health: f64,
-}
-
-/// An INFO message.
+/// An INFO from the server, as the client queues it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Info {
-    /// The INFO type (see [`info_type`]).
-    pub kind: u64,
-    /// The INFO data.
-    pub data: Value,
-    /// The top-level `s` of a server INFO.
-    pub seq: Option<u64>,
-}
-
-/// CHANNEL_ASSIGN data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelAssign {
-    /// Channel id.
-    pub channel_id: String,
-    /// Guild id, `None` for DMs.
-    #[serde(default)]
-    pub guild_id: Option<String>,
-    /// The token voice clients identify with.
-    pub token: String,
-}
-
-/// VOICE_STATE_DONE data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VoiceStateDone {
-    /// User id.
-    pub user_id: String,
-    /// Channel id.
-    pub channel_id: String,
-    /// Guild id, `None` for DMs.
-    #[serde(default)]
-    pub guild_id: Option<String>,
-    /// The session id voice clients identify with.
-    pub session_id: String,
+    /// Its top-level `s`.
+    pub seq: u64,
+    /// What it says.
+    pub reply: Reply,
 }
 
 /// Something the server sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LvspEvent {
-    /// HELLO.
-    Hello(Hello),
-    /// READY.
-    Ready(Ready),
-    /// HEARTBEAT_ACK with its health, if it carried one.
-    HeartbeatAck(Option<f64>),
-    /// INFO.
-    Info(Info),
-    /// Any other opcode, or a known one whose data did not parse.
+    /// A message.
+    Message(ServerMessage),
+    /// A JSON message that is none of [`ServerMessage`]'s (an unknown op,
+    /// or a known one whose data did not decode), whole.
     Other {
         /// The op.
         op: u64,
@@ -138,54 +63,44 @@ pub enum LvspEvent {
     Closed(Option<u16>),
 }
 
-/// The IDENTIFY / RESUME token: lowercase hex of HMAC-SHA256 keyed with
-/// the secret over the nonce.
-pub fn identify_token(secret: &str, nonce: &str) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(nonce.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// Encodes `{"op": op, "d": d}`.
-pub fn encode(op: u64, d: Value) -> String {
-    json!({ "op": op, "d": d }).to_string()
-}
-
-/// Encodes an INFO.
+/// An INFO of any type number with any data, for tests that send what a
+/// well-behaved client would not (or another dialect's numbers).
 pub fn encode_info(kind: u64, data: Value) -> String {
-    encode(op::INFO, json!({ "type": kind, "data": data }))
+    json!({ "op": Opcode::Info as u8, "d": { "type": kind, "data": data } }).to_string()
 }
 
-/// Decodes a server text frame.
+/// Decodes a server text frame. Text that is not JSON, or JSON without an
+/// integer `op`, is an error.
 pub fn decode(text: &str) -> Result<LvspEvent> {
+    if let Ok(message) = ServerMessage::decode(text) {
+        return Ok(LvspEvent::Message(message));
+    }
     let message: Value = serde_json::from_str(text)?;
     let op = message
         .get("op")
         .and_then(Value::as_u64)
         .ok_or_else(|| ClientError::Protocol(format!("no op in {text}")))?;
-    let d = message.get("d").cloned().unwrap_or(Value::Null);
-    let other = |message: Value| LvspEvent::Other { op, message };
-    Ok(match op {
-        op::HELLO => match serde_json::from_value(d) {
-            Ok(h) => LvspEvent::Hello(h),
-            Err(_) => other(message),
-        },
-        op::READY => match serde_json::from_value(d) {
-            Ok(r) => LvspEvent::Ready(r),
-            Err(_) => other(message),
-        },
-        op::HEARTBEAT_ACK => LvspEvent::HeartbeatAck(d.get("health").and_then(Value::as_f64)),
-        op::INFO => match d.get("type").and_then(Value::as_u64) {
-            Some(kind) => LvspEvent::Info(Info {
-                kind,
-                data: d.get("data").cloned().unwrap_or(Value::Null),
-                seq: message.get("s").and_then(Value::as_u64),
-            }),
-            None => other(message),
-        },
-        _ => other(message),
+    Ok(LvspEvent::Other { op, message })
+}
+
+/// A snowflake given as a string.
+fn snowflake(id: &str) -> Result<Snowflake> {
+    id.parse()
+        .map_err(|_| ClientError::Protocol(format!("{id:?} is not a snowflake")))
+}
+
+fn channel(channel_id: &str, guild_id: Option<&str>) -> Result<Channel> {
+    Ok(Channel {
+        channel_id: snowflake(channel_id)?,
+        guild_id: guild_id.map(snowflake).transpose()?,
+    })
+}
+
+fn voice_state(user_id: &str, channel_id: &str, guild_id: Option<&str>) -> Result<VoiceState> {
+    Ok(VoiceState {
+        user_id: snowflake(user_id)?,
+        channel_id: snowflake(channel_id)?,
+        guild_id: guild_id.map(snowflake).transpose()?,
     })
 }
 
@@ -211,7 +126,7 @@ impl LvspClient {
             loop {
                 match ws.recv().await? {
                     Frame::Text(t) => {
-                        if let LvspEvent::Hello(h) = decode(&t)? {
+                        if let LvspEvent::Message(ServerMessage::Hello(h)) = decode(&t)? {
                             return Ok(h);
                         }
                     }
@@ -233,7 +148,7 @@ impl LvspClient {
     }
 
     /// Connects, identifies with `secret` and waits for READY.
-    pub async fn connect(url: &str, secret: &str) -> Result<(Self, Ready)> {
+    pub async fn connect(url: &str, secret: &str) -> Result<(Self, Health)> {
         let mut client = Self::open(url).await?;
         let ready = client.identify(secret).await?;
         Ok((client, ready))
@@ -241,7 +156,7 @@ impl LvspClient {
 
     /// Connects and resumes from `seq` with `secret`; the INFOs the server
     /// replays before READY are queued.
-    pub async fn resume(url: &str, secret: &str, seq: u64) -> Result<(Self, Ready)> {
+    pub async fn resume(url: &str, secret: &str, seq: u64) -> Result<(Self, Health)> {
         let mut client = Self::open(url).await?;
         let token = identify_token(secret, &client.hello.nonce);
         client.send_resume(&token, seq).await?;
@@ -250,7 +165,7 @@ impl LvspClient {
     }
 
     /// Sends IDENTIFY with the token for `secret` and waits for READY.
-    pub async fn identify(&mut self, secret: &str) -> Result<Ready> {
+    pub async fn identify(&mut self, secret: &str) -> Result<Health> {
         let token = identify_token(secret, &self.hello.nonce);
         self.send_identify(&token).await?;
         self.wait_ready().await
@@ -258,20 +173,21 @@ impl LvspClient {
 
     /// Sends IDENTIFY with any token.
     pub async fn send_identify(&self, token: &str) -> Result<()> {
-        self.send_text(encode(op::IDENTIFY, json!({ "token": token })))
-            .await
+        let token = token.to_owned();
+        self.send(ClientMessage::Identify(Identify { token })).await
     }
 
     /// Sends RESUME.
     pub async fn send_resume(&self, token: &str, seq: u64) -> Result<()> {
-        self.send_text(encode(op::RESUME, json!({ "token": token, "seq": seq })))
+        let token = token.to_owned();
+        self.send(ClientMessage::Resume(Resume { token, seq }))
             .await
     }
 
     /// Waits for READY, queueing INFOs (replays) on the way.
-    pub async fn wait_ready(&mut self) -> Result<Ready> {
+    pub async fn wait_ready(&mut self) -> Result<Health> {
         self.wait("LVSP READY", |e| match e {
-            LvspEvent::Ready(r) => Some(r),
+            ServerMessage::Ready(r) => Some(*r),
             _ => None,
         })
         .await
@@ -282,9 +198,10 @@ impl LvspClient {
         &self.hello
     }
 
-    /// The heartbeat interval from HELLO, read as milliseconds.
+    /// The heartbeat interval from HELLO, read as milliseconds (the spec
+    /// dialect's unit).
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.hello.heartbeat_interval)
+        DIALECT.decode_interval(self.hello.heartbeat_interval)
     }
 
     /// How long request helpers wait for their reply (default 10 s).
@@ -313,17 +230,13 @@ impl LvspClient {
         channel_id: &str,
         guild_id: Option<&str>,
     ) -> Result<ChannelAssign> {
-        self.send_info(
-            info_type::CHANNEL_REQ,
-            json!({ "channel_id": channel_id, "guild_id": guild_id }),
-        )
-        .await?;
-        let info = self
-            .wait_info(|i| {
-                i.kind == info_type::CHANNEL_ASSIGN && i.data["channel_id"] == channel_id
-            })
-            .await?;
-        Ok(serde_json::from_value(info.data)?)
+        let req = channel(channel_id, guild_id)?;
+        self.send_request(Request::ChannelReq(req)).await?;
+        self.wait_reply(|r| match r {
+            Reply::ChannelAssign(a) if a.channel.channel_id == req.channel_id => Some(a.clone()),
+            _ => None,
+        })
+        .await
     }
 
     /// VOICE_STATE_CREATE, then waits for the VOICE_STATE_DONE of that user
@@ -334,19 +247,18 @@ impl LvspClient {
         channel_id: &str,
         guild_id: Option<&str>,
     ) -> Result<VoiceStateDone> {
-        self.send_info(
-            info_type::VOICE_STATE_CREATE,
-            json!({ "user_id": user_id, "channel_id": channel_id, "guild_id": guild_id }),
-        )
-        .await?;
-        let info = self
-            .wait_info(|i| {
-                i.kind == info_type::VOICE_STATE_DONE
-                    && i.data["user_id"] == user_id
-                    && i.data["channel_id"] == channel_id
-            })
-            .await?;
-        Ok(serde_json::from_value(info.data)?)
+        let state = voice_state(user_id, channel_id, guild_id)?;
+        self.send_request(Request::VoiceStateCreate(state)).await?;
+        let (user, channel) = (state.user_id, state.channel_id);
+        self.wait_reply(|r| match r {
+            Reply::VoiceStateDone(d)
+                if (d.state.user_id, d.state.channel_id) == (user, channel) =>
+            {
+                Some(d.clone())
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// VOICE_STATE_DESTROY (no reply).
@@ -356,71 +268,74 @@ impl LvspClient {
         channel_id: &str,
         guild_id: Option<&str>,
     ) -> Result<()> {
-        self.send_info(
-            info_type::VOICE_STATE_DESTROY,
-            json!({ "user_id": user_id, "channel_id": channel_id, "guild_id": guild_id }),
-        )
-        .await
+        let state = voice_state(user_id, channel_id, guild_id)?;
+        self.send_request(Request::VoiceStateDestroy(state)).await
     }
 
     /// CHANNEL_DESTROY (no reply).
     pub async fn channel_destroy(&self, channel_id: &str, guild_id: Option<&str>) -> Result<()> {
-        self.send_info(
-            info_type::CHANNEL_DESTROY,
-            json!({ "channel_id": channel_id, "guild_id": guild_id }),
-        )
-        .await
+        let req = channel(channel_id, guild_id)?;
+        self.send_request(Request::ChannelDestroy(req)).await
     }
 
     /// VOICE_STATE_UPDATE (no reply).
     pub async fn voice_state_update(&self, session_id: &str) -> Result<()> {
-        self.send_info(
-            info_type::VOICE_STATE_UPDATE,
-            json!({ "session_id": session_id }),
-        )
-        .await
+        let update = VoiceStateUpdate {
+            session_id: session_id.to_owned(),
+        };
+        self.send_request(Request::VoiceStateUpdate(Some(update)))
+            .await
     }
 
-    /// Sends an INFO of any type.
-    pub async fn send_info(&self, kind: u64, data: Value) -> Result<()> {
-        self.send_text(encode_info(kind, data)).await
+    /// Sends an INFO request.
+    pub async fn send_request(&self, request: Request) -> Result<()> {
+        self.send(ClientMessage::Info(request)).await
     }
 
-    /// The first queued or incoming INFO matching `pred`; others are queued.
-    pub async fn wait_info(&mut self, mut pred: impl FnMut(&Info) -> bool) -> Result<Info> {
-        if let Some(i) = self.queue.iter().position(&mut pred) {
-            if let Some(info) = self.queue.remove(i) {
-                return Ok(info);
-            }
+    /// What `pick` takes from the first queued or incoming INFO it
+    /// accepts; the others are queued.
+    pub async fn wait_info<T>(&mut self, mut pick: impl FnMut(&Info) -> Option<T>) -> Result<T> {
+        let queued = self.queue.iter().enumerate();
+        if let Some((i, t)) = queued.filter_map(|(i, info)| Some((i, pick(info)?))).next() {
+            self.queue.remove(i);
+            return Ok(t);
         }
-        self.wait("LVSP INFO", |e| match e {
-            LvspEvent::Info(i) if pred(&i) => Some(i),
+        self.wait("LVSP INFO", |m| match m {
+            ServerMessage::Info { s, reply } => pick(&Info {
+                seq: *s,
+                reply: reply.clone(),
+            }),
             _ => None,
         })
         .await
     }
 
+    /// [`wait_info`](Self::wait_info) by the INFO's reply alone.
+    async fn wait_reply<T>(&mut self, mut pick: impl FnMut(&Reply) -> Option<T>) -> Result<T> {
+        self.wait_info(|info| pick(&info.reply)).await
+    }
+
     /// The oldest queued INFO, or the next one to arrive.
     pub async fn next_info(&mut self) -> Result<Info> {
-        self.wait_info(|_| true).await
+        self.wait_info(|info| Some(info.clone())).await
     }
 
     /// Sends HEARTBEAT with `d: null` and returns the ACK's health.
-    pub async fn heartbeat(&mut self) -> Result<Option<f64>> {
-        self.send_text(encode(op::HEARTBEAT, Value::Null)).await?;
+    pub async fn heartbeat(&mut self) -> Result<f64> {
+        self.send(ClientMessage::Heartbeat(None)).await?;
         self.wait_heartbeat_ack().await
     }
 
     /// Sends HEARTBEAT with `d: {"s": seq}` and returns the ACK's health.
-    pub async fn heartbeat_with_seq(&mut self, seq: u64) -> Result<Option<f64>> {
-        self.send_text(encode(op::HEARTBEAT, json!({ "s": seq })))
-            .await?;
+    pub async fn heartbeat_with_seq(&mut self, seq: u64) -> Result<f64> {
+        let d = Heartbeat { s: Some(seq) };
+        self.send(ClientMessage::Heartbeat(Some(d))).await?;
         self.wait_heartbeat_ack().await
     }
 
-    async fn wait_heartbeat_ack(&mut self) -> Result<Option<f64>> {
+    async fn wait_heartbeat_ack(&mut self) -> Result<f64> {
         self.wait("LVSP HEARTBEAT_ACK", |e| match e {
-            LvspEvent::HeartbeatAck(h) => Some(h),
+            ServerMessage::HeartbeatAck(h) => Some(h.health),
             _ => None,
         })
         .await
@@ -430,13 +345,18 @@ impl LvspClient {
     /// the returned task is dropped; the ACKs are absorbed by later reads.
     pub fn spawn_heartbeat(&self, interval: Duration) -> HeartbeatTask {
         HeartbeatTask::spawn(self.writer(), interval, || {
-            encode(op::HEARTBEAT, Value::Null)
+            ClientMessage::Heartbeat(None).encode(DIALECT)
         })
     }
 
     /// A handle that can send on this connection from another task.
     pub fn writer(&self) -> WsWriter {
         self.ws.writer.clone()
+    }
+
+    /// Sends a message.
+    pub async fn send(&self, message: ClientMessage) -> Result<()> {
+        self.send_text(message.encode(DIALECT)).await
     }
 
     /// Sends a JSON value as a text frame.
@@ -465,11 +385,12 @@ impl LvspClient {
                 Frame::Closed(code) => LvspEvent::Closed(code),
             };
             match &event {
-                LvspEvent::Info(Info { seq: Some(s), .. }) => {
+                LvspEvent::Message(ServerMessage::Info { s, .. }) => {
                     self.last_seq = Some(self.last_seq.map_or(*s, |l| l.max(*s)));
                 }
-                LvspEvent::Ready(r) => self.health = Some(r.health),
-                LvspEvent::HeartbeatAck(Some(h)) => self.health = Some(*h),
+                LvspEvent::Message(ServerMessage::Ready(h) | ServerMessage::HeartbeatAck(h)) => {
+                    self.health = Some(h.health)
+                }
                 _ => {}
             }
             return Ok(event);
@@ -483,30 +404,27 @@ impl LvspClient {
             .map_err(|_| ClientError::Timeout("LVSP message"))?
     }
 
-    /// Reads until `pick` accepts an event; INFOs it declines are queued,
+    /// Reads until `pick` accepts a message; INFOs it declines are queued,
     /// anything else it declines is dropped; a close is an error.
     async fn wait<T>(
         &mut self,
         what: &'static str,
-        mut pick: impl FnMut(LvspEvent) -> Option<T>,
+        mut pick: impl FnMut(&ServerMessage) -> Option<T>,
     ) -> Result<T> {
         let timeout = self.timeout;
         tokio::time::timeout(timeout, async {
             loop {
-                let event = self.recv().await?;
-                match event {
+                match self.recv().await? {
                     LvspEvent::Closed(code) => return Err(ClientError::Closed(code)),
-                    LvspEvent::Info(i) => {
-                        if let Some(t) = pick(LvspEvent::Info(i.clone())) {
+                    LvspEvent::Message(m) => {
+                        if let Some(t) = pick(&m) {
                             return Ok(t);
                         }
-                        self.queue.push_back(i);
-                    }
-                    e => {
-                        if let Some(t) = pick(e) {
-                            return Ok(t);
+                        if let ServerMessage::Info { s, reply } = m {
+                            self.queue.push_back(Info { seq: s, reply });
                         }
                     }
+                    LvspEvent::Other { .. } => {}
                 }
             }
         })
@@ -520,37 +438,44 @@ mod tests {
     use super::*;
     use crate::testutil::serve;
 
-    /// Independently checked with Python: hmac.new(b"secret",
-    /// b"abcdefghij", hashlib.sha256).hexdigest().
-    #[test]
-    fn token_is_hmac_hex() {
-        assert_eq!(identify_token("secret", "abcdefghij"), KAT_TOKEN);
-    }
-
-    const KAT_TOKEN: &str = "300343b55c9969253872e8b61104ea1f297a5ebde9118ef0335cffd4aeb2c8c5";
-
     #[test]
     fn decode_shapes() {
         assert_eq!(
             decode(r#"{"op":0,"d":{"heartbeat_interval":5000,"nonce":"0123456789"}}"#)
                 .expect("hello"),
-            LvspEvent::Hello(Hello {
+            LvspEvent::Message(ServerMessage::Hello(Hello {
                 heartbeat_interval: 5000,
                 nonce: "0123456789".into()
-            })
+            }))
         );
         assert_eq!(
             decode(r#"{"op":5,"d":{"health":0.5}}"#).expect("ack"),
-            LvspEvent::HeartbeatAck(Some(0.5))
+            LvspEvent::Message(ServerMessage::HeartbeatAck(Health { health: 0.5 }))
         );
         assert_eq!(
-            decode(r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1"}}}"#).expect("info"),
-            LvspEvent::Info(Info {
-                kind: 1,
-                data: json!({"channel_id": "1"}),
-                seq: Some(7)
+            decode(r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1","token":"t"}}}"#)
+                .expect("info"),
+            LvspEvent::Message(ServerMessage::Info {
+                s: 7,
+                reply: Reply::ChannelAssign(ChannelAssign {
+                    channel: Channel {
+                        channel_id: Snowflake(1),
+                        guild_id: None
+                    },
+                    token: "t".into()
+                })
             })
         );
+        // An INFO the server does not send, or one missing fields: whole.
+        for other in [
+            r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1"}}}"#,
+            r#"{"op":6,"s":7,"d":{"type":3,"data":{}}}"#,
+        ] {
+            assert!(
+                matches!(decode(other), Ok(LvspEvent::Other { op: 6, .. })),
+                "{other}"
+            );
+        }
         assert!(matches!(
             decode(r#"{"op":0,"d":{"heartbeat_interval":"x"}}"#),
             Ok(LvspEvent::Other { op: 0, .. })
@@ -620,14 +545,16 @@ mod tests {
         .await;
 
         let (mut c, ready) = LvspClient::connect(&url, "secret").await.expect("connect");
-        assert_eq!(ready, Ready { health: 1.0 });
+        assert_eq!(ready, Health { health: 1.0 });
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(45));
         let assign = c.channel_req("10", None).await.expect("assign");
         assert_eq!(
             assign,
             ChannelAssign {
-                channel_id: "10".into(),
-                guild_id: None,
+                channel: Channel {
+                    channel_id: Snowflake(10),
+                    guild_id: None
+                },
                 token: "tok".into()
             }
         );
@@ -638,13 +565,16 @@ mod tests {
             .expect("done");
         assert_eq!(done.session_id, "sess");
         assert_eq!(c.last_seq(), Some(3));
-        assert_eq!(c.heartbeat().await.expect("ack"), Some(0.25));
+        assert_eq!(c.heartbeat().await.expect("ack"), 0.25);
         assert_eq!(c.health(), Some(0.25));
         c.voice_state_destroy("30", "10", Some("20"))
             .await
             .expect("send");
         c.channel_destroy("10", Some("20")).await.expect("send");
-        assert_eq!(c.next_info().await.expect("queued").data["token"], "other");
+        assert!(matches!(
+            c.next_info().await.expect("queued").reply,
+            Reply::ChannelAssign(a) if a.token == "other"
+        ));
         assert_eq!(
             c.recv().await.expect("close"),
             LvspEvent::Closed(Some(4000))
@@ -685,8 +615,11 @@ mod tests {
                 resume,
                 json!({"op": 2, "d": {"token": identify_token("k", "nnnnnnnnnn"), "seq": 4}})
             );
-            peer.send(json!({"op": 6, "s": 5, "d": {"type": 4, "data": {}}}))
-                .await;
+            peer.send(
+                json!({"op": 6, "s": 5, "d": {"type": 4, "data": {"user_id": "1",
+                "channel_id": "2", "guild_id": null, "session_id": "s"}}}),
+            )
+            .await;
             peer.send(json!({"op": 3, "d": {"health": 0.5}})).await;
             peer.send_raw(tokio_tungstenite::tungstenite::Message::text("nope"))
                 .await;

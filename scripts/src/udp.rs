@@ -459,7 +459,7 @@ mod tests {
         let task = tokio::spawn(async move {
             let mut dropped_first = false;
             let mut buf = [0u8; 2048];
-            let mut cipher = Cipher::new(Mode::AeadAes256GcmRtpsize, &key)
+            let mut cipher = Cipher::new(Mode::Aes256GcmRtpSize, &key)
                 .expect("key")
                 .with_counter(9);
             while let Ok((n, from)) = sock.recv_from(&mut buf).await {
@@ -508,7 +508,7 @@ mod tests {
         );
 
         assert!(udp.send_opus(b"x").await.is_err(), "no key yet");
-        udp.set_session(Mode::AeadAes256GcmRtpsize, &key, 0)
+        udp.set_session(Mode::Aes256GcmRtpSize, &key, 0)
             .expect("key");
         udp.set_rtp_state(10, 9600);
         udp.send_opus(b"hello").await.expect("send");

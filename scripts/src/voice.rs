@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::crypto::{Mode, KEY_LEN};
-use crate::error::{ClientError, Result};
+use crate::error::Result;
 use crate::gateway::{GatewayClient, Ready, SessionDescription};
 use crate::udp::VoiceUdp;
 use crate::ws::HeartbeatTask;
@@ -42,16 +42,12 @@ impl VoiceClient {
         let ready = gateway
             .identify(server_id, user_id, session_id, token)
             .await?;
-        let mut udp = VoiceUdp::bind(ready.addr()?, ready.ssrc).await?;
+        let mut udp = VoiceUdp::bind(ready.addr(), ready.ssrc).await?;
         let seen = udp.discover().await?;
         let session = gateway
-            .select_protocol(&seen.ip().to_string(), seen.port(), mode)
+            .select_protocol(seen.ip(), seen.port(), mode)
             .await?;
-        let key = session.key()?;
-        let chosen = Mode::from_name(&session.mode).ok_or_else(|| {
-            ClientError::Protocol(format!("server chose unknown mode {:?}", session.mode))
-        })?;
-        udp.set_session(chosen, &key, 0)?;
+        udp.set_session(session.mode, &session.secret_key, 0)?;
         let interval = gateway.wait_hello().await?;
         let heartbeat = Some(gateway.spawn_heartbeat(interval));
         Ok(VoiceClient {
@@ -118,8 +114,8 @@ mod tests {
         let udp_port = udp.local_addr().expect("addr").port();
         let udp_task = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let cipher = Cipher::new(Mode::AeadXChaCha20Poly1305Rtpsize, &key).expect("key");
-            let mut out = Cipher::new(Mode::AeadXChaCha20Poly1305Rtpsize, &key).expect("key");
+            let cipher = Cipher::new(Mode::XChaCha20Poly1305RtpSize, &key).expect("key");
+            let mut out = Cipher::new(Mode::XChaCha20Poly1305RtpSize, &key).expect("key");
             while let Ok((n, from)) = udp.recv_from(&mut buf).await {
                 if n == DISCOVERY_LEN {
                     let _ = udp.send_to(&discovery_response(42, from), from).await;
@@ -152,20 +148,12 @@ mod tests {
             peer.close(4022).await;
         })
         .await;
-        let mut c = VoiceClient::join(
-            &url,
-            7,
-            "g",
-            "u",
-            "s",
-            "t",
-            Mode::AeadXChaCha20Poly1305Rtpsize,
-        )
-        .await
-        .expect("join");
+        let mut c = VoiceClient::join(&url, 7, "1", "2", "s", "t", Mode::XChaCha20Poly1305RtpSize)
+            .await
+            .expect("join");
         assert_eq!(c.ssrc(), 42);
         assert_eq!(c.key(), key);
-        assert_eq!(c.mode(), Some(Mode::AeadXChaCha20Poly1305Rtpsize));
+        assert_eq!(c.mode(), Some(Mode::XChaCha20Poly1305RtpSize));
         c.udp.send_opus(b"frame").await.expect("send");
         let got = c
             .udp

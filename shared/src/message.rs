@@ -27,66 +27,26 @@ pub enum DecodeError {
     UnknownFamily(u8),
 }
 
-/// A transport encryption mode, in the order Ready advertises them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Mode {
-    /// `aead_aes256_gcm_rtpsize`: AES-256-GCM, 4-byte counter nonce suffix.
-    Aes256GcmRtpSize = 1,
-    /// `aead_xchacha20_poly1305_rtpsize`: IETF XChaCha20-Poly1305.
-    XChaCha20Poly1305RtpSize = 2,
-    /// `xsalsa20_poly1305_lite`: secretbox, 4-byte counter nonce suffix.
-    XSalsa20Poly1305Lite = 3,
-    /// `xsalsa20_poly1305_suffix`: secretbox, 24 random nonce bytes appended.
-    XSalsa20Poly1305Suffix = 4,
-    /// `xsalsa20_poly1305`: secretbox, nonce is the RTP header.
-    XSalsa20Poly1305 = 5,
+/// The transport encryption mode (defined with the gateway's names in the
+/// protocol crate). In a slot it is one byte: these values are the ring
+/// layout, independent of [`Mode::ALL`]'s order.
+pub use protocol::Mode;
+
+fn mode_to_u8(mode: Mode) -> u8 {
+    match mode {
+        Mode::Aes256GcmRtpSize => 1,
+        Mode::XChaCha20Poly1305RtpSize => 2,
+        Mode::XSalsa20Poly1305Lite => 3,
+        Mode::XSalsa20Poly1305Suffix => 4,
+        Mode::XSalsa20Poly1305 => 5,
+    }
 }
 
-impl Mode {
-    /// Every mode, in the order the gateway's Ready lists them.
-    pub const ALL: [Mode; 5] = [
-        Mode::Aes256GcmRtpSize,
-        Mode::XChaCha20Poly1305RtpSize,
-        Mode::XSalsa20Poly1305Lite,
-        Mode::XSalsa20Poly1305Suffix,
-        Mode::XSalsa20Poly1305,
-    ];
-
-    /// The modes offered unless the operator lists others: the two AEAD
-    /// modes Discord still serves. The three `xsalsa20_poly1305` modes were
-    /// removed by Discord in 2024 and protect weaker (the suffix mode
-    /// authenticates nothing it could order replays by; see README
-    /// "Security"), so they are offered only when configured.
-    pub const DEFAULT: [Mode; 2] = [Mode::Aes256GcmRtpSize, Mode::XChaCha20Poly1305RtpSize];
-
-    /// Whether the mode is one of the legacy `xsalsa20_poly1305` family.
-    pub fn is_legacy(self) -> bool {
-        !Mode::DEFAULT.contains(&self)
-    }
-
-    /// The mode's name on the voice gateway.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Aes256GcmRtpSize => "aead_aes256_gcm_rtpsize",
-            Mode::XChaCha20Poly1305RtpSize => "aead_xchacha20_poly1305_rtpsize",
-            Mode::XSalsa20Poly1305Lite => "xsalsa20_poly1305_lite",
-            Mode::XSalsa20Poly1305Suffix => "xsalsa20_poly1305_suffix",
-            Mode::XSalsa20Poly1305 => "xsalsa20_poly1305",
-        }
-    }
-
-    /// The mode with this gateway name.
-    pub fn from_name(name: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    fn from_u8(b: u8) -> Result<Mode, DecodeError> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| *m as u8 == b)
-            .ok_or(DecodeError::UnknownMode(b))
-    }
+fn mode_from_u8(b: u8) -> Result<Mode, DecodeError> {
+    Mode::ALL
+        .into_iter()
+        .find(|m| mode_to_u8(*m) == b)
+        .ok_or(DecodeError::UnknownMode(b))
 }
 
 /// Everything a core needs to forward one sender's media.
@@ -449,7 +409,7 @@ impl Wire for Command {
                     .u32(s.ssrc)
                     .u64(s.channel)
                     .u64(s.user)
-                    .u8(s.mode as u8)
+                    .u8(mode_to_u8(s.mode))
                     .bytes(&s.key)
                     .addr(s.declared)
                     .u32(s.slot);
@@ -487,7 +447,7 @@ impl Wire for Command {
                 ssrc: g.u32(),
                 channel: g.u64(),
                 user: g.u64(),
-                mode: Mode::from_u8(g.u8())?,
+                mode: mode_from_u8(g.u8())?,
                 key: g.array(),
                 declared: g.addr()?,
                 slot: g.u32(),
@@ -694,11 +654,12 @@ mod tests {
     }
 
     #[test]
-    fn mode_names() {
+    fn mode_bytes_are_the_ring_layout() {
+        let bytes: Vec<u8> = Mode::ALL.into_iter().map(mode_to_u8).collect();
+        assert_eq!(bytes, [1, 2, 3, 4, 5]);
         for m in Mode::ALL {
-            assert_eq!(Mode::from_name(m.name()), Some(m));
+            assert_eq!(mode_from_u8(mode_to_u8(m)), Ok(m));
         }
-        assert_eq!(Mode::from_name("plain"), None);
-        assert_eq!(Mode::ALL[0].name(), "aead_aes256_gcm_rtpsize");
+        assert_eq!(mode_from_u8(0), Err(DecodeError::UnknownMode(0)));
     }
 }

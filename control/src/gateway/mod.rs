@@ -1,5 +1,6 @@
 //! The Discord voice gateway, server side, as a sans-IO state machine
-//! (seeds/004 "Voice Connections", DESIGN.md "Voice gateway").
+//! (seeds/004 "Voice Connections", DESIGN.md "Voice gateway"). The wire
+//! itself (opcodes, close codes, message shapes) is `protocol::gateway`.
 //!
 //! One [`Connection`] per websocket. A text frame goes in two steps:
 //! [`Connection::handle_text`] checks the connection's budget and decodes
@@ -18,71 +19,28 @@
 //! lock). Once identified, every message is also charged to the voice
 //! session's budget in the registry, which survives reconnects.
 //!
-//! Sequenced messages (v8 `seq`) are numbered in the session's [`Stream`],
-//! which the registry keeps across connections: a Resume on a new socket
-//! gets every message after its `seq_ack` again, including those sent
-//! while no socket was attached.
+//! Sequenced messages (v8 `seq`) are numbered in the session's
+//! [`Stream`](crate::stream::Stream), which the registry keeps across
+//! connections: a Resume on a new socket gets every message after its
+//! `seq_ack` again, including those sent while no socket was attached.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::gateway::{
+    self as wire, ClientMessage, CloseCode, DecodeError, HeartbeatAck, Hello, Identify, Millis,
+    Opcode, Ready, Resume, ServerMessage, SessionDescription,
+};
+use protocol::Envelope;
 use rand::RngCore;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use shared::Mode;
 
+use crate::connection::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::limit::{Bucket, RateLimit};
-use crate::protocol::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::registry::{ConnId, IdentifyError, Push, Registry};
 use crate::Output;
-
-/// Close codes (DESIGN.md "Voice gateway").
-pub mod close {
-    /// Unknown opcode.
-    pub const UNKNOWN_OPCODE: u16 = 4001;
-    /// Failed to decode payload.
-    pub const DECODE_ERROR: u16 = 4002;
-    /// A payload before Identify.
-    pub const NOT_AUTHENTICATED: u16 = 4003;
-    /// Wrong token, session or ids in Identify or Resume.
-    pub const AUTHENTICATION_FAILED: u16 = 4004;
-    /// A second Identify (or a Resume after Identify).
-    pub const ALREADY_AUTHENTICATED: u16 = 4005;
-    /// Session no longer valid (cannot be resumed, or replaced).
-    pub const SESSION_INVALID: u16 = 4006;
-    /// No heartbeat in time.
-    pub const SESSION_TIMEOUT: u16 = 4009;
-    /// `server_id` names no guild or channel of this server.
-    pub const SERVER_NOT_FOUND: u16 = 4011;
-    /// Unknown protocol in Select Protocol.
-    pub const UNKNOWN_PROTOCOL: u16 = 4012;
-    /// Channel destroyed or voice state removed.
-    pub const DISCONNECTED: u16 = 4014;
-    /// Unknown encryption mode.
-    pub const UNKNOWN_MODE: u16 = 4016;
-    /// Unsupported gateway version.
-    pub const BAD_REQUEST: u16 = 4020;
-    /// Too many messages.
-    pub const RATE_LIMITED: u16 = 4021;
-}
-
-/// Opcodes.
-pub(crate) mod op {
-    pub const IDENTIFY: u64 = 0;
-    pub const SELECT_PROTOCOL: u64 = 1;
-    pub const READY: u64 = 2;
-    pub const HEARTBEAT: u64 = 3;
-    pub const SESSION_DESCRIPTION: u64 = 4;
-    pub const SPEAKING: u64 = 5;
-    pub const HEARTBEAT_ACK: u64 = 6;
-    pub const RESUME: u64 = 7;
-    pub const HELLO: u64 = 8;
-    pub const RESUMED: u64 = 9;
-    pub const CLIENTS_CONNECT: u64 = 11;
-    pub const CLIENT_DISCONNECT: u64 = 13;
-}
 
 /// Gateway settings shared by every connection.
 #[derive(Debug, Clone)]
@@ -112,139 +70,6 @@ pub const VERSIONS: std::ops::RangeInclusive<u8> = 1..=8;
 /// The version of a connection whose URL has no `v`: Discord's default, 1.
 pub const DEFAULT_VERSION: u8 = 1;
 
-/// Which earlier message a newer one makes obsolete in a [`Stream`]: a
-/// receiver that resumes needs only the latest Speaking of each member and
-/// the latest of each member's connects and disconnects. Keeping one
-/// message per key bounds what one member can put into another's resume
-/// buffer, however often it speaks or rejoins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Supersedes {
-    /// Speaking (op 5) of this user.
-    Speaking(u64),
-    /// Clients Connect (op 11) or Client Disconnect (op 13) of this user.
-    Presence(u64),
-}
-
-/// One numbered message kept for a Resume.
-#[derive(Debug)]
-struct Kept {
-    seq: u64,
-    text: String,
-    key: Option<Supersedes>,
-}
-
-/// The numbered messages of one gateway session: at v8 every server
-/// message but Hello, Heartbeat ACK and Resumed carries `seq`, and the last
-/// `capacity` of them are kept for a Resume to re-deliver. A message with a
-/// [`Supersedes`] key replaces the kept one with the same key.
-#[derive(Debug)]
-pub struct Stream {
-    version: u8,
-    /// `seq` of the last numbered message.
-    seq: u64,
-    sent: VecDeque<Kept>,
-    capacity: usize,
-    /// The highest `seq` dropped for lack of room (0: none). Superseded
-    /// messages do not count: what they said is in a later message.
-    lost_through: u64,
-}
-
-impl Stream {
-    /// An empty stream for a session at `version`.
-    pub fn new(version: u8, capacity: usize) -> Stream {
-        Stream {
-            version,
-            seq: 0,
-            sent: VecDeque::new(),
-            capacity: capacity.max(1),
-            lost_through: 0,
-        }
-    }
-
-    /// The wire text of a message, numbered (and kept) at v8.
-    pub fn message(&mut self, op: u64, d: Value) -> String {
-        self.message_keyed(op, d, None)
-    }
-
-    /// [`Stream::message`], replacing the kept message with the same
-    /// `key`, if any.
-    pub fn message_keyed(&mut self, op: u64, d: Value, key: Option<Supersedes>) -> String {
-        if self.version < 8 {
-            return json!({"op": op, "d": d}).to_string();
-        }
-        self.seq += 1;
-        let text = json!({"op": op, "d": d, "seq": self.seq}).to_string();
-        if let Some(key) = key {
-            if let Some(i) = self.sent.iter().position(|k| k.key == Some(key)) {
-                self.sent.remove(i);
-            }
-        }
-        if self.sent.len() == self.capacity {
-            if let Some(lost) = self.sent.pop_front() {
-                self.lost_through = lost.seq;
-            }
-        }
-        self.sent.push_back(Kept {
-            seq: self.seq,
-            text: text.clone(),
-            key,
-        });
-        text
-    }
-
-    /// Whether a connection at gateway `version` can carry this stream:
-    /// both numbered (v8) or both not.
-    pub fn serves(&self, version: u8) -> bool {
-        (self.version >= 8) == (version >= 8)
-    }
-
-    /// The messages after `seq_ack`, or None when some are no longer kept
-    /// (or `seq_ack` is ahead of what was sent). Below v8 nothing is
-    /// numbered: nothing to re-deliver.
-    pub fn after(&self, seq_ack: u64) -> Option<Vec<String>> {
-        if self.version < 8 {
-            return Some(Vec::new());
-        }
-        if seq_ack > self.seq || seq_ack < self.lost_through {
-            return None;
-        }
-        Some(
-            self.sent
-                .iter()
-                .filter(|k| k.seq > seq_ack)
-                .map(|k| k.text.clone())
-                .collect(),
-        )
-    }
-}
-
-/// Identify op 0's data.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Identify {
-    /// The guild id (the channel id for DMs).
-    pub server_id: String,
-    /// The user.
-    pub user_id: String,
-    /// VOICE_STATE_DONE's session id.
-    pub session_id: String,
-    /// CHANNEL_ASSIGN's token.
-    pub token: String,
-}
-
-/// Resume op 7's data.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    /// The guild id (the channel id for DMs).
-    pub server_id: String,
-    /// The session to resume.
-    pub session_id: String,
-    /// CHANNEL_ASSIGN's token.
-    pub token: String,
-    /// v8: the last numbered message the client saw (0 when none); below
-    /// v8 None (nothing is numbered).
-    pub seq_ack: Option<u64>,
-}
-
 /// Select Protocol op 1's data, checked against the offered modes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelectProtocol {
@@ -257,8 +82,8 @@ pub struct SelectProtocol {
 /// A client message, decoded by [`Connection::handle_text`].
 #[derive(Debug, Clone)]
 pub enum Incoming {
-    /// Heartbeat op 3 of an identified connection, with the ACK's `d`.
-    Heartbeat(Value),
+    /// Heartbeat op 3 of an identified connection, with its ACK.
+    Heartbeat(HeartbeatAck),
     /// Identify op 0.
     Identify(Identify),
     /// Resume op 7.
@@ -306,11 +131,10 @@ impl Connection {
             closing: None,
             out: VecDeque::new(),
         };
-        let interval = c.config.heartbeat_interval.as_millis() as u64;
-        c.send_unsequenced(
-            op::HELLO,
-            json!({"v": version, "heartbeat_interval": interval}),
-        );
+        c.send_unsequenced(ServerMessage::Hello(Hello {
+            v: Some(version),
+            heartbeat_interval: Millis::from(c.config.heartbeat_interval),
+        }));
         c
     }
 
@@ -319,7 +143,7 @@ impl Connection {
     pub fn unsupported(config: Arc<Config>, conn: ConnId, now: Instant) -> Connection {
         let mut c = Connection::new(config, conn, *VERSIONS.end(), now);
         c.out.clear();
-        c.close(refuse(close::BAD_REQUEST, "unsupported gateway version"));
+        c.close(refuse(CloseCode::BadRequest, "unsupported gateway version"));
         c
     }
 
@@ -332,7 +156,7 @@ impl Connection {
     /// any other frame (past it, 4021).
     pub fn handle_ping(&mut self, now: Instant) {
         if self.closing.is_none() && !self.bucket.take(now) {
-            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+            self.close(rate_limited());
         }
     }
 
@@ -367,9 +191,9 @@ impl Connection {
             return;
         }
         if self.identify_by.is_some_and(|by| now >= by) {
-            self.close(refuse(close::NOT_AUTHENTICATED, "no identify in time"));
+            self.close(refuse(CloseCode::NotAuthenticated, "no identify in time"));
         } else if now >= self.deadline {
-            self.close(refuse(close::SESSION_TIMEOUT, "session timeout"));
+            self.close(refuse(CloseCode::SessionTimeout, "session timeout"));
         }
     }
 
@@ -378,7 +202,8 @@ impl Connection {
     /// in the registry; after any other close it leaves the call.
     pub fn closed(&mut self, now: Instant, registry: &mut Registry) {
         if let Some(session_id) = self.session.take() {
-            let resumable = matches!(self.closing, None | Some(close::SESSION_TIMEOUT));
+            let timeout = u16::from(CloseCode::SessionTimeout);
+            let resumable = self.closing.is_none_or(|code| code == timeout);
             registry.gateway_closed(&session_id, self.conn, now, resumable);
         }
         self.closing.get_or_insert(1000);
@@ -392,15 +217,15 @@ impl Connection {
             return;
         }
         if self.session.is_none() {
-            self.close(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
+            self.close(not_authenticated());
         } else if !self.bucket.take(now) {
-            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+            self.close(rate_limited());
         }
     }
 
     /// A frame over the size limit (the socket layer discarded it).
     pub fn handle_oversized(&mut self) {
-        self.close(refuse(close::DECODE_ERROR, "message too large"));
+        self.close(refuse(CloseCode::DecodeError, "message too large"));
     }
 
     /// A message from the registry for this connection.
@@ -409,7 +234,7 @@ impl Connection {
             return;
         }
         match push {
-            Push::Text(text) => self.out.push_back(Output::Text(text)),
+            Push::Message(m) => self.out.push_back(Output::Text(m.encode())),
             Push::Close { code, reason } => {
                 // The registry already released (or handed over) the
                 // session: closing must not release it again.
@@ -429,7 +254,7 @@ impl Connection {
             return None;
         }
         if !self.bucket.take(now) {
-            self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+            self.close(rate_limited());
             return None;
         }
         match self.decode(text) {
@@ -446,44 +271,44 @@ impl Connection {
     }
 
     /// Decodes a text frame for this connection's state, without side
-    /// effects: the size and op limits before Identify, the message's
-    /// shape, and the checks that need no registry (protocol and mode in
-    /// Select Protocol, the heartbeat nonce).
+    /// effects: the size and op limits before Identify (and a second
+    /// Identify or Resume) are checked before `d` is read; then the
+    /// message's shape, and what needs no registry (the mode in Select
+    /// Protocol).
     pub fn decode(&self, text: &str) -> Result<Incoming> {
         let identified = self.session.is_some();
         if !identified && text.len() > PRE_AUTH_MAX_MESSAGE {
-            return Err(refuse(close::DECODE_ERROR, "message too large"));
+            return Err(refuse(CloseCode::DecodeError, "message too large"));
         }
-        let mut msg: Value =
-            serde_json::from_str(text).map_err(|_| refuse(close::DECODE_ERROR, "invalid json"))?;
-        let op = msg
-            .get("op")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| refuse(close::DECODE_ERROR, "missing integer op"))?;
-        let d = msg.get_mut("d").map(Value::take).unwrap_or(Value::Null);
-        if !identified && !matches!(op, op::IDENTIFY | op::RESUME | op::HEARTBEAT) {
-            return Err(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
+        let envelope = Envelope::parse(text).map_err(|e| decode_refusal(e.into()))?;
+        let op = Opcode::from_code(envelope.op());
+        if !identified
+            && !matches!(
+                op,
+                Some(Opcode::Identify | Opcode::Resume | Opcode::Heartbeat)
+            )
+        {
+            return Err(not_authenticated());
         }
-        let already = || refuse(close::ALREADY_AUTHENTICATED, "already authenticated");
-        Ok(match op {
-            op::HEARTBEAT => Incoming::Heartbeat(self.heartbeat_ack(&d)?),
-            op::IDENTIFY if identified => return Err(already()),
-            op::IDENTIFY => Incoming::Identify(serde_json::from_value(d).map_err(|_| bad_field())?),
-            op::RESUME if identified => return Err(already()),
-            op::RESUME => Incoming::Resume(self.decode_resume(&d)?),
-            op::SELECT_PROTOCOL => Incoming::SelectProtocol(self.decode_select(&d)?),
-            op::SPEAKING => Incoming::Speaking(match d.get("speaking") {
-                Some(Value::Bool(b)) => u32::from(*b),
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| refuse(close::DECODE_ERROR, "speaking must be flags"))?,
-                None => return Err(refuse(close::DECODE_ERROR, "speaking missing")),
-            }),
+        if identified && matches!(op, Some(Opcode::Identify | Opcode::Resume)) {
+            return Err(refuse(
+                CloseCode::AlreadyAuthenticated,
+                "already authenticated",
+            ));
+        }
+        let message =
+            ClientMessage::from_envelope(&envelope, self.version).map_err(decode_refusal)?;
+        Ok(match message {
+            ClientMessage::Heartbeat(heartbeat) => Incoming::Heartbeat(heartbeat.ack()),
+            ClientMessage::Identify(identify) => Incoming::Identify(identify),
+            ClientMessage::Resume(resume) => Incoming::Resume(resume),
+            ClientMessage::SelectProtocol(select) => {
+                Incoming::SelectProtocol(self.check_select(&select)?)
+            }
+            ClientMessage::Speaking(speaking) => Incoming::Speaking(speaking.speaking),
             // Video (12), client flags/platform (14-20) and DAVE (21-31):
             // accepted and ignored while video and DAVE are off.
-            10 | 12 | 14..=31 => Incoming::Ignored,
-            _ => return Err(refuse(close::UNKNOWN_OPCODE, "unknown opcode")),
+            ClientMessage::Ignored(_) => Incoming::Ignored,
         })
     }
 
@@ -495,7 +320,7 @@ impl Connection {
         }
         if let Some(session_id) = &self.session {
             if !registry.spend(session_id, now, self.config.rate) {
-                return self.close(refuse(close::RATE_LIMITED, "rate limit exceeded"));
+                return self.close(rate_limited());
             }
         }
         let handled = match incoming {
@@ -529,97 +354,42 @@ impl Connection {
         }
     }
 
-    fn send_unsequenced(&mut self, op: u64, d: Value) {
-        self.out
-            .push_back(Output::Text(json!({"op": op, "d": d}).to_string()));
+    fn send_unsequenced(&mut self, message: ServerMessage) {
+        self.out.push_back(Output::Text(message.encode(None)));
     }
 
     /// A message numbered in the session's stream.
-    fn send(&mut self, registry: &mut Registry, op: u64, d: Value) {
-        if let Some(text) = self
+    fn send(&mut self, registry: &mut Registry, message: ServerMessage) {
+        if let Some(m) = self
             .session
             .as_deref()
-            .and_then(|sid| registry.message(sid, op, d))
+            .and_then(|sid| registry.message(sid, message))
         {
-            self.out.push_back(Output::Text(text));
+            self.out.push_back(Output::Text(m.encode()));
         }
     }
 
-    /// The ACK's `d` for a heartbeat's `d`: only the nonce comes back, so
-    /// an ACK is never larger than what earned it. Below v8 `d` is the
-    /// nonce, an integer; at v8 it is `{t, seq_ack}` with an integer `t`
-    /// and the ACK is `{t}`.
-    fn heartbeat_ack(&self, d: &Value) -> Result<Value> {
-        let nonce = if self.version >= 8 {
-            d.get("t")
-        } else {
-            Some(d)
-        };
-        match nonce {
-            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(if self.version >= 8 {
-                json!({"t": n})
-            } else {
-                Value::Number(n.clone())
-            }),
-            _ => Err(refuse(
-                close::DECODE_ERROR,
-                "heartbeat nonce must be an integer",
-            )),
-        }
-    }
-
-    fn heartbeat(&mut self, now: Instant, ack: Value) {
+    /// The ACK carries back only the nonce, so it is never larger than
+    /// what earned it.
+    fn heartbeat(&mut self, now: Instant, ack: HeartbeatAck) {
         self.deadline = now + grace(self.config.heartbeat_interval);
-        self.send_unsequenced(op::HEARTBEAT_ACK, ack);
+        self.send_unsequenced(ServerMessage::HeartbeatAck(ack));
     }
 
-    fn decode_resume(&self, d: &Value) -> Result<Resume> {
-        let (server_id, session_id, token) = (
-            field(d, "server_id")?,
-            field(d, "session_id")?,
-            field(d, "token")?,
-        );
-        // `seq_ack` (v8): the last numbered message the client saw; -1 or
-        // absent when it saw none.
-        let seq_ack = match d.get("seq_ack") {
-            None | Some(Value::Null) => (self.version >= 8).then_some(0),
-            Some(v) => match v.as_i64() {
-                Some(n) => Some(u64::try_from(n).unwrap_or(0)),
-                None => return Err(refuse(close::DECODE_ERROR, "seq_ack must be an integer")),
-            },
-        };
-        Ok(Resume {
-            server_id: server_id.to_owned(),
-            session_id: session_id.to_owned(),
-            token: token.to_owned(),
-            seq_ack,
-        })
-    }
-
-    fn decode_select(&self, d: &Value) -> Result<SelectProtocol> {
-        if field(d, "protocol")? != "udp" {
-            return Err(refuse(close::UNKNOWN_PROTOCOL, "unknown protocol"));
-        }
-        let data = d
-            .get("data")
-            .filter(|v| v.is_object())
-            .ok_or_else(|| refuse(close::DECODE_ERROR, "data must be an object"))?;
-        let mode = Mode::from_name(field(data, "mode")?)
+    /// The mode must be one of those offered; the declared address is
+    /// advisory (the data plane uses it only when it matches what IP
+    /// discovery observed).
+    fn check_select(&self, select: &wire::SelectProtocol) -> Result<SelectProtocol> {
+        let mode = select
+            .data
+            .mode()
             .filter(|m| self.config.modes.contains(m))
-            .ok_or_else(|| refuse(close::UNKNOWN_MODE, "unknown encryption mode"))?;
-        // The declared address is advisory: the data plane uses it only when
-        // it matches what IP discovery observed.
-        let declared = match (
-            data.get("address").and_then(Value::as_str),
-            data.get("port").and_then(Value::as_u64),
-        ) {
-            (Some(a), Some(p)) => a
-                .parse::<IpAddr>()
-                .ok()
-                .zip(u16::try_from(p).ok())
-                .map(|(ip, port)| SocketAddr::new(ip, port)),
-            _ => None,
-        };
+            .ok_or_else(|| refuse(CloseCode::UnknownEncryptionMode, "unknown encryption mode"))?;
+        let declared = select
+            .data
+            .address
+            .zip(select.data.port)
+            .map(|(ip, port)| SocketAddr::new(ip, port));
         Ok(SelectProtocol { mode, declared })
     }
 
@@ -631,78 +401,83 @@ impl Connection {
         self.ssrc = Some(identified.ssrc);
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
-        let modes: Vec<&str> = self.config.modes.iter().map(|m| m.name()).collect();
-        let interval = self.config.heartbeat_interval.as_millis() as u64;
-        self.send(
-            registry,
-            op::READY,
-            json!({
-                "ssrc": identified.ssrc,
-                "ip": self.config.udp_ip.to_string(),
-                "port": self.config.udp_port,
-                "modes": modes,
-                "heartbeat_interval": interval,
-            }),
-        );
+        let ready = Ready {
+            ssrc: identified.ssrc,
+            ip: IpAddr::V4(self.config.udp_ip),
+            port: self.config.udp_port,
+            modes: self.config.modes.iter().map(|m| m.name().into()).collect(),
+            heartbeat_interval: Some(Millis::from(self.config.heartbeat_interval)),
+        };
+        self.send(registry, ServerMessage::Ready(ready));
         // Who is here and which SSRC is whose, numbered after Ready.
         registry.welcome(&id.session_id);
         Ok(())
     }
 
     fn resume(&mut self, now: Instant, resume: &Resume, registry: &mut Registry) -> Result<()> {
+        let seq_ack = resume.seq_ack_at(self.version);
         let resumed = registry
-            .resume(self.conn, self.version, resume, now, self.config.rate)
+            .resume(
+                self.conn,
+                self.version,
+                resume,
+                seq_ack,
+                now,
+                self.config.rate,
+            )
             .map_err(identify_refusal)?;
         self.session = Some(resume.session_id.clone());
         self.ssrc = Some(resumed.ssrc);
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
-        self.send_unsequenced(op::RESUMED, Value::Null);
+        self.send_unsequenced(ServerMessage::Resumed);
         self.out
-            .extend(resumed.missed.into_iter().map(Output::Text));
+            .extend(resumed.missed.iter().map(|m| Output::Text(m.encode())));
         Ok(())
     }
 
     fn select_protocol(&mut self, select: &SelectProtocol, registry: &mut Registry) -> Result<()> {
         let Some(session_id) = self.session.clone() else {
-            return Err(refuse(close::NOT_AUTHENTICATED, "not authenticated"));
+            return Err(not_authenticated());
         };
         let mut key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
         registry
             .select_protocol(&session_id, select.mode, key, select.declared)
-            .map_err(|_| refuse(close::BAD_REQUEST, "server full"))?;
-        self.send(
-            registry,
-            op::SESSION_DESCRIPTION,
-            json!({
-                "mode": select.mode.name(),
-                "secret_key": key.to_vec(),
-                "dave_protocol_version": 0,
-            }),
-        );
+            .map_err(|_| refuse(CloseCode::BadRequest, "server full"))?;
+        let description = SessionDescription {
+            mode: select.mode,
+            secret_key: key,
+            dave_protocol_version: 0,
+        };
+        self.send(registry, ServerMessage::SessionDescription(description));
         Ok(())
     }
+}
+
+fn decode_refusal(e: DecodeError) -> Refusal {
+    refuse(e.close_code(), e.reason())
+}
+
+fn not_authenticated() -> Refusal {
+    refuse(CloseCode::NotAuthenticated, "not authenticated")
+}
+
+fn rate_limited() -> Refusal {
+    refuse(CloseCode::RateLimited, "rate limit exceeded")
 }
 
 fn identify_refusal(e: IdentifyError) -> Refusal {
     match e {
         IdentifyError::AuthenticationFailed => {
-            refuse(close::AUTHENTICATION_FAILED, "authentication failed")
+            refuse(CloseCode::AuthenticationFailed, "authentication failed")
         }
-        IdentifyError::ServerNotFound => refuse(close::SERVER_NOT_FOUND, "server not found"),
-        IdentifyError::SessionInvalid => refuse(close::SESSION_INVALID, "session no longer valid"),
-        IdentifyError::RateLimited => refuse(close::RATE_LIMITED, "rate limit exceeded"),
+        IdentifyError::ServerNotFound => refuse(CloseCode::ServerNotFound, "server not found"),
+        IdentifyError::SessionInvalid => {
+            refuse(CloseCode::SessionInvalid, "session no longer valid")
+        }
+        IdentifyError::RateLimited => rate_limited(),
     }
-}
-
-fn bad_field() -> Refusal {
-    refuse(close::DECODE_ERROR, "missing or wrong-typed field")
-}
-
-/// A required string field of `d`.
-fn field<'a>(d: &'a Value, name: &str) -> Result<&'a str> {
-    d.get(name).and_then(Value::as_str).ok_or_else(bad_field)
 }
 
 /// The gateway version a request URI's query asks for: its `v`
@@ -722,9 +497,16 @@ pub fn version_from_query(query: Option<&str>) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    use protocol::Snowflake;
+    use serde_json::{json, Value};
+    use shared::Command;
+
     use super::*;
     use crate::registry::Effect;
-    use shared::Command;
+
+    fn sf(id: u64) -> Snowflake {
+        Snowflake(id)
+    }
 
     /// A channel "100" in guild "1" with voice states for users 7, 8, 9,
     /// and the connections of a test: the registry's pushes are routed to
@@ -742,10 +524,10 @@ mod tests {
     fn call() -> Call {
         let mut registry = Registry::new(2);
         registry.set_resume(Duration::from_secs(10), 4);
-        let token = registry.channel_req("100", Some("1")).unwrap().token;
-        let sessions = ["7", "8", "9"]
-            .iter()
-            .map(|u| registry.voice_state_create(u, "100").unwrap())
+        let token = registry.channel_req(sf(100), Some(sf(1))).token;
+        let sessions = [7, 8, 9]
+            .into_iter()
+            .map(|u| registry.voice_state_create(sf(u), sf(100)).unwrap())
             .collect();
         Call {
             registry,
@@ -949,63 +731,72 @@ mod tests {
 
     #[test]
     fn close_codes() {
-        let cases: &[(&[&str], u16)] = &[
-            (&["nope"], close::DECODE_ERROR),
-            (&[r#"{"d":1}"#], close::DECODE_ERROR),
+        let cases: &[(&[&str], CloseCode)] = &[
+            (&["nope"], CloseCode::DecodeError),
+            (&[r#"{"d":1}"#], CloseCode::DecodeError),
             // Before Identify only Identify, Resume and Heartbeat: any
             // other op, known or not, is 4003.
-            (&[r#"{"op":99,"d":{}}"#], close::NOT_AUTHENTICATED),
-            (&[r#"{"op":2,"d":{}}"#], close::NOT_AUTHENTICATED),
-            (&[r#"{"op":12,"d":{}}"#], close::NOT_AUTHENTICATED),
-            (&["IDENTIFY", r#"{"op":99,"d":{}}"#], close::UNKNOWN_OPCODE),
-            (&["IDENTIFY", r#"{"op":2,"d":{}}"#], close::UNKNOWN_OPCODE),
-            (&[r#"{"op":3,"d":"nonce"}"#], close::DECODE_ERROR),
-            (&[r#"{"op":3,"d":{"t":"1"}}"#], close::DECODE_ERROR),
+            (&[r#"{"op":99,"d":{}}"#], CloseCode::NotAuthenticated),
+            (&[r#"{"op":2,"d":{}}"#], CloseCode::NotAuthenticated),
+            (&[r#"{"op":12,"d":{}}"#], CloseCode::NotAuthenticated),
+            (
+                &["IDENTIFY", r#"{"op":99,"d":{}}"#],
+                CloseCode::UnknownOpcode,
+            ),
+            (
+                &["IDENTIFY", r#"{"op":2,"d":{}}"#],
+                CloseCode::UnknownOpcode,
+            ),
+            (&[r#"{"op":3,"d":"nonce"}"#], CloseCode::DecodeError),
+            (&[r#"{"op":3,"d":{"t":"1"}}"#], CloseCode::DecodeError),
             (
                 &[r#"{"op":5,"d":{"speaking":1}}"#],
-                close::NOT_AUTHENTICATED,
+                CloseCode::NotAuthenticated,
             ),
             (
                 &[r#"{"op":1,"d":{"protocol":"udp"}}"#],
-                close::NOT_AUTHENTICATED,
+                CloseCode::NotAuthenticated,
             ),
-            (&[r#"{"op":0,"d":{"server_id":"1"}}"#], close::DECODE_ERROR),
+            (
+                &[r#"{"op":0,"d":{"server_id":"1"}}"#],
+                CloseCode::DecodeError,
+            ),
             (
                 &[r#"{"op":0,"d":{"server_id":"1","user_id":"7","session_id":"x","token":"y"}}"#],
-                close::AUTHENTICATION_FAILED,
+                CloseCode::AuthenticationFailed,
             ),
             (
                 &[r#"{"op":0,"d":{"server_id":"2","user_id":"7","session_id":"x","token":"y"}}"#],
-                close::SERVER_NOT_FOUND,
+                CloseCode::ServerNotFound,
             ),
             (
                 &[r#"{"op":7,"d":{"server_id":"1","session_id":"x","token":"y"}}"#],
-                close::SESSION_INVALID,
+                CloseCode::SessionInvalid,
             ),
             (
                 &["IDENTIFY", "CLOSE", "RESUME-BADTOKEN"],
-                close::AUTHENTICATION_FAILED,
+                CloseCode::AuthenticationFailed,
             ),
-            (&["IDENTIFY", "IDENTIFY"], close::ALREADY_AUTHENTICATED),
-            (&["IDENTIFY", "RESUME"], close::ALREADY_AUTHENTICATED),
-            (&["RESUME"], close::SESSION_INVALID), // never identified
+            (&["IDENTIFY", "IDENTIFY"], CloseCode::AlreadyAuthenticated),
+            (&["IDENTIFY", "RESUME"], CloseCode::AlreadyAuthenticated),
+            (&["RESUME"], CloseCode::SessionInvalid), // never identified
             (
                 &[
                     "IDENTIFY",
                     r#"{"op":1,"d":{"protocol":"webrtc","data":{}}}"#,
                 ],
-                close::UNKNOWN_PROTOCOL,
+                CloseCode::UnknownProtocol,
             ),
             (
                 &[
                     "IDENTIFY",
                     r#"{"op":1,"d":{"protocol":"udp","data":{"mode":"plain"}}}"#,
                 ],
-                close::UNKNOWN_MODE,
+                CloseCode::UnknownEncryptionMode,
             ),
             (
                 &["IDENTIFY", r#"{"op":5,"d":{"speaking":"loud"}}"#],
-                close::DECODE_ERROR,
+                CloseCode::DecodeError,
             ),
         ];
         for (msgs, code) in cases {
@@ -1033,7 +824,11 @@ mod tests {
                 feed(&mut c, call.now, &m, &mut call.registry);
             }
             let o = out(&mut c);
-            assert_eq!(o.last().unwrap(), &json!({"close": code}), "{msgs:?}");
+            assert_eq!(
+                o.last().unwrap(),
+                &json!({"close": u16::from(*code)}),
+                "{msgs:?}"
+            );
             assert!(c.is_closed());
             c.closed(call.now, &mut call.registry);
             assert_eq!(
@@ -1274,14 +1069,14 @@ mod tests {
         out(&mut b);
         let ssrc = a.ssrc().unwrap();
         // Move: destroy + create in another channel.
-        call.registry.voice_state_destroy("7", "100");
+        call.registry.voice_state_destroy(sf(7), sf(100));
         call.route(&mut [&mut a, &mut b]);
         assert_eq!(out(&mut a).last(), Some(&json!({"close": 4014})));
         assert_eq!(out(&mut b), vec![json!({"op": 13, "d": {"user_id": "7"}})]);
         assert!(call.commands.contains(&Command::RemoveSession { ssrc }));
         a.closed(call.now, &mut call.registry);
-        let t2 = call.registry.channel_req("200", Some("1")).unwrap().token;
-        let moved = call.registry.voice_state_create("7", "200").unwrap();
+        let t2 = call.registry.channel_req(sf(200), Some(sf(1))).token;
+        let moved = call.registry.voice_state_create(sf(7), sf(200)).unwrap();
         assert_ne!(moved, call.sessions[0]);
         let mut a2 = Connection::new(config(), 3, 4, call.now);
         let m = json!({"op": 0, "d": {"server_id": "1", "user_id": "7",
@@ -1289,21 +1084,6 @@ mod tests {
         out(&mut a2);
         assert_eq!(call.send(&mut a2, &m.to_string())[0]["op"], 2);
         assert_ne!(a2.ssrc(), Some(ssrc));
-    }
-
-    #[test]
-    fn stream_keeps_the_last_messages() {
-        let mut s = Stream::new(8, 2);
-        for i in 0..3 {
-            s.message(5, json!(i));
-        }
-        assert_eq!(s.after(3), Some(vec![]));
-        assert_eq!(s.after(1).unwrap().len(), 2);
-        assert_eq!(s.after(0), None, "seq 1 is gone");
-        assert_eq!(s.after(4), None, "never sent");
-        let mut v4 = Stream::new(4, 2);
-        assert_eq!(v4.message(5, json!(1)), r#"{"d":1,"op":5}"#);
-        assert_eq!(v4.after(0), Some(vec![]));
     }
 
     /// The close frame (code and reason) a connection queued.
@@ -1505,25 +1285,5 @@ mod tests {
         assert_eq!(o[1]["d"]["speaking"], 3 + 49);
         assert_eq!(o[1]["d"]["user_id"], "8");
         assert_eq!(o[2]["d"]["user_ids"], json!(["8"]));
-    }
-
-    #[test]
-    fn stream_keeps_only_the_latest_message_per_key() {
-        let mut s = Stream::new(8, 3);
-        let speaking = |u| Some(Supersedes::Speaking(u));
-        s.message(11, json!("first")); // seq 1, unkeyed
-        for i in 0..10 {
-            s.message_keyed(5, json!(i), speaking(7)); // seq 2..=11
-        }
-        s.message_keyed(13, json!("left"), Some(Supersedes::Presence(7))); // 12
-                                                                           // Kept: 1, 11, 12. Nothing was dropped for room: any seq_ack works.
-        let all = s.after(0).unwrap();
-        assert_eq!(all.len(), 3);
-        assert!(all[1].contains("\"d\":9"), "{all:?}");
-        assert_eq!(s.after(5).unwrap().len(), 2, "seq 11 and 12");
-        // Another user's Speaking is not superseded by 7's.
-        s.message_keyed(5, json!("eight"), speaking(8)); // 13: room → 1 lost
-        assert_eq!(s.after(0), None, "seq 1 is gone");
-        assert_eq!(s.after(1).unwrap().len(), 3);
     }
 }

@@ -1,5 +1,6 @@
 //! The LVSP server side as a sans-IO state machine (seeds/001, DESIGN.md
-//! "LVSP").
+//! "LVSP"). The wire itself (opcodes, close codes, INFO types per dialect,
+//! message shapes, the IDENTIFY token) is `protocol::lvsp`.
 //!
 //! A text frame goes in two steps: [`Connection::handle_text`] checks the
 //! connection's budget and decodes it into an [`Incoming`] without
@@ -27,133 +28,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
+use protocol::lvsp::{
+    token_valid, CloseCode, DecodeError, Health, Hello, Opcode, Reply, Request, ServerMessage,
+    VoiceStateDone,
+};
+use protocol::Envelope;
 use rand::distributions::{Alphanumeric, DistString};
-use serde_json::{json, Map, Value};
-use sha2::Sha256;
 
 mod backoff;
 
 pub use backoff::{AuthBackoff, AuthGuard, Failure};
+pub use protocol::lvsp::ClientMessage as Incoming;
+pub use protocol::lvsp::Dialect;
 
+use crate::connection::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::limit::Bucket;
 pub use crate::limit::RateLimit;
-use crate::protocol::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::registry::{Registry, RequestError};
 use crate::Output;
-
-/// Close code: general error, reconnect.
-pub const CLOSE_GENERAL: u16 = 4000;
-/// Close code: authentication failure.
-pub const CLOSE_AUTH: u16 = 4001;
-/// Close code: the message failed to decode.
-pub const CLOSE_DECODE: u16 = 4002;
 
 /// The shortest secret the server starts with, in characters: 32 random
 /// hex digits (128 bits) is the floor. The generated default is 64.
 pub const MIN_SECRET_LEN: usize = 32;
-
-/// Opcodes.
-mod op {
-    pub const HELLO: u64 = 0;
-    pub const IDENTIFY: u64 = 1;
-    pub const RESUME: u64 = 2;
-    pub const READY: u64 = 3;
-    pub const HEARTBEAT: u64 = 4;
-    pub const HEARTBEAT_ACK: u64 = 5;
-    pub const INFO: u64 = 6;
-}
-
-/// Which numbering of INFO types and which heartbeat unit the peer uses
-/// (DESIGN.md "Dialects").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dialect {
-    /// seeds/001: heartbeat in milliseconds, INFO 2 CHANNEL_DESTROY,
-    /// 3 VOICE_STATE_CREATE, 4 VOICE_STATE_DONE, 5 VOICE_STATE_DESTROY,
-    /// 6 VOICE_STATE_UPDATE.
-    #[default]
-    Spec,
-    /// Litecord's shipped client: heartbeat in seconds, INFO 2
-    /// CHANNEL_UPDATE, 3 CHANNEL_DESTROY, 4 VOICE_STATE_CREATE (answered
-    /// with type 4 carrying the session id), 5 VOICE_STATE_UPDATE,
-    /// 6 VOICE_STATE_LEAVE.
-    Litecord,
-}
-
-impl std::str::FromStr for Dialect {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "spec" => Ok(Dialect::Spec),
-            "litecord" => Ok(Dialect::Litecord),
-            other => Err(format!("unknown LVSP dialect {other:?} (spec, litecord)")),
-        }
-    }
-}
-
-/// An INFO the client sends, whatever its number in the dialect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Info {
-    ChannelReq,
-    /// Sent by the server only: refused from a client.
-    ChannelAssign,
-    ChannelUpdate,
-    ChannelDestroy,
-    VoiceStateCreate,
-    /// Sent by the server only: refused from a client.
-    VoiceStateDone,
-    VoiceStateDestroy,
-    VoiceStateUpdate,
-}
-
-/// An INFO the server sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply {
-    ChannelAssign,
-    VoiceStateDone,
-}
-
-impl Dialect {
-    /// The INFO a client sent with type `t`.
-    fn decode(self, t: u64) -> Option<Info> {
-        use Info::*;
-        Some(match (self, t) {
-            (_, 0) => ChannelReq,
-            (_, 1) => ChannelAssign,
-            (Dialect::Spec, 2) => ChannelDestroy,
-            (Dialect::Spec, 3) => VoiceStateCreate,
-            (Dialect::Spec, 4) => VoiceStateDone,
-            (Dialect::Spec, 5) => VoiceStateDestroy,
-            (Dialect::Spec, 6) => VoiceStateUpdate,
-            (Dialect::Litecord, 2) => ChannelUpdate,
-            (Dialect::Litecord, 3) => ChannelDestroy,
-            (Dialect::Litecord, 4) => VoiceStateCreate,
-            (Dialect::Litecord, 5) => VoiceStateUpdate,
-            (Dialect::Litecord, 6) => VoiceStateDestroy,
-            _ => return None,
-        })
-    }
-
-    /// The type number of an INFO the server sends: the same in both
-    /// dialects. Litecord has no VOICE_STATE_DONE: the reply reuses
-    /// VST_CREATE's number 4 (its client ignores it, a newer one can read
-    /// the session id from it).
-    fn encode(self, reply: Reply) -> u64 {
-        match reply {
-            Reply::ChannelAssign => 1,
-            Reply::VoiceStateDone => 4,
-        }
-    }
-
-    /// HELLO's heartbeat_interval in this dialect's unit.
-    fn interval(self, d: Duration) -> u64 {
-        match self {
-            Dialect::Spec => d.as_millis() as u64,
-            // Whole seconds, rounded up (at least 1).
-            Dialect::Litecord => d.as_millis().div_ceil(1000).max(1) as u64,
-        }
-    }
-}
 
 /// LVSP settings shared by every connection.
 #[derive(Debug, Clone)]
@@ -195,10 +91,9 @@ impl Replay {
         self.seq
     }
 
-    fn push(&mut self, kind: u64, data: Value) -> String {
+    fn push(&mut self, reply: Reply) -> String {
         self.seq += 1;
-        let msg =
-            json!({"op": op::INFO, "s": self.seq, "d": {"type": kind, "data": data}}).to_string();
+        let msg = ServerMessage::Info { s: self.seq, reply }.encode();
         if self.sent.len() == self.capacity {
             self.sent.pop_front();
         }
@@ -223,64 +118,6 @@ impl Replay {
                 .map(|(_, m)| m),
         )
     }
-}
-
-/// A client request carried by an INFO, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// CHANNEL_REQ.
-    ChannelReq {
-        /// The channel's snowflake.
-        channel_id: String,
-        /// The guild's snowflake (None for DMs).
-        guild_id: Option<String>,
-    },
-    /// CHANNEL_UPDATE (litecord dialect): accepted, no reply.
-    ChannelUpdate,
-    /// CHANNEL_DESTROY.
-    ChannelDestroy {
-        /// The channel's snowflake.
-        channel_id: String,
-    },
-    /// VOICE_STATE_CREATE.
-    VoiceStateCreate {
-        /// The user's snowflake.
-        user_id: String,
-        /// The channel's snowflake.
-        channel_id: String,
-        /// The guild's snowflake (None for DMs).
-        guild_id: Option<String>,
-    },
-    /// VOICE_STATE_DESTROY (VST_LEAVE in the litecord dialect).
-    VoiceStateDestroy {
-        /// The user's snowflake.
-        user_id: String,
-        /// The channel's snowflake.
-        channel_id: String,
-    },
-    /// VOICE_STATE_UPDATE: accepted, no reply.
-    VoiceStateUpdate,
-}
-
-/// A client message, decoded by [`Connection::handle_text`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Incoming {
-    /// IDENTIFY with its token.
-    Identify {
-        /// Hex HMAC of the nonce.
-        token: String,
-    },
-    /// RESUME with its token and the last INFO seen.
-    Resume {
-        /// Hex HMAC of the nonce.
-        token: String,
-        /// `s` of the last INFO the client saw.
-        seq: u64,
-    },
-    /// HEARTBEAT after READY.
-    Heartbeat,
-    /// INFO after READY.
-    Info(Request),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -314,7 +151,11 @@ impl Connection {
     /// A new connection from `peer`; queues HELLO with a fresh nonce.
     pub fn new(config: Arc<Config>, peer: SocketAddr, now: Instant) -> Connection {
         let nonce = Alphanumeric.sample_string(&mut rand::thread_rng(), 10);
-        let mut c = Connection {
+        let hello = ServerMessage::Hello(Hello {
+            heartbeat_interval: config.dialect.encode_interval(config.heartbeat_interval),
+            nonce: nonce.clone(),
+        });
+        Connection {
             deadline: now + grace(config.heartbeat_interval),
             bucket: Bucket::new(config.rate, now),
             nonce,
@@ -322,15 +163,8 @@ impl Connection {
             peer,
             state: State::Hello,
             up: false,
-            out: VecDeque::new(),
-        };
-        let interval = c.config.dialect.interval(c.config.heartbeat_interval);
-        let hello = json!({"op": op::HELLO, "d": {
-            "heartbeat_interval": interval,
-            "nonce": c.nonce,
-        }});
-        c.out.push_back(Output::Text(hello.to_string()));
-        c
+            out: VecDeque::from([Output::Text(hello.encode())]),
+        }
     }
 
     /// The nonce sent in HELLO.
@@ -352,7 +186,7 @@ impl Connection {
     /// any other frame.
     pub fn handle_ping(&mut self, now: Instant) {
         if self.state != State::Closed && !self.bucket.take(now) {
-            self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
+            self.close(refuse(CloseCode::General, "rate limit exceeded"));
         }
     }
 
@@ -369,18 +203,18 @@ impl Connection {
     /// Time passes: closes the connection if the client went quiet.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state != State::Closed && now >= self.deadline {
-            self.close(refuse(CLOSE_GENERAL, "heartbeat timeout"));
+            self.close(refuse(CloseCode::General, "heartbeat timeout"));
         }
     }
 
     /// A binary frame: LVSP is JSON text only.
     pub fn handle_binary(&mut self) {
-        self.close(refuse(CLOSE_DECODE, "binary frames are not LVSP"));
+        self.close(refuse(CloseCode::DecodeError, "binary frames are not LVSP"));
     }
 
     /// A frame over the size limit (the socket layer discarded it).
     pub fn handle_oversized(&mut self) {
-        self.close(refuse(CLOSE_DECODE, "message too large"));
+        self.close(refuse(CloseCode::DecodeError, "message too large"));
     }
 
     /// The socket is gone: the registry learns Litecord may be away.
@@ -400,7 +234,7 @@ impl Connection {
             return None;
         }
         if !self.bucket.take(now) {
-            self.close(refuse(CLOSE_GENERAL, "rate limit exceeded"));
+            self.close(refuse(CloseCode::General, "rate limit exceeded"));
             return None;
         }
         match self.decode(text) {
@@ -413,53 +247,24 @@ impl Connection {
     }
 
     /// Decodes a text frame for this connection's state, without side
-    /// effects: the size and op limits before IDENTIFY and the message's
-    /// shape.
+    /// effects: the size limit before IDENTIFY, then which ops the state
+    /// allows (before `d` is read), then the message's shape.
     pub fn decode(&self, text: &str) -> Result<Incoming> {
         let hello = self.state == State::Hello;
         if hello && text.len() > PRE_AUTH_MAX_MESSAGE {
-            return Err(refuse(CLOSE_DECODE, "message too large"));
+            return Err(refuse(CloseCode::DecodeError, "message too large"));
         }
-        let msg: Value =
-            serde_json::from_str(text).map_err(|_| refuse(CLOSE_DECODE, "invalid json"))?;
-        let op = msg
-            .get("op")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| refuse(CLOSE_DECODE, "missing integer op"))?;
-        let d = msg.get("d").unwrap_or(&Value::Null);
-        Ok(match (hello, op) {
-            (true, op::IDENTIFY) => Incoming::Identify {
-                token: field_str(d, "token")?.to_owned(),
-            },
-            (true, op::RESUME) => Incoming::Resume {
-                token: field_str(d, "token")?.to_owned(),
-                seq: obj(d)?
-                    .get("seq")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| refuse(CLOSE_DECODE, "seq must be an integer"))?,
-            },
-            (true, op::HEARTBEAT | op::INFO) => {
-                return Err(refuse(CLOSE_GENERAL, "not identified"));
+        let envelope = Envelope::parse(text).map_err(|e| decode_refusal(e.into()))?;
+        match (hello, Opcode::from_code(envelope.op())) {
+            (true, Some(Opcode::Heartbeat | Opcode::Info)) => {
+                return Err(refuse(CloseCode::General, "not identified"));
             }
-            (false, op::IDENTIFY | op::RESUME) => {
-                return Err(refuse(CLOSE_GENERAL, "already identified"));
+            (false, Some(Opcode::Identify | Opcode::Resume)) => {
+                return Err(refuse(CloseCode::General, "already identified"));
             }
-            (false, op::HEARTBEAT) => {
-                // `d` is null (spec) or {"s": n} (Litecord sends s = 0).
-                if !(d.is_null() || d.is_object()) {
-                    return Err(refuse(
-                        CLOSE_DECODE,
-                        "HEARTBEAT d must be null or an object",
-                    ));
-                }
-                Incoming::Heartbeat
-            }
-            (false, op::INFO) => Incoming::Info(self.decode_info(d)?),
-            (_, op::HELLO | op::READY | op::HEARTBEAT_ACK) => {
-                return Err(refuse(CLOSE_GENERAL, "op is sent by the server"));
-            }
-            _ => return Err(refuse(CLOSE_GENERAL, "unknown op")),
-        })
+            _ => {}
+        }
+        Incoming::from_envelope(&envelope, self.config.dialect).map_err(decode_refusal)
     }
 
     /// A decoded message, step two, with the shared state (under its
@@ -491,13 +296,12 @@ impl Connection {
         }
     }
 
-    fn send(&mut self, op: u64, d: Value) {
-        self.out
-            .push_back(Output::Text(json!({"op": op, "d": d}).to_string()));
+    fn send(&mut self, message: ServerMessage) {
+        self.out.push_back(Output::Text(message.encode()));
     }
 
-    fn send_info(&mut self, replay: &mut Replay, reply: Reply, data: Value) {
-        let msg = replay.push(self.config.dialect.encode(reply), data);
+    fn send_info(&mut self, replay: &mut Replay, reply: Reply) {
+        let msg = replay.push(reply);
         self.out.push_back(Output::Text(msg));
     }
 
@@ -510,23 +314,24 @@ impl Connection {
         guard: &mut AuthGuard,
     ) -> Result<()> {
         match incoming {
-            Incoming::Identify { token } => {
-                self.authenticate(now, &token, guard)?;
+            Incoming::Identify(identify) => {
+                self.authenticate(now, &identify.token, guard)?;
                 self.ready(now, registry);
             }
-            Incoming::Resume { token, seq } => {
-                self.authenticate(now, &token, guard)?;
+            Incoming::Resume(resume) => {
+                self.authenticate(now, &resume.token, guard)?;
                 let missed: Vec<String> = replay
-                    .after(seq)
-                    .ok_or_else(|| refuse(CLOSE_GENERAL, "cannot resume from that seq"))?
+                    .after(resume.seq)
+                    .ok_or_else(|| refuse(CloseCode::General, "cannot resume from that seq"))?
                     .cloned()
                     .collect();
                 self.out.extend(missed.into_iter().map(Output::Text));
                 self.ready(now, registry);
             }
-            Incoming::Heartbeat => {
+            Incoming::Heartbeat(_) => {
                 self.deadline = now + grace(self.config.heartbeat_interval);
-                self.send(op::HEARTBEAT_ACK, json!({"health": registry.health()}));
+                let health = registry.health();
+                self.send(ServerMessage::HeartbeatAck(Health { health }));
             }
             Incoming::Info(request) => self.handle_request(request, registry, replay)?,
         }
@@ -539,9 +344,12 @@ impl Connection {
     fn authenticate(&self, now: Instant, token: &str, guard: &mut AuthGuard) -> Result<()> {
         let ip = self.peer.ip();
         if !guard.admit(ip, now) {
-            return Err(refuse(CLOSE_AUTH, "too many failed attempts; retry later"));
+            return Err(refuse(
+                CloseCode::AuthenticationFailed,
+                "too many failed attempts; retry later",
+            ));
         }
-        if self.token_valid(token) {
+        if token_valid(&self.config.secret, &self.nonce, token) {
             guard.succeeded(ip);
             return Ok(());
         }
@@ -555,7 +363,10 @@ impl Connection {
                 "LVSP authentication failed"
             );
         }
-        Err(refuse(CLOSE_AUTH, "authentication failed"))
+        Err(refuse(
+            CloseCode::AuthenticationFailed,
+            "authentication failed",
+        ))
     }
 
     fn ready(&mut self, now: Instant, registry: &mut Registry) {
@@ -563,78 +374,8 @@ impl Connection {
         self.up = true;
         registry.lvsp_up();
         self.deadline = now + grace(self.config.heartbeat_interval);
-        self.send(op::READY, json!({"health": registry.health()}));
-    }
-
-    fn token_valid(&self, token: &str) -> bool {
-        let Ok(given) = hex::decode(token) else {
-            return false;
-        };
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.config.secret.as_bytes()) else {
-            return false;
-        };
-        mac.update(self.nonce.as_bytes());
-        // verify_slice compares in constant time.
-        mac.verify_slice(&given).is_ok()
-    }
-
-    fn decode_info(&self, d: &Value) -> Result<Request> {
-        let kind = d
-            .get("type")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| refuse(CLOSE_DECODE, "INFO without integer type"))?;
-        let data = d
-            .get("data")
-            .filter(|v| v.is_object())
-            .ok_or_else(|| refuse(CLOSE_DECODE, "INFO without data object"))?;
-        let info = self
-            .config
-            .dialect
-            .decode(kind)
-            .ok_or_else(|| refuse(CLOSE_GENERAL, "unknown INFO type"))?;
-        let string = |name| field_str(data, name).map(str::to_owned);
-        let optional = |name| field_opt_str(data, name).map(|s| s.map(str::to_owned));
-        Ok(match info {
-            Info::ChannelReq => Request::ChannelReq {
-                channel_id: string("channel_id")?,
-                guild_id: optional("guild_id")?,
-            },
-            Info::ChannelUpdate => {
-                // Accepted without reply (seeds/001 "Updating a voice
-                // channel"); nothing about a channel's media changes.
-                string("channel_id")?;
-                optional("guild_id")?;
-                Request::ChannelUpdate
-            }
-            Info::ChannelDestroy => {
-                let channel_id = string("channel_id")?;
-                optional("guild_id")?;
-                Request::ChannelDestroy { channel_id }
-            }
-            Info::VoiceStateCreate => Request::VoiceStateCreate {
-                user_id: string("user_id")?,
-                channel_id: string("channel_id")?,
-                guild_id: optional("guild_id")?,
-            },
-            Info::VoiceStateDestroy => {
-                let (user_id, channel_id) = (string("user_id")?, string("channel_id")?);
-                optional("guild_id")?;
-                Request::VoiceStateDestroy {
-                    user_id,
-                    channel_id,
-                }
-            }
-            Info::VoiceStateUpdate => {
-                // Accepted: mute/deaf flags do not change forwarding.
-                if self.config.dialect == Dialect::Spec {
-                    string("session_id")?;
-                }
-                Request::VoiceStateUpdate
-            }
-            Info::ChannelAssign | Info::VoiceStateDone => {
-                return Err(refuse(CLOSE_GENERAL, "INFO type is sent by the server"));
-            }
-        })
+        let health = registry.health();
+        self.send(ServerMessage::Ready(Health { health }));
     }
 
     fn handle_request(
@@ -643,78 +384,40 @@ impl Connection {
         registry: &mut Registry,
         replay: &mut Replay,
     ) -> Result<()> {
-        let refusal = |e: RequestError| match e {
-            RequestError::BadSnowflake(_) => refuse(CLOSE_DECODE, "bad snowflake"),
-            RequestError::UnknownChannel(_) => refuse(CLOSE_GENERAL, "unknown channel"),
-        };
         match request {
-            Request::ChannelReq {
-                channel_id,
-                guild_id,
-            } => {
-                let a = registry
-                    .channel_req(&channel_id, guild_id.as_deref())
-                    .map_err(refusal)?;
-                self.send_info(
-                    replay,
-                    Reply::ChannelAssign,
-                    json!({"channel_id": a.channel_id, "guild_id": a.guild_id, "token": a.token}),
-                );
+            Request::ChannelReq(channel) => {
+                let assign = registry.channel_req(channel.channel_id, channel.guild_id);
+                self.send_info(replay, Reply::ChannelAssign(assign));
             }
-            Request::ChannelDestroy { channel_id } => registry.channel_destroy(&channel_id),
-            Request::VoiceStateCreate {
-                user_id,
-                channel_id,
-                guild_id,
-            } => {
+            Request::ChannelDestroy(channel) => registry.channel_destroy(channel.channel_id),
+            Request::VoiceStateCreate(state) => {
                 let session_id = registry
-                    .voice_state_create(&user_id, &channel_id)
-                    .map_err(refusal)?;
-                self.send_info(
-                    replay,
-                    Reply::VoiceStateDone,
-                    json!({
-                        "user_id": user_id,
-                        "channel_id": channel_id,
-                        "guild_id": guild_id,
-                        "session_id": session_id,
-                    }),
-                );
+                    .voice_state_create(state.user_id, state.channel_id)
+                    .map_err(|RequestError::UnknownChannel(_)| {
+                        refuse(CloseCode::General, "unknown channel")
+                    })?;
+                let done = VoiceStateDone { state, session_id };
+                self.send_info(replay, Reply::VoiceStateDone(done));
             }
-            Request::VoiceStateDestroy {
-                user_id,
-                channel_id,
-            } => registry.voice_state_destroy(&user_id, &channel_id),
-            Request::ChannelUpdate | Request::VoiceStateUpdate => {}
+            Request::VoiceStateDestroy(state) => {
+                registry.voice_state_destroy(state.user_id, state.channel_id)
+            }
+            // Accepted without reply (seeds/001 "Updating a voice
+            // channel"); neither changes forwarding.
+            Request::ChannelUpdate(_) | Request::VoiceStateUpdate(_) => {}
         }
         Ok(())
     }
 }
 
-fn obj(v: &Value) -> Result<&Map<String, Value>> {
-    v.as_object()
-        .ok_or_else(|| refuse(CLOSE_DECODE, "d must be an object"))
-}
-
-/// A required string field (snowflakes are strings: a number is an error).
-fn field_str<'a>(v: &'a Value, name: &str) -> Result<&'a str> {
-    obj(v)?
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| refuse(CLOSE_DECODE, "missing or wrong-typed field"))
-}
-
-/// An optional string field: absent or null is None, anything else an error.
-fn field_opt_str<'a>(v: &'a Value, name: &str) -> Result<Option<&'a str>> {
-    match obj(v)?.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(refuse(CLOSE_DECODE, "missing or wrong-typed field")),
-    }
+fn decode_refusal(e: DecodeError) -> Refusal {
+    refuse(e.close_code(), e.reason())
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
 
     const SECRET: &str = "s3cret-s3cret-s3cret-s3cret-s3cret";
@@ -802,9 +505,7 @@ mod tests {
     }
 
     fn token(nonce: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(nonce.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        protocol::lvsp::identify_token(SECRET, nonce)
     }
 
     fn info(t: u64, data: Value) -> String {

@@ -566,7 +566,7 @@ trait Machine {
 
 impl Machine for lvsp::Connection {
     const NAME: &'static str = "lvsp";
-    const IDENTIFY_TIMEOUT_CODE: u16 = lvsp::CLOSE_GENERAL;
+    const IDENTIFY_TIMEOUT_CODE: u16 = protocol::lvsp::CloseCode::General as u16;
     type Incoming = lvsp::Incoming;
     fn is_identified(&self) -> bool {
         self.is_identified()
@@ -603,7 +603,7 @@ impl Machine for lvsp::Connection {
 
 impl Machine for gateway::Connection {
     const NAME: &'static str = "gateway";
-    const IDENTIFY_TIMEOUT_CODE: u16 = gateway::close::NOT_AUTHENTICATED;
+    const IDENTIFY_TIMEOUT_CODE: u16 = protocol::gateway::CloseCode::NotAuthenticated as u16;
     type Incoming = gateway::Incoming;
     fn is_identified(&self) -> bool {
         self.is_identified()
@@ -639,10 +639,6 @@ impl Machine for gateway::Connection {
         self.poll_timeout()
     }
 }
-
-/// Close code for an identifying connection when every identified slot is
-/// taken (RFC 6455 "try again later").
-const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// Where a connection stands in its listener's budgets.
 #[derive(Debug)]
@@ -803,7 +799,7 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                 // Identified, but every identified slot is taken: what it
                 // queued (Ready) is never sent.
                 while machine.next_output().is_some() {}
-                let code = CLOSE_TRY_AGAIN_LATER;
+                let code = protocol::TRY_AGAIN_LATER;
                 *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
                 send_close(&mut ws, code, "server full".into()).await;
                 break 'run;

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use protocol::gateway::Nonce;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -442,7 +443,9 @@ pub async fn heartbeat_rtts(gateway: &mut GatewayClient, n: usize, gap: Duration
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match gateway.next_event_timeout(left).await {
-                Ok(GatewayEvent::HeartbeatAck(d)) if ack_of(&d, nonce) => {
+                Ok(GatewayEvent::Message(ServerMessage::HeartbeatAck(d)))
+                    if d.nonce() == Nonce(nonce.into()) =>
+                {
                     rtts.push(sent.elapsed());
                     break;
                 }
@@ -460,10 +463,6 @@ pub async fn heartbeat_rtts(gateway: &mut GatewayClient, n: usize, gap: Duration
 
 /// Whether an ACK's `d` answers the heartbeat with `nonce` (a bare integer
 /// below v8, `{t}` at v8).
-fn ack_of(d: &serde_json::Value, nonce: u64) -> bool {
-    d.as_u64() == Some(nonce) || d.get("t").and_then(|t| t.as_u64()) == Some(nonce)
-}
-
 /// Median and maximum.
 pub fn median_max(samples: &[Duration]) -> (Duration, Duration) {
     let mut s = samples.to_vec();

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use scripts::gateway::{GatewayClient, GatewayEvent};
+use protocol::gateway::Nonce;
+use scripts::gateway::{GatewayClient, GatewayEvent, ServerMessage};
 use scripts::ClientError;
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
@@ -246,7 +247,7 @@ pub struct SpeakingFlood {
     /// Close codes received, by code (0: closed without a code).
     pub closes: BTreeMap<u16, u64>,
     /// The last speaking flags sent.
-    pub last_flags: u64,
+    pub last_flags: u32,
 }
 
 /// A member that identifies on a new socket, sends `per_socket` Speaking
@@ -265,7 +266,7 @@ pub async fn reconnecting_speaking_flood(
     until: Instant,
 ) -> SpeakingFlood {
     let mut stats = SpeakingFlood::default();
-    let mut flags = 0u64;
+    let mut flags = 0u32;
     for _ in 0..max_sockets {
         if Instant::now() >= until {
             break;
@@ -396,7 +397,11 @@ pub async fn heartbeat_rtts(
         let acked = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
                 match g.next_event().await {
-                    Ok(GatewayEvent::HeartbeatAck(d)) if d["t"] == json!(nonce) => return,
+                    Ok(GatewayEvent::Message(ServerMessage::HeartbeatAck(d)))
+                        if d.nonce() == Nonce(nonce.into()) =>
+                    {
+                        return
+                    }
                     Ok(GatewayEvent::Closed(code)) | Err(ClientError::Closed(code)) => {
                         panic!("the member was closed ({code:?})")
                     }

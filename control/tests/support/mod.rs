@@ -303,7 +303,7 @@ pub async fn join_call(
             user,
             &done.session_id,
             &assign.token,
-            scripts::Mode::AeadAes256GcmRtpsize,
+            scripts::Mode::Aes256GcmRtpSize,
         )
         .await
         .unwrap_or_else(|e| panic!("{user} joins: {e}"));

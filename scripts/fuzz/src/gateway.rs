@@ -46,7 +46,7 @@ use control::registry::{ConnId, Effect, Registry};
 use control::{Output, PRE_AUTH_MAX_MESSAGE};
 use shared::{Command, Mode};
 
-use crate::script::{self, Line};
+use crate::script::{self, sf, Line};
 
 const CORES: u32 = 2;
 const USERS: [(&str, &str); 3] = [("7", "100"), ("8", "100"), ("9", "200")];
@@ -121,14 +121,15 @@ impl Call {
     fn new() -> Call {
         let mut registry = Registry::new(CORES);
         registry.set_resume(Duration::from_secs(10), 8);
-        let t100 = registry
-            .channel_req("100", Some("1"))
-            .expect("channel")
-            .token;
-        let t200 = registry.channel_req("200", None).expect("DM").token;
+        let t100 = registry.channel_req(sf("100"), Some(sf("1"))).token;
+        let t200 = registry.channel_req(sf("200"), None).token;
         let mut vars = vec![t100, t200];
         for (user, channel) in USERS {
-            vars.push(registry.voice_state_create(user, channel).expect("state"));
+            vars.push(
+                registry
+                    .voice_state_create(sf(user), sf(channel))
+                    .expect("state"),
+            );
         }
         let config = |modes: &[Mode]| {
             Arc::new(Config {
@@ -297,13 +298,13 @@ impl Call {
                 }
                 self.registry.handle_timeout(self.now);
             }
-            b'd' => self.registry.voice_state_destroy(user.0, user.1),
+            b'd' => self.registry.voice_state_destroy(sf(user.0), sf(user.1)),
             b'n' => {
-                if let Ok(sid) = self.registry.voice_state_create(user.0, user.1) {
+                if let Ok(sid) = self.registry.voice_state_create(sf(user.0), sf(user.1)) {
                     self.vars[2 + (n % 3) as usize] = sid;
                 }
             }
-            b'D' => self.registry.channel_destroy("100"),
+            b'D' => self.registry.channel_destroy(sf("100")),
             b'r' => {
                 // A fresh data plane: it knows nothing until pushed.
                 self.live.clear();

@@ -31,15 +31,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control::gateway::Identify;
 use control::limit::RateLimit;
 use control::lvsp::{AuthBackoff, AuthGuard, Config, Connection, Dialect, Incoming, Replay};
 use control::registry::Registry;
 use control::{Output, PRE_AUTH_MAX_MESSAGE};
 use hmac::{Hmac, Mac};
+use protocol::gateway::Identify;
 use sha2::Sha256;
 
-use crate::script::{self, Line};
+use crate::script::{self, sf, Line};
 
 /// At least `control::lvsp::MIN_SECRET_LEN` characters, as the server
 /// requires.
@@ -91,21 +91,23 @@ impl Server {
     fn new() -> Server {
         let now = Instant::now();
         let mut registry = Registry::new(2);
-        let token = registry
-            .channel_req("100", Some("1"))
-            .expect("channel")
-            .token;
-        let sid = registry.voice_state_create("7", "100").expect("state");
-        registry.voice_state_create("8", "100").expect("state");
+        let token = registry.channel_req(sf("100"), Some(sf("1"))).token;
+        let sid = registry
+            .voice_state_create(sf("7"), sf("100"))
+            .expect("state");
+        registry
+            .voice_state_create(sf("8"), sf("100"))
+            .expect("state");
         let rate = RateLimit {
             per_second: 10.0,
             burst: 20.0,
         };
         let identify = Identify {
-            server_id: "1".into(),
-            user_id: "7".into(),
+            server_id: sf("1"),
+            user_id: sf("7"),
             session_id: sid,
             token,
+            max_dave_protocol_version: None,
         };
         registry
             .identify(1, 8, &identify, now, rate)
@@ -185,7 +187,8 @@ impl Server {
                 // The calls under test: decoding, then the shared state.
                 if let Some(incoming) = slot.conn.handle_text(now, &text) {
                     attempt = match &incoming {
-                        Incoming::Identify { token } | Incoming::Resume { token, .. } => {
+                        Incoming::Identify(protocol::lvsp::Identify { token })
+                        | Incoming::Resume(protocol::lvsp::Resume { token, .. }) => {
                             Some((*token == slot.vars[0], admitted))
                         }
                         _ => None,

@@ -71,6 +71,11 @@ pub fn op_of(text: &str) -> (u64, serde_json::Value) {
     (op.unwrap_or_else(|| panic!("no integer op in {text}")), v)
 }
 
+/// A snowflake literal of the harness.
+pub(crate) fn sf(id: &str) -> protocol::Snowflake {
+    id.parse().expect("a snowflake literal")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

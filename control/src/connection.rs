@@ -15,8 +15,11 @@ pub struct Refusal {
     pub reason: &'static str,
 }
 
-pub(crate) fn refuse(code: u16, reason: &'static str) -> Refusal {
-    Refusal { code, reason }
+pub(crate) fn refuse(code: impl Into<u16>, reason: &'static str) -> Refusal {
+    Refusal {
+        code: code.into(),
+        reason,
+    }
 }
 
 pub(crate) type Result<T> = std::result::Result<T, Refusal>;
