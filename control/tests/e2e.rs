@@ -63,7 +63,16 @@ async fn a_call_through_control_rings_and_dataplane() {
     // Both processes are gone: the region is removed and the data plane's
     // UDP port is free again.
     assert!(!shm.exists(), "{} left behind", shm.display());
-    std::net::UdpSocket::bind(udp).expect("the data plane released its port");
+    // (The kernel lets go of a socket an exited process's io_uring still
+    // referenced when it tears the ring down, a few milliseconds later.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = std::net::UdpSocket::bind(udp) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the data plane did not release its port: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 async fn call(server: &ServerProcess) {

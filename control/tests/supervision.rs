@@ -48,13 +48,18 @@ async fn a_dataplane_whose_control_dies_stops_and_removes_the_region() {
     assert!(shm.exists());
     server.kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    // Running means: /proc has it and it is not a zombie waiting for a
-    // reaper (whoever adopted it may not reap promptly).
+    // Running means: /proc has one of its threads that is not a zombie
+    // (the main thread can be a zombie waiting for a reaper, whoever
+    // adopted it, while its other threads still exit and hold its sockets).
     let running = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().any(|task| {
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+                })
+            })
         })
     };
     // Both, within the deadline: the process gone and its region removed.
@@ -68,7 +73,16 @@ async fn a_dataplane_whose_control_dies_stops_and_removes_the_region() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    std::net::UdpSocket::bind(udp).expect("the port is free");
+    // And the port free: the kernel lets go of a socket an exited
+    // process's io_uring still referenced when it tears the ring down,
+    // asynchronously, a few milliseconds after the exit.
+    while let Err(e) = std::net::UdpSocket::bind(udp) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port is not free: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A panic in one core must not leave that core's socket dead in the
