@@ -23,12 +23,13 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-mod connection;
+pub mod connection;
 pub mod gateway;
 pub mod limit;
 pub mod link;
 pub mod lvsp;
 pub mod registry;
+pub mod replay;
 pub mod server;
 pub mod stream;
 

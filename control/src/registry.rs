@@ -9,33 +9,39 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use protocol::gateway::{
-    ClientDisconnect, ClientsConnect, CloseCode, Identify, MemberSpeaking, Resume, ServerMessage,
-};
+use protocol::gateway::{Identify, Resume};
 use protocol::lvsp::ChannelAssign;
 use protocol::Snowflake;
+use rand::rngs::StdRng;
 use rand::RngCore;
 use shared::{Command, Mode, SessionSpec};
 
 use crate::limit::{Bucket, RateLimit};
-use crate::stream::{Sequenced, Stream, Supersedes};
+use crate::stream::Stream;
+pub use crate::stream::{Notice, Sequenced, SessionKey};
 
 /// Identifies one gateway websocket connection.
 pub type ConnId = u64;
 
-/// A message the registry wants delivered to one gateway connection. It
-/// stays typed: the connection encodes it.
+/// What the registry wants done with one gateway connection. It stays
+/// typed: the connection turns it into a message or a close code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
-    /// A gateway message, already numbered in the session's stream.
-    Message(Sequenced),
-    /// Close the connection with this code (e.g. 4014 channel destroyed).
-    Close {
-        /// The close code.
-        code: CloseCode,
-        /// Human-readable reason.
-        reason: &'static str,
-    },
+    /// A notice, already numbered in the session's stream.
+    Notice(Sequenced),
+    /// The session was taken from the connection: close it.
+    Close(Kick),
+}
+
+/// Why the registry took a session from its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection identified for the same voice state.
+    Replaced,
+    /// Another connection resumed the session.
+    ResumedElsewhere,
+    /// The voice state or its channel was destroyed (over LVSP, or expired).
+    Disconnected,
 }
 
 /// Something the server layer must do after a registry call.
@@ -150,6 +156,9 @@ pub struct Identified {
     pub ssrc: u32,
     /// The channel.
     pub channel_id: Snowflake,
+    /// [`Notice::Ready`], numbered first in the session's new stream. Who
+    /// is in the call follows as pushes.
+    pub ready: Sequenced,
 }
 
 /// What a successful Resume hands the connection.
@@ -157,7 +166,7 @@ pub struct Identified {
 pub struct Resumed {
     /// The session's SSRC (unchanged).
     pub ssrc: u32,
-    /// The numbered messages after the client's `seq_ack`, in order.
+    /// The numbered notices after the client's `seq_ack`, in order.
     pub missed: Vec<Sequenced>,
 }
 
@@ -203,20 +212,25 @@ pub struct Registry {
     /// ...up to this many in all; freed ones are reused first.
     slot_count: u32,
     free_slots: Vec<u32>,
+    /// Tokens, session ids, SSRCs and session keys come from here.
+    rng: StdRng,
 }
 
 /// A 128-bit random value as 32 lowercase hex digits.
-fn random_token() -> String {
+fn random_token(rng: &mut StdRng) -> String {
     let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
+    rng.fill_bytes(&mut b);
     hex::encode(b)
 }
 
 impl Registry {
-    /// An empty registry for a data plane of `cores` cores.
-    pub fn new(cores: u32) -> Registry {
+    /// An empty registry for a data plane of `cores` cores, drawing its
+    /// tokens, session ids, SSRCs and keys from `rng` (seeded from the
+    /// operating system in the server, from a constant in tests).
+    pub fn new(cores: u32, rng: StdRng) -> Registry {
         assert!(cores > 0, "at least one core");
         Registry {
+            rng,
             cores,
             channels: HashMap::new(),
             states: HashMap::new(),
@@ -372,7 +386,12 @@ impl Registry {
         channel_id: Snowflake,
         guild_id: Option<Snowflake>,
     ) -> ChannelAssign {
-        let (cores, load, next) = (self.cores, &self.load, &mut self.next_channel);
+        let (cores, load, next, rng) = (
+            self.cores,
+            &self.load,
+            &mut self.next_channel,
+            &mut self.rng,
+        );
         let ch = self.channels.entry(channel_id).or_insert_with(|| {
             // Least-loaded core; ties go to the lowest index.
             let core = (0..cores).min_by_key(|c| load[*c as usize]).unwrap_or(0);
@@ -380,7 +399,7 @@ impl Registry {
             Channel {
                 channel_id,
                 guild_id,
-                token: random_token(),
+                token: random_token(rng),
                 num: *next - 1,
                 core,
                 members: HashSet::new(),
@@ -423,10 +442,7 @@ impl Registry {
             if let Some(conn) = state.conn {
                 self.effects.push_back(Effect::Gateway {
                     conn,
-                    push: Push::Close {
-                        code: CloseCode::Disconnected,
-                        reason: "disconnected",
-                    },
+                    push: Push::Close(Kick::Disconnected),
                 });
             }
         }
@@ -446,7 +462,7 @@ impl Registry {
             .channels
             .get_mut(&channel_id)
             .ok_or(RequestError::UnknownChannel(channel_id))?;
-        let session_id = random_token();
+        let session_id = random_token(&mut self.rng);
         ch.members.insert(session_id.clone());
         self.states.insert(
             session_id.clone(),
@@ -478,10 +494,7 @@ impl Registry {
         if let Some(conn) = self.leave_call(&sid) {
             self.effects.push_back(Effect::Gateway {
                 conn,
-                push: Push::Close {
-                    code: CloseCode::Disconnected,
-                    reason: "disconnected",
-                },
+                push: Push::Close(Kick::Disconnected),
             });
         }
         self.states.remove(&sid);
@@ -519,41 +532,32 @@ impl Registry {
             }
         }
         if in_call {
-            let key = Some(Supersedes::Presence(user_id));
-            self.broadcast(channel_id, session_id, key, || {
-                ServerMessage::ClientDisconnect(ClientDisconnect { user_id })
-            });
+            self.broadcast(channel_id, session_id, || Notice::Left(user_id));
         }
         conn
     }
 
-    /// Numbers a message in `session_id`'s stream and delivers it if a
+    /// Numbers a notice in `session_id`'s stream and delivers it if a
     /// connection is attached; a parked session keeps it for its Resume
-    /// (in place of the kept message with the same `key`).
-    fn deliver(&mut self, session_id: &str, message: ServerMessage, key: Option<Supersedes>) {
+    /// (in place of the kept notice it supersedes).
+    fn deliver(&mut self, session_id: &str, notice: Notice) {
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
         let Some(stream) = state.stream.as_mut() else {
             return;
         };
-        let message = stream.message_keyed(message, key);
+        let notice = stream.notice(notice);
         if let Some(conn) = state.conn {
             self.effects.push_back(Effect::Gateway {
                 conn,
-                push: Push::Message(message),
+                push: Push::Notice(notice),
             });
         }
     }
 
-    /// Delivers a message to every other member in the call.
-    fn broadcast(
-        &mut self,
-        channel_id: Snowflake,
-        except: &str,
-        key: Option<Supersedes>,
-        make: impl Fn() -> ServerMessage,
-    ) {
+    /// Delivers a notice to every other member in the call.
+    fn broadcast(&mut self, channel_id: Snowflake, except: &str, make: impl Fn() -> Notice) {
         let Some(ch) = self.channels.get(&channel_id) else {
             return;
         };
@@ -565,7 +569,7 @@ impl Registry {
             .collect();
         targets.sort();
         for sid in targets {
-            self.deliver(&sid, make(), key);
+            self.deliver(&sid, make());
         }
     }
 
@@ -612,15 +616,16 @@ impl Registry {
         }
     }
 
-    /// Gateway Identify at gateway `version`: checks the credentials,
-    /// charges the session's budget (`limit`: it is not refilled by
-    /// identifying again), allocates the SSRC on the channel's core and
-    /// announces it to that core. The connection then numbers its Ready
-    /// with [`Registry::message`] and calls [`Registry::welcome`].
+    /// Gateway Identify: checks the credentials, charges the session's
+    /// budget (`limit`: it is not refilled by identifying again), allocates
+    /// the SSRC on the channel's core and announces it to that core. The
+    /// session's new stream is `numbered` as the connection's gateway
+    /// version is; Ready comes back numbered first, and who is in the call
+    /// (and which SSRC is whose) is pushed right after it.
     pub fn identify(
         &mut self,
         conn: ConnId,
-        version: u8,
+        numbered: bool,
         id: &Identify,
         now: Instant,
         limit: RateLimit,
@@ -639,10 +644,7 @@ impl Registry {
         if let Some(old) = previous {
             self.effects.push_back(Effect::Gateway {
                 conn: old,
-                push: Push::Close {
-                    code: CloseCode::SessionInvalid,
-                    reason: "session replaced",
-                },
+                push: Push::Close(Kick::Replaced),
             });
         }
         let ssrc = match ssrc {
@@ -662,7 +664,8 @@ impl Registry {
         state.conn = Some(conn);
         state.ssrc = Some(ssrc);
         state.parked_since = None;
-        state.stream = Some(Stream::new(version, capacity));
+        let stream = state.stream.insert(Stream::new(numbered, capacity));
+        let ready = stream.notice(Notice::Ready { ssrc });
         self.effects.push_back(Effect::Dataplane {
             core,
             command: Command::AnnounceSsrc {
@@ -672,20 +675,19 @@ impl Registry {
             },
         });
         if joined {
-            let key = Some(Supersedes::Presence(user_id));
-            self.broadcast(channel_id, session_id, key, || {
-                ServerMessage::ClientsConnect(ClientsConnect {
-                    user_ids: vec![user_id],
-                })
-            });
+            self.broadcast(channel_id, session_id, || Notice::Joined(vec![user_id]));
         }
-        Ok(Identified { ssrc, channel_id })
+        self.welcome(session_id);
+        Ok(Identified {
+            ssrc,
+            channel_id,
+            ready,
+        })
     }
 
-    /// After Ready: tells a newly identified member who is in the call
-    /// (Clients Connect) and which SSRC is whose (Speaking of the members
-    /// who have spoken).
-    pub fn welcome(&mut self, session_id: &str) {
+    /// Tells a newly identified member who is in the call and which SSRC
+    /// is whose (the members who have spoken).
+    fn welcome(&mut self, session_id: &str) {
         let Some(channel_id) = self.states.get(session_id).map(|s| s.channel_id) else {
             return;
         };
@@ -698,46 +700,33 @@ impl Registry {
             }
             present.push(s.user_id);
             if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
-                speakers.push(MemberSpeaking {
-                    user_id: s.user_id,
-                    ssrc,
-                    speaking: s.speaking,
-                });
+                speakers.push((s.user_id, ssrc, s.speaking));
             }
         }
         if !present.is_empty() {
             present.sort();
-            let connect = ServerMessage::ClientsConnect(ClientsConnect { user_ids: present });
-            self.deliver(session_id, connect, None);
+            self.deliver(session_id, Notice::Joined(present));
         }
-        for speaking in speakers {
-            let key = Some(Supersedes::Speaking(speaking.user_id));
-            self.deliver(session_id, ServerMessage::Speaking(speaking), key);
+        speakers.sort();
+        for (user_id, ssrc, speaking) in speakers {
+            let speaking = Notice::Speaking {
+                user_id,
+                ssrc,
+                speaking,
+            };
+            self.deliver(session_id, speaking);
         }
     }
 
-    /// Numbers a message the connection sends itself (Ready, Session
-    /// Description) in the session's stream.
-    pub fn message(&mut self, session_id: &str, message: ServerMessage) -> Option<Sequenced> {
-        Some(
-            self.states
-                .get_mut(session_id)?
-                .stream
-                .as_mut()?
-                .message(message),
-        )
-    }
-
-    /// Gateway Resume on a new connection at gateway `version`: the same
-    /// session, SSRC, key and address; the messages after `seq_ack` (v8;
-    /// None: nothing is numbered at the connection's version) to
-    /// re-deliver. Charges the session's budget like
-    /// [`Registry::identify`]. Refused when the session identified at a
-    /// version with the other numbering (v8 against below).
+    /// Gateway Resume on a new connection whose messages are `numbered`
+    /// (v8) or not: the same session, SSRC, key and address; the notices
+    /// after `seq_ack` (None: nothing is numbered) to re-deliver. Charges
+    /// the session's budget like [`Registry::identify`]. Refused when the
+    /// session identified at a version with the other numbering.
     pub fn resume(
         &mut self,
         conn: ConnId,
-        version: u8,
+        numbered: bool,
         resume: &Resume,
         seq_ack: Option<u64>,
         now: Instant,
@@ -759,7 +748,7 @@ impl Registry {
         };
         // The session's messages are numbered (v8) or not as it identified:
         // a connection at the other kind of version could not read them.
-        if !stream.serves(version) {
+        if !stream.serves(numbered) {
             return Err(IdentifyError::SessionInvalid);
         }
         let missed = match seq_ack {
@@ -775,10 +764,7 @@ impl Registry {
             // connection takes over.
             self.effects.push_back(Effect::Gateway {
                 conn: old,
-                push: Push::Close {
-                    code: CloseCode::SessionInvalid,
-                    reason: "session resumed elsewhere",
-                },
+                push: Push::Close(Kick::ResumedElsewhere),
             });
         }
         let state = self
@@ -793,9 +779,8 @@ impl Registry {
     /// A random SSRC for `session_id`: never 0, unique, with
     /// `ssrc % cores == core`.
     fn allocate_ssrc(&mut self, core: u32, session_id: &str) -> u32 {
-        let mut rng = rand::thread_rng();
         loop {
-            let r = rng.next_u32();
+            let r = self.rng.next_u32();
             let Some(ssrc) = (r - r % self.cores).checked_add(core) else {
                 continue; // the top few values of u32 have no room for `core`
             };
@@ -808,27 +793,30 @@ impl Registry {
         }
     }
 
-    /// Select Protocol: pushes the keyed session to the channel's core.
-    /// Fails when the counter table has no free slot (every session the
-    /// data plane can key at once is keyed).
+    /// Select Protocol: draws a fresh key, pushes the keyed session to the
+    /// channel's core and numbers [`Notice::Keyed`] for the connection to
+    /// send. Fails when the counter table has no free slot (every session
+    /// the data plane can key at once is keyed). None when the session is
+    /// not in a call.
     pub fn select_protocol(
         &mut self,
         session_id: &str,
         mode: Mode,
-        key: [u8; 32],
         declared: Option<SocketAddr>,
-    ) -> Result<(), SelectError> {
+    ) -> Result<Option<Sequenced>, SelectError> {
         let Some(state) = self.states.get(session_id) else {
-            return Ok(());
+            return Ok(None);
         };
         let (Some(ssrc), Some(ch)) = (state.ssrc, self.channels.get(&state.channel_id)) else {
-            return Ok(());
+            return Ok(None);
         };
         let (core, num, user) = (ch.core, ch.num, state.user_id.0);
         let slot = match state.slot {
             Some(slot) => slot,
             None => self.take_slot().ok_or(SelectError::Full)?,
         };
+        let mut key = SessionKey([0; 32]);
+        self.rng.fill_bytes(&mut key.0);
         let state = self.states.get_mut(session_id).expect("looked up above");
         state.slot = Some(slot);
         let spec = SessionSpec {
@@ -836,16 +824,20 @@ impl Registry {
             channel: num,
             user,
             mode,
-            key,
+            key: key.0,
             declared,
             slot,
         };
         state.media = Some(spec.clone());
+        let keyed = state
+            .stream
+            .as_mut()
+            .map(|stream| stream.notice(Notice::Keyed { mode, key }));
         self.effects.push_back(Effect::Dataplane {
             core,
             command: Command::UpsertSession(spec),
         });
-        Ok(())
+        Ok(keyed)
     }
 
     /// Queues `command` for every core but `owner`.
@@ -958,15 +950,13 @@ impl Registry {
         state.speaking = speaking;
         let (user_id, channel_id) = (state.user_id, state.channel_id);
         // A newer Speaking of this member replaces its older one in every
-        // receiver's resume buffer: a member who speaks (or rejoins) in a
-        // loop never pushes another member's missed messages out.
-        let key = Some(Supersedes::Speaking(user_id));
-        self.broadcast(channel_id, session_id, key, || {
-            ServerMessage::Speaking(MemberSpeaking {
-                user_id,
-                ssrc,
-                speaking,
-            })
+        // receiver's resume buffer (`Notice::supersedes`): a member who
+        // speaks (or rejoins) in a loop never pushes another member's
+        // missed notices out.
+        self.broadcast(channel_id, session_id, || Notice::Speaking {
+            user_id,
+            ssrc,
+            speaking,
         });
     }
 
@@ -1008,7 +998,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{json, Value};
+
+    use rand::SeedableRng;
 
     use super::*;
 
@@ -1037,35 +1028,35 @@ mod tests {
             token: token.into(),
             max_dave_protocol_version: None,
         };
-        r.identify(conn, version, &id, Instant::now(), LIMIT)
+        r.identify(conn, version >= 8, &id, Instant::now(), LIMIT)
     }
 
     fn effects(r: &mut Registry) -> Vec<Effect> {
         r.drain_effects().collect()
     }
 
-    /// The messages queued for `conn`, decoded.
-    fn messages(effects: &[Effect], conn: ConnId) -> Vec<Value> {
+    /// The notices queued for `conn`.
+    fn notices(effects: &[Effect], conn: ConnId) -> Vec<Notice> {
         effects
             .iter()
             .filter_map(|e| match e {
                 Effect::Gateway {
                     conn: c,
-                    push: Push::Message(m),
-                } if *c == conn => Some(serde_json::from_str(&m.encode()).unwrap()),
+                    push: Push::Notice(n),
+                } if *c == conn => Some(n.notice.clone()),
                 _ => None,
             })
             .collect()
     }
 
-    fn closes(effects: &[Effect], conn: ConnId) -> Vec<u16> {
+    fn kicks(effects: &[Effect], conn: ConnId) -> Vec<Kick> {
         effects
             .iter()
             .filter_map(|e| match e {
                 Effect::Gateway {
                     conn: c,
-                    push: Push::Close { code, .. },
-                } if *c == conn => Some(u16::from(*code)),
+                    push: Push::Close(kick),
+                } if *c == conn => Some(*kick),
                 _ => None,
             })
             .collect()
@@ -1073,7 +1064,7 @@ mod tests {
 
     #[test]
     fn channel_req_is_idempotent() {
-        let mut r = Registry::new(2);
+        let mut r = Registry::new(2, StdRng::seed_from_u64(2));
         let a = r.channel_req(sf(100), Some(sf(1)));
         let b = r.channel_req(sf(100), Some(sf(1)));
         assert_eq!(a, b);
@@ -1087,7 +1078,7 @@ mod tests {
 
     #[test]
     fn channels_go_to_the_least_loaded_core() {
-        let mut r = Registry::new(2);
+        let mut r = Registry::new(2, StdRng::seed_from_u64(2));
         let t = r.channel_req(sf(100), Some(sf(1))).token;
         let sid = r.voice_state_create(sf(7), sf(100)).unwrap();
         identify(&mut r, 1, 4, "1", "7", &sid, &t).unwrap();
@@ -1098,7 +1089,7 @@ mod tests {
 
     #[test]
     fn identify_checks_everything_and_ssrc_lands_on_owner_core() {
-        let mut r = Registry::new(3);
+        let mut r = Registry::new(3, StdRng::seed_from_u64(3));
         let ch = r.channel_req(sf(100), Some(sf(1)));
         let sid = r.voice_state_create(sf(7), sf(100)).unwrap();
         assert_eq!(r.voice_state_create(sf(7), sf(100)).unwrap(), sid);
@@ -1156,7 +1147,7 @@ mod tests {
 
     #[test]
     fn dm_channels_use_channel_id_as_server_id() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         let ch = r.channel_req(sf(555), None);
         let sid = r.voice_state_create(sf(7), sf(555)).unwrap();
         assert!(identify(&mut r, 1, 4, "555", "7", &sid, &ch.token).is_ok());
@@ -1164,7 +1155,7 @@ mod tests {
 
     #[test]
     fn ssrcs_are_unique_per_core() {
-        let mut r = Registry::new(2);
+        let mut r = Registry::new(2, StdRng::seed_from_u64(2));
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
             let s = r.allocate_ssrc(1, "x");
@@ -1175,25 +1166,27 @@ mod tests {
 
     #[test]
     fn members_see_each_other_and_destroy_closes_4014() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         let ch = r.channel_req(sf(100), Some(sf(1)));
         let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let b = r.voice_state_create(sf(8), sf(100)).unwrap();
         let ia = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         r.speaking(&a, 1);
         effects(&mut r);
-        identify(&mut r, 11, 4, "1", "8", &b, &ch.token).unwrap();
-        r.welcome(&b);
+        let ib = identify(&mut r, 11, 4, "1", "8", &b, &ch.token).unwrap();
+        assert_eq!(ib.ready.notice, Notice::Ready { ssrc: ib.ssrc });
+        assert_eq!(ib.ready.seq, None, "v4 numbers nothing");
         let e = effects(&mut r);
+        assert_eq!(notices(&e, 10), vec![Notice::Joined(vec![sf(8)])]);
         assert_eq!(
-            messages(&e, 10),
-            vec![json!({"op": 11, "d": {"user_ids": ["8"]}})]
-        );
-        assert_eq!(
-            messages(&e, 11),
+            notices(&e, 11),
             vec![
-                json!({"op": 11, "d": {"user_ids": ["7"]}}),
-                json!({"op": 5, "d": {"user_id": "7", "ssrc": ia.ssrc, "speaking": 1}}),
+                Notice::Joined(vec![sf(7)]),
+                Notice::Speaking {
+                    user_id: sf(7),
+                    ssrc: ia.ssrc,
+                    speaking: 1
+                },
             ]
         );
         r.channel_destroy(sf(100));
@@ -1206,15 +1199,15 @@ mod tests {
             },
             "the data plane forgets the channel before members are closed"
         );
-        assert_eq!(closes(&e, 10), vec![4014]);
-        assert_eq!(closes(&e, 11), vec![4014]);
+        assert_eq!(kicks(&e, 10), vec![Kick::Disconnected]);
+        assert_eq!(kicks(&e, 11), vec![Kick::Disconnected]);
         assert_eq!(r.voice_state_count(), 0);
         assert_eq!(r.channel_count(), 0);
     }
 
     #[test]
     fn voice_state_destroy_removes_the_session() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         let ch = r.channel_req(sf(100), Some(sf(1)));
         let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let id = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
@@ -1225,7 +1218,7 @@ mod tests {
             core: 0,
             command: Command::RemoveSession { ssrc: id.ssrc }
         }));
-        assert_eq!(closes(&e, 10), vec![4014]);
+        assert_eq!(kicks(&e, 10), vec![Kick::Disconnected]);
         assert!(identify(&mut r, 11, 4, "1", "7", &a, &ch.token).is_err());
         // A move: a new state in the same channel gets a new session id.
         let b = r.voice_state_create(sf(7), sf(100)).unwrap();
@@ -1234,29 +1227,35 @@ mod tests {
 
     #[test]
     fn a_second_identify_replaces_the_first_connection() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         let ch = r.channel_req(sf(100), Some(sf(1)));
         let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let first = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
         let second = identify(&mut r, 11, 8, "1", "7", &a, &ch.token).unwrap();
         assert_eq!(first.ssrc, second.ssrc, "same voice state, same SSRC");
-        assert_eq!(closes(&effects(&mut r), 10), vec![4006]);
+        assert_eq!(kicks(&effects(&mut r), 10), vec![Kick::Replaced]);
         r.gateway_closed(&a, 10, Instant::now(), true);
         assert_eq!(r.parked_count(), 0, "the stale close is ignored");
     }
 
     #[test]
     fn resync_pushes_every_session_with_its_key_and_proven_address() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         let ch = r.channel_req(sf(100), Some(sf(1)));
         let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let b = r.voice_state_create(sf(8), sf(100)).unwrap();
         let _unjoined = r.voice_state_create(sf(9), sf(100)).unwrap();
         let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
-        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
-            .unwrap();
+        let keyed = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
+        let Ok(Some(Sequenced {
+            seq: Some(3),
+            notice: Notice::Keyed { key, .. },
+        })) = keyed
+        else {
+            panic!("{keyed:?}: numbered after Ready and b's join");
+        };
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         // A stranger's discovery for b is observed, never re-pushed.
         r.address_observed(ib.ssrc, "203.0.113.9:9".parse().unwrap());
@@ -1278,7 +1277,7 @@ mod tests {
         let upsert = commands
             .iter()
             .position(
-                |c| matches!(c, Command::UpsertSession(s) if s.ssrc == ia.ssrc && s.key == [1; 32]),
+                |c| matches!(c, Command::UpsertSession(s) if s.ssrc == ia.ssrc && s.key == key.0),
             )
             .expect("a's keyed session");
         let trust = commands
@@ -1299,13 +1298,12 @@ mod tests {
     /// session; observations are never pushed anywhere.
     #[test]
     fn proven_addresses_are_bound_on_the_other_cores() {
-        let mut r = Registry::new(3);
+        let mut r = Registry::new(3, StdRng::seed_from_u64(3));
         let ch = r.channel_req(sf(100), Some(sf(1)));
         let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let id = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let owner = id.ssrc % 3;
-        r.select_protocol(&a, Mode::Aes256GcmRtpSize, [1; 32], None)
-            .unwrap();
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, None).unwrap();
         let slot = match effects(&mut r).last() {
             Some(Effect::Dataplane {
                 command: Command::UpsertSession(s),
@@ -1375,25 +1373,27 @@ mod tests {
 
     #[test]
     fn select_protocol_fails_when_every_slot_is_taken() {
-        let mut r = Registry::new(1);
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         r.set_counter_slots(1);
         let ch = r.channel_req(sf(100), Some(sf(1)));
         let a = r.voice_state_create(sf(7), sf(100)).unwrap();
         let b = r.voice_state_create(sf(8), sf(100)).unwrap();
         identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
-        let key = [2; 32];
+        let first = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
+        // A second Select Protocol of the same session keeps its slot,
+        // with a fresh key.
+        let second = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
+        let key = |k: Result<Option<Sequenced>, _>| match k {
+            Ok(Some(Sequenced {
+                notice: Notice::Keyed { key, .. },
+                ..
+            })) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(key(first), key(second));
         assert_eq!(
-            r.select_protocol(&a, Mode::Aes256GcmRtpSize, key, None),
-            Ok(())
-        );
-        // A second Select Protocol of the same session keeps its slot.
-        assert_eq!(
-            r.select_protocol(&a, Mode::Aes256GcmRtpSize, key, None),
-            Ok(())
-        );
-        assert_eq!(
-            r.select_protocol(&b, Mode::Aes256GcmRtpSize, key, None),
+            r.select_protocol(&b, Mode::Aes256GcmRtpSize, None),
             Err(SelectError::Full)
         );
     }

@@ -1,137 +1,157 @@
-//! The numbered messages of one voice gateway session, kept for a Resume.
+//! What one voice gateway session hears, as typed notices, numbered and
+//! kept for a Resume.
 //!
-//! At v8 every server message but Hello, Heartbeat ACK and Resumed carries
-//! `seq`; the registry keeps one [`Stream`] per session across sockets, so
-//! a Resume on a new socket gets every message after its `seq_ack` again,
-//! including those sent while no socket was attached. Messages stay typed
-//! here: the gateway connection encodes them when it sends them.
+//! The registry speaks in [`Notice`]s (a member joined, left, spoke; the
+//! session's own SSRC and keys) and knows nothing of the wire; the gateway
+//! connection turns each into its message when it sends it. At v8 the
+//! notices are numbered (`seq`) in the session's [`Stream`], which the
+//! registry keeps across sockets, so a Resume on a new socket gets every
+//! notice after its `seq_ack` again, including those sent while no socket
+//! was attached. Below v8 nothing is numbered and nothing is kept.
 
-use std::collections::VecDeque;
+use std::fmt;
 
-use protocol::gateway::{ServerMessage, NUMBERED};
 use protocol::Snowflake;
+use shared::Mode;
+use zeroize::Zeroize;
 
-/// Which earlier message a newer one makes obsolete in a [`Stream`]: a
+use crate::replay::Replay;
+
+/// Something a member's gateway session must hear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The session identified: its SSRC (Ready).
+    Ready {
+        /// The session's SSRC.
+        ssrc: u32,
+    },
+    /// The session selected a protocol: its mode and key (Session
+    /// Description).
+    Keyed {
+        /// The chosen mode.
+        mode: Mode,
+        /// The session key.
+        key: SessionKey,
+    },
+    /// These members are in the call: they joined, or were there when the
+    /// session joined (Clients Connect).
+    Joined(Vec<Snowflake>),
+    /// This member left the call (Client Disconnect).
+    Left(Snowflake),
+    /// A member's speaking flags and SSRC (Speaking).
+    Speaking {
+        /// The member.
+        user_id: Snowflake,
+        /// Its SSRC.
+        ssrc: u32,
+        /// Its flags.
+        speaking: u32,
+    },
+}
+
+/// Which earlier notice a newer one makes obsolete in a [`Stream`]: a
 /// receiver that resumes needs only the latest Speaking of each member and
-/// the latest of each member's connects and disconnects. Keeping one
-/// message per key bounds what one member can put into another's resume
-/// buffer, however often it speaks or rejoins.
+/// the latest of each member's joins and leaves. Keeping one notice per key
+/// bounds what one member can put into another's resume buffer, however
+/// often it speaks or rejoins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Supersedes {
-    /// Speaking (op 5) of this user.
+    /// Speaking of this user.
     Speaking(Snowflake),
-    /// Clients Connect (op 11) or Client Disconnect (op 13) of this user.
+    /// A join or leave of this user.
     Presence(Snowflake),
 }
 
-/// A server message with its `seq` (None below v8, where nothing is
-/// numbered).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sequenced {
-    /// Its number in the session's stream.
-    pub seq: Option<u64>,
-    /// The message.
-    pub message: ServerMessage,
-}
-
-impl Sequenced {
-    /// The text frame.
-    pub fn encode(&self) -> String {
-        self.message.encode(self.seq)
+impl Notice {
+    /// The key under which this notice replaces an older one, if any.
+    /// A join listing several members (the welcome) replaces nothing.
+    pub fn supersedes(&self) -> Option<Supersedes> {
+        match self {
+            Notice::Joined(users) if users.len() == 1 => Some(Supersedes::Presence(users[0])),
+            Notice::Left(user) => Some(Supersedes::Presence(*user)),
+            Notice::Speaking { user_id, .. } => Some(Supersedes::Speaking(*user_id)),
+            _ => None,
+        }
     }
 }
 
-/// One numbered message kept for a Resume.
-#[derive(Debug)]
-struct Kept {
-    seq: u64,
-    message: ServerMessage,
-    key: Option<Supersedes>,
+/// A session key in a notice: wiped when dropped, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(pub [u8; 32]);
+
+impl Drop for SessionKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
 }
 
-/// The numbered messages of one gateway session: the last `capacity` of
-/// them are kept for a Resume to re-deliver. A message with a
-/// [`Supersedes`] key replaces the kept one with the same key.
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+/// A notice on its way to a connection, with its `seq` when the session's
+/// messages are numbered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced {
+    /// Its number in the session's stream (None below v8).
+    pub seq: Option<u64>,
+    /// The notice.
+    pub notice: Notice,
+}
+
+/// The notices of one gateway session: numbered and the last `capacity`
+/// kept when the session is numbered (v8); passed through otherwise.
 #[derive(Debug)]
 pub struct Stream {
-    version: u8,
-    /// `seq` of the last numbered message.
-    seq: u64,
-    sent: VecDeque<Kept>,
-    capacity: usize,
-    /// The highest `seq` dropped for lack of room (0: none). Superseded
-    /// messages do not count: what they said is in a later message.
-    lost_through: u64,
+    numbered: bool,
+    replay: Replay<Notice, Supersedes>,
 }
 
 impl Stream {
-    /// An empty stream for a session at `version`.
-    pub fn new(version: u8, capacity: usize) -> Stream {
+    /// An empty stream; `numbered` as the session's gateway version is.
+    pub fn new(numbered: bool, capacity: usize) -> Stream {
         Stream {
-            version,
-            seq: 0,
-            sent: VecDeque::new(),
-            capacity: capacity.max(1),
-            lost_through: 0,
+            numbered,
+            replay: Replay::new(if numbered { capacity } else { 1 }),
         }
     }
 
-    /// A message, numbered (and kept) at v8.
-    pub fn message(&mut self, message: ServerMessage) -> Sequenced {
-        self.message_keyed(message, None)
-    }
-
-    /// [`Stream::message`], replacing the kept message with the same
-    /// `key`, if any.
-    pub fn message_keyed(&mut self, message: ServerMessage, key: Option<Supersedes>) -> Sequenced {
-        if self.version < NUMBERED {
-            return Sequenced { seq: None, message };
+    /// A notice, numbered and kept (in place of the one it supersedes)
+    /// when the stream is numbered.
+    pub fn notice(&mut self, notice: Notice) -> Sequenced {
+        if !self.numbered {
+            return Sequenced { seq: None, notice };
         }
-        self.seq += 1;
-        if let Some(key) = key {
-            if let Some(i) = self.sent.iter().position(|k| k.key == Some(key)) {
-                self.sent.remove(i);
-            }
-        }
-        if self.sent.len() == self.capacity {
-            if let Some(lost) = self.sent.pop_front() {
-                self.lost_through = lost.seq;
-            }
-        }
-        self.sent.push_back(Kept {
-            seq: self.seq,
-            message: message.clone(),
-            key,
-        });
+        let key = notice.supersedes();
+        let n = self.replay.push(notice, key);
         Sequenced {
-            seq: Some(self.seq),
-            message,
+            seq: Some(n.seq),
+            notice: n.item,
         }
     }
 
-    /// Whether a connection at gateway `version` can carry this stream:
-    /// both numbered (v8) or both not.
-    pub fn serves(&self, version: u8) -> bool {
-        (self.version >= NUMBERED) == (version >= NUMBERED)
+    /// Whether a connection whose messages are `numbered` (or not) can
+    /// carry this stream.
+    pub fn serves(&self, numbered: bool) -> bool {
+        self.numbered == numbered
     }
 
-    /// The messages after `seq_ack`, or None when some are no longer kept
-    /// (or `seq_ack` is ahead of what was sent). Below v8 nothing is
-    /// numbered: nothing to re-deliver.
+    /// The notices after `seq_ack`, or None when some are no longer kept
+    /// (or `seq_ack` is ahead of what was sent). Unnumbered: nothing to
+    /// re-deliver.
     pub fn after(&self, seq_ack: u64) -> Option<Vec<Sequenced>> {
-        if self.version < NUMBERED {
+        if !self.numbered {
             return Some(Vec::new());
         }
-        if seq_ack > self.seq || seq_ack < self.lost_through {
-            return None;
-        }
+        let missed = self.replay.after(seq_ack)?;
         Some(
-            self.sent
-                .iter()
-                .filter(|k| k.seq > seq_ack)
-                .map(|k| Sequenced {
-                    seq: Some(k.seq),
-                    message: k.message.clone(),
+            missed
+                .into_iter()
+                .map(|n| Sequenced {
+                    seq: Some(n.seq),
+                    notice: n.item,
                 })
                 .collect(),
         )
@@ -140,56 +160,42 @@ impl Stream {
 
 #[cfg(test)]
 mod tests {
-    use protocol::gateway::{ClientDisconnect, MemberSpeaking};
-
     use super::*;
 
-    fn speaking(user: u64, flags: u32) -> ServerMessage {
-        ServerMessage::Speaking(MemberSpeaking {
+    fn speaking(user: u64, flags: u32) -> Notice {
+        Notice::Speaking {
             user_id: Snowflake(user),
             ssrc: 1,
             speaking: flags,
-        })
+        }
     }
 
     #[test]
-    fn stream_keeps_the_last_messages() {
-        let mut s = Stream::new(8, 2);
-        for i in 0..3 {
-            s.message(speaking(7, i));
+    fn only_numbered_streams_keep_notices() {
+        let mut s = Stream::new(true, 2);
+        for i in 0..3u64 {
+            assert_eq!(s.notice(speaking(i, 1)).seq, Some(i + 1));
         }
-        assert_eq!(s.after(3), Some(vec![]));
         assert_eq!(s.after(1).unwrap().len(), 2);
         assert_eq!(s.after(0), None, "seq 1 is gone");
-        assert_eq!(s.after(4), None, "never sent");
-        let mut v4 = Stream::new(4, 2);
-        let m = v4.message(speaking(7, 1));
-        assert_eq!(m.seq, None);
-        assert!(!m.encode().contains("seq"));
+        let mut v4 = Stream::new(false, 2);
+        assert_eq!(v4.notice(speaking(7, 1)).seq, None);
         assert_eq!(v4.after(0), Some(vec![]));
+        assert!(v4.serves(false) && !v4.serves(true));
     }
 
     #[test]
-    fn stream_keeps_only_the_latest_message_per_key() {
-        let mut s = Stream::new(8, 3);
-        let key = |u| Some(Supersedes::Speaking(Snowflake(u)));
-        s.message(speaking(1, 0)); // seq 1, unkeyed
+    fn a_member_keeps_one_speaking_and_one_presence_in_anothers_stream() {
+        let mut s = Stream::new(true, 3);
+        s.notice(Notice::Joined(vec![Snowflake(1), Snowflake(2)])); // 1
         for i in 0..10 {
-            s.message_keyed(speaking(7, i), key(7)); // seq 2..=11
+            s.notice(speaking(7, i)); // 2..=11
         }
-        let left = ServerMessage::ClientDisconnect(ClientDisconnect {
-            user_id: Snowflake(7),
-        });
-        s.message_keyed(left, Some(Supersedes::Presence(Snowflake(7)))); // 12
-                                                                         // Kept: 1, 11, 12. Nothing was dropped for room: any seq_ack works.
+        s.notice(Notice::Joined(vec![Snowflake(7)])); // 12
+        s.notice(Notice::Left(Snowflake(7))); // 13 replaces 12
         let all = s.after(0).unwrap();
-        assert_eq!(all.len(), 3);
-        assert_eq!(all[1].message, speaking(7, 9));
-        assert_eq!(all[1].seq, Some(11));
-        assert_eq!(s.after(5).unwrap().len(), 2, "seq 11 and 12");
-        // Another user's Speaking is not superseded by 7's.
-        s.message_keyed(speaking(8, 1), key(8)); // 13: room → 1 lost
-        assert_eq!(s.after(0), None, "seq 1 is gone");
-        assert_eq!(s.after(1).unwrap().len(), 3);
+        let seqs: Vec<_> = all.iter().map(|m| m.seq.unwrap()).collect();
+        assert_eq!(seqs, [1, 11, 13], "nothing dropped for room");
+        assert_eq!(all[1].notice, speaking(7, 9));
     }
 }

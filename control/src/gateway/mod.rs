@@ -3,14 +3,14 @@
 //! itself (opcodes, close codes, message shapes) is `protocol::gateway`.
 //!
 //! One [`Connection`] per websocket. A text frame goes in two steps:
-//! [`Connection::handle_text`] checks the connection's budget and decodes
+//! [`Protocol::handle_text`] checks the connection's budget and decodes
 //! it into an [`Incoming`] without touching shared state (the server calls
 //! it outside the registry lock, so parsing costs nobody else anything);
-//! [`Connection::handle_incoming`] then acts on it with the registry.
+//! [`Protocol::handle_incoming`] then acts on it with the registry.
 //! Other inputs: messages from the registry for this connection
-//! ([`Connection::handle_push`]) and deadlines
-//! ([`Connection::handle_timeout`]); outputs through
-//! [`Connection::poll_output`]. Call [`Connection::closed`] once when the
+//! ([`Protocol::handle_push`]) and deadlines
+//! ([`Protocol::handle_timeout`]); outputs through
+//! [`Protocol::poll_output`]. Call [`Protocol::closed`] once when the
 //! socket is gone so the registry parks or releases the session.
 //!
 //! Before Identify or Resume a connection is cheap to refuse: frames over
@@ -19,10 +19,11 @@
 //! lock). Once identified, every message is also charged to the voice
 //! session's budget in the registry, which survives reconnects.
 //!
-//! Sequenced messages (v8 `seq`) are numbered in the session's
-//! [`Stream`](crate::stream::Stream), which the registry keeps across
-//! connections: a Resume on a new socket gets every message after its
-//! `seq_ack` again, including those sent while no socket was attached.
+//! The registry speaks in typed [`Notice`]s (a member joined, left, spoke;
+//! the session's SSRC and keys), numbered (v8 `seq`) in the session's
+//! [`Stream`](crate::stream::Stream), which it keeps across connections;
+//! this module alone turns them into messages ([`Connection::message`]) and
+//! the registry's [`Kick`]s into close codes.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,16 +31,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::gateway::{
-    self as wire, ClientMessage, CloseCode, DecodeError, HeartbeatAck, Hello, Identify, Millis,
-    Opcode, Ready, Resume, ServerMessage, SessionDescription,
+    self as wire, ClientDisconnect, ClientMessage, ClientsConnect, CloseCode, DecodeError,
+    HeartbeatAck, Hello, Identify, MemberSpeaking, Millis, Opcode, Ready, Resume, ServerMessage,
+    SessionDescription, NUMBERED,
 };
 use protocol::Envelope;
-use rand::RngCore;
 use shared::Mode;
 
-use crate::connection::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
+use crate::connection::{grace, refuse, Context, Protocol, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::limit::{Bucket, RateLimit};
-use crate::registry::{ConnId, IdentifyError, Push, Registry};
+use crate::registry::{ConnId, IdentifyError, Kick, Notice, Push, Registry, Sequenced};
 use crate::Output;
 
 /// Gateway settings shared by every connection.
@@ -79,7 +80,7 @@ pub struct SelectProtocol {
     pub declared: Option<SocketAddr>,
 }
 
-/// A client message, decoded by [`Connection::handle_text`].
+/// A client message, decoded by [`Protocol::handle_text`].
 #[derive(Debug, Clone)]
 pub enum Incoming {
     /// Heartbeat op 3 of an identified connection, with its ACK.
@@ -147,24 +148,6 @@ impl Connection {
         c
     }
 
-    /// Whether Identify or Resume succeeded.
-    pub fn is_identified(&self) -> bool {
-        self.identify_by.is_none()
-    }
-
-    /// A websocket Ping or Pong: it spends a message of the budget like
-    /// any other frame (past it, 4021).
-    pub fn handle_ping(&mut self, now: Instant) {
-        if self.closing.is_none() && !self.bucket.take(now) {
-            self.close(rate_limited());
-        }
-    }
-
-    /// The next thing to send, if any.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
     /// Whether a close was queued.
     pub fn is_closed(&self) -> bool {
         self.closing.is_some()
@@ -173,101 +156,6 @@ impl Connection {
     /// The SSRC, once identified.
     pub fn ssrc(&self) -> Option<u32> {
         self.ssrc
-    }
-
-    /// When [`Connection::handle_timeout`] must next be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let next = match self.identify_by {
-            Some(by) => by.min(self.deadline),
-            None => self.deadline,
-        };
-        self.closing.is_none().then_some(next)
-    }
-
-    /// Time passes: 4009 if the client stopped heartbeating, 4003 if it
-    /// never identified (heartbeats alone do not hold a connection open).
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closing.is_some() {
-            return;
-        }
-        if self.identify_by.is_some_and(|by| now >= by) {
-            self.close(refuse(CloseCode::NotAuthenticated, "no identify in time"));
-        } else if now >= self.deadline {
-            self.close(refuse(CloseCode::SessionTimeout, "session timeout"));
-        }
-    }
-
-    /// The socket is gone. A session the client may resume (the socket
-    /// died, the client closed, or the server closed with 4009) is parked
-    /// in the registry; after any other close it leaves the call.
-    pub fn closed(&mut self, now: Instant, registry: &mut Registry) {
-        if let Some(session_id) = self.session.take() {
-            let timeout = u16::from(CloseCode::SessionTimeout);
-            let resumable = self.closing.is_none_or(|code| code == timeout);
-            registry.gateway_closed(&session_id, self.conn, now, resumable);
-        }
-        self.closing.get_or_insert(1000);
-    }
-
-    /// A binary frame. DAVE is negotiated off (`dave_protocol_version: 0`),
-    /// so a client has no reason to send one: after Identify it is
-    /// ignored (within the connection's budget), before it 4003.
-    pub fn handle_binary(&mut self, now: Instant) {
-        if self.closing.is_some() {
-            return;
-        }
-        if self.session.is_none() {
-            self.close(not_authenticated());
-        } else if !self.bucket.take(now) {
-            self.close(rate_limited());
-        }
-    }
-
-    /// A frame over the size limit (the socket layer discarded it).
-    pub fn handle_oversized(&mut self) {
-        self.close(refuse(CloseCode::DecodeError, "message too large"));
-    }
-
-    /// A message from the registry for this connection.
-    pub fn handle_push(&mut self, push: Push) {
-        if self.closing.is_some() {
-            return;
-        }
-        match push {
-            Push::Message(m) => self.out.push_back(Output::Text(m.encode())),
-            Push::Close { code, reason } => {
-                // The registry already released (or handed over) the
-                // session: closing must not release it again.
-                self.session = None;
-                self.close(refuse(code, reason))
-            }
-        }
-    }
-
-    /// A text frame from the client, step one (no shared state): charges
-    /// this connection's budget and decodes the frame. A heartbeat before
-    /// Identify is answered here. Returns what
-    /// [`Connection::handle_incoming`] must handle, or None (answered, or
-    /// refused with a close queued).
-    pub fn handle_text(&mut self, now: Instant, text: &str) -> Option<Incoming> {
-        if self.closing.is_some() {
-            return None;
-        }
-        if !self.bucket.take(now) {
-            self.close(rate_limited());
-            return None;
-        }
-        match self.decode(text) {
-            Ok(Incoming::Heartbeat(ack)) if self.session.is_none() => {
-                self.heartbeat(now, ack);
-                None
-            }
-            Ok(incoming) => Some(incoming),
-            Err(r) => {
-                self.close(r);
-                None
-            }
-        }
     }
 
     /// Decodes a text frame for this connection's state, without side
@@ -312,38 +200,6 @@ impl Connection {
         })
     }
 
-    /// A decoded message, step two, with the registry (under its lock).
-    /// Once identified, every message is charged to the session's budget.
-    pub fn handle_incoming(&mut self, now: Instant, incoming: Incoming, registry: &mut Registry) {
-        if self.closing.is_some() {
-            return;
-        }
-        if let Some(session_id) = &self.session {
-            if !registry.spend(session_id, now, self.config.rate) {
-                return self.close(rate_limited());
-            }
-        }
-        let handled = match incoming {
-            Incoming::Heartbeat(ack) => {
-                self.heartbeat(now, ack);
-                Ok(())
-            }
-            Incoming::Identify(identify) => self.identify(now, &identify, registry),
-            Incoming::Resume(resume) => self.resume(now, &resume, registry),
-            Incoming::SelectProtocol(select) => self.select_protocol(&select, registry),
-            Incoming::Speaking(flags) => {
-                if let Some(session_id) = &self.session {
-                    registry.speaking(session_id, flags);
-                }
-                Ok(())
-            }
-            Incoming::Ignored => Ok(()),
-        };
-        if let Err(r) = handled {
-            self.close(r);
-        }
-    }
-
     fn close(&mut self, r: Refusal) {
         if self.closing.is_none() {
             self.closing = Some(r.code);
@@ -358,14 +214,42 @@ impl Connection {
         self.out.push_back(Output::Text(message.encode(None)));
     }
 
-    /// A message numbered in the session's stream.
-    fn send(&mut self, registry: &mut Registry, message: ServerMessage) {
-        if let Some(m) = self
-            .session
-            .as_deref()
-            .and_then(|sid| registry.message(sid, message))
-        {
-            self.out.push_back(Output::Text(m.encode()));
+    /// Sends a notice of the session's stream, as its message.
+    fn send(&mut self, n: &Sequenced) {
+        let text = self.message(&n.notice).encode(n.seq);
+        self.out.push_back(Output::Text(text));
+    }
+
+    /// The message that tells a client `notice`.
+    pub fn message(&self, notice: &Notice) -> ServerMessage {
+        match notice {
+            Notice::Ready { ssrc } => ServerMessage::Ready(Ready {
+                ssrc: *ssrc,
+                ip: IpAddr::V4(self.config.udp_ip),
+                port: self.config.udp_port,
+                modes: self.config.modes.iter().map(|m| m.name().into()).collect(),
+                heartbeat_interval: Some(Millis::from(self.config.heartbeat_interval)),
+            }),
+            Notice::Keyed { mode, key } => ServerMessage::SessionDescription(SessionDescription {
+                mode: *mode,
+                secret_key: key.0,
+                dave_protocol_version: 0,
+            }),
+            Notice::Joined(user_ids) => ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: user_ids.clone(),
+            }),
+            Notice::Left(user_id) => {
+                ServerMessage::ClientDisconnect(ClientDisconnect { user_id: *user_id })
+            }
+            Notice::Speaking {
+                user_id,
+                ssrc,
+                speaking,
+            } => ServerMessage::Speaking(MemberSpeaking {
+                user_id: *user_id,
+                ssrc: *ssrc,
+                speaking: *speaking,
+            }),
         }
     }
 
@@ -394,23 +278,16 @@ impl Connection {
     }
 
     fn identify(&mut self, now: Instant, id: &Identify, registry: &mut Registry) -> Result<()> {
+        let numbered = self.version >= NUMBERED;
         let identified = registry
-            .identify(self.conn, self.version, id, now, self.config.rate)
+            .identify(self.conn, numbered, id, now, self.config.rate)
             .map_err(identify_refusal)?;
         self.session = Some(id.session_id.clone());
         self.ssrc = Some(identified.ssrc);
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
-        let ready = Ready {
-            ssrc: identified.ssrc,
-            ip: IpAddr::V4(self.config.udp_ip),
-            port: self.config.udp_port,
-            modes: self.config.modes.iter().map(|m| m.name().into()).collect(),
-            heartbeat_interval: Some(Millis::from(self.config.heartbeat_interval)),
-        };
-        self.send(registry, ServerMessage::Ready(ready));
-        // Who is here and which SSRC is whose, numbered after Ready.
-        registry.welcome(&id.session_id);
+        // Who is here and which SSRC is whose come as pushes after it.
+        self.send(&identified.ready);
         Ok(())
     }
 
@@ -419,7 +296,7 @@ impl Connection {
         let resumed = registry
             .resume(
                 self.conn,
-                self.version,
+                self.version >= NUMBERED,
                 resume,
                 seq_ack,
                 now,
@@ -431,8 +308,9 @@ impl Connection {
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
         self.send_unsequenced(ServerMessage::Resumed);
-        self.out
-            .extend(resumed.missed.iter().map(|m| Output::Text(m.encode())));
+        for missed in &resumed.missed {
+            self.send(missed);
+        }
         Ok(())
     }
 
@@ -440,23 +318,174 @@ impl Connection {
         let Some(session_id) = self.session.clone() else {
             return Err(not_authenticated());
         };
-        let mut key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut key);
-        registry
-            .select_protocol(&session_id, select.mode, key, select.declared)
+        let keyed = registry
+            .select_protocol(&session_id, select.mode, select.declared)
             .map_err(|_| refuse(CloseCode::BadRequest, "server full"))?;
-        let description = SessionDescription {
-            mode: select.mode,
-            secret_key: key,
-            dave_protocol_version: 0,
-        };
-        self.send(registry, ServerMessage::SessionDescription(description));
+        if let Some(keyed) = keyed {
+            self.send(&keyed);
+        }
         Ok(())
+    }
+}
+
+impl Protocol for Connection {
+    const NAME: &'static str = "gateway";
+    const IDENTIFY_TIMEOUT_CODE: u16 = CloseCode::NotAuthenticated as u16;
+    type Incoming = Incoming;
+
+    /// Whether Identify or Resume succeeded.
+    fn is_identified(&self) -> bool {
+        self.identify_by.is_none()
+    }
+
+    fn handle_ping(&mut self, now: Instant) {
+        if self.closing.is_none() && !self.bucket.take(now) {
+            self.close(rate_limited());
+        }
+    }
+
+    /// A text frame from the client, step one (no shared state): charges
+    /// this connection's budget and decodes the frame. A heartbeat before
+    /// Identify is answered here. Returns what
+    /// [`Protocol::handle_incoming`] must handle, or None (answered, or
+    /// refused with a close queued).
+    fn handle_text(&mut self, now: Instant, text: &str) -> Option<Incoming> {
+        if self.closing.is_some() {
+            return None;
+        }
+        if !self.bucket.take(now) {
+            self.close(rate_limited());
+            return None;
+        }
+        match self.decode(text) {
+            Ok(Incoming::Heartbeat(ack)) if self.session.is_none() => {
+                self.heartbeat(now, ack);
+                None
+            }
+            Ok(incoming) => Some(incoming),
+            Err(r) => {
+                self.close(r);
+                None
+            }
+        }
+    }
+
+    /// A decoded message, step two, with the registry (under its lock).
+    /// Once identified, every message is charged to the session's budget.
+    fn handle_incoming(&mut self, now: Instant, incoming: Incoming, cx: &mut Context) {
+        if self.closing.is_some() {
+            return;
+        }
+        let registry = &mut cx.registry;
+        if let Some(session_id) = &self.session {
+            if !registry.spend(session_id, now, self.config.rate) {
+                return self.close(rate_limited());
+            }
+        }
+        let handled = match incoming {
+            Incoming::Heartbeat(ack) => {
+                self.heartbeat(now, ack);
+                Ok(())
+            }
+            Incoming::Identify(identify) => self.identify(now, &identify, registry),
+            Incoming::Resume(resume) => self.resume(now, &resume, registry),
+            Incoming::SelectProtocol(select) => self.select_protocol(&select, registry),
+            Incoming::Speaking(flags) => {
+                if let Some(session_id) = &self.session {
+                    registry.speaking(session_id, flags);
+                }
+                Ok(())
+            }
+            Incoming::Ignored => Ok(()),
+        };
+        if let Err(r) = handled {
+            self.close(r);
+        }
+    }
+
+    /// A binary frame. DAVE is negotiated off (`dave_protocol_version: 0`),
+    /// so a client has no reason to send one: after Identify it is
+    /// ignored (within the connection's budget), before it 4003.
+    fn handle_binary(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            return;
+        }
+        if self.session.is_none() {
+            self.close(not_authenticated());
+        } else if !self.bucket.take(now) {
+            self.close(rate_limited());
+        }
+    }
+
+    fn handle_oversized(&mut self) {
+        self.close(refuse(CloseCode::DecodeError, "message too large"));
+    }
+
+    /// A message from the registry for this connection.
+    fn handle_push(&mut self, push: Push) {
+        if self.closing.is_some() {
+            return;
+        }
+        match push {
+            Push::Notice(n) => self.send(&n),
+            Push::Close(kick) => {
+                // The registry already released (or handed over) the
+                // session: closing must not release it again.
+                self.session = None;
+                self.close(kick_refusal(kick))
+            }
+        }
+    }
+
+    /// Time passes: 4009 if the client stopped heartbeating, 4003 if it
+    /// never identified (heartbeats alone do not hold a connection open).
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            return;
+        }
+        if self.identify_by.is_some_and(|by| now >= by) {
+            self.close(refuse(CloseCode::NotAuthenticated, "no identify in time"));
+        } else if now >= self.deadline {
+            self.close(refuse(CloseCode::SessionTimeout, "session timeout"));
+        }
+    }
+
+    /// The socket is gone. A session the client may resume (the socket
+    /// died, the client closed, or the server closed with 4009) is parked
+    /// in the registry; after any other close it leaves the call.
+    fn closed(&mut self, now: Instant, cx: &mut Context) {
+        if let Some(session_id) = self.session.take() {
+            let timeout = u16::from(CloseCode::SessionTimeout);
+            let resumable = self.closing.is_none_or(|code| code == timeout);
+            cx.registry
+                .gateway_closed(&session_id, self.conn, now, resumable);
+        }
+        self.closing.get_or_insert(1000);
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let next = match self.identify_by {
+            Some(by) => by.min(self.deadline),
+            None => self.deadline,
+        };
+        self.closing.is_none().then_some(next)
     }
 }
 
 fn decode_refusal(e: DecodeError) -> Refusal {
     refuse(e.close_code(), e.reason())
+}
+
+fn kick_refusal(kick: Kick) -> Refusal {
+    match kick {
+        Kick::Replaced => refuse(CloseCode::SessionInvalid, "session replaced"),
+        Kick::ResumedElsewhere => refuse(CloseCode::SessionInvalid, "session resumed elsewhere"),
+        Kick::Disconnected => refuse(CloseCode::Disconnected, "disconnected"),
+    }
 }
 
 fn not_authenticated() -> Refusal {
@@ -502,6 +531,9 @@ mod tests {
     use shared::Command;
 
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
     use crate::registry::Effect;
 
     fn sf(id: u64) -> Snowflake {
@@ -512,7 +544,7 @@ mod tests {
     /// and the connections of a test: the registry's pushes are routed to
     /// them as the server layer would.
     struct Call {
-        registry: Registry,
+        cx: Context,
         token: String,
         sessions: Vec<String>,
         now: Instant,
@@ -522,7 +554,7 @@ mod tests {
     }
 
     fn call() -> Call {
-        let mut registry = Registry::new(2);
+        let mut registry = Registry::new(2, StdRng::seed_from_u64(2));
         registry.set_resume(Duration::from_secs(10), 4);
         let token = registry.channel_req(sf(100), Some(sf(1))).token;
         let sessions = [7, 8, 9]
@@ -530,7 +562,11 @@ mod tests {
             .map(|u| registry.voice_state_create(sf(u), sf(100)).unwrap())
             .collect();
         Call {
-            registry,
+            cx: Context {
+                registry,
+                replay: crate::lvsp::Replay::new(4),
+                guard: crate::lvsp::AuthGuard::new(Default::default()),
+            },
             token,
             sessions,
             now: Instant::now(),
@@ -543,7 +579,7 @@ mod tests {
         /// Routes effects: pushes to the connections given (the others wait
         /// for a later call naming theirs), commands kept.
         fn route(&mut self, conns: &mut [&mut Connection]) {
-            for e in self.registry.drain_effects() {
+            for e in self.cx.registry.drain_effects() {
                 match e {
                     Effect::Gateway { conn, push } => self.undelivered.push((conn, push)),
                     Effect::Dataplane { command, .. } => self.commands.push(command),
@@ -560,7 +596,7 @@ mod tests {
         }
 
         fn send(&mut self, c: &mut Connection, msg: &str) -> Vec<Value> {
-            feed(c, self.now, msg, &mut self.registry);
+            feed(c, self.now, msg, &mut self.cx);
             self.route(&mut [&mut *c]);
             out(c)
         }
@@ -613,9 +649,9 @@ mod tests {
     }
 
     /// A text frame through both steps, as the server feeds it.
-    fn feed(c: &mut Connection, now: Instant, text: &str, registry: &mut Registry) {
+    fn feed(c: &mut Connection, now: Instant, text: &str, cx: &mut Context) {
         if let Some(incoming) = c.handle_text(now, text) {
-            c.handle_incoming(now, incoming, registry);
+            c.handle_incoming(now, incoming, cx);
         }
     }
 
@@ -709,7 +745,7 @@ mod tests {
         out(&mut a);
         out(&mut b);
         let m = json!({"op":5,"d":{"speaking":1,"delay":0,"ssrc":a.ssrc()}}).to_string();
-        feed(&mut a, call.now, &m, &mut call.registry);
+        feed(&mut a, call.now, &m, &mut call.cx);
         call.route(&mut [&mut a, &mut b]);
         assert!(out(&mut a).is_empty(), "not echoed to the speaker");
         assert_eq!(
@@ -806,7 +842,7 @@ mod tests {
             for m in *msgs {
                 if *m == "CLOSE" {
                     // The socket dies; the next messages use a new one.
-                    c.closed(call.now, &mut call.registry);
+                    c.closed(call.now, &mut call.cx);
                     c = Connection::new(config(), 2, 8, call.now);
                     out(&mut c);
                     continue;
@@ -821,7 +857,7 @@ mod tests {
                     .to_string(),
                     m => m.to_string(),
                 };
-                feed(&mut c, call.now, &m, &mut call.registry);
+                feed(&mut c, call.now, &m, &mut call.cx);
             }
             let o = out(&mut c);
             assert_eq!(
@@ -830,9 +866,9 @@ mod tests {
                 "{msgs:?}"
             );
             assert!(c.is_closed());
-            c.closed(call.now, &mut call.registry);
+            c.closed(call.now, &mut call.cx);
             assert_eq!(
-                call.registry.session_count() - call.registry.parked_count(),
+                call.cx.registry.session_count() - call.cx.registry.parked_count(),
                 0,
                 "{msgs:?}: nothing attached"
             );
@@ -873,8 +909,8 @@ mod tests {
         c.handle_timeout(deadline);
         assert_eq!(out(&mut c), vec![json!({"close": 4009})]);
         // A timed-out session may still be resumed.
-        c.closed(deadline, &mut call.registry);
-        assert_eq!(call.registry.parked_count(), 1);
+        c.closed(deadline, &mut call.cx);
+        assert_eq!(call.cx.registry.parked_count(), 1);
     }
 
     #[test]
@@ -911,8 +947,8 @@ mod tests {
             call.send(&mut c, r#"{"op":3,"d":1}"#),
             vec![json!({"close": 4021})]
         );
-        c.closed(call.now, &mut call.registry);
-        assert_eq!(call.registry.session_count(), 0, "not resumable");
+        c.closed(call.now, &mut call.cx);
+        assert_eq!(call.cx.registry.session_count(), 0, "not resumable");
     }
 
     /// The websocket of a v8 member dies; meanwhile others speak and a new
@@ -930,8 +966,8 @@ mod tests {
         call.select(&mut a); // Session Description, seq 3: lost with the socket
         let ssrc = a.ssrc().unwrap();
         out(&mut b);
-        a.closed(call.now, &mut call.registry); // the socket died
-        assert_eq!(call.registry.parked_count(), 1);
+        a.closed(call.now, &mut call.cx); // the socket died
+        assert_eq!(call.cx.registry.parked_count(), 1);
         call.commands.clear();
         call.route(&mut [&mut b]);
         assert!(
@@ -967,7 +1003,7 @@ mod tests {
         let sd = call.select(&mut a2);
         assert_eq!(sd[0]["seq"], 6);
         // A second resume with an old seq_ack: the buffer (4) lost seq 2.
-        a2.closed(call.now, &mut call.registry);
+        a2.closed(call.now, &mut call.cx);
         let mut a3 = Connection::new(config(), 5, 8, call.now);
         out(&mut a3);
         let old = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
@@ -1001,7 +1037,7 @@ mod tests {
         // Versions that number alike may resume each other.
         let mut call = call();
         let mut a = call.join(1, 4, "7", 0);
-        a.closed(call.now, &mut call.registry);
+        a.closed(call.now, &mut call.cx);
         let mut b = Connection::new(config(), 2, 1, call.now);
         out(&mut b);
         let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
@@ -1020,14 +1056,14 @@ mod tests {
         out(&mut a2);
         let resume = json!({"op": 7, "d": {"server_id": "1", "session_id": call.sessions[0],
             "token": call.token, "seq_ack": 1}});
-        feed(&mut a2, call.now, &resume.to_string(), &mut call.registry);
+        feed(&mut a2, call.now, &resume.to_string(), &mut call.cx);
         call.route(&mut [&mut a, &mut a2]);
         assert_eq!(out(&mut a), vec![json!({"close": 4006})]);
         assert_eq!(out(&mut a2)[0]["op"], 9);
         // The old socket closing later does not disturb the new one.
-        a.closed(call.now, &mut call.registry);
-        assert_eq!(call.registry.parked_count(), 0);
-        assert_eq!(call.registry.session_count(), 1);
+        a.closed(call.now, &mut call.cx);
+        assert_eq!(call.cx.registry.parked_count(), 0);
+        assert_eq!(call.cx.registry.session_count(), 1);
     }
 
     #[test]
@@ -1038,14 +1074,15 @@ mod tests {
         call.route(&mut [&mut a, &mut b]);
         out(&mut b);
         let ssrc = a.ssrc().unwrap();
-        a.closed(call.now, &mut call.registry);
-        let deadline = call.registry.poll_timeout().unwrap();
+        a.closed(call.now, &mut call.cx);
+        let deadline = call.cx.registry.poll_timeout().unwrap();
         assert_eq!(deadline, call.now + Duration::from_secs(10));
-        call.registry
+        call.cx
+            .registry
             .handle_timeout(deadline - Duration::from_millis(1));
         call.route(&mut [&mut b]);
         assert!(out(&mut b).is_empty());
-        call.registry.handle_timeout(deadline);
+        call.cx.registry.handle_timeout(deadline);
         call.route(&mut [&mut b]);
         assert_eq!(out(&mut b), vec![json!({"op": 13, "d": {"user_id": "7"}})]);
         assert!(call.commands.contains(&Command::RemoveSession { ssrc }));
@@ -1069,14 +1106,14 @@ mod tests {
         out(&mut b);
         let ssrc = a.ssrc().unwrap();
         // Move: destroy + create in another channel.
-        call.registry.voice_state_destroy(sf(7), sf(100));
+        call.cx.registry.voice_state_destroy(sf(7), sf(100));
         call.route(&mut [&mut a, &mut b]);
         assert_eq!(out(&mut a).last(), Some(&json!({"close": 4014})));
         assert_eq!(out(&mut b), vec![json!({"op": 13, "d": {"user_id": "7"}})]);
         assert!(call.commands.contains(&Command::RemoveSession { ssrc }));
-        a.closed(call.now, &mut call.registry);
-        let t2 = call.registry.channel_req(sf(200), Some(sf(1))).token;
-        let moved = call.registry.voice_state_create(sf(7), sf(200)).unwrap();
+        a.closed(call.now, &mut call.cx);
+        let t2 = call.cx.registry.channel_req(sf(200), Some(sf(1))).token;
+        let moved = call.cx.registry.voice_state_create(sf(7), sf(200)).unwrap();
         assert_ne!(moved, call.sessions[0]);
         let mut a2 = Connection::new(config(), 3, 4, call.now);
         let m = json!({"op": 0, "d": {"server_id": "1", "user_id": "7",
@@ -1169,10 +1206,10 @@ mod tests {
         for (i, m) in cases.iter().enumerate() {
             let mut c = call.join(10 + i as u64, 8, "7", 0);
             out(&mut c);
-            feed(&mut c, call.now, m, &mut call.registry);
+            feed(&mut c, call.now, m, &mut call.cx);
             let (code, reason) = close_of(&mut c).expect("closed");
             assert!(!reason.contains("EVIL"), "{code} {reason:?} for {m}");
-            c.closed(call.now, &mut call.registry);
+            c.closed(call.now, &mut call.cx);
         }
         // Before Identify, too.
         let mut c = Connection::new(config(), 30, 8, call.now);
@@ -1202,7 +1239,7 @@ mod tests {
                     accepted += 1;
                 }
             }
-            c.closed(call.now, &mut call.registry);
+            c.closed(call.now, &mut call.cx);
             conn += 1;
             c = Connection::new(config(), conn, 8, call.now);
             out(&mut c);
@@ -1247,7 +1284,7 @@ mod tests {
         call.route(&mut [&mut parked, &mut flooder, &mut witness]);
         let seq_ack = out(&mut parked).last().unwrap()["seq"].as_u64().unwrap();
         out(&mut witness);
-        parked.closed(call.now, &mut call.registry); // the socket died
+        parked.closed(call.now, &mut call.cx); // the socket died
         let mut conn = 10;
         let mut seen_by_witness = 0;
         for round in 0..50u32 {
@@ -1258,7 +1295,7 @@ mod tests {
             }
             // Leave for good (4002 is not resumable), then join again.
             call.send(&mut flooder, "garbage");
-            flooder.closed(call.now, &mut call.registry);
+            flooder.closed(call.now, &mut call.cx);
             conn += 1;
             flooder = Connection::new(config(), conn, 8, call.now);
             out(&mut flooder);

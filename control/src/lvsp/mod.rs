@@ -2,13 +2,13 @@
 //! "LVSP"). The wire itself (opcodes, close codes, INFO types per dialect,
 //! message shapes, the IDENTIFY token) is `protocol::lvsp`.
 //!
-//! A text frame goes in two steps: [`Connection::handle_text`] checks the
+//! A text frame goes in two steps: [`Protocol::handle_text`] checks the
 //! connection's budget and decodes it into an [`Incoming`] without
 //! touching shared state (the server calls it outside the registry lock);
-//! [`Connection::handle_incoming`] then acts on it with the registry, the
+//! [`Protocol::handle_incoming`] then acts on it with the registry, the
 //! [`Replay`] buffer and the [`AuthGuard`]. Deadlines go in with
-//! [`Connection::handle_timeout`]; take what it wants sent with
-//! [`Connection::poll_output`]. Registry changes queue effects the caller
+//! [`Protocol::handle_timeout`]; take what it wants sent with
+//! [`Protocol::poll_output`]. Registry changes queue effects the caller
 //! carries out; the INFOs the server sends are numbered and kept in the
 //! [`Replay`] buffer shared by every connection, so a RESUME on a new
 //! connection re-delivers what the old one may have lost.
@@ -34,6 +34,7 @@ use protocol::lvsp::{
 };
 use protocol::Envelope;
 use rand::distributions::{Alphanumeric, DistString};
+use rand::RngCore;
 
 mod backoff;
 
@@ -41,10 +42,11 @@ pub use backoff::{AuthBackoff, AuthGuard, Failure};
 pub use protocol::lvsp::ClientMessage as Incoming;
 pub use protocol::lvsp::Dialect;
 
-use crate::connection::{grace, refuse, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
+use crate::connection::{grace, refuse, Context, Protocol, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::limit::Bucket;
 pub use crate::limit::RateLimit;
 use crate::registry::{Registry, RequestError};
+use crate::replay::Numbered;
 use crate::Output;
 
 /// The shortest secret the server starts with, in characters: 32 random
@@ -66,59 +68,8 @@ pub struct Config {
 }
 
 /// The server's numbered INFOs, kept for RESUME. One per server: it
-/// outlives connections.
-#[derive(Debug)]
-pub struct Replay {
-    /// `s` of the last INFO sent.
-    seq: u64,
-    /// `(s, message)`, oldest first, at most `capacity`.
-    sent: VecDeque<(u64, String)>,
-    capacity: usize,
-}
-
-impl Replay {
-    /// An empty buffer keeping the last `capacity` INFOs. Default 4096.
-    pub fn new(capacity: usize) -> Replay {
-        Replay {
-            seq: 0,
-            sent: VecDeque::with_capacity(capacity.min(4096)),
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// `s` of the last INFO sent.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    fn push(&mut self, reply: Reply) -> String {
-        self.seq += 1;
-        let msg = ServerMessage::Info { s: self.seq, reply }.encode();
-        if self.sent.len() == self.capacity {
-            self.sent.pop_front();
-        }
-        self.sent.push_back((self.seq, msg.clone()));
-        msg
-    }
-
-    /// Every INFO after `seq`, or None when some of them are gone (or `seq`
-    /// is in the future).
-    fn after(&self, seq: u64) -> Option<impl Iterator<Item = &String>> {
-        if seq > self.seq {
-            return None;
-        }
-        let oldest = self.sent.front().map_or(self.seq + 1, |(s, _)| *s);
-        if seq + 1 < oldest {
-            return None;
-        }
-        Some(
-            self.sent
-                .iter()
-                .filter(move |(s, _)| *s > seq)
-                .map(|(_, m)| m),
-        )
-    }
-}
+/// outlives connections. Default capacity 4096.
+pub type Replay = crate::replay::Replay<Reply>;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -148,9 +99,15 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A new connection from `peer`; queues HELLO with a fresh nonce.
-    pub fn new(config: Arc<Config>, peer: SocketAddr, now: Instant) -> Connection {
-        let nonce = Alphanumeric.sample_string(&mut rand::thread_rng(), 10);
+    /// A new connection from `peer`; queues HELLO with a nonce drawn from
+    /// `rng`.
+    pub fn new(
+        config: Arc<Config>,
+        peer: SocketAddr,
+        now: Instant,
+        rng: &mut impl RngCore,
+    ) -> Connection {
+        let nonce = Alphanumeric.sample_string(rng, 10);
         let hello = ServerMessage::Hello(Hello {
             heartbeat_interval: config.dialect.encode_interval(config.heartbeat_interval),
             nonce: nonce.clone(),
@@ -177,75 +134,6 @@ impl Connection {
         self.state == State::Closed
     }
 
-    /// Whether IDENTIFY or RESUME succeeded (and the connection is open).
-    pub fn is_identified(&self) -> bool {
-        self.state == State::Ready
-    }
-
-    /// A websocket Ping or Pong: it spends a message of the budget like
-    /// any other frame.
-    pub fn handle_ping(&mut self, now: Instant) {
-        if self.state != State::Closed && !self.bucket.take(now) {
-            self.close(refuse(CloseCode::General, "rate limit exceeded"));
-        }
-    }
-
-    /// The next thing to send, if any.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    /// When [`Connection::handle_timeout`] must next be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.state != State::Closed).then_some(self.deadline)
-    }
-
-    /// Time passes: closes the connection if the client went quiet.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state != State::Closed && now >= self.deadline {
-            self.close(refuse(CloseCode::General, "heartbeat timeout"));
-        }
-    }
-
-    /// A binary frame: LVSP is JSON text only.
-    pub fn handle_binary(&mut self) {
-        self.close(refuse(CloseCode::DecodeError, "binary frames are not LVSP"));
-    }
-
-    /// A frame over the size limit (the socket layer discarded it).
-    pub fn handle_oversized(&mut self) {
-        self.close(refuse(CloseCode::DecodeError, "message too large"));
-    }
-
-    /// The socket is gone: the registry learns Litecord may be away.
-    pub fn closed(&mut self, now: Instant, registry: &mut Registry) {
-        if std::mem::take(&mut self.up) {
-            registry.lvsp_down(now);
-        }
-        self.state = State::Closed;
-    }
-
-    /// A text frame from the client, step one (no shared state): charges
-    /// the connection's budget and decodes the frame. Returns what
-    /// [`Connection::handle_incoming`] must handle, or None (refused, a
-    /// close queued).
-    pub fn handle_text(&mut self, now: Instant, text: &str) -> Option<Incoming> {
-        if self.state == State::Closed {
-            return None;
-        }
-        if !self.bucket.take(now) {
-            self.close(refuse(CloseCode::General, "rate limit exceeded"));
-            return None;
-        }
-        match self.decode(text) {
-            Ok(incoming) => Some(incoming),
-            Err(r) => {
-                self.close(r);
-                None
-            }
-        }
-    }
-
     /// Decodes a text frame for this connection's state, without side
     /// effects: the size limit before IDENTIFY, then which ops the state
     /// allows (before `d` is read), then the message's shape.
@@ -267,25 +155,6 @@ impl Connection {
         Incoming::from_envelope(&envelope, self.config.dialect).map_err(decode_refusal)
     }
 
-    /// A decoded message, step two, with the shared state (under its
-    /// lock): the registry, the replay buffer and the per-address
-    /// authentication guard.
-    pub fn handle_incoming(
-        &mut self,
-        now: Instant,
-        incoming: Incoming,
-        registry: &mut Registry,
-        replay: &mut Replay,
-        guard: &mut AuthGuard,
-    ) {
-        if self.state == State::Closed {
-            return;
-        }
-        if let Err(r) = self.dispatch(now, incoming, registry, replay, guard) {
-            self.close(r);
-        }
-    }
-
     fn close(&mut self, r: Refusal) {
         if self.state != State::Closed {
             self.state = State::Closed;
@@ -301,8 +170,15 @@ impl Connection {
     }
 
     fn send_info(&mut self, replay: &mut Replay, reply: Reply) {
-        let msg = replay.push(reply);
-        self.out.push_back(Output::Text(msg));
+        let info = replay.push(reply, None);
+        self.send_numbered(info);
+    }
+
+    fn send_numbered(&mut self, info: Numbered<Reply>) {
+        self.send(ServerMessage::Info {
+            s: info.seq,
+            reply: info.item,
+        });
     }
 
     fn dispatch(
@@ -320,12 +196,12 @@ impl Connection {
             }
             Incoming::Resume(resume) => {
                 self.authenticate(now, &resume.token, guard)?;
-                let missed: Vec<String> = replay
+                let missed = replay
                     .after(resume.seq)
-                    .ok_or_else(|| refuse(CloseCode::General, "cannot resume from that seq"))?
-                    .cloned()
-                    .collect();
-                self.out.extend(missed.into_iter().map(Output::Text));
+                    .ok_or_else(|| refuse(CloseCode::General, "cannot resume from that seq"))?;
+                for info in missed {
+                    self.send_numbered(info);
+                }
                 self.ready(now, registry);
             }
             Incoming::Heartbeat(_) => {
@@ -410,6 +286,93 @@ impl Connection {
     }
 }
 
+impl Protocol for Connection {
+    const NAME: &'static str = "lvsp";
+    const IDENTIFY_TIMEOUT_CODE: u16 = CloseCode::General as u16;
+    type Incoming = Incoming;
+
+    /// Whether IDENTIFY or RESUME succeeded (and the connection is open).
+    fn is_identified(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    fn handle_ping(&mut self, now: Instant) {
+        if self.state != State::Closed && !self.bucket.take(now) {
+            self.close(refuse(CloseCode::General, "rate limit exceeded"));
+        }
+    }
+
+    /// A text frame from the client, step one (no shared state): charges
+    /// the connection's budget and decodes the frame. Returns what
+    /// [`Protocol::handle_incoming`] must handle, or None (refused, a
+    /// close queued).
+    fn handle_text(&mut self, now: Instant, text: &str) -> Option<Incoming> {
+        if self.state == State::Closed {
+            return None;
+        }
+        if !self.bucket.take(now) {
+            self.close(refuse(CloseCode::General, "rate limit exceeded"));
+            return None;
+        }
+        match self.decode(text) {
+            Ok(incoming) => Some(incoming),
+            Err(r) => {
+                self.close(r);
+                None
+            }
+        }
+    }
+
+    /// A decoded message, step two, with the shared state (under its
+    /// lock): the registry, the replay buffer and the per-address
+    /// authentication guard.
+    fn handle_incoming(&mut self, now: Instant, incoming: Incoming, cx: &mut Context) {
+        if self.state == State::Closed {
+            return;
+        }
+        let Context {
+            registry,
+            replay,
+            guard,
+        } = cx;
+        if let Err(r) = self.dispatch(now, incoming, registry, replay, guard) {
+            self.close(r);
+        }
+    }
+
+    /// A binary frame: LVSP is JSON text only.
+    fn handle_binary(&mut self, _now: Instant) {
+        self.close(refuse(CloseCode::DecodeError, "binary frames are not LVSP"));
+    }
+
+    fn handle_oversized(&mut self) {
+        self.close(refuse(CloseCode::DecodeError, "message too large"));
+    }
+
+    /// Time passes: closes the connection if the client went quiet.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.state != State::Closed && now >= self.deadline {
+            self.close(refuse(CloseCode::General, "heartbeat timeout"));
+        }
+    }
+
+    /// The socket is gone: the registry learns Litecord may be away.
+    fn closed(&mut self, now: Instant, cx: &mut Context) {
+        if std::mem::take(&mut self.up) {
+            cx.registry.lvsp_down(now);
+        }
+        self.state = State::Closed;
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        (self.state != State::Closed).then_some(self.deadline)
+    }
+}
+
 fn decode_refusal(e: DecodeError) -> Refusal {
     refuse(e.close_code(), e.reason())
 }
@@ -417,6 +380,9 @@ fn decode_refusal(e: DecodeError) -> Refusal {
 #[cfg(test)]
 mod tests {
     use serde_json::{json, Value};
+
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
 
     use super::*;
 
@@ -431,19 +397,21 @@ mod tests {
     /// One LVSP server: the registry, replay buffer and authentication
     /// guard all connections share.
     struct Server {
-        registry: Registry,
-        replay: Replay,
-        guard: AuthGuard,
+        cx: Context,
         config: Arc<Config>,
         now: Instant,
+        rng: StdRng,
     }
 
     impl Server {
         fn new(dialect: Dialect) -> Server {
             Server {
-                registry: Registry::new(2),
-                replay: Replay::new(4),
-                guard: AuthGuard::new(AuthBackoff::default()),
+                cx: Context {
+                    registry: Registry::new(2, StdRng::seed_from_u64(1)),
+                    replay: Replay::new(4),
+                    guard: AuthGuard::new(AuthBackoff::default()),
+                },
+                rng: StdRng::seed_from_u64(2),
                 config: Arc::new(Config {
                     secret: SECRET.into(),
                     heartbeat_interval: Duration::from_millis(1500),
@@ -457,12 +425,12 @@ mod tests {
             }
         }
 
-        fn connect(&self) -> (Connection, String) {
+        fn connect(&mut self) -> (Connection, String) {
             self.connect_from(PEER)
         }
 
-        fn connect_from(&self, peer: SocketAddr) -> (Connection, String) {
-            let mut c = Connection::new(self.config.clone(), peer, self.now);
+        fn connect_from(&mut self, peer: SocketAddr) -> (Connection, String) {
+            let mut c = Connection::new(self.config.clone(), peer, self.now, &mut self.rng);
             let hello = out(&mut c);
             assert_eq!(hello[0]["op"], 0);
             let nonce = hello[0]["d"]["nonce"].as_str().unwrap().to_owned();
@@ -472,13 +440,7 @@ mod tests {
 
         fn send(&mut self, c: &mut Connection, msg: &str) -> Vec<Value> {
             if let Some(incoming) = c.handle_text(self.now, msg) {
-                c.handle_incoming(
-                    self.now,
-                    incoming,
-                    &mut self.registry,
-                    &mut self.replay,
-                    &mut self.guard,
-                );
+                c.handle_incoming(self.now, incoming, &mut self.cx);
             }
             out(c)
         }
@@ -514,13 +476,14 @@ mod tests {
 
     #[test]
     fn nonces_are_fresh_and_interval_is_in_the_dialects_unit() {
-        let spec = Server::new(Dialect::Spec);
+        let mut spec = Server::new(Dialect::Spec);
         let (mut a, na) = spec.connect();
         let (_, nb) = spec.connect();
         assert_ne!(na, nb);
         assert!(out(&mut a).is_empty());
         let hello = |d| {
-            let mut c = Connection::new(Server::new(d).config, PEER, Instant::now());
+            let mut rng = StdRng::seed_from_u64(0);
+            let mut c = Connection::new(Server::new(d).config, PEER, Instant::now(), &mut rng);
             out(&mut c)[0]["d"]["heartbeat_interval"].clone()
         };
         assert_eq!(hello(Dialect::Spec), 1500);
@@ -572,7 +535,7 @@ mod tests {
         ] {
             assert!(srv.send(&mut c, &m).is_empty(), "{m}");
         }
-        assert_eq!(srv.registry.channel_count(), 1, "only the DM is left");
+        assert_eq!(srv.cx.registry.channel_count(), 1, "only the DM is left");
     }
 
     #[test]
@@ -596,7 +559,7 @@ mod tests {
         assert!(srv
             .send(&mut c, &info(5, json!({"user_id":"7","channel_id":"100"})))
             .is_empty());
-        assert_eq!(srv.registry.voice_state_count(), 1);
+        assert_eq!(srv.cx.registry.voice_state_count(), 1);
         // VST_LEAVE (6) removes the state, CHANNEL_DESTROY (3) the channel.
         assert!(srv
             .send(
@@ -604,11 +567,11 @@ mod tests {
                 &info(6, json!({"user_id":"7","channel_id":"100","guild_id":"1"}))
             )
             .is_empty());
-        assert_eq!(srv.registry.voice_state_count(), 0);
+        assert_eq!(srv.cx.registry.voice_state_count(), 0);
         assert!(srv
             .send(&mut c, &info(3, json!({"channel_id":"100","guild_id":"1"})))
             .is_empty());
-        assert_eq!(srv.registry.channel_count(), 0);
+        assert_eq!(srv.cx.registry.channel_count(), 0);
         // 7 is no INFO type in either dialect.
         assert_eq!(
             srv.send(&mut c, &info(7, json!({}))),
@@ -623,7 +586,7 @@ mod tests {
         for ch in ["100", "101", "102"] {
             srv.send(&mut c, &info(0, json!({"channel_id": ch, "guild_id":"1"})));
         }
-        c.closed(srv.now, &mut srv.registry);
+        c.closed(srv.now, &mut srv.cx);
         // A new connection resumes from s = 1: INFOs 2 and 3, then READY.
         let (mut r, nonce) = srv.connect();
         let o = srv.send(
@@ -754,9 +717,9 @@ mod tests {
             let (mut c, _) = srv.connect();
             assert_eq!(srv.send(&mut c, msg), vec![json!({"close": 4000})]);
         }
-        let srv = Server::new(Dialect::Spec);
+        let mut srv = Server::new(Dialect::Spec);
         let (mut c, _) = srv.connect();
-        c.handle_binary();
+        c.handle_binary(srv.now);
         assert_eq!(out(&mut c), vec![json!({"close": 4002})]);
         let (mut c, _) = srv.connect();
         c.handle_oversized();
@@ -803,27 +766,35 @@ mod tests {
     #[test]
     fn state_outlives_the_connection_until_the_grace_period_ends() {
         let mut srv = Server::new(Dialect::Spec);
-        srv.registry.set_orphan_grace(Duration::from_secs(60));
+        srv.cx.registry.set_orphan_grace(Duration::from_secs(60));
         let mut c = srv.identified();
         srv.send(&mut c, &info(0, json!({"channel_id":"100","guild_id":"1"})));
-        assert_eq!(srv.registry.poll_timeout(), None, "Litecord is connected");
-        c.closed(srv.now, &mut srv.registry);
-        let expiry = srv.registry.poll_timeout().unwrap();
+        assert_eq!(
+            srv.cx.registry.poll_timeout(),
+            None,
+            "Litecord is connected"
+        );
+        c.closed(srv.now, &mut srv.cx);
+        let expiry = srv.cx.registry.poll_timeout().unwrap();
         assert_eq!(expiry, srv.now + Duration::from_secs(60));
-        srv.registry.handle_timeout(expiry - Duration::from_secs(1));
-        assert_eq!(srv.registry.channel_count(), 1, "calls go on meanwhile");
+        srv.cx
+            .registry
+            .handle_timeout(expiry - Duration::from_secs(1));
+        assert_eq!(srv.cx.registry.channel_count(), 1, "calls go on meanwhile");
         // Litecord comes back in time: nothing expires.
         let _back = srv.identified();
-        assert_eq!(srv.registry.poll_timeout(), None);
-        srv.registry.handle_timeout(expiry + Duration::from_secs(1));
-        assert_eq!(srv.registry.channel_count(), 1);
+        assert_eq!(srv.cx.registry.poll_timeout(), None);
+        srv.cx
+            .registry
+            .handle_timeout(expiry + Duration::from_secs(1));
+        assert_eq!(srv.cx.registry.channel_count(), 1);
         // Gone for good: the state expires.
         let mut gone = _back;
-        gone.closed(srv.now, &mut srv.registry);
-        let expiry = srv.registry.poll_timeout().unwrap();
-        srv.registry.handle_timeout(expiry);
-        assert_eq!(srv.registry.channel_count(), 0);
-        assert_eq!(srv.registry.poll_timeout(), None);
+        gone.closed(srv.now, &mut srv.cx);
+        let expiry = srv.cx.registry.poll_timeout().unwrap();
+        srv.cx.registry.handle_timeout(expiry);
+        assert_eq!(srv.cx.registry.channel_count(), 0);
+        assert_eq!(srv.cx.registry.poll_timeout(), None);
     }
 
     #[test]
@@ -833,7 +804,7 @@ mod tests {
         let pad = "x".repeat(PRE_AUTH_MAX_MESSAGE);
         let big = json!({"op": 1, "d": {"token": token(&nonce), "pad": pad}}).to_string();
         assert_eq!(srv.send(&mut c, &big), vec![json!({"close": 4002})]);
-        assert_eq!(srv.guard.failures_total(), 0, "not even looked at");
+        assert_eq!(srv.cx.guard.failures_total(), 0, "not even looked at");
         // After READY, larger frames are fine (up to the socket's limit).
         let mut c = srv.identified();
         let big_info = info(
@@ -855,16 +826,16 @@ mod tests {
                 vec![json!({"close": 4001})]
             );
         }
-        assert_eq!(srv.guard.failures_total(), 4);
+        assert_eq!(srv.cx.guard.failures_total(), 4);
         // Now even the right token from that address is refused unchecked.
         let (mut c, nonce) = srv.connect_from(attacker);
         let right = json!({"op": 1, "d": {"token": token(&nonce)}}).to_string();
         assert_eq!(srv.send(&mut c, &right), vec![json!({"close": 4001})]);
-        assert_eq!(srv.guard.refused_total(), 1);
+        assert_eq!(srv.cx.guard.refused_total(), 1);
         let (mut r, nonce) = srv.connect_from(attacker);
         let resume = json!({"op": 2, "d": {"token": token(&nonce), "seq": 0}}).to_string();
         assert_eq!(srv.send(&mut r, &resume), vec![json!({"close": 4001})]);
-        assert_eq!(srv.guard.failures_total(), 4, "refusals are not checks");
+        assert_eq!(srv.cx.guard.failures_total(), 4, "refusals are not checks");
         // Litecord, elsewhere, is not affected.
         let _litecord = srv.identified();
         // After the window (1 s for the first failure past the free ones)
@@ -873,7 +844,7 @@ mod tests {
         let (mut c, nonce) = srv.connect_from(attacker);
         let right = json!({"op": 1, "d": {"token": token(&nonce)}}).to_string();
         assert_eq!(srv.send(&mut c, &right)[0]["op"], 3);
-        assert_eq!(srv.guard.tracked(), 0);
+        assert_eq!(srv.cx.guard.tracked(), 0);
     }
 
     #[test]
@@ -891,13 +862,7 @@ mod tests {
             let mut srv = Server::new(Dialect::Spec);
             let mut c = srv.identified();
             if let Some(incoming) = c.handle_text(srv.now, m) {
-                c.handle_incoming(
-                    srv.now,
-                    incoming,
-                    &mut srv.registry,
-                    &mut srv.replay,
-                    &mut srv.guard,
-                );
+                c.handle_incoming(srv.now, incoming, &mut srv.cx);
             }
             let close = std::iter::from_fn(|| c.poll_output()).find_map(|o| match o {
                 Output::Close { reason, .. } => Some(reason),

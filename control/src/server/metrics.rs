@@ -27,35 +27,39 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
         "Server health in [0, 1].",
         "gauge",
     );
-    let _ = writeln!(out, "voice_health {}", hub.registry.health());
+    let _ = writeln!(out, "voice_health {}", hub.cx.registry.health());
     metric(
         &mut out,
         "voice_channels",
         "Voice channels assigned.",
         "gauge",
     );
-    let _ = writeln!(out, "voice_channels {}", hub.registry.channel_count());
+    let _ = writeln!(out, "voice_channels {}", hub.cx.registry.channel_count());
     metric(
         &mut out,
         "voice_states",
         "Voice states created over LVSP.",
         "gauge",
     );
-    let _ = writeln!(out, "voice_states {}", hub.registry.voice_state_count());
+    let _ = writeln!(out, "voice_states {}", hub.cx.registry.voice_state_count());
     metric(
         &mut out,
         "voice_sessions",
         "Identified gateway sessions.",
         "gauge",
     );
-    let _ = writeln!(out, "voice_sessions {}", hub.registry.session_count());
+    let _ = writeln!(out, "voice_sessions {}", hub.cx.registry.session_count());
     metric(
         &mut out,
         "voice_sessions_parked",
         "Gateway sessions whose websocket is gone, waiting for a Resume.",
         "gauge",
     );
-    let _ = writeln!(out, "voice_sessions_parked {}", hub.registry.parked_count());
+    let _ = writeln!(
+        out,
+        "voice_sessions_parked {}",
+        hub.cx.registry.parked_count()
+    );
     let listeners = [
         ("lvsp", &shared.budgets[0]),
         ("gateway", &shared.budgets[1]),
@@ -119,7 +123,7 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
         "LVSP IDENTIFY/RESUME with a wrong token.",
         "counter",
     );
-    let guard = &hub.lvsp_guard;
+    let guard = &hub.cx.guard;
     let _ = writeln!(
         out,
         "voice_lvsp_auth_failures_total {}",
@@ -284,7 +288,7 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
                     (Some("GET"), Some("/health")) => (
                         "200 OK",
                         "application/json",
-                        format!("{{\"health\":{}}}\n", shared.hub().registry.health()),
+                        format!("{{\"health\":{}}}\n", shared.hub().cx.registry.health()),
                     ),
                     _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
                 };

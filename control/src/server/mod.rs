@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use shared::{Event, Region, RegionConfig, RegionError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
@@ -22,6 +24,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{Config, DescriptorShortage, Tls};
+use crate::connection::{Context, Protocol};
 use crate::link::{self, Events, Link, Load};
 use crate::registry::{ConnId, Effect, Push, Registry};
 use crate::{gateway, lvsp, Output};
@@ -72,11 +75,8 @@ pub type CloseCounts = BTreeMap<(&'static str, u16), u64>;
 /// effects they cause are applied in the same order they happened.
 #[derive(Debug)]
 struct Hub {
-    registry: Registry,
-    /// LVSP's numbered INFOs, shared by every LVSP connection.
-    replay: lvsp::Replay,
-    /// Failed LVSP authentications per peer address (backoff).
-    lvsp_guard: lvsp::AuthGuard,
+    /// What the connections' messages change.
+    cx: Context,
     link: Link,
     events: Events,
     gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
@@ -116,14 +116,9 @@ impl Shared {
 
     /// Runs `f` on the registry, then carries out its effects under the same
     /// lock (ring pushes and channel sends never block).
-    fn with<R>(&self, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
-        let mut guard = self.hub();
-        let hub = &mut *guard;
-        let r = f(&mut Ctx {
-            registry: &mut hub.registry,
-            replay: &mut hub.replay,
-            guard: &mut hub.lvsp_guard,
-        });
+    fn with<R>(&self, f: impl FnOnce(&mut Context) -> R) -> R {
+        let mut hub = self.hub();
+        let r = f(&mut hub.cx);
         hub.dispatch();
         r
     }
@@ -132,7 +127,7 @@ impl Shared {
 impl Hub {
     /// Carries out the registry's queued effects.
     fn dispatch(&mut self) {
-        for effect in self.registry.drain_effects() {
+        for effect in self.cx.registry.drain_effects() {
             match effect {
                 Effect::Dataplane { core, command } => self.link.send(core, command),
                 Effect::Gateway { conn, push } => {
@@ -143,13 +138,6 @@ impl Hub {
             }
         }
     }
-}
-
-/// What a protocol handler may change.
-struct Ctx<'a> {
-    registry: &'a mut Registry,
-    replay: &'a mut lvsp::Replay,
-    guard: &'a mut lvsp::AuthGuard,
 }
 
 /// A started server: listeners bound, dataplane up.
@@ -244,15 +232,18 @@ impl Server {
             max_frame_size: Some(config.max_message_size),
             ..WebSocketConfig::default()
         };
-        let mut registry = Registry::new(config.cores);
+        // Keys, tokens and SSRCs: ChaCha seeded from the operating system.
+        let mut registry = Registry::new(config.cores, StdRng::from_entropy());
         registry.set_counter_slots(region_config.counter_slots);
         registry.set_orphan_grace(config.lvsp_grace);
         registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
-                registry,
-                replay: lvsp::Replay::new(config.lvsp_replay),
-                lvsp_guard: lvsp::AuthGuard::new(config.lvsp_auth_backoff),
+                cx: Context {
+                    registry,
+                    replay: lvsp::Replay::new(config.lvsp_replay),
+                    guard: lvsp::AuthGuard::new(config.lvsp_auth_backoff),
+                },
                 link,
                 events,
                 gateways: HashMap::new(),
@@ -381,7 +372,7 @@ impl Server {
                         break Err(e);
                     }
                     // It starts empty: push every session into it again.
-                    let sessions = shared.with(|ctx| ctx.registry.resync());
+                    let sessions = shared.with(|cx| cx.registry.resync());
                     let mut hub = shared.hub();
                     hub.dataplane_restarts += 1;
                     hub.dataplane_pid = supervisor.pid();
@@ -437,23 +428,23 @@ fn poll_rings(shared: &Shared) {
         Event::Drops { core, drops } => hub.load.record_drops(core, drops),
         Event::AddressObserved { ssrc, addr } => {
             tracing::debug!(core, ssrc, %addr, "address observed (discovery)");
-            hub.registry.address_observed(ssrc, addr);
+            hub.cx.registry.address_observed(ssrc, addr);
         }
         Event::AddressProven { ssrc, addr } => {
             tracing::debug!(core, ssrc, %addr, "address proven");
-            hub.registry.address_proven(ssrc, addr);
+            hub.cx.registry.address_proven(ssrc, addr);
         }
         Event::AddressExpired { ssrc, addr } => {
             tracing::debug!(core, ssrc, %addr, "address went idle");
-            hub.registry.address_expired(ssrc, addr);
+            hub.cx.registry.address_expired(ssrc, addr);
         }
     });
     if corrupt > 0 {
         tracing::warn!(corrupt, "undecodable event slots");
     }
     let health = hub.load.health();
-    hub.registry.set_health(health);
-    hub.registry.handle_timeout(now);
+    hub.cx.registry.set_health(health);
+    hub.cx.registry.handle_timeout(now);
     hub.dispatch();
 }
 
@@ -538,106 +529,6 @@ fn is_per_connection(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
     )
-}
-
-/// The common shape of both protocol state machines.
-trait Machine {
-    const NAME: &'static str;
-    /// The close code for a connection that did not identify in time.
-    const IDENTIFY_TIMEOUT_CODE: u16;
-    /// A decoded message, handled under the shared lock.
-    type Incoming;
-    /// Whether Identify (or Resume) succeeded: the connection leaves the
-    /// pending budget.
-    fn is_identified(&self) -> bool;
-    /// A websocket Ping or Pong: it costs a message of the budget.
-    fn on_ping(&mut self, now: Instant);
-    /// Budget and decoding: no shared state, so no lock.
-    fn on_text(&mut self, now: Instant, text: &str) -> Option<Self::Incoming>;
-    fn on_incoming(&mut self, now: Instant, incoming: Self::Incoming, ctx: &mut Ctx<'_>);
-    fn on_binary(&mut self, now: Instant);
-    fn on_oversized(&mut self);
-    fn on_push(&mut self, push: Push);
-    fn on_timeout(&mut self, now: Instant);
-    fn on_closed(&mut self, now: Instant, registry: &mut Registry);
-    fn next_output(&mut self) -> Option<Output>;
-    fn deadline(&self) -> Option<Instant>;
-}
-
-impl Machine for lvsp::Connection {
-    const NAME: &'static str = "lvsp";
-    const IDENTIFY_TIMEOUT_CODE: u16 = protocol::lvsp::CloseCode::General as u16;
-    type Incoming = lvsp::Incoming;
-    fn is_identified(&self) -> bool {
-        self.is_identified()
-    }
-    fn on_ping(&mut self, now: Instant) {
-        self.handle_ping(now)
-    }
-    fn on_text(&mut self, now: Instant, text: &str) -> Option<lvsp::Incoming> {
-        self.handle_text(now, text)
-    }
-    fn on_incoming(&mut self, now: Instant, incoming: lvsp::Incoming, ctx: &mut Ctx<'_>) {
-        self.handle_incoming(now, incoming, ctx.registry, ctx.replay, ctx.guard)
-    }
-    fn on_binary(&mut self, _now: Instant) {
-        self.handle_binary()
-    }
-    fn on_oversized(&mut self) {
-        self.handle_oversized()
-    }
-    fn on_push(&mut self, _push: Push) {}
-    fn on_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn on_closed(&mut self, now: Instant, registry: &mut Registry) {
-        self.closed(now, registry)
-    }
-    fn next_output(&mut self) -> Option<Output> {
-        self.poll_output()
-    }
-    fn deadline(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-}
-
-impl Machine for gateway::Connection {
-    const NAME: &'static str = "gateway";
-    const IDENTIFY_TIMEOUT_CODE: u16 = protocol::gateway::CloseCode::NotAuthenticated as u16;
-    type Incoming = gateway::Incoming;
-    fn is_identified(&self) -> bool {
-        self.is_identified()
-    }
-    fn on_ping(&mut self, now: Instant) {
-        self.handle_ping(now)
-    }
-    fn on_text(&mut self, now: Instant, text: &str) -> Option<gateway::Incoming> {
-        self.handle_text(now, text)
-    }
-    fn on_incoming(&mut self, now: Instant, incoming: gateway::Incoming, ctx: &mut Ctx<'_>) {
-        self.handle_incoming(now, incoming, ctx.registry)
-    }
-    fn on_binary(&mut self, now: Instant) {
-        self.handle_binary(now)
-    }
-    fn on_oversized(&mut self) {
-        self.handle_oversized()
-    }
-    fn on_push(&mut self, push: Push) {
-        self.handle_push(push)
-    }
-    fn on_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn on_closed(&mut self, now: Instant, registry: &mut Registry) {
-        self.closed(now, registry)
-    }
-    fn next_output(&mut self) -> Option<Output> {
-        self.poll_output()
-    }
-    fn deadline(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
 }
 
 /// Where a connection stands in its listener's budgets.
@@ -763,7 +654,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match kind {
         Kind::Lvsp => {
-            let machine = lvsp::Connection::new(shared.lvsp.clone(), peer, now);
+            let machine =
+                lvsp::Connection::new(shared.lvsp.clone(), peer, now, &mut rand::thread_rng());
             drive(ws, machine, &shared, None, stop, admission).await;
         }
         Kind::Gateway => {
@@ -783,7 +675,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Runs one websocket until either side closes, feeding the state machine.
-async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
+async fn drive<M: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: WebSocketStream<S>,
     mut machine: M,
     shared: &Shared,
@@ -798,14 +690,14 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
             Promotion::Full => {
                 // Identified, but every identified slot is taken: what it
                 // queued (Ready) is never sent.
-                while machine.next_output().is_some() {}
+                while machine.poll_output().is_some() {}
                 let code = protocol::TRY_AGAIN_LATER;
                 *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
                 send_close(&mut ws, code, "server full".into()).await;
                 break 'run;
             }
         }
-        while let Some(out) = machine.next_output() {
+        while let Some(out) = machine.poll_output() {
             match out {
                 Output::Text(text) => {
                     // A peer that stops reading must not hold this task
@@ -824,7 +716,7 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
         }
         let identify_by = admission.deadline();
         let deadline = machine
-            .deadline()
+            .poll_timeout()
             .into_iter()
             .chain(identify_by)
             .min()
@@ -835,17 +727,17 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                 Some(Ok(Message::Text(text))) => {
                     // Decoded before the lock: parsing costs no one else.
                     let now = Instant::now();
-                    if let Some(incoming) = machine.on_text(now, &text) {
-                        shared.with(|ctx| machine.on_incoming(now, incoming, ctx));
+                    if let Some(incoming) = machine.handle_text(now, &text) {
+                        shared.with(|cx| machine.handle_incoming(now, incoming, cx));
                     }
                 }
-                Some(Ok(Message::Binary(_))) => machine.on_binary(Instant::now()),
+                Some(Ok(Message::Binary(_))) => machine.handle_binary(Instant::now()),
                 // Control frames cost a message too (tungstenite answers
                 // each Ping with a Pong).
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => machine.on_ping(Instant::now()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => machine.handle_ping(Instant::now()),
                 Some(Ok(Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break 'run,
-                Some(Err(tungstenite::Error::Capacity(_))) => machine.on_oversized(),
+                Some(Err(tungstenite::Error::Capacity(_))) => machine.handle_oversized(),
                 Some(Err(_)) => break 'run,
             },
             Some(push) = async {
@@ -853,7 +745,7 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            } => machine.on_push(push),
+            } => machine.handle_push(push),
             _ = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 if identify_by.is_some_and(|by| now >= by) {
@@ -863,7 +755,7 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
                     send_close(&mut ws, code, "no identify in time".into()).await;
                     break 'run;
                 }
-                machine.on_timeout(now)
+                machine.handle_timeout(now)
             }
             // A newer connection took the pending slot: drop the socket.
             _ = admission.evicted() => break 'run,
@@ -873,7 +765,7 @@ async fn drive<M: Machine, S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    shared.with(|ctx| machine.on_closed(Instant::now(), ctx.registry));
+    shared.with(|cx| machine.closed(Instant::now(), cx));
 }
 
 async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(

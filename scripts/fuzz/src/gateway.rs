@@ -40,10 +40,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use control::connection::{Context, Protocol};
 use control::gateway::{Config, Connection, Incoming};
 use control::limit::RateLimit;
+use control::lvsp::{AuthBackoff, AuthGuard, Replay};
 use control::registry::{ConnId, Effect, Registry};
 use control::{Output, PRE_AUTH_MAX_MESSAGE};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use shared::{Command, Mode};
 
 use crate::script::{self, sf, Line};
@@ -87,7 +91,7 @@ struct Live {
 }
 
 struct Call {
-    registry: Registry,
+    cx: Context,
     /// All five modes; the two current ones.
     configs: [Arc<Config>; 2],
     legacy: bool,
@@ -119,7 +123,7 @@ fn is_observed(addr: SocketAddr) -> bool {
 
 impl Call {
     fn new() -> Call {
-        let mut registry = Registry::new(CORES);
+        let mut registry = Registry::new(CORES, StdRng::seed_from_u64(0));
         registry.set_resume(Duration::from_secs(10), 8);
         let t100 = registry.channel_req(sf("100"), Some(sf("1"))).token;
         let t200 = registry.channel_req(sf("200"), None).token;
@@ -145,7 +149,11 @@ impl Call {
             })
         };
         let mut call = Call {
-            registry,
+            cx: Context {
+                registry,
+                replay: Replay::new(1),
+                guard: AuthGuard::new(AuthBackoff::default()),
+            },
             configs: [config(&Mode::ALL), config(&Mode::DEFAULT)],
             legacy: true,
             now: Instant::now(),
@@ -190,7 +198,7 @@ impl Call {
     /// The current slot's socket goes away; a new connection takes it.
     fn reopen(&mut self, version: u64) {
         let slot = &mut self.slots[self.current];
-        slot.conn.closed(self.now, &mut self.registry);
+        slot.conn.closed(self.now, &mut self.cx);
         self.route(false);
         self.slots[self.current] = self.open(version);
         self.check_outputs();
@@ -204,13 +212,13 @@ impl Call {
             self.reopen(8);
         }
         self.now += Duration::from_secs(3600);
-        self.registry.handle_timeout(self.now);
+        self.cx.registry.handle_timeout(self.now);
         self.route(false);
-        assert_eq!(self.registry.session_count(), 0, "every session ended");
+        assert_eq!(self.cx.registry.session_count(), 0, "every session ended");
     }
 
     fn step(&mut self, line: Line<'_>) {
-        let before = format!("{:?}", self.registry);
+        let before = format!("{:?}", self.cx.registry);
         let now = self.now;
         let was_authenticated = self.slots[self.current].authenticated;
         let was_open = self.slots[self.current].closed.is_none();
@@ -231,7 +239,7 @@ impl Call {
                         Incoming::Resume(r) => self.vars[..2].contains(&r.token),
                         _ => false,
                     };
-                    slot.conn.handle_incoming(now, incoming, &mut self.registry);
+                    slot.conn.handle_incoming(now, incoming, &mut self.cx);
                 }
             }
             Line::Directive(b'b', _) => self.slots[self.current].conn.handle_binary(now),
@@ -253,7 +261,7 @@ impl Call {
             assert_eq!(effects, 0, "frames before Identify changed something");
         }
         if unauthenticated && !credentials {
-            let after = format!("{:?}", self.registry);
+            let after = format!("{:?}", self.cx.registry);
             assert!(
                 before == after,
                 "a frame without a token changed the registry"
@@ -266,7 +274,7 @@ impl Call {
                 "an oversized frame before Identify"
             );
         }
-        let r = &self.registry;
+        let r = &self.cx.registry;
         assert!(r.parked_count() <= r.session_count());
         assert!(r.session_count() <= r.voice_state_count());
         for slot in &self.slots {
@@ -296,36 +304,36 @@ impl Call {
                 for slot in &mut self.slots {
                     slot.conn.handle_timeout(self.now);
                 }
-                self.registry.handle_timeout(self.now);
+                self.cx.registry.handle_timeout(self.now);
             }
-            b'd' => self.registry.voice_state_destroy(sf(user.0), sf(user.1)),
+            b'd' => self.cx.registry.voice_state_destroy(sf(user.0), sf(user.1)),
             b'n' => {
-                if let Ok(sid) = self.registry.voice_state_create(sf(user.0), sf(user.1)) {
+                if let Ok(sid) = self.cx.registry.voice_state_create(sf(user.0), sf(user.1)) {
                     self.vars[2 + (n % 3) as usize] = sid;
                 }
             }
-            b'D' => self.registry.channel_destroy(sf("100")),
+            b'D' => self.cx.registry.channel_destroy(sf("100")),
             b'r' => {
                 // A fresh data plane: it knows nothing until pushed.
                 self.live.clear();
-                self.registry.resync();
+                self.cx.registry.resync();
             }
             b'a' => {
                 if let Some(ssrc) = ssrc_of_slot(self) {
-                    self.registry.address_proven(ssrc, proven_addr(n));
+                    self.cx.registry.address_proven(ssrc, proven_addr(n));
                 }
             }
             b's' => {
                 if let Some(ssrc) = ssrc_of_slot(self) {
-                    self.registry.address_observed(ssrc, observed_addr(n));
-                    let effects = self.registry.drain_effects().count();
+                    self.cx.registry.address_observed(ssrc, observed_addr(n));
+                    let effects = self.cx.registry.drain_effects().count();
                     assert_eq!(effects, 0, "an observation had effects");
                 }
             }
             b'e' => {
                 if let Some(ssrc) = ssrc_of_slot(self) {
-                    if let Some((Some(addr), _)) = self.registry.addresses(ssrc) {
-                        self.registry.address_expired(ssrc, addr);
+                    if let Some((Some(addr), _)) = self.cx.registry.addresses(ssrc) {
+                        self.cx.registry.address_expired(ssrc, addr);
                     }
                 }
             }
@@ -337,7 +345,7 @@ impl Call {
     /// commands (`resync`: the data plane was just restarted); returns how
     /// many effects there were.
     fn route(&mut self, resync: bool) -> usize {
-        let effects: Vec<Effect> = self.registry.drain_effects().collect();
+        let effects: Vec<Effect> = self.cx.registry.drain_effects().collect();
         for effect in &effects {
             match effect {
                 Effect::Dataplane { core, command } => self.dataplane(*core, command, resync),

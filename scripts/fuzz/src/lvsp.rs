@@ -31,12 +31,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use control::connection::{Context, Protocol};
 use control::limit::RateLimit;
 use control::lvsp::{AuthBackoff, AuthGuard, Config, Connection, Dialect, Incoming, Replay};
 use control::registry::Registry;
 use control::{Output, PRE_AUTH_MAX_MESSAGE};
 use hmac::{Hmac, Mac};
 use protocol::gateway::Identify;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use sha2::Sha256;
 
 use crate::script::{self, sf, Line};
@@ -72,9 +75,9 @@ struct Failures {
 }
 
 struct Server {
-    registry: Registry,
-    replay: Replay,
-    guard: AuthGuard,
+    cx: Context,
+    /// Where HELLO nonces come from.
+    rng: StdRng,
     backoff: AuthBackoff,
     /// What the guard should know.
     failures: HashMap<IpAddr, Failures>,
@@ -90,7 +93,7 @@ struct Server {
 impl Server {
     fn new() -> Server {
         let now = Instant::now();
-        let mut registry = Registry::new(2);
+        let mut registry = Registry::new(2, StdRng::seed_from_u64(0));
         let token = registry.channel_req(sf("100"), Some(sf("1"))).token;
         let sid = registry
             .voice_state_create(sf("7"), sf("100"))
@@ -110,7 +113,7 @@ impl Server {
             max_dave_protocol_version: None,
         };
         registry
-            .identify(1, 8, &identify, now, rate)
+            .identify(1, true, &identify, now, rate)
             .expect("identify");
         registry.drain_effects().for_each(drop);
         let config = |dialect| {
@@ -123,9 +126,12 @@ impl Server {
         };
         let backoff = AuthBackoff::default();
         let mut server = Server {
-            registry,
-            replay: Replay::new(8),
-            guard: AuthGuard::new(backoff),
+            cx: Context {
+                registry,
+                replay: Replay::new(8),
+                guard: AuthGuard::new(backoff),
+            },
+            rng: StdRng::seed_from_u64(1),
             backoff,
             failures: HashMap::new(),
             spec: config(Dialect::Spec),
@@ -143,13 +149,13 @@ impl Server {
         server
     }
 
-    fn open(&self, dialect: Dialect, peer: usize) -> Slot {
+    fn open(&mut self, dialect: Dialect, peer: usize) -> Slot {
         let config = match dialect {
             Dialect::Spec => &self.spec,
             Dialect::Litecord => &self.litecord,
         };
         let addr = SocketAddr::from(([198, 51, 100, 1 + peer as u8], 40000));
-        let conn = Connection::new(config.clone(), addr, self.now);
+        let conn = Connection::new(config.clone(), addr, self.now, &mut self.rng);
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key");
         mac.update(conn.nonce().as_bytes());
         Slot {
@@ -164,14 +170,14 @@ impl Server {
 
     fn reopen(&mut self, dialect: Dialect, n: u64) {
         let slot = &mut self.slots[self.current];
-        slot.conn.closed(self.now, &mut self.registry);
+        slot.conn.closed(self.now, &mut self.cx);
         let peer = (self.current + (n % 3) as usize) % 3;
         self.slots[self.current] = self.open(dialect, peer);
         self.check_outputs();
     }
 
     fn step(&mut self, line: Line<'_>) {
-        let before = format!("{:?}", self.registry);
+        let before = format!("{:?}", self.cx.registry);
         let was_ready = self.slots[self.current].ready;
         let mut from_client = true;
         let mut attempt = None;
@@ -193,16 +199,10 @@ impl Server {
                         }
                         _ => None,
                     };
-                    slot.conn.handle_incoming(
-                        now,
-                        incoming,
-                        &mut self.registry,
-                        &mut self.replay,
-                        &mut self.guard,
-                    );
+                    slot.conn.handle_incoming(now, incoming, &mut self.cx);
                 }
             }
-            Line::Directive(b'b', _) => self.slots[self.current].conn.handle_binary(),
+            Line::Directive(b'b', _) => self.slots[self.current].conn.handle_binary(self.now),
             Line::Directive(b'o', _) => self.slots[self.current].conn.handle_oversized(),
             Line::Directive(b'g', _) => {
                 let now = self.now;
@@ -215,10 +215,10 @@ impl Server {
         }
         let was_open = self.slots[self.current].closed.is_none();
         self.check_outputs();
-        let effects = self.registry.drain_effects().count();
+        let effects = self.cx.registry.drain_effects().count();
         let slot = &self.slots[self.current];
         if from_client && !was_ready && !slot.ready {
-            let after = format!("{:?}", self.registry);
+            let after = format!("{:?}", self.cx.registry);
             assert!(
                 before == after,
                 "a frame before IDENTIFY changed the registry"
@@ -295,7 +295,7 @@ impl Server {
                 for slot in &mut self.slots {
                     slot.conn.handle_timeout(self.now);
                 }
-                self.registry.handle_timeout(self.now);
+                self.cx.registry.handle_timeout(self.now);
             }
             b'p' => self.pad = n.min(65_536) as usize,
             _ => {}
