@@ -467,7 +467,7 @@ mod tests {
             .slots
             .iter()
             .all(|s| s.authenticated && s.closed.is_none()));
-        assert_eq!(call.registry.session_count(), 3);
+        assert_eq!(call.cx.registry.session_count(), 3);
         assert_eq!(call.live.len(), 2, "two sessions keyed");
 
         let call = play(include_bytes!("../seeds/gateway/resume"));
@@ -480,7 +480,7 @@ mod tests {
         let call = play(include_bytes!("../seeds/gateway/lvsp-changes"));
         assert_eq!(call.slots[0].version, 9, "unsupported: closed at once");
         assert_eq!(call.slots[0].closed, Some(4020));
-        assert_eq!(call.registry.channel_count(), 1, "channel 100 destroyed");
+        assert_eq!(call.cx.registry.channel_count(), 1, "channel 100 destroyed");
 
         let call = play(include_bytes!("../seeds/gateway/resume-at-another-version"));
         assert_eq!(call.slots[2].closed, Some(4006), "v8 session resumed at v1");
@@ -488,7 +488,7 @@ mod tests {
         let call = play(include_bytes!("../seeds/gateway/addresses"));
         let ssrc = call.slots[0].conn.ssrc().expect("identified");
         assert_eq!(
-            call.registry.addresses(ssrc),
+            call.cx.registry.addresses(ssrc),
             Some((Some(proven_addr(0)), Some(observed_addr(3))))
         );
 
@@ -506,7 +506,7 @@ mod tests {
     fn frames_before_identify_change_nothing() {
         let call = play(b"{\"op\":1,\"d\":{}}\n!c1\n{\"op\":7,\"d\":{\"server_id\":\"1\",\"session_id\":\"$2\",\"token\":\"$0\"}}");
         assert!(call.slots[0].closed.is_some() && call.slots[1].closed.is_some());
-        assert_eq!(call.registry.session_count(), 0);
+        assert_eq!(call.cx.registry.session_count(), 0);
     }
 
     /// The checks can fail: an observed address bound, or a binding sent

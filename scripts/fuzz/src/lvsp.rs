@@ -352,20 +352,20 @@ mod tests {
             s.slots[0].last_s, 3,
             "two CHANNEL_ASSIGNs, a VOICE_STATE_DONE"
         );
-        assert_eq!(s.registry.channel_count(), 1, "100 destroyed, 555 left");
+        assert_eq!(s.cx.registry.channel_count(), 1, "100 destroyed, 555 left");
 
         let s = play(include_bytes!("../seeds/lvsp/resume"));
         assert!(s.slots[0].ready && s.slots[1].ready);
-        assert_eq!(s.replay.seq(), 3);
+        assert_eq!(s.cx.replay.seq(), 3);
 
         let s = play(include_bytes!("../seeds/lvsp/litecord"));
         assert!(s.slots[0].ready && s.slots[0].closed.is_none());
-        assert_eq!(s.registry.channel_count(), 0);
+        assert_eq!(s.cx.registry.channel_count(), 0);
 
         let s = play(include_bytes!("../seeds/lvsp/timeouts"));
         assert_eq!(s.slots[0].closed, Some(4001), "a bad token");
         assert!(!s.slots[0].ready);
-        assert_eq!(s.registry.channel_count(), 0, "expired without Litecord");
+        assert_eq!(s.cx.registry.channel_count(), 0, "expired without Litecord");
 
         let s = play(include_bytes!("../seeds/lvsp/backoff"));
         assert_eq!(
