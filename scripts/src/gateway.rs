@@ -4,6 +4,8 @@
 //! [`ClientError::Closed`]. The messages are the `protocol` crate's
 //! ([`protocol::gateway`]); [`GatewayClient`] sends and awaits them.
 
+pub mod session;
+
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,29 +25,10 @@ use serde_json::Value;
 use crate::crypto::Mode;
 use crate::error::{ClientError, Result};
 use crate::ws::{Frame, HeartbeatTask, WsConn, WsWriter};
+pub use session::{decode, GatewayEvent, GatewaySession};
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Something the gateway sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GatewayEvent {
-    /// A message.
-    Message(ServerMessage),
-    /// A JSON message that is none of [`ServerMessage`]'s (an op this
-    /// library does not read, or a known one whose data did not decode),
-    /// whole.
-    Other {
-        /// The op.
-        op: u64,
-        /// The whole message.
-        message: Value,
-    },
-    /// A binary frame (DAVE at v8; see `protocol::gateway::frame`).
-    Binary(Vec<u8>),
-    /// The server closed the websocket (close code, if any).
-    Closed(Option<u16>),
-}
 
 /// `base` with `?v=version` (a base that already has a `v=` is kept).
 pub fn gateway_url(base: &str, version: u8) -> String {
@@ -56,21 +39,6 @@ pub fn gateway_url(base: &str, version: u8) -> String {
     } else {
         format!("{}/?v={version}", base.trim_end_matches('/'))
     }
-}
-
-/// Decodes a server text frame into the event and its top-level `seq`.
-/// Text that is not JSON, or JSON without an integer `op`, is an error.
-pub fn decode(text: &str) -> Result<(GatewayEvent, Option<u64>)> {
-    if let Ok((message, seq)) = ServerMessage::decode(text) {
-        return Ok((GatewayEvent::Message(message), seq));
-    }
-    let message: Value = serde_json::from_str(text)?;
-    let op = message
-        .get("op")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| ClientError::Protocol(format!("no op in {text}")))?;
-    let seq = message.get("seq").and_then(Value::as_u64);
-    Ok((GatewayEvent::Other { op, message }, seq))
 }
 
 /// A snowflake given as a string.
@@ -389,7 +357,7 @@ fn interval(ms: Millis) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use protocol::gateway::{ClientDisconnect, ClientsConnect, Hello, MemberSpeaking};
+    use protocol::gateway::{ClientDisconnect, ClientsConnect};
     use serde_json::json;
 
     use super::*;
@@ -409,58 +377,6 @@ mod tests {
         assert_eq!(v4, json!({"op": 3, "d": 123}));
         let v8: Value = serde_json::from_str(&heartbeat(8, 123, -1)).expect("json");
         assert_eq!(v8, json!({"op": 3, "d": {"t": 123, "seq_ack": -1}}));
-    }
-
-    #[test]
-    fn decode_shapes() {
-        let (e, seq) =
-            decode(r#"{"op":8,"d":{"heartbeat_interval":41250.5},"seq":3}"#).expect("hello");
-        assert_eq!(
-            e,
-            GatewayEvent::Message(ServerMessage::Hello(Hello {
-                v: None,
-                heartbeat_interval: Millis(41251)
-            }))
-        );
-        assert_eq!(seq, Some(3));
-        let (e, _) =
-            decode(r#"{"op":5,"d":{"user_id":"1","ssrc":2,"speaking":1}}"#).expect("speaking");
-        assert_eq!(
-            e,
-            GatewayEvent::Message(ServerMessage::Speaking(MemberSpeaking {
-                user_id: Snowflake(1),
-                ssrc: 2,
-                speaking: 1
-            }))
-        );
-        let (e, _) = decode(r#"{"op":11,"d":{"user_ids":["1","2"]}}"#).expect("connect");
-        assert_eq!(
-            e,
-            GatewayEvent::Message(ServerMessage::ClientsConnect(ClientsConnect {
-                user_ids: vec![Snowflake(1), Snowflake(2)]
-            }))
-        );
-        let (e, _) = decode(r#"{"op":13,"d":{"user_id":"1"}}"#).expect("disconnect");
-        assert_eq!(
-            e,
-            GatewayEvent::Message(ServerMessage::ClientDisconnect(ClientDisconnect {
-                user_id: Snowflake(1)
-            }))
-        );
-        for other in [
-            r#"{"op":18,"d":{}}"#,
-            r#"{"op":2,"d":{"ssrc":-1}}"#,
-            r#"{"op":4,"d":{"mode":"x","secret_key":[256]}}"#,
-            r#"{"op":11,"d":{"user_ids":[-1]}}"#,
-            r#"{"op":5,"d":{"ssrc":2,"speaking":1}}"#,
-        ] {
-            assert!(
-                matches!(decode(other), Ok((GatewayEvent::Other { .. }, _))),
-                "{other}"
-            );
-        }
-        assert!(decode("nope").is_err());
-        assert!(decode(r#"{"op":"x"}"#).is_err());
     }
 
     #[tokio::test]

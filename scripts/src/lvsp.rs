@@ -15,6 +15,8 @@
 //! # let _ = (ready, assign, state); Ok(()) }
 //! ```
 
+pub mod session;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -30,57 +32,17 @@ use serde_json::{json, Value};
 
 use crate::error::{ClientError, Result};
 use crate::ws::{Frame, HeartbeatTask, WsConn, WsWriter};
+pub use session::{decode, Info, LvspEvent, LvspSession};
 
-/// The dialect this client speaks: seeds/001's.
-const DIALECT: Dialect = Dialect::Spec;
+use session::DIALECT;
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An INFO from the server, as the client queues it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Info {
-    /// Its top-level `s`.
-    pub seq: u64,
-    /// What it says.
-    pub reply: Reply,
-}
-
-/// Something the server sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LvspEvent {
-    /// A message.
-    Message(ServerMessage),
-    /// A JSON message that is none of [`ServerMessage`]'s (an unknown op,
-    /// or a known one whose data did not decode), whole.
-    Other {
-        /// The op.
-        op: u64,
-        /// The whole message.
-        message: Value,
-    },
-    /// The server closed the websocket (close code, if any).
-    Closed(Option<u16>),
-}
 
 /// An INFO of any type number with any data, for tests that send what a
 /// well-behaved client would not (or another dialect's numbers).
 pub fn encode_info(kind: u64, data: Value) -> String {
     json!({ "op": Opcode::Info as u8, "d": { "type": kind, "data": data } }).to_string()
-}
-
-/// Decodes a server text frame. Text that is not JSON, or JSON without an
-/// integer `op`, is an error.
-pub fn decode(text: &str) -> Result<LvspEvent> {
-    if let Ok(message) = ServerMessage::decode(text) {
-        return Ok(LvspEvent::Message(message));
-    }
-    let message: Value = serde_json::from_str(text)?;
-    let op = message
-        .get("op")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| ClientError::Protocol(format!("no op in {text}")))?;
-    Ok(LvspEvent::Other { op, message })
 }
 
 /// A snowflake given as a string.
@@ -437,57 +399,6 @@ impl LvspClient {
 mod tests {
     use super::*;
     use crate::testutil::serve;
-
-    #[test]
-    fn decode_shapes() {
-        assert_eq!(
-            decode(r#"{"op":0,"d":{"heartbeat_interval":5000,"nonce":"0123456789"}}"#)
-                .expect("hello"),
-            LvspEvent::Message(ServerMessage::Hello(Hello {
-                heartbeat_interval: 5000,
-                nonce: "0123456789".into()
-            }))
-        );
-        assert_eq!(
-            decode(r#"{"op":5,"d":{"health":0.5}}"#).expect("ack"),
-            LvspEvent::Message(ServerMessage::HeartbeatAck(Health { health: 0.5 }))
-        );
-        assert_eq!(
-            decode(r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1","token":"t"}}}"#)
-                .expect("info"),
-            LvspEvent::Message(ServerMessage::Info {
-                s: 7,
-                reply: Reply::ChannelAssign(ChannelAssign {
-                    channel: Channel {
-                        channel_id: Snowflake(1),
-                        guild_id: None
-                    },
-                    token: "t".into()
-                })
-            })
-        );
-        // An INFO the server does not send, or one missing fields: whole.
-        for other in [
-            r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1"}}}"#,
-            r#"{"op":6,"s":7,"d":{"type":3,"data":{}}}"#,
-        ] {
-            assert!(
-                matches!(decode(other), Ok(LvspEvent::Other { op: 6, .. })),
-                "{other}"
-            );
-        }
-        assert!(matches!(
-            decode(r#"{"op":0,"d":{"heartbeat_interval":"x"}}"#),
-            Ok(LvspEvent::Other { op: 0, .. })
-        ));
-        assert!(matches!(
-            decode(r#"{"op":42}"#),
-            Ok(LvspEvent::Other { op: 42, .. })
-        ));
-        assert!(decode("not json").is_err());
-        assert!(decode(r#"{"d":1}"#).is_err());
-        assert!(decode(r#"[1]"#).is_err());
-    }
 
     #[test]
     fn encode_shapes() {
