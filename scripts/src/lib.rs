@@ -35,9 +35,9 @@
 //!
 //! The sessions follow quinn-proto's sans-IO shape: time is passed in,
 //! frames to send come out of `poll_transmit`, events out of `poll_event`,
-//! the heartbeat deadline out of `poll_timeout`. A test can drive them
-//! against the server's state machines in one process under simulated
-//! time.
+//! the heartbeat deadline out of `poll_timeout`. The async clients are thin
+//! drivers over them, and a test can drive them against the server's
+//! state machines in one process under simulated time.
 //!
 //! # Use
 //!
