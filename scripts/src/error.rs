@@ -1,8 +1,9 @@
-//! The error of the networked layer (websockets and UDP sockets).
+//! The errors of the client sessions and of the networked layer
+//! (websockets and UDP sockets).
 //!
 //! Pure parsing and crypto have their own enums ([`PacketError`],
-//! [`CryptoError`]); this one wraps them together with I/O, websocket and
-//! protocol failures.
+//! [`CryptoError`]), and so do the sans-IO sessions ([`SessionError`]);
+//! [`ClientError`] wraps them together with I/O and websocket failures.
 
 use crate::crypto::CryptoError;
 use crate::rtp::PacketError;
@@ -37,6 +38,34 @@ pub enum ClientError {
     /// A datagram could not be parsed.
     #[error(transparent)]
     Packet(#[from] PacketError),
+}
+
+/// What a sans-IO session ([`GatewaySession`](crate::gateway::session::GatewaySession),
+/// [`LvspSession`](crate::lvsp::session::LvspSession)) refuses or cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A text frame was not JSON.
+    #[error("json error: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON without an integer `op`, an id that is not a snowflake, or a
+    /// call the session's state does not allow yet (Speaking before Ready,
+    /// IDENTIFY before HELLO).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The server closed the websocket; the close frame's code, if it sent
+    /// one.
+    #[error("connection closed (close code {0:?})")]
+    Closed(Option<u16>),
+}
+
+impl From<SessionError> for ClientError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Json(e) => ClientError::Json(e),
+            SessionError::Protocol(why) => ClientError::Protocol(why),
+            SessionError::Closed(code) => ClientError::Closed(code),
+        }
+    }
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {

@@ -8,10 +8,12 @@
 //!
 //! - [`lvsp`]: [`LvspClient`] — HELLO / IDENTIFY / READY, CHANNEL_REQ →
 //!   CHANNEL_ASSIGN, VOICE_STATE_CREATE → VOICE_STATE_DONE, heartbeats,
-//!   RESUME, raw frames (for bad input) and close codes.
+//!   RESUME, raw frames (for bad input) and close codes; its protocol state
+//!   is the sans-IO [`LvspSession`].
 //! - [`gateway`]: [`GatewayClient`] — voice gateway v4-v8: Identify →
 //!   Ready, Select Protocol → Session Description, Speaking, Heartbeat
-//!   (both shapes), events and close codes.
+//!   (both shapes), Resume, events and close codes; its protocol state is
+//!   the sans-IO [`GatewaySession`].
 //! - [`udp`]: [`VoiceUdp`] — IP discovery, keepalives, sending and
 //!   receiving encrypted Opus.
 //! - [`rtp`]: RTP header build / parse (CSRCs, extensions, padding).
@@ -24,11 +26,18 @@
 //! - [`flood`]: the garbage flood and a call's loss under it; CLI in
 //!   `src/bin/flood.rs`.
 //! - [`error`]: [`ClientError`] for the networked layer; pure layers have
-//!   [`PacketError`](rtp::PacketError) and [`CryptoError`](crypto::CryptoError).
+//!   [`SessionError`], [`PacketError`](rtp::PacketError) and
+//!   [`CryptoError`](crypto::CryptoError).
 //!
 //! Message shapes, opcodes, close codes and [`Mode`] are the `protocol`
 //! crate's, shared with the server; packet formats are plain functions
 //! (`discovery_request`, ...) that tests can use without sockets.
+//!
+//! The sessions follow quinn-proto's sans-IO shape: time is passed in,
+//! frames to send come out of `poll_transmit`, events out of `poll_event`,
+//! the heartbeat deadline out of `poll_timeout`. The async clients are thin
+//! drivers over them, and a test can drive them against the server's
+//! state machines in one process under simulated time.
 //!
 //! # Use
 //!
@@ -61,6 +70,7 @@ pub mod crypto;
 pub mod error;
 pub mod flood;
 pub mod gateway;
+mod heartbeat;
 pub mod lvsp;
 pub mod rtp;
 pub mod udp;
@@ -71,9 +81,9 @@ pub mod ws;
 mod testutil;
 
 pub use crypto::{Cipher, Mode};
-pub use error::ClientError;
-pub use gateway::{GatewayClient, GatewayEvent};
-pub use lvsp::{LvspClient, LvspEvent};
+pub use error::{ClientError, SessionError};
+pub use gateway::{GatewayClient, GatewayEvent, GatewaySession};
+pub use lvsp::{LvspClient, LvspEvent, LvspSession};
 pub use udp::{ReceivedPacket, VoiceUdp};
 pub use voice::VoiceClient;
 pub use ws::{trust_certificate_file, Frame, HeartbeatTask, WsWriter};

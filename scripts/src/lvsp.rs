@@ -2,9 +2,9 @@
 //! (seeds/001 and DESIGN.md "LVSP", spec dialect).
 //!
 //! The messages are the `protocol` crate's ([`protocol::lvsp`]); the
-//! [`LvspClient`] sends and awaits them over a websocket, and
-//! [`encode_info`] builds any INFO for tests that send what a
-//! well-behaved Litecord would not.
+//! protocol state is a sans-IO [`LvspSession`] ([`session`]), which
+//! [`LvspClient`] drives over a websocket; [`encode_info`] builds any INFO
+//! for tests that send what a well-behaved Litecord would not.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), scripts::ClientError> {
@@ -15,72 +15,31 @@
 //! # let _ = (ready, assign, state); Ok(()) }
 //! ```
 
+pub mod session;
+
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use protocol::lvsp::{
     identify_token, ChannelAssign, Dialect, Health, Hello, Reply, ServerMessage, VoiceStateDone,
 };
 use protocol::lvsp::{
-    Channel, ClientMessage, Heartbeat, Identify, Opcode, Request, Resume, VoiceState,
-    VoiceStateUpdate,
+    Channel, ClientMessage, Identify, Opcode, Request, Resume, VoiceState, VoiceStateUpdate,
 };
 use protocol::Snowflake;
 use serde_json::{json, Value};
 
-use crate::error::{ClientError, Result};
-use crate::ws::{Frame, HeartbeatTask, WsConn, WsWriter};
-
-/// The dialect this client speaks: seeds/001's.
-const DIALECT: Dialect = Dialect::Spec;
+use crate::error::{ClientError, Result, SessionError};
+use crate::ws::{Frame, HeartbeatTask, Link, WsWriter};
+pub use session::{decode, Info, LvspEvent, LvspSession};
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An INFO from the server, as the client queues it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Info {
-    /// Its top-level `s`.
-    pub seq: u64,
-    /// What it says.
-    pub reply: Reply,
-}
-
-/// Something the server sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LvspEvent {
-    /// A message.
-    Message(ServerMessage),
-    /// A JSON message that is none of [`ServerMessage`]'s (an unknown op,
-    /// or a known one whose data did not decode), whole.
-    Other {
-        /// The op.
-        op: u64,
-        /// The whole message.
-        message: Value,
-    },
-    /// The server closed the websocket (close code, if any).
-    Closed(Option<u16>),
-}
 
 /// An INFO of any type number with any data, for tests that send what a
 /// well-behaved client would not (or another dialect's numbers).
 pub fn encode_info(kind: u64, data: Value) -> String {
     json!({ "op": Opcode::Info as u8, "d": { "type": kind, "data": data } }).to_string()
-}
-
-/// Decodes a server text frame. Text that is not JSON, or JSON without an
-/// integer `op`, is an error.
-pub fn decode(text: &str) -> Result<LvspEvent> {
-    if let Ok(message) = ServerMessage::decode(text) {
-        return Ok(LvspEvent::Message(message));
-    }
-    let message: Value = serde_json::from_str(text)?;
-    let op = message
-        .get("op")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| ClientError::Protocol(format!("no op in {text}")))?;
-    Ok(LvspEvent::Other { op, message })
 }
 
 /// A snowflake given as a string.
@@ -104,47 +63,57 @@ fn voice_state(user_id: &str, channel_id: &str, guild_id: Option<&str>) -> Resul
     })
 }
 
+impl crate::ws::Session for LvspSession {
+    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
+        match frame {
+            Frame::Text(text) => return self.handle_text(now, &text),
+            // The server never sends binary; nothing to read in it.
+            Frame::Binary(_) => {}
+            Frame::Closed(code) => self.handle_close(code),
+        }
+        Ok(())
+    }
+
+    fn poll_transmit(&mut self) -> Option<String> {
+        self.poll_transmit()
+    }
+
+    fn start_heartbeat(&mut self, now: Instant, interval: Duration) {
+        self.start_heartbeat(now, interval);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout(now);
+    }
+}
+
 /// A Litecord-side LVSP connection.
 ///
 /// Server INFOs that arrive while a call waits for something else are kept
 /// in a queue ([`next_info`](Self::next_info), [`queued`](Self::queued)).
 #[derive(Debug)]
 pub struct LvspClient {
-    ws: WsConn,
+    link: Link<LvspSession>,
     hello: Hello,
-    queue: VecDeque<Info>,
-    last_seq: Option<u64>,
-    health: Option<f64>,
-    timeout: Duration,
 }
 
 impl LvspClient {
     /// Connects and waits for HELLO; does not identify.
     pub async fn open(url: &str) -> Result<Self> {
-        let mut ws = WsConn::connect(url).await?;
-        let hello = tokio::time::timeout(DEFAULT_TIMEOUT, async {
-            loop {
-                match ws.recv().await? {
-                    Frame::Text(t) => {
-                        if let LvspEvent::Message(ServerMessage::Hello(h)) = decode(&t)? {
-                            return Ok(h);
-                        }
-                    }
-                    Frame::Binary(_) => {}
-                    Frame::Closed(code) => return Err(ClientError::Closed(code)),
-                }
-            }
-        })
-        .await
-        .map_err(|_| ClientError::Timeout("LVSP HELLO"))??;
-        Ok(LvspClient {
-            ws,
-            hello,
-            queue: VecDeque::new(),
-            last_seq: None,
-            health: None,
-            timeout: DEFAULT_TIMEOUT,
-        })
+        let mut link = Link::connect(url, LvspSession::new(), DEFAULT_TIMEOUT).await?;
+        let hello = link
+            .wait("LVSP HELLO", |s| {
+                s.poll_reply(|m| match m {
+                    ServerMessage::Hello(h) => Some(h.clone()),
+                    _ => None,
+                })
+            })
+            .await?;
+        Ok(LvspClient { link, hello })
     }
 
     /// Connects, identifies with `secret` and waits for READY.
@@ -166,8 +135,7 @@ impl LvspClient {
 
     /// Sends IDENTIFY with the token for `secret` and waits for READY.
     pub async fn identify(&mut self, secret: &str) -> Result<Health> {
-        let token = identify_token(secret, &self.hello.nonce);
-        self.send_identify(&token).await?;
+        self.link.act(|s| s.identify(secret)).await??;
         self.wait_ready().await
     }
 
@@ -201,27 +169,32 @@ impl LvspClient {
     /// The heartbeat interval from HELLO, read as milliseconds (the spec
     /// dialect's unit).
     pub fn heartbeat_interval(&self) -> Duration {
-        DIALECT.decode_interval(self.hello.heartbeat_interval)
+        session::DIALECT.decode_interval(self.hello.heartbeat_interval)
     }
 
     /// How long request helpers wait for their reply (default 10 s).
     pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
+        self.link.timeout = timeout;
     }
 
     /// The highest INFO `s` seen (what RESUME sends).
     pub fn last_seq(&self) -> Option<u64> {
-        self.last_seq
+        self.link.with(|s| s.last_seq())
     }
 
     /// The latest health from READY or HEARTBEAT_ACK.
     pub fn health(&self) -> Option<f64> {
-        self.health
+        self.link.with(|s| s.health())
     }
 
-    /// The server INFOs not consumed yet.
-    pub fn queued(&self) -> &VecDeque<Info> {
-        &self.queue
+    /// The server INFOs not consumed yet (a copy).
+    pub fn queued(&self) -> VecDeque<Info> {
+        self.link.with(|s| s.queued().clone())
+    }
+
+    /// A copy of the session's state as it is now.
+    pub fn session(&self) -> LvspSession {
+        self.link.with(|s| s.clone())
     }
 
     /// CHANNEL_REQ, then waits for the CHANNEL_ASSIGN of that channel.
@@ -289,25 +262,15 @@ impl LvspClient {
 
     /// Sends an INFO request.
     pub async fn send_request(&self, request: Request) -> Result<()> {
-        self.send(ClientMessage::Info(request)).await
+        self.link.act(|s| s.request(request)).await
     }
 
     /// What `pick` takes from the first queued or incoming INFO it
     /// accepts; the others are queued.
     pub async fn wait_info<T>(&mut self, mut pick: impl FnMut(&Info) -> Option<T>) -> Result<T> {
-        let queued = self.queue.iter().enumerate();
-        if let Some((i, t)) = queued.filter_map(|(i, info)| Some((i, pick(info)?))).next() {
-            self.queue.remove(i);
-            return Ok(t);
-        }
-        self.wait("LVSP INFO", |m| match m {
-            ServerMessage::Info { s, reply } => pick(&Info {
-                seq: *s,
-                reply: reply.clone(),
-            }),
-            _ => None,
-        })
-        .await
+        self.link
+            .wait("LVSP INFO", |s| s.poll_info(&mut pick))
+            .await
     }
 
     /// [`wait_info`](Self::wait_info) by the INFO's reply alone.
@@ -322,14 +285,14 @@ impl LvspClient {
 
     /// Sends HEARTBEAT with `d: null` and returns the ACK's health.
     pub async fn heartbeat(&mut self) -> Result<f64> {
-        self.send(ClientMessage::Heartbeat(None)).await?;
+        self.link.act(|s| s.heartbeat(Instant::now(), None)).await?;
         self.wait_heartbeat_ack().await
     }
 
     /// Sends HEARTBEAT with `d: {"s": seq}` and returns the ACK's health.
     pub async fn heartbeat_with_seq(&mut self, seq: u64) -> Result<f64> {
-        let d = Heartbeat { s: Some(seq) };
-        self.send(ClientMessage::Heartbeat(Some(d))).await?;
+        let heartbeat = |s: &mut LvspSession| s.heartbeat(Instant::now(), Some(seq));
+        self.link.act(heartbeat).await?;
         self.wait_heartbeat_ack().await
     }
 
@@ -344,19 +307,17 @@ impl LvspClient {
     /// Heartbeats with `d: null` every `interval` in the background until
     /// the returned task is dropped; the ACKs are absorbed by later reads.
     pub fn spawn_heartbeat(&self, interval: Duration) -> HeartbeatTask {
-        HeartbeatTask::spawn(self.writer(), interval, || {
-            ClientMessage::Heartbeat(None).encode(DIALECT)
-        })
+        self.link.spawn_heartbeat(interval)
     }
 
     /// A handle that can send on this connection from another task.
     pub fn writer(&self) -> WsWriter {
-        self.ws.writer.clone()
+        self.link.writer().clone()
     }
 
     /// Sends a message.
     pub async fn send(&self, message: ClientMessage) -> Result<()> {
-        self.send_text(message.encode(DIALECT)).await
+        self.link.act(|s| s.send(message)).await
     }
 
     /// Sends a JSON value as a text frame.
@@ -366,35 +327,21 @@ impl LvspClient {
 
     /// Sends any text frame.
     pub async fn send_text(&self, text: String) -> Result<()> {
-        self.ws.writer.send_text(text).await
+        self.link.writer().send_text(text).await
     }
 
     /// Closes the websocket with `code`.
     pub async fn close(&self, code: u16) -> Result<()> {
-        self.ws.writer.close(code).await
+        self.link.writer().close(code).await
     }
 
     /// The next server message (ignoring the queue), or `Closed` with the
     /// close code. Updates [`last_seq`](Self::last_seq) and
     /// [`health`](Self::health). A frame that is not JSON is an error.
     pub async fn recv(&mut self) -> Result<LvspEvent> {
-        loop {
-            let event = match self.ws.recv().await? {
-                Frame::Text(t) => decode(&t)?,
-                Frame::Binary(_) => continue,
-                Frame::Closed(code) => LvspEvent::Closed(code),
-            };
-            match &event {
-                LvspEvent::Message(ServerMessage::Info { s, .. }) => {
-                    self.last_seq = Some(self.last_seq.map_or(*s, |l| l.max(*s)));
-                }
-                LvspEvent::Message(ServerMessage::Ready(h) | ServerMessage::HeartbeatAck(h)) => {
-                    self.health = Some(h.health)
-                }
-                _ => {}
-            }
-            return Ok(event);
-        }
+        self.link
+            .poll_until(|s| Ok(s.poll_event().or_else(|| s.closed().map(LvspEvent::Closed))))
+            .await
     }
 
     /// [`recv`](Self::recv) with a time limit.
@@ -404,32 +351,14 @@ impl LvspClient {
             .map_err(|_| ClientError::Timeout("LVSP message"))?
     }
 
-    /// Reads until `pick` accepts a message; INFOs it declines are queued,
-    /// anything else it declines is dropped; a close is an error.
+    /// Reads until `pick` accepts a message (see
+    /// [`LvspSession::poll_reply`]); a close is an error.
     async fn wait<T>(
         &mut self,
         what: &'static str,
         mut pick: impl FnMut(&ServerMessage) -> Option<T>,
     ) -> Result<T> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, async {
-            loop {
-                match self.recv().await? {
-                    LvspEvent::Closed(code) => return Err(ClientError::Closed(code)),
-                    LvspEvent::Message(m) => {
-                        if let Some(t) = pick(&m) {
-                            return Ok(t);
-                        }
-                        if let ServerMessage::Info { s, reply } = m {
-                            self.queue.push_back(Info { seq: s, reply });
-                        }
-                    }
-                    LvspEvent::Other { .. } => {}
-                }
-            }
-        })
-        .await
-        .map_err(|_| ClientError::Timeout(what))?
+        self.link.wait(what, |s| s.poll_reply(&mut pick)).await
     }
 }
 
@@ -437,57 +366,6 @@ impl LvspClient {
 mod tests {
     use super::*;
     use crate::testutil::serve;
-
-    #[test]
-    fn decode_shapes() {
-        assert_eq!(
-            decode(r#"{"op":0,"d":{"heartbeat_interval":5000,"nonce":"0123456789"}}"#)
-                .expect("hello"),
-            LvspEvent::Message(ServerMessage::Hello(Hello {
-                heartbeat_interval: 5000,
-                nonce: "0123456789".into()
-            }))
-        );
-        assert_eq!(
-            decode(r#"{"op":5,"d":{"health":0.5}}"#).expect("ack"),
-            LvspEvent::Message(ServerMessage::HeartbeatAck(Health { health: 0.5 }))
-        );
-        assert_eq!(
-            decode(r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1","token":"t"}}}"#)
-                .expect("info"),
-            LvspEvent::Message(ServerMessage::Info {
-                s: 7,
-                reply: Reply::ChannelAssign(ChannelAssign {
-                    channel: Channel {
-                        channel_id: Snowflake(1),
-                        guild_id: None
-                    },
-                    token: "t".into()
-                })
-            })
-        );
-        // An INFO the server does not send, or one missing fields: whole.
-        for other in [
-            r#"{"op":6,"s":7,"d":{"type":1,"data":{"channel_id":"1"}}}"#,
-            r#"{"op":6,"s":7,"d":{"type":3,"data":{}}}"#,
-        ] {
-            assert!(
-                matches!(decode(other), Ok(LvspEvent::Other { op: 6, .. })),
-                "{other}"
-            );
-        }
-        assert!(matches!(
-            decode(r#"{"op":0,"d":{"heartbeat_interval":"x"}}"#),
-            Ok(LvspEvent::Other { op: 0, .. })
-        ));
-        assert!(matches!(
-            decode(r#"{"op":42}"#),
-            Ok(LvspEvent::Other { op: 42, .. })
-        ));
-        assert!(decode("not json").is_err());
-        assert!(decode(r#"{"d":1}"#).is_err());
-        assert!(decode(r#"[1]"#).is_err());
-    }
 
     #[test]
     fn encode_shapes() {

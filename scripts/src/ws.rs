@@ -1,8 +1,10 @@
-//! Websocket plumbing shared by LVSP and the voice gateway: a reader half
-//! that turns frames into [`Frame`]s (close codes included) and a cloneable
-//! writer half that background heartbeat tasks can share.
+//! Websocket plumbing shared by LVSP and the voice gateway: a `Link`
+//! drives a sans-IO session over a websocket (frames in, queued frames
+//! out, heartbeats from a background task), and a cloneable [`WsWriter`]
+//! sends whatever a test wants besides.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -15,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, SessionError};
 
 type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -96,16 +98,15 @@ fn tls_connector() -> Result<Connector> {
 
 /// Both halves of a client websocket.
 #[derive(Debug)]
-pub(crate) struct WsConn {
-    pub(crate) writer: WsWriter,
+struct WsConn {
+    writer: WsWriter,
     reader: SplitStream<Stream>,
-    closed: Option<Option<u16>>,
 }
 
 impl WsConn {
     /// Connects to `url`: `ws://`, or `wss://` trusting the certificates
     /// given to [`trust_certificate_file`].
-    pub(crate) async fn connect(url: &str) -> Result<Self> {
+    async fn connect(url: &str) -> Result<Self> {
         let connector = url.starts_with("wss://").then(tls_connector).transpose()?;
         let (stream, _response) =
             tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await?;
@@ -113,74 +114,167 @@ impl WsConn {
         Ok(WsConn {
             writer: WsWriter(Arc::new(Mutex::new(sink))),
             reader,
-            closed: None,
         })
     }
 
     /// The next text, binary or close; pings and pongs are handled here.
-    /// After a close every call returns the same `Closed`.
-    pub(crate) async fn recv(&mut self) -> Result<Frame> {
-        if let Some(code) = self.closed {
-            return Ok(Frame::Closed(code));
-        }
+    async fn recv(&mut self) -> Result<Frame> {
         loop {
-            let frame = match self.reader.next().await {
-                None => Frame::Closed(None),
+            let code = match self.reader.next().await {
+                None => None,
                 Some(Ok(Message::Text(t))) => return Ok(Frame::Text(t)),
                 Some(Ok(Message::Binary(b))) => return Ok(Frame::Binary(b)),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(c))) => Frame::Closed(c.map(|c| u16::from(c.code))),
+                Some(Ok(Message::Close(c))) => c.map(|c| u16::from(c.code)),
                 Some(Err(
                     tungstenite::Error::ConnectionClosed
                     | tungstenite::Error::AlreadyClosed
                     | tungstenite::Error::Protocol(
                         tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
                     ),
-                )) => Frame::Closed(None),
+                )) => None,
                 Some(Err(e)) => return Err(e.into()),
             };
-            if let Frame::Closed(code) = frame {
-                self.closed = Some(code);
-                // Send the close reply tungstenite queued; the peer may be
-                // waiting for it. It fails if the stream is already gone.
-                let _ = self.writer.0.lock().await.flush().await;
-            }
-            return Ok(frame);
+            // Send the close reply tungstenite queued; the peer may be
+            // waiting for it. It fails if the stream is already gone.
+            let _ = self.writer.0.lock().await.flush().await;
+            return Ok(Frame::Closed(code));
         }
-    }
-
-    /// The close code, once the connection closed.
-    pub(crate) fn closed(&self) -> Option<Option<u16>> {
-        self.closed
     }
 }
 
-/// A background task sending heartbeats; aborted when dropped.
-#[derive(Debug)]
-pub struct HeartbeatTask(tokio::task::JoinHandle<()>);
+/// A sans-IO client session that a [`Link`] drives.
+pub(crate) trait Session: Send + 'static {
+    /// Reads one frame from the server at `now`.
+    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError>;
+    /// The next text frame to send.
+    fn poll_transmit(&mut self) -> Option<String>;
+    /// Heartbeats every `interval` from `now` on.
+    fn start_heartbeat(&mut self, now: Instant, interval: Duration);
+    /// When `handle_timeout` has something to do.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Does what is due at `now`.
+    fn handle_timeout(&mut self, now: Instant);
+}
 
-impl HeartbeatTask {
-    /// Sends `payload()` through `writer` every `interval` (first one after
-    /// one interval) until a send fails or the task is dropped.
-    pub(crate) fn spawn(
-        writer: WsWriter,
-        interval: std::time::Duration,
-        mut payload: impl FnMut() -> String + Send + 'static,
-    ) -> Self {
-        let interval = interval.max(std::time::Duration::from_millis(1));
+/// A session's state, shared between its client and its heartbeat task.
+type Shared<S> = Arc<std::sync::Mutex<S>>;
+
+/// Runs `f` on the session; never held across an await.
+fn with<S, T>(session: &Shared<S>, f: impl FnOnce(&mut S) -> T) -> T {
+    // A panic elsewhere cannot leave a session half-updated in a way
+    // that matters to a test client: use it anyway.
+    f(&mut session.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Sends what the session queued.
+async fn flush(writer: &WsWriter, frames: Vec<String>) -> Result<()> {
+    for frame in frames {
+        writer.send_text(frame).await?;
+    }
+    Ok(())
+}
+
+/// The frames a session queued.
+fn drain<S: Session>(session: &mut S) -> Vec<String> {
+    std::iter::from_fn(|| session.poll_transmit()).collect()
+}
+
+/// A websocket driving a [`Session`]: what the session queues is sent,
+/// what arrives is handed to it, and helpers wait by polling it between
+/// reads.
+#[derive(Debug)]
+pub(crate) struct Link<S> {
+    ws: WsConn,
+    session: Shared<S>,
+    /// How long [`wait`](Self::wait) waits.
+    pub(crate) timeout: Duration,
+}
+
+impl<S: Session> Link<S> {
+    /// Connects to `url` (see [`WsConn::connect`]) for `session`.
+    pub(crate) async fn connect(url: &str, session: S, timeout: Duration) -> Result<Self> {
+        Ok(Link {
+            ws: WsConn::connect(url).await?,
+            session: Arc::new(std::sync::Mutex::new(session)),
+            timeout,
+        })
+    }
+
+    /// The sending half, for frames the session does not know about.
+    pub(crate) fn writer(&self) -> &WsWriter {
+        &self.ws.writer
+    }
+
+    /// Reads the session.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut S) -> T) -> T {
+        with(&self.session, f)
+    }
+
+    /// Runs `f` on the session and sends what it queued.
+    pub(crate) async fn act<T>(&self, f: impl FnOnce(&mut S) -> T) -> Result<T> {
+        let (t, frames) = self.with(|s| (f(s), drain(s)));
+        flush(&self.ws.writer, frames).await?;
+        Ok(t)
+    }
+
+    /// What `poll` returns once it returns something, reading a frame
+    /// into the session each time it has nothing.
+    pub(crate) async fn poll_until<T>(
+        &mut self,
+        mut poll: impl FnMut(&mut S) -> Result<Option<T>, SessionError>,
+    ) -> Result<T> {
+        loop {
+            if let Some(t) = self.with(&mut poll)? {
+                return Ok(t);
+            }
+            let frame = self.ws.recv().await?;
+            let now = Instant::now();
+            self.with(|s| s.handle_frame(now, frame))?;
+        }
+    }
+
+    /// [`poll_until`](Self::poll_until) within the link's timeout; running
+    /// out of it is [`ClientError::Timeout`] naming `what`.
+    pub(crate) async fn wait<T>(
+        &mut self,
+        what: &'static str,
+        poll: impl FnMut(&mut S) -> Result<Option<T>, SessionError>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.timeout, self.poll_until(poll))
+            .await
+            .map_err(|_| ClientError::Timeout(what))?
+    }
+
+    /// Starts the session heartbeating every `interval` and a task that
+    /// sends its heartbeats when they are due.
+    pub(crate) fn spawn_heartbeat(&self, interval: Duration) -> HeartbeatTask {
+        self.with(|s| s.start_heartbeat(Instant::now(), interval));
+        let (session, writer) = (Arc::clone(&self.session), self.ws.writer.clone());
         HeartbeatTask(tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + interval;
-            let mut ticks = tokio::time::interval_at(start, interval);
-            loop {
-                ticks.tick().await;
-                if writer.send_text(payload()).await.is_err() {
+            // The lock is taken and let go inside `with`, never held
+            // across the sleep or the send.
+            while let Some(due) = with(&session, |s| s.poll_timeout()) {
+                tokio::time::sleep_until(due.into()).await;
+                let frames = with(&session, |s| {
+                    s.handle_timeout(Instant::now());
+                    drain(s)
+                });
+                if flush(&writer, frames).await.is_err() {
                     break;
                 }
             }
         }))
     }
+}
 
-    /// True once the task stopped (its connection failed).
+/// A background task sending a session's heartbeats; aborted when dropped
+/// (the session's schedule stays, with nothing driving it).
+#[derive(Debug)]
+pub struct HeartbeatTask(tokio::task::JoinHandle<()>);
+
+impl HeartbeatTask {
+    /// True once the task stopped (its connection failed or closed).
     pub fn is_finished(&self) -> bool {
         self.0.is_finished()
     }
