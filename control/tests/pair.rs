@@ -1,0 +1,710 @@
+//! The client library's state machines against the server's, in one
+//! process, under simulated time (quinn-proto's `Pair`): every frame one
+//! side queues is handed to the other, the registry's pushes are routed to
+//! their connections, and time moves only when a test says so, from one
+//! deadline to the next. A test of minutes runs in milliseconds, and with
+//! the same seed a run is the same byte for byte.
+//!
+//! The real-socket tests (gateway.rs, lvsp.rs, e2e.rs) stay as the proof
+//! that the binaries, websockets and data plane carry the same flows.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control::connection::{Context, Protocol};
+use control::gateway;
+use control::limit::RateLimit;
+use control::lvsp::{self, AuthBackoff, AuthGuard, Dialect, Replay};
+use control::registry::{ConnId, Effect, Registry};
+use control::Output;
+use protocol::gateway::{
+    ClientDisconnect, ClientsConnect, Identify, MemberSpeaking, ServerMessage, SPEAKING_MICROPHONE,
+};
+use protocol::lvsp::{Channel, ClientMessage, Reply, Request, Resume, VoiceState};
+use protocol::Snowflake;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use scripts::gateway::session::{GatewayEvent, GatewaySession};
+use scripts::lvsp::session::LvspSession;
+use shared::Command;
+
+const SECRET: &str = "pair-secret-pair-secret-pair-secret";
+const GUILD: Snowflake = Snowflake(1);
+const CHANNEL: Snowflake = Snowflake(100);
+/// The clients' wall clock at the start (heartbeat nonces).
+const CLOCK_MS: u64 = 1_700_000_000_000;
+const HEARTBEAT: Duration = Duration::from_millis(1000);
+const RESUME_GRACE: Duration = Duration::from_secs(30);
+
+/// What both client sessions offer a driver.
+trait Client {
+    fn poll_transmit(&mut self) -> Option<String>;
+    fn handle_text(&mut self, now: Instant, text: &str);
+    fn handle_close(&mut self, code: Option<u16>);
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant);
+}
+
+macro_rules! client {
+    ($t:ty) => {
+        impl Client for $t {
+            fn poll_transmit(&mut self) -> Option<String> {
+                <$t>::poll_transmit(self)
+            }
+            fn handle_text(&mut self, now: Instant, text: &str) {
+                <$t>::handle_text(self, now, text).expect("the server sends JSON with an op");
+            }
+            fn handle_close(&mut self, code: Option<u16>) {
+                <$t>::handle_close(self, code)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+        }
+    };
+}
+client!(GatewaySession);
+client!(LvspSession);
+
+/// One websocket: a client session and the server's connection.
+struct Link<C, S> {
+    client: C,
+    server: S,
+    open: bool,
+}
+
+impl<C: Client, S: Protocol> Link<C, S> {
+    /// Hands every queued frame to the other side; true if there was any.
+    fn pump(&mut self, now: Instant, cx: &mut Context, transcript: &mut Vec<String>) -> bool {
+        let mut busy = false;
+        while let Some(text) = self.client.poll_transmit() {
+            busy = true;
+            if self.open {
+                transcript.push(format!("> {text}"));
+                self.server_text(now, &text, cx);
+            }
+        }
+        while let Some(out) = self.server.poll_output() {
+            busy = true;
+            match out {
+                Output::Text(text) => {
+                    transcript.push(format!("< {text}"));
+                    self.client.handle_text(now, &text);
+                }
+                Output::Close { code, .. } => {
+                    transcript.push(format!("< close {code}"));
+                    self.client.handle_close(Some(code));
+                    self.gone(now, cx);
+                }
+            }
+        }
+        busy
+    }
+
+    /// A frame reaches the server, as `drive` in the server feeds it.
+    fn server_text(&mut self, now: Instant, text: &str, cx: &mut Context) {
+        if let Some(incoming) = self.server.handle_text(now, text) {
+            self.server.handle_incoming(now, incoming, cx);
+        }
+    }
+
+    /// The socket is gone (after a close, or dropped).
+    fn gone(&mut self, now: Instant, cx: &mut Context) {
+        if std::mem::take(&mut self.open) {
+            self.server.closed(now, cx);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let client = self.client.poll_timeout().filter(|_| self.open);
+        let server = self.server.poll_timeout().filter(|_| self.open);
+        client.into_iter().chain(server).min()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.open {
+            self.client.handle_timeout(now);
+            self.server.handle_timeout(now);
+        }
+    }
+}
+
+type GatewayLink = Link<GatewaySession, gateway::Connection>;
+type LvspLink = Link<LvspSession, lvsp::Connection>;
+
+/// A server's shared state, its connections and their clients.
+struct World {
+    cx: Context,
+    now: Instant,
+    rng: StdRng,
+    gateway: Arc<gateway::Config>,
+    lvsp: Arc<lvsp::Config>,
+    gateways: Vec<(ConnId, GatewayLink)>,
+    litecord: Vec<LvspLink>,
+    /// What the registry told the data plane, in order.
+    commands: Vec<Command>,
+    /// Every frame both ways, in order.
+    transcript: Vec<String>,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut registry = Registry::new(2, StdRng::seed_from_u64(seed));
+        registry.set_resume(RESUME_GRACE, 16);
+        World {
+            cx: Context {
+                registry,
+                replay: Replay::new(16),
+                guard: AuthGuard::new(AuthBackoff::default()),
+            },
+            now: Instant::now(),
+            rng: StdRng::seed_from_u64(seed.wrapping_add(1)),
+            gateway: Arc::new(gateway::Config {
+                heartbeat_interval: HEARTBEAT,
+                udp_ip: Ipv4Addr::LOCALHOST,
+                udp_port: 5000,
+                rate: RateLimit {
+                    per_second: 10.0,
+                    burst: 20.0,
+                },
+                modes: shared::Mode::DEFAULT.to_vec(),
+                identify_timeout: Duration::from_secs(5),
+            }),
+            lvsp: Arc::new(lvsp::Config {
+                secret: SECRET.into(),
+                heartbeat_interval: Duration::from_secs(10),
+                dialect: Dialect::Spec,
+                rate: RateLimit {
+                    per_second: 100.0,
+                    burst: 100.0,
+                },
+            }),
+            gateways: Vec::new(),
+            litecord: Vec::new(),
+            commands: Vec::new(),
+            transcript: Vec::new(),
+        }
+    }
+
+    /// Moves frames and pushes until nothing is left to move.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            let mut busy = false;
+            let (now, cx, transcript) = (self.now, &mut self.cx, &mut self.transcript);
+            for (_, link) in &mut self.gateways {
+                busy |= link.pump(now, cx, transcript);
+            }
+            for link in &mut self.litecord {
+                busy |= link.pump(now, cx, transcript);
+            }
+            let effects: Vec<Effect> = self.cx.registry.drain_effects().collect();
+            for effect in effects {
+                busy = true;
+                match effect {
+                    Effect::Dataplane { command, .. } => self.commands.push(command),
+                    Effect::Gateway { conn, push } => {
+                        let link = self.gateways.iter_mut().find(|(c, _)| *c == conn);
+                        if let Some((_, link)) = link.filter(|(_, l)| l.open) {
+                            link.server.handle_push(push);
+                        }
+                    }
+                }
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("frames kept flowing");
+    }
+
+    /// Lets `d` of simulated time pass, stopping at every deadline on the
+    /// way (heartbeats, their timeouts, the registry's grace periods).
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        for _ in 0..100_000 {
+            let next = self
+                .gateways
+                .iter()
+                .filter_map(|(_, l)| l.deadline())
+                .chain(self.litecord.iter().filter_map(Link::deadline))
+                .chain(self.cx.registry.poll_timeout())
+                .min();
+            let Some(next) = next.filter(|t| *t <= until) else {
+                self.now = until;
+                self.run();
+                return;
+            };
+            self.now = self.now.max(next);
+            for (_, link) in &mut self.gateways {
+                link.handle_timeout(self.now);
+            }
+            for link in &mut self.litecord {
+                link.handle_timeout(self.now);
+            }
+            self.cx.registry.handle_timeout(self.now);
+            self.run();
+        }
+        panic!("time stood still");
+    }
+
+    /// An LVSP websocket for `client`; returns its index once HELLO
+    /// arrived.
+    fn lvsp_connect(&mut self, client: LvspSession) -> usize {
+        let peer = SocketAddr::from(([192, 0, 2, 1], 40000 + self.litecord.len() as u16));
+        let server = lvsp::Connection::new(self.lvsp.clone(), peer, self.now, &mut self.rng);
+        self.litecord.push(Link {
+            client,
+            server,
+            open: true,
+        });
+        self.run();
+        self.litecord.len() - 1
+    }
+
+    /// Litecord connects and identifies; returns its link.
+    fn litecord(&mut self) -> usize {
+        let i = self.lvsp_connect(LvspSession::new());
+        let client = &mut self.litecord[i].client;
+        client.identify(SECRET).expect("HELLO");
+        let interval = client.heartbeat_interval().expect("HELLO");
+        client.start_heartbeat(self.now, interval);
+        self.run();
+        assert!(self.litecord[i].client.ready(), "READY");
+        i
+    }
+
+    /// CHANNEL_REQ over link `lv`; returns the channel's token.
+    fn channel(&mut self, lv: usize, channel_id: Snowflake) -> String {
+        let channel = Channel {
+            channel_id,
+            guild_id: Some(GUILD),
+        };
+        self.litecord[lv]
+            .client
+            .request(Request::ChannelReq(channel));
+        self.run();
+        let token = self.litecord[lv]
+            .client
+            .poll_info(|info| match &info.reply {
+                Reply::ChannelAssign(a) if a.channel.channel_id == channel_id => {
+                    Some(a.token.clone())
+                }
+                _ => None,
+            });
+        token.expect("open").expect("CHANNEL_ASSIGN")
+    }
+
+    /// VOICE_STATE_CREATE over link `lv`; returns the session id.
+    fn voice_state(&mut self, lv: usize, user_id: Snowflake) -> String {
+        let state = VoiceState {
+            user_id,
+            channel_id: CHANNEL,
+            guild_id: Some(GUILD),
+        };
+        self.litecord[lv]
+            .client
+            .request(Request::VoiceStateCreate(state));
+        self.run();
+        let done = self.litecord[lv]
+            .client
+            .poll_info(|info| match &info.reply {
+                Reply::VoiceStateDone(d) if d.state.user_id == user_id => {
+                    Some(d.session_id.clone())
+                }
+                _ => None,
+            });
+        done.expect("open").expect("VOICE_STATE_DONE")
+    }
+
+    /// A gateway websocket at `version` (9: one this server does not
+    /// serve); returns its index once Hello (or the close) arrived.
+    fn connect(&mut self, version: u8) -> usize {
+        let client = GatewaySession::new(version, self.now, CLOCK_MS);
+        self.open(client)
+    }
+
+    /// A new websocket for the client of `old`, whose socket went away:
+    /// same version, `seq_ack`, Ready and Session Description.
+    fn reconnect(&mut self, old: usize) -> usize {
+        let client = self.gateways[old].1.client.reconnect();
+        self.open(client)
+    }
+
+    fn open(&mut self, client: GatewaySession) -> usize {
+        let version = client.version();
+        let conn = self.gateways.len() as ConnId + 1;
+        let server = if gateway::VERSIONS.contains(&version) {
+            gateway::Connection::new(self.gateway.clone(), conn, version, self.now)
+        } else {
+            gateway::Connection::unsupported(self.gateway.clone(), conn, self.now)
+        };
+        self.gateways.push((
+            conn,
+            Link {
+                client,
+                server,
+                open: true,
+            },
+        ));
+        self.run();
+        self.gateways.len() - 1
+    }
+
+    fn client(&mut self, i: usize) -> &mut GatewaySession {
+        &mut self.gateways[i].1.client
+    }
+
+    fn identify(&mut self, i: usize, user_id: Snowflake, session_id: &str, token: &str) {
+        self.client(i).identify(Identify {
+            server_id: GUILD,
+            user_id,
+            session_id: session_id.into(),
+            token: token.into(),
+            max_dave_protocol_version: Some(0),
+        });
+        self.run();
+    }
+
+    /// Text straight to the server, as a client library never would.
+    fn send_raw(&mut self, i: usize, text: &str) {
+        let (now, link) = (self.now, &mut self.gateways[i].1);
+        link.server_text(now, text, &mut self.cx);
+        self.run();
+    }
+
+    /// The socket of `i` dies without a close frame.
+    fn drop_socket(&mut self, i: usize) {
+        let link = &mut self.gateways[i].1;
+        link.client.handle_close(None);
+        link.gone(self.now, &mut self.cx);
+        self.run();
+    }
+
+    /// The messages `i` received and nobody read yet.
+    fn messages(&mut self, i: usize) -> Vec<ServerMessage> {
+        std::iter::from_fn(|| self.client(i).poll_event())
+            .filter_map(|e| match e {
+                GatewayEvent::Message(ServerMessage::HeartbeatAck(_)) => None,
+                GatewayEvent::Message(m) => Some(m),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// The close code `i` got, if it was closed.
+    fn closed(&self, i: usize) -> Option<Option<u16>> {
+        self.gateways[i].1.client.closed()
+    }
+}
+
+/// Litecord, channel 100 and voice states for `users`: the world, the
+/// channel's token and the session ids.
+fn call(seed: u64, users: &[u64]) -> (World, String, Vec<String>) {
+    let mut w = World::new(seed);
+    let lv = w.litecord();
+    let token = w.channel(lv, CHANNEL);
+    let sessions = users
+        .iter()
+        .map(|u| w.voice_state(lv, Snowflake(*u)))
+        .collect();
+    (w, token, sessions)
+}
+
+/// A member identified (and heartbeating) at `version`.
+fn member(w: &mut World, version: u8, user: u64, session: &str, token: &str) -> usize {
+    let i = w.connect(version);
+    w.identify(i, Snowflake(user), session, token);
+    let now = w.now;
+    w.client(i).start_heartbeat(now, HEARTBEAT);
+    i
+}
+
+fn speaking(user: u64, ssrc: u32, flags: u32) -> ServerMessage {
+    ServerMessage::Speaking(MemberSpeaking {
+        user_id: Snowflake(user),
+        ssrc,
+        speaking: flags,
+    })
+}
+
+#[test]
+fn identify_select_protocol_and_speaking() {
+    let (mut w, token, s) = call(1, &[7, 8]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    assert!(matches!(
+        &w.messages(a)[..],
+        [ServerMessage::Hello(_), ServerMessage::Ready(_)]
+    ));
+    let ssrc_a = w.client(a).ssrc().expect("Ready");
+    assert_eq!(w.client(a).seq_ack(), 1, "Ready is seq 1 at v8");
+    assert_eq!(ssrc_a % 2, 0, "channel 100 lives on core 0");
+
+    w.client(a)
+        .select_protocol(Some([127, 0, 0, 1].into()), 4000, "aead_aes256_gcm_rtpsize");
+    w.run();
+    let description = w.client(a).session_description().expect("SD").clone();
+    assert_eq!(description.dave_protocol_version, 0);
+    let upsert = w.commands.iter().find_map(|c| match c {
+        Command::UpsertSession(spec) => Some(spec.clone()),
+        _ => None,
+    });
+    let spec = upsert.expect("the keyed session went to the data plane");
+    assert_eq!(
+        (spec.ssrc, spec.key),
+        (ssrc_a, description.secret_key),
+        "the key the client got is the one the data plane uses"
+    );
+
+    // A v4 member joins: each learns of the other, and its Speaking
+    // reaches the first with its SSRC.
+    let b = member(&mut w, 4, 8, &s[1], &token);
+    let ssrc_b = w.client(b).ssrc().expect("Ready");
+    w.messages(a);
+    let joined = ServerMessage::ClientsConnect(ClientsConnect {
+        user_ids: vec![Snowflake(7)],
+    });
+    assert!(w.messages(b).contains(&joined));
+    w.client(b).speaking(SPEAKING_MICROPHONE).unwrap();
+    w.run();
+    assert_eq!(w.messages(a), [speaking(8, ssrc_b, SPEAKING_MICROPHONE)]);
+    assert_eq!(w.client(b).seq_ack(), -1, "nothing is numbered at v4");
+
+    // Ten minutes of heartbeats, in no time.
+    w.advance(Duration::from_secs(600));
+    assert_eq!(w.closed(a), None);
+    assert_eq!(w.closed(b), None);
+    assert!(w.client(a).last_heartbeat_ack().is_some());
+    assert_eq!(w.cx.registry.session_count(), 2);
+}
+
+#[test]
+fn resume_redelivers_what_was_missed() {
+    let (mut w, token, s) = call(2, &[7, 8, 9]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    let ssrc_b = w.client(b).ssrc().unwrap();
+    w.messages(a);
+    let acked = w.client(a).seq_ack();
+
+    w.drop_socket(a);
+    assert_eq!(w.cx.registry.parked_count(), 1);
+    // While A is away: B speaks three times (only the last is kept for A)
+    // and C joins.
+    for flags in [1, 0, 1] {
+        w.client(b).speaking(flags).unwrap();
+        w.run();
+    }
+    let c = member(&mut w, 8, 9, &s[2], &token);
+    w.advance(Duration::from_secs(5));
+
+    let a2 = w.reconnect(a);
+    w.client(a2).resume(GUILD, &s[0], &token);
+    w.run();
+    let now = w.now;
+    w.client(a2).start_heartbeat(now, HEARTBEAT);
+    let got = w.messages(a2);
+    assert_eq!(
+        got,
+        [
+            ServerMessage::Hello(protocol::gateway::Hello {
+                v: Some(8),
+                heartbeat_interval: HEARTBEAT.into(),
+            }),
+            ServerMessage::Resumed,
+            speaking(8, ssrc_b, 1),
+            ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(9)],
+            }),
+        ]
+    );
+    assert_eq!(w.client(a2).seq_ack(), acked + 4, "two kept of four sent");
+    assert_eq!(w.client(a2).ssrc(), w.gateways[a].1.client.ssrc());
+    assert_eq!(w.cx.registry.parked_count(), 0);
+
+    // A second drop, past the grace: A leaves and the others are told.
+    w.drop_socket(a2);
+    w.messages(c);
+    w.advance(RESUME_GRACE + Duration::from_secs(1));
+    let left = ServerMessage::ClientDisconnect(ClientDisconnect {
+        user_id: Snowflake(7),
+    });
+    assert_eq!(w.messages(c), std::slice::from_ref(&left));
+    assert!(w.messages(b).ends_with(&[left]));
+    let a3 = w.reconnect(a2);
+    w.client(a3).resume(GUILD, &s[0], &token);
+    w.run();
+    assert_eq!(w.closed(a3), Some(Some(4006)), "too late to resume");
+}
+
+#[test]
+fn silence_is_4009_and_the_session_can_still_resume() {
+    let (mut w, token, s) = call(3, &[7]);
+    let a = w.connect(8);
+    w.identify(a, Snowflake(7), &s[0], &token);
+    // No heartbeats: closed after the interval and a half and a second.
+    w.advance(Duration::from_millis(2400));
+    assert_eq!(w.closed(a), None);
+    w.advance(Duration::from_millis(200));
+    assert_eq!(w.closed(a), Some(Some(4009)));
+    assert_eq!(w.cx.registry.parked_count(), 1, "4009 is resumable");
+    let a2 = w.reconnect(a);
+    w.client(a2).resume(GUILD, &s[0], &token);
+    w.run();
+    assert!(w.client(a2).resumed());
+}
+
+/// Every close code the gateway sends, each from the state that earns it.
+#[test]
+fn every_gateway_close_code() {
+    let (mut w, token, s) = call(4, &[7, 8, 9]);
+    let identify = |user: &str, session: &str, server: &str, token: &str| {
+        format!(
+            r#"{{"op":0,"d":{{"server_id":"{server}","user_id":"{user}","session_id":"{session}","token":"{token}"}}}}"#
+        )
+    };
+    let fresh = |w: &mut World, raw: &str| {
+        let i = w.connect(8);
+        w.send_raw(i, raw);
+        w.closed(i)
+    };
+    assert_eq!(fresh(&mut w, r#"{"op":0,"d":5}"#), Some(Some(4002)));
+    assert_eq!(
+        fresh(&mut w, r#"{"op":5,"d":{"speaking":1}}"#),
+        Some(Some(4003))
+    );
+    let wrong = identify("7", &s[0], "1", "not-the-token");
+    assert_eq!(fresh(&mut w, &wrong), Some(Some(4004)));
+    let resume = format!(
+        r#"{{"op":7,"d":{{"server_id":"1","session_id":"gone","token":"{token}","seq_ack":0}}}}"#
+    );
+    assert_eq!(fresh(&mut w, &resume), Some(Some(4006)));
+    let unknown_server = identify("7", &s[0], "555", &token);
+    assert_eq!(fresh(&mut w, &unknown_server), Some(Some(4011)));
+    let v9 = w.connect(9);
+    assert_eq!(w.closed(v9), Some(Some(4020)));
+
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    w.send_raw(a, r#"{"op":99,"d":{}}"#);
+    assert_eq!(w.closed(a), Some(Some(4001)));
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    w.send_raw(a, &identify("7", &s[0], "1", &token));
+    assert_eq!(w.closed(a), Some(Some(4005)));
+
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    w.send_raw(
+        b,
+        r#"{"op":1,"d":{"protocol":"tcp","data":{"address":"127.0.0.1","port":1,"mode":"aead_aes256_gcm_rtpsize"}}}"#,
+    );
+    assert_eq!(w.closed(b), Some(Some(4012)));
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    w.client(b).select_protocol(None, 1, "xsalsa20_poly1305");
+    w.run();
+    assert_eq!(
+        w.closed(b),
+        Some(Some(4016)),
+        "legacy modes are off by default"
+    );
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    for _ in 0..40 {
+        w.client(b).speaking(1).unwrap();
+    }
+    w.run();
+    assert_eq!(w.closed(b), Some(Some(4021)));
+
+    let c = member(&mut w, 8, 9, &s[2], &token);
+    let second = member(&mut w, 8, 9, &s[2], &token);
+    assert_eq!(
+        w.closed(c),
+        Some(Some(4006)),
+        "replaced by a second Identify"
+    );
+    w.litecord[0]
+        .client
+        .request(Request::VoiceStateDestroy(VoiceState {
+            user_id: Snowflake(9),
+            channel_id: CHANNEL,
+            guild_id: Some(GUILD),
+        }));
+    w.run();
+    assert_eq!(w.closed(second), Some(Some(4014)));
+
+    // Heartbeats alone do not hold a connection open; silence ends one
+    // sooner.
+    let quiet = w.connect(8);
+    let heartbeating = w.connect(8);
+    let now = w.now;
+    w.client(heartbeating).start_heartbeat(now, HEARTBEAT);
+    w.advance(Duration::from_secs(6));
+    assert_eq!(w.closed(quiet), Some(Some(4009)));
+    assert_eq!(
+        w.closed(heartbeating),
+        Some(Some(4003)),
+        "no Identify in time"
+    );
+}
+
+/// LVSP's close codes, and a RESUME that re-delivers INFOs.
+#[test]
+fn lvsp_close_codes_and_resume() {
+    let (mut w, _, _) = call(5, &[7]);
+    let raw = |w: &mut World, text: &str| {
+        let i = w.lvsp_connect(LvspSession::new());
+        let (now, link) = (w.now, &mut w.litecord[i]);
+        link.server_text(now, text, &mut w.cx);
+        w.run();
+        w.litecord[i].client.closed()
+    };
+    assert_eq!(raw(&mut w, "{"), Some(Some(4002)));
+    assert_eq!(
+        raw(&mut w, r#"{"op":1,"d":{"token":"x"}}"#),
+        Some(Some(4001))
+    );
+    assert_eq!(raw(&mut w, r#"{"op":4,"d":null}"#), Some(Some(4000)));
+
+    // Litecord's link drops after one more INFO; a RESUME from the `s`
+    // before it gets it again, then READY.
+    let first = w.litecord[0].client.last_seq().expect("INFOs so far");
+    w.voice_state(0, Snowflake(8));
+    let (now, link) = (w.now, &mut w.litecord[0]);
+    link.client.handle_close(None);
+    link.gone(now, &mut w.cx);
+    let again = w.litecord[0].client.reconnect();
+    assert_eq!(again.last_seq(), Some(first + 1));
+    let lv = w.lvsp_connect(again);
+    let token = w.litecord[lv].client.token(SECRET).expect("HELLO");
+    w.litecord[lv]
+        .client
+        .send(ClientMessage::Resume(Resume { token, seq: first }));
+    w.run();
+    assert!(w.litecord[lv].client.ready());
+    let redelivered = w.litecord[lv].client.poll_info(|info| match &info.reply {
+        Reply::VoiceStateDone(d) => Some((info.seq, d.state.user_id)),
+        _ => None,
+    });
+    assert_eq!(redelivered.unwrap(), Some((first + 1, Snowflake(8))));
+}
+
+/// Randomness is passed in: the same seed gives the same run, byte for
+/// byte (SSRCs, keys, tokens, session ids, nonces); another seed does not.
+#[test]
+fn a_seeded_run_replays_exactly() {
+    let run = |seed| {
+        let (mut w, token, s) = call(seed, &[7, 8]);
+        let a = member(&mut w, 8, 7, &s[0], &token);
+        let b = member(&mut w, 4, 8, &s[1], &token);
+        w.client(a)
+            .select_protocol(Some([127, 0, 0, 1].into()), 4000, "aead_aes256_gcm_rtpsize");
+        w.client(b).speaking(1).unwrap();
+        w.run();
+        w.advance(Duration::from_secs(30));
+        w.transcript
+    };
+    let first = run(6);
+    assert!(first.len() > 40, "{}", first.len());
+    assert_eq!(first, run(6));
+    assert_ne!(first, run(7));
+}
