@@ -25,8 +25,7 @@ use protocol::lvsp::{Channel, ClientMessage, Reply, Request, Resume, VoiceState}
 use protocol::Snowflake;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use scripts::gateway::session::{GatewayEvent, GatewaySession};
-use scripts::lvsp::session::LvspSession;
+use scripts::{Frame, GatewayEvent, GatewaySession, LvspSession, Session};
 use shared::Command;
 
 const SECRET: &str = "pair-secret-pair-secret-pair-secret";
@@ -37,39 +36,6 @@ const CLOCK_MS: u64 = 1_700_000_000_000;
 const HEARTBEAT: Duration = Duration::from_millis(1000);
 const RESUME_GRACE: Duration = Duration::from_secs(30);
 
-/// What both client sessions offer a driver.
-trait Client {
-    fn poll_transmit(&mut self) -> Option<String>;
-    fn handle_text(&mut self, now: Instant, text: &str);
-    fn handle_close(&mut self, code: Option<u16>);
-    fn poll_timeout(&self) -> Option<Instant>;
-    fn handle_timeout(&mut self, now: Instant);
-}
-
-macro_rules! client {
-    ($t:ty) => {
-        impl Client for $t {
-            fn poll_transmit(&mut self) -> Option<String> {
-                <$t>::poll_transmit(self)
-            }
-            fn handle_text(&mut self, now: Instant, text: &str) {
-                <$t>::handle_text(self, now, text).expect("the server sends JSON with an op");
-            }
-            fn handle_close(&mut self, code: Option<u16>) {
-                <$t>::handle_close(self, code)
-            }
-            fn poll_timeout(&self) -> Option<Instant> {
-                <$t>::poll_timeout(self)
-            }
-            fn handle_timeout(&mut self, now: Instant) {
-                <$t>::handle_timeout(self, now)
-            }
-        }
-    };
-}
-client!(GatewaySession);
-client!(LvspSession);
-
 /// One websocket: a client session and the server's connection.
 struct Link<C, S> {
     client: C,
@@ -77,7 +43,7 @@ struct Link<C, S> {
     open: bool,
 }
 
-impl<C: Client, S: Protocol> Link<C, S> {
+impl<C: Session, S: Protocol> Link<C, S> {
     /// Hands every queued frame to the other side; true if there was any.
     fn pump(&mut self, now: Instant, cx: &mut Context, transcript: &mut Vec<String>) -> bool {
         let mut busy = false;
@@ -93,11 +59,14 @@ impl<C: Client, S: Protocol> Link<C, S> {
             match out {
                 Output::Text(text) => {
                     transcript.push(format!("< {text}"));
-                    self.client.handle_text(now, &text);
+                    let read = self.client.handle_frame(now, Frame::Text(text));
+                    read.expect("the server sends JSON with an op");
                 }
                 Output::Close { code, .. } => {
                     transcript.push(format!("< close {code}"));
-                    self.client.handle_close(Some(code));
+                    self.client
+                        .handle_frame(now, Frame::Closed(Some(code)))
+                        .unwrap();
                     self.gone(now, cx);
                 }
             }

@@ -19,8 +19,8 @@ use protocol::Snowflake;
 use serde_json::Value;
 
 use crate::crypto::Mode;
-use crate::error::{ClientError, Result, SessionError};
-use crate::ws::{Frame, HeartbeatTask, Link, WsWriter};
+use crate::error::{ClientError, Result};
+use crate::ws::{HeartbeatTask, Link, WsWriter};
 pub use session::{decode, GatewayEvent, GatewaySession};
 
 /// Default time to wait for a reply.
@@ -41,33 +41,6 @@ pub fn gateway_url(base: &str, version: u8) -> String {
 fn snowflake(id: &str) -> Result<Snowflake> {
     id.parse()
         .map_err(|_| ClientError::Protocol(format!("{id:?} is not a snowflake")))
-}
-
-impl crate::ws::Session for GatewaySession {
-    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
-        match frame {
-            Frame::Text(text) => return self.handle_text(now, &text),
-            Frame::Binary(data) => self.handle_binary(data),
-            Frame::Closed(code) => self.handle_close(code),
-        }
-        Ok(())
-    }
-
-    fn poll_transmit(&mut self) -> Option<String> {
-        self.poll_transmit()
-    }
-
-    fn start_heartbeat(&mut self, now: Instant, interval: Duration) {
-        self.start_heartbeat(now, interval);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
 }
 
 /// A voice gateway connection.

@@ -29,8 +29,8 @@ use protocol::lvsp::{
 use protocol::Snowflake;
 use serde_json::{json, Value};
 
-use crate::error::{ClientError, Result, SessionError};
-use crate::ws::{Frame, HeartbeatTask, Link, WsWriter};
+use crate::error::{ClientError, Result};
+use crate::ws::{HeartbeatTask, Link, WsWriter};
 pub use session::{decode, Info, LvspEvent, LvspSession};
 
 /// Default time to wait for a reply.
@@ -61,34 +61,6 @@ fn voice_state(user_id: &str, channel_id: &str, guild_id: Option<&str>) -> Resul
         channel_id: snowflake(channel_id)?,
         guild_id: guild_id.map(snowflake).transpose()?,
     })
-}
-
-impl crate::ws::Session for LvspSession {
-    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
-        match frame {
-            Frame::Text(text) => return self.handle_text(now, &text),
-            // The server never sends binary; nothing to read in it.
-            Frame::Binary(_) => {}
-            Frame::Closed(code) => self.handle_close(code),
-        }
-        Ok(())
-    }
-
-    fn poll_transmit(&mut self) -> Option<String> {
-        self.poll_transmit()
-    }
-
-    fn start_heartbeat(&mut self, now: Instant, interval: Duration) {
-        self.start_heartbeat(now, interval);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
 }
 
 /// A Litecord-side LVSP connection.

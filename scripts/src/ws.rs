@@ -143,8 +143,12 @@ impl WsConn {
     }
 }
 
-/// A sans-IO client session that a [`Link`] drives.
-pub(crate) trait Session: Send + 'static {
+/// What both client sessions ([`GatewaySession`](crate::GatewaySession),
+/// [`LvspSession`](crate::LvspSession)) offer whatever drives them: frames
+/// and time in, frames to send and the next deadline out. A [`Link`] drives
+/// one over a websocket; `control/tests/pair.rs` drives one against the
+/// server's state machine in one process.
+pub trait Session: Send + 'static {
     /// Reads one frame from the server at `now`.
     fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError>;
     /// The next text frame to send.

@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use crate::error::SessionError;
 use crate::heartbeat::Schedule;
+use crate::ws::{Frame, Session};
 
 /// Something the gateway sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,28 +254,9 @@ impl GatewaySession {
         nonce
     }
 
-    /// Heartbeats every `interval` from now on (the first one an interval
-    /// after `now`), through [`handle_timeout`](Self::handle_timeout).
-    pub fn start_heartbeat(&mut self, now: Instant, interval: Duration) {
-        self.heartbeat.start(now, interval);
-    }
-
     /// No more heartbeats from [`handle_timeout`](Self::handle_timeout).
     pub fn stop_heartbeat(&mut self) {
         self.heartbeat.stop();
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) has something to do:
-    /// the next heartbeat, while heartbeating and not closed.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.heartbeat.deadline()
-    }
-
-    /// Queues a heartbeat if one is due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.heartbeat.due(now) {
-            self.heartbeat(now);
-        }
     }
 
     /// Reads a text frame from the server: records `seq` (at v8), Hello's
@@ -331,11 +313,6 @@ impl GatewaySession {
         }
     }
 
-    /// The next text frame to send.
-    pub fn poll_transmit(&mut self) -> Option<String> {
-        self.transmits.pop_front()
-    }
-
     /// The next event: those a [`poll_reply`](Self::poll_reply) set aside
     /// first, then the unread ones, in order.
     pub fn poll_event(&mut self) -> Option<GatewayEvent> {
@@ -367,6 +344,41 @@ impl GatewaySession {
         match self.closed {
             Some(code) => Err(SessionError::Closed(code)),
             None => Ok(None),
+        }
+    }
+}
+
+impl Session for GatewaySession {
+    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
+        match frame {
+            Frame::Text(text) => return self.handle_text(now, &text),
+            Frame::Binary(data) => self.handle_binary(data),
+            Frame::Closed(code) => self.handle_close(code),
+        }
+        Ok(())
+    }
+
+    /// The next text frame to send.
+    fn poll_transmit(&mut self) -> Option<String> {
+        self.transmits.pop_front()
+    }
+
+    /// Heartbeats every `interval` from now on (the first one an interval
+    /// after `now`), through [`handle_timeout`](Self::handle_timeout).
+    fn start_heartbeat(&mut self, now: Instant, interval: Duration) {
+        self.heartbeat.start(now, interval);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do:
+    /// the next heartbeat, while heartbeating and not closed.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.heartbeat.deadline()
+    }
+
+    /// Queues a heartbeat if one is due at `now`.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.heartbeat.due(now) {
+            self.heartbeat(now);
         }
     }
 }

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::error::SessionError;
 use crate::heartbeat::Schedule;
+use crate::ws::{Frame, Session};
 
 /// The dialect this client speaks: seeds/001's.
 pub const DIALECT: Dialect = Dialect::Spec;
@@ -194,28 +195,9 @@ impl LvspSession {
         self.heartbeat.sent(now);
     }
 
-    /// Heartbeats (`d` null) every `interval` from now on, the first one an
-    /// interval after `now`, through [`handle_timeout`](Self::handle_timeout).
-    pub fn start_heartbeat(&mut self, now: Instant, interval: Duration) {
-        self.heartbeat.start(now, interval);
-    }
-
     /// No more heartbeats from [`handle_timeout`](Self::handle_timeout).
     pub fn stop_heartbeat(&mut self) {
         self.heartbeat.stop();
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) has something to do:
-    /// the next heartbeat, while heartbeating and not closed.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.heartbeat.deadline()
-    }
-
-    /// Queues a heartbeat if one is due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.heartbeat.due(now) {
-            self.heartbeat(now, None);
-        }
     }
 
     /// Reads a text frame from the server: records HELLO, READY, health and
@@ -250,11 +232,6 @@ impl LvspSession {
             self.heartbeat.stop();
             self.events.push_back(LvspEvent::Closed(code));
         }
-    }
-
-    /// The next text frame to send.
-    pub fn poll_transmit(&mut self) -> Option<String> {
-        self.transmits.pop_front()
     }
 
     /// The next unread event (INFOs set aside are in
@@ -319,6 +296,42 @@ impl LvspSession {
     /// Records an INFO numbered `s` as seen.
     fn saw(&mut self, s: Option<u64>) {
         self.last_seq = self.last_seq.max(s);
+    }
+}
+
+impl Session for LvspSession {
+    fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), SessionError> {
+        match frame {
+            Frame::Text(text) => return self.handle_text(now, &text),
+            // The server never sends binary; nothing to read in it.
+            Frame::Binary(_) => {}
+            Frame::Closed(code) => self.handle_close(code),
+        }
+        Ok(())
+    }
+
+    /// The next text frame to send.
+    fn poll_transmit(&mut self) -> Option<String> {
+        self.transmits.pop_front()
+    }
+
+    /// Heartbeats (`d` null) every `interval` from now on, the first one an
+    /// interval after `now`, through [`handle_timeout`](Self::handle_timeout).
+    fn start_heartbeat(&mut self, now: Instant, interval: Duration) {
+        self.heartbeat.start(now, interval);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do:
+    /// the next heartbeat, while heartbeating and not closed.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.heartbeat.deadline()
+    }
+
+    /// Queues a heartbeat if one is due at `now`.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.heartbeat.due(now) {
+            self.heartbeat(now, None);
+        }
     }
 }
 
