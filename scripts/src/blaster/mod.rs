@@ -31,6 +31,17 @@
 //! header and payload as the server's, followed by zero bytes where the
 //! tag and nonce would be, so both targets move datagrams of the same size.
 //!
+//! # Layout
+//!
+//! - `config`: [`Config`], [`ServerTarget`], [`Pacing`] and their ranges.
+//! - `server`: the server target: LVSP, joining every member, the phase.
+//! - `relay`: the baseline target: [`relay_table`], [`relay_loop`].
+//! - `traffic`: one phase: the paced senders and the receivers.
+//! - `packet`: the stamped payload ([`write_payload`], [`check_payload`])
+//!   and its sealing with the client library's
+//!   [`Cipher`](crate::crypto::Cipher), in place.
+//! - `report`: per-phase counters and latency, [`Report`].
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), scripts::blaster::BlasterError> {
 //! use scripts::blaster::{run, Config};
