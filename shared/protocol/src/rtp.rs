@@ -92,19 +92,16 @@ fn fits(packet: &[u8], need: usize) -> Result<&[u8], Truncated> {
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        hex::decode(s.replace(' ', "")).expect("test hex")
-    }
-
     #[test]
     fn header_lengths() {
-        let plain = unhex("80780102 03040506 deadbeef f8fffe");
+        let plain = hex::decode("8078010203040506deadbeeff8fffe").unwrap();
         assert_eq!(rtpsize_header_len(&plain), Ok(12));
         assert_eq!(header_len(&plain), Ok(12));
         // Two CSRCs, X with a two-word body: the rtpsize clear part stops
         // after the preamble, the header after the body.
         let full =
-            unhex("92f80001 000003c0 00000007 00000011 00000022 bede0002 10aa0000 20bb0000 010203");
+            hex::decode("92f80001000003c0000000070000001100000022bede000210aa000020bb0000010203")
+                .unwrap();
         assert_eq!(rtpsize_header_len(&full), Ok(24));
         assert_eq!(header_len(&full), Ok(32));
     }
@@ -115,9 +112,9 @@ mod tests {
             rtpsize_header_len(&[0x80; 5]),
             Err(Truncated { need: 12, have: 5 })
         );
-        let no_csrcs = unhex("8f780000 00000000 00000000");
+        let no_csrcs = hex::decode("8f7800000000000000000000").unwrap();
         assert_eq!(header_len(&no_csrcs), Err(Truncated { need: 72, have: 12 }));
-        let long_ext = unhex("90780000 00000000 00000000 bede00ff");
+        let long_ext = hex::decode("907800000000000000000000bede00ff").unwrap();
         assert_eq!(rtpsize_header_len(&long_ext), Ok(16));
         assert_eq!(
             header_len(&long_ext),
@@ -127,7 +124,8 @@ mod tests {
             })
         );
         let full =
-            unhex("92f80001 000003c0 00000007 00000011 00000022 bede0002 10aa0000 20bb0000 010203");
+            hex::decode("92f80001000003c0000000070000001100000022bede000210aa000020bb0000010203")
+                .unwrap();
         for n in 0..32 {
             assert!(header_len(&full[..n]).is_err(), "{n}");
         }
