@@ -17,8 +17,10 @@
 //!
 //! The clear header is 12 + 4·CC bytes (+4 with the X bit: the extension
 //! preamble, not its body) in the rtpsize modes and 12 bytes in the legacy
-//! ones; for RTCP it is the first 8 bytes in every mode.
+//! ones; for RTCP it is the first 8 bytes in every mode
+//! ([`Mode::clear_len`]).
 
+use protocol::rtp;
 use shared::Mode;
 
 use crate::packet::Kind;
@@ -160,40 +162,6 @@ pub struct Opened {
     pub replay: ReplayId,
 }
 
-/// Length of the clear header of an RTP packet in the rtpsize modes.
-fn rtpsize_rtp_header(p: &[u8]) -> Option<usize> {
-    let b0 = *p.first()?;
-    let mut h = 12 + 4 * usize::from(b0 & 0x0f);
-    if b0 & 0x10 != 0 {
-        h += 4;
-    }
-    (h <= p.len()).then_some(h)
-}
-
-fn clear_header(mode: Mode, kind: Kind, p: &[u8]) -> Option<usize> {
-    let h = match (kind, mode) {
-        (Kind::Rtcp, _) => 8,
-        (Kind::Rtp, Mode::Aes256GcmRtpSize | Mode::XChaCha20Poly1305RtpSize) => {
-            return rtpsize_rtp_header(p)
-        }
-        (Kind::Rtp, _) => 12,
-    };
-    (h <= p.len()).then_some(h)
-}
-
-/// Checks that a plaintext RTP packet's CSRC list and header extension fit.
-fn rtp_plain_ok(p: &[u8]) -> bool {
-    let Some(&b0) = p.first() else { return false };
-    let mut h = 12 + 4 * usize::from(b0 & 0x0f);
-    if b0 & 0x10 != 0 {
-        let Some(words) = p.get(h + 2..h + 4) else {
-            return false;
-        };
-        h += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
-    }
-    h <= p.len()
-}
-
 fn counter_nonce<const N: usize>(counter: [u8; 4]) -> [u8; N] {
     let mut n = [0; N];
     n[..4].copy_from_slice(&counter);
@@ -211,7 +179,10 @@ fn tag_at(p: &[u8], at: usize) -> [u8; TAG_BYTES] {
 /// failure the buffer's contents are unspecified but no state changes.
 pub fn open(key: &KeyState, kind: Kind, packet: &mut [u8]) -> Result<Opened, CryptoError> {
     let len = packet.len();
-    let h = clear_header(key.mode, kind, packet).ok_or(CryptoError::Malformed)?;
+    let h = key
+        .mode
+        .clear_len(kind, packet)
+        .map_err(|_| CryptoError::Malformed)?;
     let opened = match (key.mode, &key.cipher) {
         (Mode::Aes256GcmRtpSize | Mode::XChaCha20Poly1305RtpSize, cipher) => {
             let body = len
@@ -286,7 +257,8 @@ pub fn open(key: &KeyState, kind: Kind, packet: &mut [u8]) -> Result<Opened, Cry
         }
         _ => return Err(CryptoError::Malformed),
     };
-    if kind == Kind::Rtp && !rtp_plain_ok(&packet[..opened.len]) {
+    // The CSRC list and header extension of what came out must fit.
+    if kind == Kind::Rtp && rtp::header_len(&packet[..opened.len]).is_err() {
         return Err(CryptoError::Malformed);
     }
     Ok(opened)
@@ -302,13 +274,16 @@ pub fn seal(
     plain: &[u8],
     out: &mut [u8],
 ) -> Result<usize, CryptoError> {
-    if kind == Kind::Rtp && !rtp_plain_ok(plain) {
+    if kind == Kind::Rtp && rtp::header_len(plain).is_err() {
         return Err(CryptoError::Malformed);
     }
     if kind == Kind::Rtcp && key.mode == Mode::XSalsa20Poly1305 {
         return Err(CryptoError::NonceReuse);
     }
-    let h = clear_header(key.mode, kind, plain).ok_or(CryptoError::Malformed)?;
+    let h = key
+        .mode
+        .clear_len(kind, plain)
+        .map_err(|_| CryptoError::Malformed)?;
     let body = plain.len() - h;
     let (head, src) = plain.split_at(h);
     let ctr = counter.to_be_bytes();
@@ -368,7 +343,7 @@ pub fn seal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use scripts::crypto::Cipher;
 
     const KEY: [u8; 32] = [0x42; 32];
 
@@ -395,70 +370,50 @@ mod tests {
         p
     }
 
-    /// Seals the way a client does, with the reference AES-GCM crate.
-    fn reference_seal(plain: &[u8], header: usize, counter: u32) -> Vec<u8> {
-        let c = aes_gcm::Aes256Gcm::new_from_slice(&KEY).unwrap();
-        let mut nonce = [0u8; 12];
-        nonce[..4].copy_from_slice(&counter.to_be_bytes());
-        let ct = c
-            .encrypt(
-                (&nonce).into(),
-                Payload {
-                    msg: &plain[header..],
-                    aad: &plain[..header],
-                },
-            )
-            .unwrap();
-        let mut out = plain[..header].to_vec();
-        out.extend_from_slice(&ct);
-        out.extend_from_slice(&counter.to_be_bytes());
-        out
-    }
-
-    fn reference_open(packet: &[u8], header: usize) -> Option<Vec<u8>> {
-        let c = aes_gcm::Aes256Gcm::new_from_slice(&KEY).unwrap();
-        let n = packet.len();
-        let mut nonce = [0u8; 12];
-        nonce[..4].copy_from_slice(&packet[n - 4..]);
-        let body = c
-            .decrypt(
-                (&nonce).into(),
-                Payload {
-                    msg: &packet[header..n - 4],
-                    aad: &packet[..header],
-                },
-            )
-            .ok()?;
-        let mut out = packet[..header].to_vec();
-        out.extend_from_slice(&body);
-        Some(out)
+    /// The client side: the client library's independent implementation.
+    fn client(mode: Mode) -> Cipher {
+        Cipher::new(mode, &KEY).unwrap()
     }
 
     #[test]
-    fn aes_gcm_interoperates_with_reference() {
-        let key = KeyState::new(Mode::Aes256GcmRtpSize, &KEY).unwrap();
-        for (cc, ext, header) in [
-            (0, None, 12),
-            (2, None, 20),
-            (0, Some(2), 16),
-            (3, Some(1), 28),
-        ] {
-            let plain = rtp(cc, ext, b"opus frame bytes");
-            // client → us
-            let mut wire = reference_seal(&plain, header, 0xFFFF_FFFE);
-            let opened = open(&key, Kind::Rtp, &mut wire).unwrap();
-            assert_eq!(&wire[..opened.len], &plain[..]);
-            assert_eq!(opened.replay, ReplayId::Counter(0xFFFF_FFFE));
-            // us → client
-            let mut out = [0u8; 256];
-            let n = seal(&key, Kind::Rtp, 9, &plain, &mut out).unwrap();
-            assert_eq!(n, plain.len() + 20);
-            assert_eq!(&out[..header], &plain[..header], "clear header length");
-            assert_eq!(&out[n - 4..n], &9u32.to_be_bytes());
-            assert_eq!(reference_open(&out[..n], header).unwrap(), plain);
-            // our own seal opens with our open
-            let opened = open(&key, Kind::Rtp, &mut out[..n]).unwrap();
-            assert_eq!(&out[..opened.len], &plain[..]);
+    fn interoperates_with_the_client_library_in_every_mode() {
+        for mode in Mode::ALL {
+            let key = KeyState::new(mode, &KEY).unwrap();
+            for (cc, ext, rtpsize_header) in [
+                (0, None, 12),
+                (2, None, 20),
+                (0, Some(2), 16),
+                (3, Some(1), 28),
+            ] {
+                let header = if mode.is_rtpsize() {
+                    rtpsize_header
+                } else {
+                    12
+                };
+                let plain = rtp(cc, ext, b"opus frame bytes");
+                // client → us
+                let mut wire = client(mode)
+                    .encrypt_with(&plain, 0xFFFF_FFFE, [7; 24])
+                    .unwrap();
+                let opened = open(&key, Kind::Rtp, &mut wire).unwrap();
+                assert_eq!(&wire[..opened.len], &plain[..], "{mode}");
+                if mode == Mode::Aes256GcmRtpSize {
+                    assert_eq!(opened.replay, ReplayId::Counter(0xFFFF_FFFE));
+                }
+                // us → client
+                let mut out = [0u8; 256];
+                let n = seal(&key, Kind::Rtp, 9, &plain, &mut out).unwrap();
+                assert_eq!(n, plain.len() + mode.overhead(), "{mode}");
+                assert_eq!(
+                    &out[..header],
+                    &plain[..header],
+                    "{mode}: clear header length"
+                );
+                assert_eq!(client(mode).decrypt(&out[..n]).unwrap(), plain, "{mode}");
+                // our own seal opens with our open
+                let opened = open(&key, Kind::Rtp, &mut out[..n]).unwrap();
+                assert_eq!(&out[..opened.len], &plain[..], "{mode}");
+            }
         }
     }
 
@@ -467,7 +422,9 @@ mod tests {
         let key = KeyState::new(Mode::Aes256GcmRtpSize, &KEY).unwrap();
         let other = KeyState::new(Mode::Aes256GcmRtpSize, &[1; 32]).unwrap();
         let plain = rtp(1, Some(1), b"payload");
-        let wire = reference_seal(&plain, 20, 5);
+        let wire = client(Mode::Aes256GcmRtpSize)
+            .encrypt_with(&plain, 5, [0; 24])
+            .unwrap();
         assert_eq!(
             open(&other, Kind::Rtp, &mut wire.clone()),
             Err(CryptoError::Auth)
@@ -490,12 +447,15 @@ mod tests {
         let mut plain = vec![0x81, 201, 0, 7];
         plain.extend_from_slice(&77u32.to_be_bytes());
         plain.extend_from_slice(&[9; 24]);
-        let mut wire = reference_seal(&plain, 8, 3);
+        let reference = client(Mode::Aes256GcmRtpSize);
+        let mut wire = reference.encrypt_with(&plain, 3, [0; 24]).unwrap();
+        assert_eq!(wire[..8], plain[..8]);
+        assert_ne!(wire[8..12], plain[8..12]);
         let opened = open(&key, Kind::Rtcp, &mut wire).unwrap();
         assert_eq!(&wire[..opened.len], &plain[..]);
         let mut out = [0u8; 128];
         let n = seal(&key, Kind::Rtcp, 1, &plain, &mut out).unwrap();
-        assert_eq!(reference_open(&out[..n], 8).unwrap(), plain);
+        assert_eq!(reference.decrypt(&out[..n]).unwrap(), plain);
     }
 
     #[test]
@@ -561,7 +521,7 @@ mod tests {
         let mut report = vec![0x81, 201, 0, 7];
         report.extend_from_slice(&77u32.to_be_bytes());
         report.extend_from_slice(&[9; 24]);
-        // A client sealing it as the mode says (nonce = the clear header).
+        // The server seals RTCP in the other modes, never in this one.
         let mut sealed = [0u8; 128];
         let n = seal(&lite, Kind::Rtcp, 0, &report, &mut sealed).unwrap();
         assert!(n > 0);
@@ -570,17 +530,12 @@ mod tests {
             Err(CryptoError::NonceReuse),
             "never sealed to a plain-mode receiver"
         );
-        let sb = SecretBox::new(&KEY).unwrap();
+        // A client sealing it as the mode says (nonce = the clear header).
+        let reference = client(Mode::XSalsa20Poly1305);
         let mut ids = Vec::new();
         for body in [[9u8; 24], [8u8; 24]] {
-            let mut nonce = [0u8; 24];
-            nonce[..8].copy_from_slice(&report[..8]);
-            let mut wire = report[..8].to_vec();
-            let mut ct = [0u8; 24];
-            let mut mac = [0u8; TAG_BYTES];
-            sb.seal(&nonce, &body, &mut ct, &mut mac).unwrap();
-            wire.extend_from_slice(&mac);
-            wire.extend_from_slice(&ct);
+            let plain = [&report[..8], &body[..]].concat();
+            let mut wire = reference.encrypt_with(&plain, 0, [0; 24]).unwrap();
             let opened = open(&k, Kind::Rtcp, &mut wire).unwrap();
             assert_eq!(&wire[8..opened.len], &body);
             ids.push(opened.replay);

@@ -978,17 +978,18 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scripts::crypto::Cipher;
 
     /// Test time starts here (milliseconds).
     const T0: u64 = 1_000_000;
 
-    /// A simulated client: seals with the crate's own `seal` (checked
-    /// against reference implementations in `crypto`'s tests).
+    /// A simulated client: seals and opens with the client library's
+    /// implementation of the modes, independent of the server's.
     struct Peer {
         ssrc: u32,
         mode: Mode,
         key: [u8; 32],
-        state: KeyState,
+        cipher: Cipher,
         addr: SocketAddr,
         counter: u32,
         seq: u16,
@@ -1002,7 +1003,7 @@ mod tests {
                 ssrc,
                 mode,
                 key,
-                state: KeyState::new(mode, &key).unwrap(),
+                cipher: Cipher::new(mode, &key).unwrap(),
                 addr: SocketAddr::from(([192, 0, 2, 1], port)),
                 counter: 0,
                 seq: 100,
@@ -1040,7 +1041,7 @@ mod tests {
             plain.extend_from_slice(&time.to_be_bytes());
             plain.extend_from_slice(&self.ssrc.to_be_bytes());
             plain.extend_from_slice(payload);
-            self.seal(Kind::Rtp, &plain)
+            self.seal(&plain)
         }
 
         /// An RTCP packet of type `pt` (205 NACK, 206 PLI, ...), sealed.
@@ -1048,41 +1049,32 @@ mod tests {
             let mut plain = vec![0x81, pt, 0, 2];
             plain.extend_from_slice(&self.ssrc.to_be_bytes());
             plain.extend_from_slice(body);
-            self.seal(Kind::Rtcp, &plain)
+            self.seal(&plain)
         }
 
-        fn seal(&mut self, kind: Kind, plain: &[u8]) -> Vec<u8> {
+        /// `plain` sealed with the next counter. A client may seal RTCP in
+        /// `xsalsa20_poly1305` too (the server never does: its nonce, the
+        /// RTCP header, repeats).
+        fn seal(&mut self, plain: &[u8]) -> Vec<u8> {
             self.counter = self.counter.wrapping_add(1);
-            if kind == Kind::Rtcp && self.mode == Mode::XSalsa20Poly1305 {
-                // The server never seals this (its nonce, the RTCP header,
-                // repeats), but a client may send it: secretbox with the
-                // 8-byte header as the nonce.
-                let sb = crate::sys::sodium::SecretBox::new(&self.key).unwrap();
-                let mut nonce = [0u8; 24];
-                nonce[..8].copy_from_slice(&plain[..8]);
-                let mut ct = vec![0u8; plain.len() - 8];
-                let mut mac = [0u8; 16];
-                sb.seal(&nonce, &plain[8..], &mut ct, &mut mac).unwrap();
-                return [&plain[..8], &mac[..], &ct[..]].concat();
-            }
-            let mut out = [0u8; 512];
-            let n = crypto::seal(&self.state, kind, self.counter, plain, &mut out).unwrap();
-            out[..n].to_vec()
+            // Suffix-mode nonces differ in their last bytes, like counters.
+            let mut suffix = [0x5A; 24];
+            suffix[20..].copy_from_slice(&self.counter.to_be_bytes());
+            self.cipher
+                .encrypt_with(plain, self.counter, suffix)
+                .unwrap()
         }
 
         /// Opens a datagram addressed to this peer: (sender SSRC, payload
-        /// after the 12-byte header, and the counter it came with).
+        /// after the header, and its last four bytes: the counter in the
+        /// counter modes).
         fn open(&self, kind: Kind, p: &[u8]) -> Option<(u32, Vec<u8>, u32)> {
-            let mut buf = p.to_vec();
-            let o = crypto::open(&self.state, kind, &mut buf).ok()?;
+            let plain = self.cipher.decrypt(p).ok()?;
             let at = if kind == Kind::Rtp { 8 } else { 4 };
-            let ssrc = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap());
-            let counter = match o.replay {
-                ReplayId::Counter(c) => c,
-                _ => 0,
-            };
+            let ssrc = u32::from_be_bytes(plain[at..at + 4].try_into().unwrap());
+            let counter = u32::from_be_bytes(p[p.len() - 4..].try_into().unwrap());
             let body = if kind == Kind::Rtp { 12 } else { 8 };
-            Some((ssrc, buf[body..o.len].to_vec(), counter))
+            Some((ssrc, plain[body..].to_vec(), counter))
         }
 
         fn discovery(&self) -> Vec<u8> {

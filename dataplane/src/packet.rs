@@ -4,6 +4,10 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
+use protocol::rtp;
+/// RTP or RTCP, defined with the other wire facts in `protocol`.
+pub use protocol::rtp::{Kind, RTCP_TYPES};
+
 /// Length of an IP discovery request and response.
 pub const DISCOVERY_LEN: usize = 74;
 /// Length of the keepalive datagram clients send.
@@ -11,21 +15,6 @@ pub const KEEPALIVE_LEN: usize = 8;
 const DISCOVERY_REQUEST: u16 = 0x0001;
 const DISCOVERY_RESPONSE: u16 = 0x0002;
 const DISCOVERY_BODY_LEN: u16 = 70;
-
-/// Second bytes of RTCP packets (RFC 5761 section 4: packet types 192-223,
-/// which RTP payload types 64-95 with the marker bit would collide with, so
-/// RTP never uses them). Covers SR/RR/SDES/BYE/APP (200-204), the
-/// feedback messages NACK (205) and PLI/FIR (206), and the rest.
-pub const RTCP_TYPES: std::ops::RangeInclusive<u8> = 192..=223;
-
-/// RTP or RTCP: which clear header and replay window a packet uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// An RTP media packet (SSRC at bytes 8..12).
-    Rtp,
-    /// An RTCP packet ([`RTCP_TYPES`], sender SSRC at bytes 4..8).
-    Rtcp,
-}
 
 /// What a datagram is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,24 +68,20 @@ fn classify_inner(p: &[u8]) -> Option<Datagram> {
     if b0 >> 6 != 2 {
         return None;
     }
-    let b1 = *p.get(1)?;
-    if RTCP_TYPES.contains(&b1) {
-        return Some(Datagram::Media {
+    match Kind::of(p) {
+        Kind::Rtcp => Some(Datagram::Media {
             kind: Kind::Rtcp,
             ssrc: be32(p, 4)?,
-        });
+        }),
+        // Short of its CSRCs or extension preamble it cannot be opened.
+        Kind::Rtp => {
+            rtp::rtpsize_header_len(p).ok()?;
+            Some(Datagram::Media {
+                kind: Kind::Rtp,
+                ssrc: be32(p, 8)?,
+            })
+        }
     }
-    let mut header = 12 + 4 * usize::from(b0 & 0x0f);
-    if b0 & 0x10 != 0 {
-        header += 4;
-    }
-    if p.len() < header {
-        return None;
-    }
-    Some(Datagram::Media {
-        kind: Kind::Rtp,
-        ssrc: be32(p, 8)?,
-    })
 }
 
 /// The one form of an address the data plane compares and stores: an

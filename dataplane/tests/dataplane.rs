@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use scripts::crypto::Cipher;
 use shared::{
     Command, Consumer, CoreStats, DropReason, Drops, Event, Mode, Producer, Region, RegionConfig,
     SessionSpec,
@@ -197,41 +197,32 @@ impl Client {
         self.seal(p, body)
     }
 
+    /// Seals header ‖ payload as a client does, with the client
+    /// library's AES-GCM (independent of the server's libsodium).
     fn seal(&mut self, mut p: Vec<u8>, payload: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 12];
-        nonce[..4].copy_from_slice(&self.counter.to_be_bytes());
-        let ct = aes_gcm::Aes256Gcm::new_from_slice(&self.key)
-            .unwrap()
-            .encrypt(
-                (&nonce).into(),
-                Payload {
-                    msg: payload,
-                    aad: &p,
-                },
-            )
+        p.extend_from_slice(payload);
+        let wire = self
+            .cipher()
+            .encrypt_with(&p, self.counter, [0; 24])
             .unwrap();
-        p.extend_from_slice(&ct);
-        p.extend_from_slice(&self.counter.to_be_bytes());
         self.counter += 1;
-        p
+        wire
     }
 
     /// Decrypts a forwarded packet: (SSRC in its header, payload).
     fn open(&self, p: &[u8]) -> (u32, Vec<u8>) {
-        let n = p.len();
-        let mut nonce = [0u8; 12];
-        nonce[..4].copy_from_slice(&p[n - 4..]);
-        let pt = aes_gcm::Aes256Gcm::new_from_slice(&self.key)
-            .unwrap()
-            .decrypt(
-                (&nonce).into(),
-                Payload {
-                    msg: &p[12..n - 4],
-                    aad: &p[..12],
-                },
-            )
+        let plain = self
+            .cipher()
+            .decrypt(p)
             .expect("forwarded packet decrypts with the receiver's key");
-        (u32::from_be_bytes(p[8..12].try_into().unwrap()), pt)
+        (
+            u32::from_be_bytes(plain[8..12].try_into().unwrap()),
+            plain[12..].to_vec(),
+        )
+    }
+
+    fn cipher(&self) -> Cipher {
+        Cipher::new(Mode::Aes256GcmRtpSize, &self.key).unwrap()
     }
 
     fn upsert(&self, channel: u64, declared: Option<SocketAddr>) -> Command {

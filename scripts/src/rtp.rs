@@ -1,12 +1,13 @@
-//! RTP packets (RFC 3550) as Discord voice uses them: building, parsing and
-//! the length of the part that stays in clear under each encryption mode.
+//! RTP packets (RFC 3550) as Discord voice uses them: building and parsing.
+//! Header lengths and the RTP/RTCP split are `protocol::rtp`'s, shared with
+//! the server.
 //!
 //! Everything here is pure: bytes in, bytes or values out.
 
+pub use protocol::rtp::{header_len, Kind, FIXED_HEADER_LEN};
+
 /// Payload type of Opus audio on Discord voice.
 pub const OPUS_PAYLOAD_TYPE: u8 = 0x78;
-/// Length of the fixed RTP header.
-pub const FIXED_HEADER_LEN: usize = 12;
 /// The "one-byte header" extension profile (RFC 8285) Discord clients use.
 pub const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 /// Samples per 20 ms Opus frame at 48 kHz: the timestamp step.
@@ -40,6 +41,15 @@ pub enum PacketError {
     /// The address in an IP discovery response is not an IP literal.
     #[error("bad address in IP discovery response")]
     BadAddress,
+}
+
+impl From<protocol::rtp::Truncated> for PacketError {
+    fn from(t: protocol::rtp::Truncated) -> Self {
+        PacketError::Truncated {
+            need: t.need,
+            have: t.have,
+        }
+    }
 }
 
 /// An RTP header extension: its profile and body (a multiple of 4 bytes on
@@ -150,25 +160,16 @@ impl RtpPacket {
             return Err(PacketError::BadVersion(buf[0]));
         }
         let padded = buf[0] & 0x20 != 0;
-        let cc = usize::from(buf[0] & 0x0f);
-        let mut at = FIXED_HEADER_LEN + 4 * cc;
-        need(buf, at)?;
-        let csrcs = buf[FIXED_HEADER_LEN..at]
+        let at = protocol::rtp::header_len(buf)?;
+        let csrcs_end = FIXED_HEADER_LEN + 4 * usize::from(buf[0] & 0x0f);
+        let csrcs = buf[FIXED_HEADER_LEN..csrcs_end]
             .chunks_exact(4)
             .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let extension = if buf[0] & 0x10 != 0 {
-            need(buf, at + 4)?;
-            let profile = u16::from_be_bytes([buf[at], buf[at + 1]]);
-            let words = usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
-            let end = at + 4 + 4 * words;
-            need(buf, end)?;
-            let data = buf[at + 4..end].to_vec();
-            at = end;
-            Some(Extension { profile, data })
-        } else {
-            None
-        };
+        let extension = (buf[0] & 0x10 != 0).then(|| Extension {
+            profile: u16::from_be_bytes([buf[csrcs_end], buf[csrcs_end + 1]]),
+            data: buf[csrcs_end + 4..at].to_vec(),
+        });
         let mut end = buf.len();
         if padded {
             let pad = buf[end - 1];
@@ -198,22 +199,6 @@ pub fn looks_like_rtp(buf: &[u8]) -> bool {
     buf.len() >= FIXED_HEADER_LEN && buf[0] >> 6 == 2
 }
 
-/// True for RTCP (payload types 200-204 in the second byte, RFC 5761).
-pub fn is_rtcp(buf: &[u8]) -> bool {
-    buf.len() >= 2 && (200..=204).contains(&buf[1])
-}
-
-/// The clear header of the `_rtpsize` modes: 12 + 4·CC bytes, plus the
-/// 4-byte extension preamble when the X bit is set.
-pub fn rtpsize_header_len(buf: &[u8]) -> Result<usize, PacketError> {
-    need(buf, FIXED_HEADER_LEN)?;
-    let cc = usize::from(buf[0] & 0x0f);
-    let x = if buf[0] & 0x10 != 0 { 4 } else { 0 };
-    let len = FIXED_HEADER_LEN + 4 * cc + x;
-    need(buf, len)?;
-    Ok(len)
-}
-
 fn need(buf: &[u8], need: usize) -> Result<(), PacketError> {
     if buf.len() < need {
         Err(PacketError::Truncated {
@@ -241,7 +226,6 @@ mod tests {
         };
         let bytes = p.to_bytes();
         assert_eq!(bytes, unhex("80780102 03040506 deadbeef f8fffe"));
-        assert_eq!(rtpsize_header_len(&bytes), Ok(12));
         assert_eq!(RtpPacket::parse(&bytes), Ok(p));
     }
 
@@ -268,8 +252,6 @@ mod tests {
             unhex("92f80001 000003c0 00000007 00000011 00000022 bede0002 10aa0000 20bb0000 010203")
         );
         assert_eq!(p.header.len(), 12 + 8 + 4 + 8);
-        // rtpsize: fixed header, two CSRCs and the preamble, not the body.
-        assert_eq!(rtpsize_header_len(&bytes), Ok(24));
         assert_eq!(RtpPacket::parse(&bytes), Ok(p));
     }
 
@@ -304,7 +286,6 @@ mod tests {
         assert_eq!(RtpPacket::parse(&[0; 12]), Err(PacketError::BadVersion(0)));
         // CC = 15 but no CSRCs.
         assert!(RtpPacket::parse(&unhex("8f780000 00000000 00000000")).is_err());
-        assert!(rtpsize_header_len(&unhex("8f780000 00000000 00000000")).is_err());
         // X set, extension longer than the packet.
         assert!(RtpPacket::parse(&unhex("90780000 00000000 00000000 bede00ff")).is_err());
         // Padding longer than the payload, and zero padding.
@@ -315,7 +296,6 @@ mod tests {
             unhex("92f80001 000003c0 00000007 00000011 00000022 bede0002 10aa0000 20bb0000 010203");
         for n in 0..good.len() {
             let _ = RtpPacket::parse(&good[..n]);
-            let _ = rtpsize_header_len(&good[..n]);
             for b in [0x00, 0xff, 0x3f] {
                 let mut g = good.clone();
                 g[n] = b;

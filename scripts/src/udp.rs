@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 
 use crate::crypto::{Cipher, Mode};
 use crate::error::{ClientError, Result};
-use crate::rtp::{is_rtcp, looks_like_rtp, PacketError, RtpHeader, RtpPacket, SAMPLES_PER_FRAME};
+use crate::rtp::{looks_like_rtp, Kind, PacketError, RtpHeader, RtpPacket, SAMPLES_PER_FRAME};
 
 /// Length of an IP discovery request or response.
 pub const DISCOVERY_LEN: usize = 74;
@@ -342,7 +342,7 @@ impl VoiceUdp {
                 self.last_keepalive_echo = Some(c);
                 continue;
             }
-            if !looks_like_rtp(datagram) || is_rtcp(datagram) {
+            if !looks_like_rtp(datagram) || Kind::of(datagram) == Kind::Rtcp {
                 continue;
             }
             return self.open(datagram);

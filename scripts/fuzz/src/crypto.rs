@@ -6,26 +6,28 @@
 //! - **a received datagram**: opening never panics, and arbitrary bytes
 //!   never authenticate (a forgery would need the key);
 //! - **a plaintext packet** (after a 4-byte counter and a 3-byte flip:
-//!   position and mask): sealed with the key as a client seals it, it
+//!   position and mask): sealed with the key as a client seals it (the
+//!   client library's implementation, independent of the server's), it
 //!   opens to exactly the same plaintext, and with any byte past the clear
-//!   header flipped it does not open at all. RTCP in `xsalsa20_poly1305`
-//!   is sealed the way clients do (the RTCP header is the nonce); the
+//!   header flipped it does not open at all; what the server seals the
+//!   client opens to the same plaintext. RTCP in `xsalsa20_poly1305` is
+//!   sealed the way clients do (the RTCP header is the nonce); the
 //!   server's own `seal` refuses it, since its nonces would repeat.
 
 use std::cell::RefCell;
 
 use dataplane::crypto::{self, CryptoError, KeyState, MAX_OVERHEAD};
 use dataplane::packet::Kind;
-use dataplane::sys::sodium::SecretBox;
+use protocol::rtp;
+use scripts::crypto::Cipher;
 use shared::Mode;
 
-/// What a client holds: its key expanded for its mode, and the bare
-/// secretbox for the one packet [`crypto::seal`] refuses to make (RTCP in
-/// `xsalsa20_poly1305`, whose nonce is the RTCP header: clients send it).
+/// What a client holds: the client library's cipher for its mode and key,
+/// and the same key expanded as the server's `open` takes it.
 #[derive(Debug)]
 pub struct ClientKey {
     state: KeyState,
-    secretbox: SecretBox,
+    cipher: Cipher,
 }
 
 impl ClientKey {
@@ -33,7 +35,7 @@ impl ClientKey {
     pub fn new(mode: Mode, key: &[u8; 32]) -> ClientKey {
         ClientKey {
             state: KeyState::new(mode, key).expect("key for every mode (AES-NI?)"),
-            secretbox: SecretBox::new(key).expect("libsodium"),
+            cipher: Cipher::new(mode, key).expect("32-byte key"),
         }
     }
 
@@ -42,24 +44,23 @@ impl ClientKey {
         &self.state
     }
 
-    /// `plain` (a packet of `kind`) sealed as a client sends it, with nonce
-    /// counter `counter` where the mode has one; None when its CSRCs or
-    /// extension overrun it.
+    /// `plain` (a packet of `kind`, which its second byte must agree with)
+    /// sealed as a client sends it, with nonce counter `counter` where the
+    /// mode has one (and in the suffix mode's nonce); None when its CSRCs
+    /// or extension overrun it.
     pub fn seal(&self, kind: Kind, counter: u32, plain: &[u8]) -> Option<Vec<u8>> {
-        if kind == Kind::Rtcp && self.state.mode() == Mode::XSalsa20Poly1305 {
-            // Header ‖ MAC ‖ ciphertext, the nonce being the 8-byte header.
-            let (head, body) = plain.split_at_checked(8)?;
-            let mut nonce = [0u8; 24];
-            nonce[..8].copy_from_slice(head);
-            let mut mac = [0u8; 16];
-            let mut ct = vec![0u8; body.len()];
-            self.secretbox.seal(&nonce, body, &mut ct, &mut mac).ok()?;
-            return Some([head, &mac, &ct].concat());
+        assert_eq!(rtp::Kind::of(plain), kind, "the harness built the kind");
+        if kind == Kind::Rtp && rtp::header_len(plain).is_err() {
+            return None;
         }
-        let mut wire = vec![0u8; plain.len() + MAX_OVERHEAD];
-        let n = crypto::seal(&self.state, kind, counter, plain, &mut wire).ok()?;
-        wire.truncate(n);
-        Some(wire)
+        let mut suffix = [0u8; 24];
+        suffix[20..].copy_from_slice(&counter.to_be_bytes());
+        self.cipher.encrypt_with(plain, counter, suffix).ok()
+    }
+
+    /// A datagram opened as the client does: the plaintext packet.
+    pub fn open(&self, wire: &[u8]) -> Option<Vec<u8>> {
+        self.cipher.decrypt(wire).ok()
     }
 }
 
@@ -125,9 +126,17 @@ fn seal_then_open(key: &ClientKey, kind: Kind, data: &[u8]) {
     let mut copy = sealed.clone();
     let len = open(key.state(), kind, &mut copy).expect("what we sealed opens");
     assert_eq!(&copy[..len], &plain[..], "round trip");
-    // Everything past the clear header (the larger of the rtpsize and
-    // legacy ones) is authenticated in every mode.
-    let clear = clear_header(kind, &plain);
+    // What the server seals for this client opens to the same plaintext.
+    let mut out = vec![0u8; plain.len() + MAX_OVERHEAD];
+    if let Ok(m) = crypto::seal(key.state(), kind, counter, &plain, &mut out) {
+        assert_eq!(key.open(&out[..m]), Some(plain.clone()), "server to client");
+    }
+    // Everything past the clear header is authenticated in every mode.
+    let clear = key
+        .state()
+        .mode()
+        .clear_len(kind, &plain)
+        .expect("a sealed packet has its clear header");
     if mask != 0 && n > clear {
         let at = clear + flip_at % (n - clear);
         sealed[at] ^= mask;
@@ -138,8 +147,9 @@ fn seal_then_open(key: &ClientKey, kind: Kind, data: &[u8]) {
     }
 }
 
-/// An RTP or RTCP version-2 packet from `bytes`, at least a header long.
-fn plaintext(kind: Kind, bytes: &[u8]) -> Vec<u8> {
+/// An RTP or RTCP version-2 packet from `bytes`, at least a header long,
+/// whose second byte says `kind`.
+pub fn plaintext(kind: Kind, bytes: &[u8]) -> Vec<u8> {
     let min = match kind {
         Kind::Rtp => 12,
         Kind::Rtcp => 8,
@@ -149,15 +159,10 @@ fn plaintext(kind: Kind, bytes: &[u8]) -> Vec<u8> {
         p.resize(min, 0);
     }
     p[0] = 0x80 | (p[0] & 0x3F);
-    if kind == Kind::Rtcp {
-        p[1] = 192 + p[1] % 32;
+    match kind {
+        // A payload type below 64, which never reads as RTCP.
+        Kind::Rtp => p[1] &= 0xBF,
+        Kind::Rtcp => p[1] = 192 + p[1] % 32,
     }
     p
-}
-
-fn clear_header(kind: Kind, p: &[u8]) -> usize {
-    match kind {
-        Kind::Rtcp => 8,
-        Kind::Rtp => 12 + 4 * usize::from(p[0] & 0x0F) + if p[0] & 0x10 != 0 { 4 } else { 0 },
-    }
 }

@@ -818,11 +818,9 @@ impl Core {
                     && MEMBERS[r].channel == MEMBERS[i].channel
                     && !self.removed[r]
                     && after[r] == Some(to)
-                    && keys[r].as_ref().is_some_and(|key| {
-                        let mut copy = bytes.to_vec();
-                        crypto::open(key.state(), a.kind, &mut copy)
-                            .is_ok_and(|o| copy[..o.len] == *a.plain)
-                    })
+                    && keys[r]
+                        .as_ref()
+                        .is_some_and(|key| key.open(bytes).as_deref() == Some(&a.plain[..]))
             });
             let Some(r) = r else {
                 panic!("member {i}'s {:?} went to {to}", a.kind);
@@ -883,23 +881,16 @@ fn discovery(ssrc: u32) -> [u8; DISCOVERY_LEN] {
 /// `bytes` made into a version-2 packet of `kind` from `ssrc`: at least a
 /// header long, an RTCP type for RTCP, a non-RTCP payload type, the
 /// client's sequence number and timestamp for RTP.
-fn packet_of(ssrc: u32, kind: Kind, client: Client, mut p: Vec<u8>) -> Vec<u8> {
-    let (min, ssrc_at) = match kind {
-        Kind::Rtp => (12, 8),
-        Kind::Rtcp => (8, 4),
-    };
-    if p.len() < min {
-        p.resize(min, 0);
-    }
-    p[0] = 0x80 | (p[0] & 0x3F);
-    match kind {
+fn packet_of(ssrc: u32, kind: Kind, client: Client, p: Vec<u8>) -> Vec<u8> {
+    let mut p = crate::crypto::plaintext(kind, &p);
+    let ssrc_at = match kind {
         Kind::Rtp => {
-            p[1] &= 0xBF; // payload type below 64
             p[2..4].copy_from_slice(&client.seq.to_be_bytes());
             p[4..8].copy_from_slice(&client.time.to_be_bytes());
+            8
         }
-        Kind::Rtcp => p[1] = 192 + p[1] % 32,
-    }
+        Kind::Rtcp => 4,
+    };
     p[ssrc_at..ssrc_at + 4].copy_from_slice(&ssrc.to_be_bytes());
     p
 }

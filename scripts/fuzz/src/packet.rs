@@ -14,6 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use dataplane::packet::{self, Datagram, Kind, DISCOVERY_LEN, KEEPALIVE_LEN, RTCP_TYPES};
+use protocol::rtp;
 
 /// One input: a received datagram.
 pub fn run(data: &[u8]) {
@@ -40,9 +41,7 @@ pub fn run(data: &[u8]) {
             assert_eq!(kind == Kind::Rtcp, RTCP_TYPES.contains(&data[1]));
             let at = match kind {
                 Kind::Rtp => {
-                    let cc = usize::from(data[0] & 0x0F);
-                    let x = usize::from(data[0] & 0x10 != 0);
-                    assert!(data.len() >= 12 + 4 * cc + 4 * x, "RTP header fits");
+                    assert!(rtp::rtpsize_header_len(data).is_ok(), "RTP header fits");
                     8
                 }
                 Kind::Rtcp => 4,

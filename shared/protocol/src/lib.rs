@@ -9,7 +9,9 @@
 //! - [`gateway`]: the Discord voice gateway (seeds/004, DESIGN.md): opcodes
 //!   0-31, close codes 4001-4022, every message both ways with v8's `seq`,
 //!   and [`gateway::frame`], the binary framing DAVE uses.
-//! - [`Mode`]: the five transport encryption modes and their names.
+//! - [`Mode`]: the five transport encryption modes, their names and what
+//!   each leaves in clear.
+//! - [`rtp`]: RTP or RTCP (RFC 5761) and RTP header lengths.
 //! - [`Snowflake`]: Discord ids.
 //!
 //! # Use
@@ -42,6 +44,7 @@ pub mod gateway;
 mod json;
 pub mod lvsp;
 mod mode;
+pub mod rtp;
 mod snowflake;
 
 pub use json::{Envelope, Malformed};

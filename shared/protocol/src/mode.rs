@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::rtp::{self, Kind, Truncated, FIXED_HEADER_LEN, RTCP_HEADER_LEN};
+
 /// Length of the Poly1305 / GCM tag every mode appends.
 pub const TAG_LEN: usize = 16;
 
@@ -88,6 +90,26 @@ impl Mode {
                 Mode::XSalsa20Poly1305 => 0,
             }
     }
+
+    /// Bytes at the front of a packet of `kind` that the mode leaves in
+    /// clear (the AAD of the AEAD modes, the nonce of `xsalsa20_poly1305`):
+    /// for RTCP its 8-byte header in every mode; for RTP the fixed header,
+    /// plus the CSRCs and extension preamble in the `_rtpsize` modes.
+    #[inline]
+    pub fn clear_len(self, kind: Kind, packet: &[u8]) -> Result<usize, Truncated> {
+        let len = match kind {
+            Kind::Rtcp => RTCP_HEADER_LEN,
+            Kind::Rtp if self.is_rtpsize() => return rtp::rtpsize_header_len(packet),
+            Kind::Rtp => FIXED_HEADER_LEN,
+        };
+        if packet.len() < len {
+            return Err(Truncated {
+                need: len,
+                have: packet.len(),
+            });
+        }
+        Ok(len)
+    }
 }
 
 impl fmt::Display for Mode {
@@ -139,5 +161,22 @@ mod tests {
             .iter()
             .all(|m| !m.is_legacy() && m.is_rtpsize()));
         assert_eq!(Mode::XSalsa20Poly1305Suffix.overhead(), 40);
+    }
+
+    #[test]
+    fn clear_part_per_mode_and_kind() {
+        // One CSRC and an extension: 12 + 4 + 4 in clear in the rtpsize
+        // modes, the fixed 12 in the legacy ones, 8 for RTCP in all.
+        let rtp = hex::decode("91780001000003c0000000010000000bbede0001aabbccdd").unwrap();
+        for m in Mode::ALL {
+            let expect = if m.is_rtpsize() { 20 } else { 12 };
+            assert_eq!(m.clear_len(Kind::Rtp, &rtp), Ok(expect), "{m}");
+            assert_eq!(m.clear_len(Kind::Rtcp, &rtp), Ok(8), "{m}");
+            assert_eq!(
+                m.clear_len(Kind::Rtcp, &rtp[..7]),
+                Err(Truncated { need: 8, have: 7 })
+            );
+            assert!(m.clear_len(Kind::Rtp, &rtp[..11]).is_err(), "{m}");
+        }
     }
 }
