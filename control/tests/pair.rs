@@ -26,6 +26,7 @@ use protocol::Snowflake;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use scripts::{Frame, GatewayEvent, GatewaySession, LvspSession, Session};
+use serde_json::{json, Value};
 use shared::Command;
 
 const SECRET: &str = "pair-secret-pair-secret-pair-secret";
@@ -41,9 +42,21 @@ struct Link<C, S> {
     client: C,
     server: S,
     open: bool,
+    /// What the server sent on this socket, text and closes (`{"close":
+    /// code, "reason": ..}`), for tests that read the wire.
+    frames: Vec<Value>,
 }
 
 impl<C: Session, S: Protocol> Link<C, S> {
+    fn new(client: C, server: S) -> Self {
+        Link {
+            client,
+            server,
+            open: true,
+            frames: Vec::new(),
+        }
+    }
+
     /// Hands every queued frame to the other side; true if there was any.
     fn pump(&mut self, now: Instant, cx: &mut Context, transcript: &mut Vec<String>) -> bool {
         let mut busy = false;
@@ -59,11 +72,13 @@ impl<C: Session, S: Protocol> Link<C, S> {
             match out {
                 Output::Text(text) => {
                     transcript.push(format!("< {text}"));
+                    self.frames.push(serde_json::from_str(&text).expect("JSON"));
                     let read = self.client.handle_frame(now, Frame::Text(text));
                     read.expect("the server sends JSON with an op");
                 }
-                Output::Close { code, .. } => {
+                Output::Close { code, reason } => {
                     transcript.push(format!("< close {code}"));
+                    self.frames.push(json!({"close": code, "reason": reason}));
                     self.client
                         .handle_frame(now, Frame::Closed(Some(code)))
                         .unwrap();
@@ -225,11 +240,7 @@ impl World {
     fn lvsp_connect(&mut self, client: LvspSession) -> usize {
         let peer = SocketAddr::from(([192, 0, 2, 1], 40000 + self.litecord.len() as u16));
         let server = lvsp::Connection::new(self.lvsp.clone(), peer, self.now, &mut self.rng);
-        self.litecord.push(Link {
-            client,
-            server,
-            open: true,
-        });
+        self.litecord.push(Link::new(client, server));
         self.run();
         self.litecord.len() - 1
     }
@@ -311,14 +322,7 @@ impl World {
         } else {
             gateway::Connection::unsupported(self.gateway.clone(), conn, self.now)
         };
-        self.gateways.push((
-            conn,
-            Link {
-                client,
-                server,
-                open: true,
-            },
-        ));
+        self.gateways.push((conn, Link::new(client, server)));
         self.run();
         self.gateways.len() - 1
     }
@@ -343,6 +347,23 @@ impl World {
         let (now, link) = (self.now, &mut self.gateways[i].1);
         link.server_text(now, text, &mut self.cx);
         self.run();
+    }
+
+    /// What the server sent `i` since the last call, as JSON (a close as
+    /// `{"close": code, "reason": ..}`).
+    fn frames(&mut self, i: usize) -> Vec<Value> {
+        std::mem::take(&mut self.gateways[i].1.frames)
+    }
+
+    /// The socket of `i` dies with what the client queued delivered and
+    /// the server's answers to it lost on the way.
+    fn lose_replies(&mut self, i: usize) {
+        let (now, link) = (self.now, &mut self.gateways[i].1);
+        while let Some(text) = link.client.poll_transmit() {
+            link.server_text(now, &text, &mut self.cx);
+        }
+        while link.server.poll_output().is_some() {}
+        self.drop_socket(i);
     }
 
     /// The socket of `i` dies without a close frame.
@@ -423,6 +444,16 @@ fn identify_select_protocol_and_speaking() {
     });
     let spec = upsert.expect("the keyed session went to the data plane");
     assert_eq!(
+        w.commands[0],
+        Command::AnnounceSsrc {
+            ssrc: ssrc_a,
+            channel: 1,
+            user: 7
+        },
+        "the SSRC is announced first, at Identify"
+    );
+    assert_eq!(spec.declared, Some("127.0.0.1:4000".parse().unwrap()));
+    assert_eq!(
         (spec.ssrc, spec.key),
         (ssrc_a, description.secret_key),
         "the key the client got is the one the data plane uses"
@@ -497,12 +528,18 @@ fn resume_redelivers_what_was_missed() {
     // A second drop, past the grace: A leaves and the others are told.
     w.drop_socket(a2);
     w.messages(c);
-    w.advance(RESUME_GRACE + Duration::from_secs(1));
+    w.advance(RESUME_GRACE - Duration::from_millis(1));
+    assert_eq!(w.messages(c), [], "parked until the grace ends");
+    w.advance(Duration::from_millis(1));
     let left = ServerMessage::ClientDisconnect(ClientDisconnect {
         user_id: Snowflake(7),
     });
     assert_eq!(w.messages(c), std::slice::from_ref(&left));
     assert!(w.messages(b).ends_with(&[left]));
+    let ssrc_a = w.gateways[a].1.client.ssrc().unwrap();
+    assert!(w
+        .commands
+        .contains(&Command::RemoveSession { ssrc: ssrc_a }));
     let a3 = w.reconnect(a2);
     w.client(a3).resume(GUILD, &s[0], &token);
     w.run();
@@ -583,6 +620,7 @@ fn every_gateway_close_code() {
     }
     w.run();
     assert_eq!(w.closed(b), Some(Some(4021)));
+    assert_eq!(w.cx.registry.session_count(), 0, "a flood is not resumable");
 
     let c = member(&mut w, 8, 9, &s[2], &token);
     let second = member(&mut w, 8, 9, &s[2], &token);
@@ -676,4 +714,299 @@ fn a_seeded_run_replays_exactly() {
     assert!(first.len() > 40, "{}", first.len());
     assert_eq!(first, run(6));
     assert_ne!(first, run(7));
+}
+
+/// Identify as raw JSON, for tests that send what a client would not.
+fn identify_json(user: &str, session: &str, server: &str, token: &str) -> String {
+    json!({"op": 0, "d": {"server_id": server, "user_id": user,
+        "session_id": session, "token": token, "max_dave_protocol_version": 0}})
+    .to_string()
+}
+
+fn resume_json(session: &str, token: &str, seq_ack: i64) -> String {
+    json!({"op": 7, "d": {"server_id": "1", "session_id": session,
+        "token": token, "seq_ack": seq_ack}})
+    .to_string()
+}
+
+/// What each refused frame (after those before it) closes with: decoding,
+/// the ops allowed before Identify, credentials, Resume's refusals, Select
+/// Protocol's checks. `CLOSE` drops the socket; the next frames go on a
+/// new one.
+#[test]
+fn refused_frames_close_with_the_documented_code() {
+    let cases: &[(&[&str], u16)] = &[
+        (&["nope"], 4002),
+        (&[r#"{"d":1}"#], 4002),
+        // Before Identify only Identify, Resume and Heartbeat: any other
+        // op, known or not, is 4003.
+        (&[r#"{"op":99,"d":{}}"#], 4003),
+        (&[r#"{"op":2,"d":{}}"#], 4003),
+        (&[r#"{"op":12,"d":{}}"#], 4003),
+        (&["IDENTIFY", r#"{"op":99,"d":{}}"#], 4001),
+        (&["IDENTIFY", r#"{"op":2,"d":{}}"#], 4001),
+        (&[r#"{"op":3,"d":"nonce"}"#], 4002),
+        (&[r#"{"op":3,"d":{"t":"1"}}"#], 4002),
+        (&[r#"{"op":5,"d":{"speaking":1}}"#], 4003),
+        (&[r#"{"op":1,"d":{"protocol":"udp"}}"#], 4003),
+        (&[r#"{"op":0,"d":{"server_id":"1"}}"#], 4002),
+        (
+            &[r#"{"op":0,"d":{"server_id":"1","user_id":"7","session_id":"x","token":"y"}}"#],
+            4004,
+        ),
+        (
+            &[r#"{"op":0,"d":{"server_id":"2","user_id":"7","session_id":"x","token":"y"}}"#],
+            4011,
+        ),
+        (
+            &[r#"{"op":7,"d":{"server_id":"1","session_id":"x","token":"y"}}"#],
+            4006,
+        ),
+        (&["IDENTIFY", "CLOSE", "RESUME-BADTOKEN"], 4004),
+        (&["IDENTIFY", "IDENTIFY"], 4005),
+        (&["IDENTIFY", "RESUME"], 4005),
+        (&["RESUME"], 4006), // never identified
+        (
+            &[
+                "IDENTIFY",
+                r#"{"op":1,"d":{"protocol":"webrtc","data":{}}}"#,
+            ],
+            4012,
+        ),
+        (
+            &[
+                "IDENTIFY",
+                r#"{"op":1,"d":{"protocol":"udp","data":{"mode":"plain"}}}"#,
+            ],
+            4016,
+        ),
+        (&["IDENTIFY", r#"{"op":5,"d":{"speaking":"loud"}}"#], 4002),
+    ];
+    for (frames, code) in cases {
+        let (mut w, token, s) = call(10, &[7]);
+        let mut i = w.connect(8);
+        for frame in *frames {
+            let text = match *frame {
+                "CLOSE" => {
+                    w.drop_socket(i);
+                    i = w.connect(8);
+                    continue;
+                }
+                "IDENTIFY" => identify_json("7", &s[0], "1", &token),
+                "RESUME-BADTOKEN" => resume_json(&s[0], "nope", 0),
+                "RESUME" => resume_json(&s[0], &token, 0),
+                other => other.to_owned(),
+            };
+            w.send_raw(i, &text);
+        }
+        assert_eq!(w.closed(i), Some(Some(*code)), "{frames:?}");
+        let r = &w.cx.registry;
+        assert_eq!(
+            r.session_count() - r.parked_count(),
+            0,
+            "{frames:?}: nothing attached"
+        );
+    }
+}
+
+/// Speaking reaches every other member but not the speaker, and a member
+/// who joins later learns who is there and which SSRC is whose.
+#[test]
+fn speaking_reaches_the_others_and_later_joiners() {
+    let (mut w, token, s) = call(11, &[7, 8, 9]);
+    let a = member(&mut w, 4, 7, &s[0], &token);
+    let b = member(&mut w, 4, 8, &s[1], &token);
+    let ssrc_a = w.client(a).ssrc().unwrap();
+    w.messages(a);
+    w.messages(b);
+    w.client(a).speaking(SPEAKING_MICROPHONE).unwrap();
+    w.run();
+    assert_eq!(w.messages(a), [], "not echoed to the speaker");
+    assert_eq!(w.messages(b), [speaking(7, ssrc_a, SPEAKING_MICROPHONE)]);
+    let c = member(&mut w, 4, 9, &s[2], &token);
+    let joined = ServerMessage::ClientsConnect(ClientsConnect {
+        user_ids: vec![Snowflake(7), Snowflake(8)],
+    });
+    assert_eq!(
+        w.messages(c)[2..],
+        [joined, speaking(7, ssrc_a, SPEAKING_MICROPHONE)],
+        "after Hello and Ready"
+    );
+    // A boolean `speaking` (old clients) is accepted too.
+    w.send_raw(b, r#"{"op":5,"d":{"speaking":true,"delay":0}}"#);
+    assert_eq!(w.closed(b), None);
+}
+
+/// Ops accepted and ignored (video, client flags, DAVE) and binary frames
+/// after Identify are not fatal.
+#[test]
+fn ignored_ops_and_binary_frames_are_not_fatal() {
+    let (mut w, token, s) = call(12, &[7]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    for frame in [
+        r#"{"op":12,"d":{}}"#,
+        r#"{"op":16,"d":{}}"#,
+        r#"{"op":24,"d":{}}"#,
+    ] {
+        w.send_raw(a, frame);
+    }
+    let now = w.now;
+    w.gateways[a].1.server.handle_binary(now);
+    w.run();
+    w.advance(Duration::from_secs(10));
+    assert_eq!(w.closed(a), None);
+    assert_eq!(w.frames(a).iter().filter(|f| f["op"] != 6).count(), 2);
+}
+
+/// The websocket of a v8 member dies with its Session Description in
+/// flight; meanwhile another member speaks and a third joins. The member
+/// resumes on a new socket and gets every numbered message after its
+/// `seq_ack` (the Session Description included), with the same SSRC and
+/// nothing removed from the data plane; numbering goes on from there. With
+/// the resume buffer at 4, an older `seq_ack` is refused.
+#[test]
+fn resume_redelivers_replies_lost_with_the_socket() {
+    let (mut w, token, s) = call(13, &[7, 8, 9]);
+    w.cx.registry.set_resume(RESUME_GRACE, 4);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    assert_eq!(w.client(a).seq_ack(), 2, "Ready, then Clients Connect");
+    w.client(a)
+        .select_protocol(Some([127, 0, 0, 1].into()), 4000, "aead_aes256_gcm_rtpsize");
+    w.lose_replies(a);
+    assert_eq!(w.cx.registry.parked_count(), 1);
+    let pushed = w.commands.iter().rev().find_map(|c| match c {
+        Command::UpsertSession(spec) => Some(spec.key),
+        _ => None,
+    });
+    w.commands.clear();
+    w.messages(b);
+    w.run();
+    assert_eq!(
+        w.messages(b),
+        [],
+        "no Client Disconnect for a parked session"
+    );
+    w.client(b).speaking(1).unwrap();
+    member(&mut w, 8, 9, &s[2], &token);
+
+    let a2 = w.reconnect(a);
+    w.frames(a2);
+    w.client(a2).resume(GUILD, &s[0], &token);
+    w.run();
+    let frames = w.frames(a2);
+    assert_eq!(frames[0], json!({"op": 9, "d": null}));
+    let numbered: Vec<(u64, u64)> = frames[1..]
+        .iter()
+        .map(|f| (f["op"].as_u64().unwrap(), f["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(numbered, [(4, 3), (5, 4), (11, 5)], "{frames:?}");
+    let key = w
+        .client(a2)
+        .session_description()
+        .expect("re-delivered")
+        .secret_key;
+    assert_eq!(Some(key), pushed, "the key the data plane has");
+    assert!(
+        !w.commands
+            .iter()
+            .any(|c| matches!(c, Command::RemoveSession { .. })),
+        "media never left the data plane: {:?}",
+        w.commands
+    );
+    assert_eq!(w.client(a2).ssrc(), w.gateways[a].1.client.ssrc());
+    w.client(a2)
+        .select_protocol(None, 4000, "aead_aes256_gcm_rtpsize");
+    w.run();
+    assert_eq!(w.frames(a2)[0]["seq"], 6, "numbering goes on");
+
+    w.drop_socket(a2);
+    let a3 = w.connect(8);
+    w.send_raw(a3, &resume_json(&s[0], &token, 1));
+    assert_eq!(w.closed(a3), Some(Some(4006)), "seq 2 is no longer kept");
+}
+
+/// A session identified at v8 cannot resume at a version that numbers
+/// nothing, nor the other way round (found by the gateway fuzz target);
+/// versions that number alike may resume each other.
+#[test]
+fn resume_at_a_version_with_other_numbering_is_4006() {
+    for (identified_at, resumed_at) in [(8, 1), (8, 4), (4, 8)] {
+        let (mut w, token, s) = call(14, &[7]);
+        let a = member(&mut w, identified_at, 7, &s[0], &token);
+        let b = w.connect(resumed_at);
+        w.send_raw(b, &resume_json(&s[0], &token, -1));
+        assert_eq!(
+            w.closed(b),
+            Some(Some(4006)),
+            "v{identified_at} resumed at v{resumed_at}"
+        );
+        assert_eq!(w.closed(a), None, "the first connection keeps it");
+    }
+    let (mut w, token, s) = call(14, &[7]);
+    let a = member(&mut w, 4, 7, &s[0], &token);
+    w.drop_socket(a);
+    let b = w.connect(1);
+    w.client(b).resume(GUILD, &s[0], &token);
+    w.run();
+    assert!(w.client(b).resumed());
+}
+
+/// A Resume on a new socket takes the session from an old socket the
+/// server has not seen die; that socket closing later changes nothing.
+#[test]
+fn a_resume_takes_over_a_socket_not_yet_seen_dead() {
+    let (mut w, token, s) = call(15, &[7]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    let a2 = w.reconnect(a);
+    w.client(a2).resume(GUILD, &s[0], &token);
+    w.run();
+    assert_eq!(w.closed(a), Some(Some(4006)));
+    assert!(w.client(a2).resumed());
+    w.drop_socket(a);
+    assert_eq!(w.cx.registry.parked_count(), 0);
+    assert_eq!(w.cx.registry.session_count(), 1);
+}
+
+/// Litecord moves a member (VOICE_STATE_DESTROY, then a create in another
+/// channel): 4014 at once, the others are told, its SSRC leaves the data
+/// plane, and the new voice state is a new session with a new SSRC.
+#[test]
+fn an_lvsp_move_closes_4014_and_gets_a_new_session() {
+    let (mut w, token, s) = call(16, &[7, 8]);
+    let a = member(&mut w, 4, 7, &s[0], &token);
+    let b = member(&mut w, 4, 8, &s[1], &token);
+    let ssrc = w.client(a).ssrc().unwrap();
+    w.messages(b);
+    let (moved_to, user) = (Snowflake(200), Snowflake(7));
+    w.litecord[0]
+        .client
+        .request(Request::VoiceStateDestroy(VoiceState {
+            user_id: user,
+            channel_id: CHANNEL,
+            guild_id: Some(GUILD),
+        }));
+    w.run();
+    assert_eq!(w.closed(a), Some(Some(4014)));
+    let left = ServerMessage::ClientDisconnect(ClientDisconnect { user_id: user });
+    assert_eq!(w.messages(b), [left]);
+    assert!(w.commands.contains(&Command::RemoveSession { ssrc }));
+    let token2 = w.channel(0, moved_to);
+    let state = VoiceState {
+        user_id: user,
+        channel_id: moved_to,
+        guild_id: Some(GUILD),
+    };
+    w.litecord[0]
+        .client
+        .request(Request::VoiceStateCreate(state));
+    w.run();
+    let moved = w.litecord[0].client.poll_info(|info| match &info.reply {
+        Reply::VoiceStateDone(d) if d.state.channel_id == moved_to => Some(d.session_id.clone()),
+        _ => None,
+    });
+    let moved = moved.unwrap().expect("VOICE_STATE_DONE");
+    assert_ne!(moved, s[0]);
+    let a2 = member(&mut w, 4, 7, &moved, &token2);
+    assert!(w.client(a2).ssrc().is_some_and(|s| s != ssrc));
 }
