@@ -132,6 +132,10 @@ pub struct Config {
     /// How long a gateway session whose websocket went away waits for a
     /// Resume, keeping its SSRC, key and address. Default 30 s.
     pub gateway_resume_grace: Duration,
+    /// How long a gateway session whose client closed with 1000 or 1001
+    /// may still resume (the others are told it left at once; discord.js
+    /// closes that way when it resumes after losing UDP). Default 5 s.
+    pub gateway_leave_grace: Duration,
     /// Numbered gateway messages kept per session for Resume. Default 256.
     pub gateway_replay: usize,
     /// Sessions one data-plane core is sized for (health's occupancy).
@@ -206,6 +210,7 @@ impl Config {
                 burst: 60.0,
             },
             gateway_resume_grace: Duration::from_secs(30),
+            gateway_leave_grace: Duration::from_secs(5),
             gateway_replay: 256,
             capacity_per_core: 1000,
             max_message_size: 64 << 10,

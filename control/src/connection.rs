@@ -43,6 +43,14 @@ pub trait Protocol {
     /// Whether Identify (or Resume) succeeded: the connection leaves the
     /// server's pending budget.
     fn is_identified(&self) -> bool;
+    /// When the server may read this connection's next frame: None for
+    /// now. A connection whose peer is trusted (an identified LVSP link)
+    /// waits out a spent message budget here (back-pressure: the server
+    /// reads more slowly) instead of being closed for it.
+    fn read_after(&self, now: Instant) -> Option<Instant> {
+        let _ = now;
+        None
+    }
     /// A websocket Ping or Pong: it spends a message of the budget like any
     /// other frame.
     fn handle_ping(&mut self, now: Instant);
@@ -59,6 +67,11 @@ pub trait Protocol {
     /// Something the registry wants done with this connection.
     fn handle_push(&mut self, push: Push) {
         let _ = push;
+    }
+    /// The peer sent a close frame with `code` (None: a frame without a
+    /// code, 1005); [`Protocol::closed`] follows.
+    fn handle_close(&mut self, code: Option<u16>) {
+        let _ = code;
     }
     /// Time passes: deadlines that ran out close the connection.
     fn handle_timeout(&mut self, now: Instant);

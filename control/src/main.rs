@@ -103,6 +103,10 @@ struct Args {
     /// SSRC, key and address waiting for a Resume.
     #[arg(long, default_value_t = 30_000)]
     gateway_resume_grace_ms: u64,
+    /// Milliseconds a gateway session whose client closed with 1000 or
+    /// 1001 may still resume; the other members are told it left at once.
+    #[arg(long, default_value_t = 5_000)]
+    gateway_leave_grace_ms: u64,
     /// Sustained gateway messages per second per connection (past the
     /// budget: close 4021).
     #[arg(long, default_value_t = 10.0)]
@@ -231,6 +235,7 @@ impl Args {
             c.modes = self.modes;
         }
         c.gateway_resume_grace = Duration::from_millis(self.gateway_resume_grace_ms);
+        c.gateway_leave_grace = Duration::from_millis(self.gateway_leave_grace_ms);
         c.gateway_rate = control::limit::RateLimit {
             per_second: self.gateway_rate,
             burst: self.gateway_burst,

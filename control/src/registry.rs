@@ -5,7 +5,7 @@
 //! [`Effect`]s (data-plane commands, messages for gateway connections) that
 //! the server layer drains with [`Registry::drain_effects`] and carries out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,20 @@ pub enum Kick {
     ResumedElsewhere,
     /// The voice state or its channel was destroyed (over LVSP, or expired).
     Disconnected,
+}
+
+/// How a gateway connection ended, as far as its session is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The socket died, or the server closed it with 4009: the session is
+    /// parked for a Resume within the resume grace, still in the call.
+    Parked,
+    /// The client closed with 1000 or 1001: shown as a leave at once, but
+    /// resumable within the leave grace (discord.js closes that way when
+    /// it resumes after losing UDP).
+    Left,
+    /// The server ended the session (a refusal): it leaves the call now.
+    Gone,
 }
 
 /// Something the server layer must do after a registry call.
@@ -96,6 +110,10 @@ struct VoiceState {
     stream: Option<Stream>,
     /// Since when the websocket is gone with the session kept for a Resume.
     parked_since: Option<Instant>,
+    /// The client closed normally (1000/1001): the others were told it
+    /// left and the data plane holds its session, but a Resume within
+    /// the leave grace brings it back.
+    left: bool,
     /// What Select Protocol pushed to the data plane (kept to push it again
     /// into a restarted data plane; its key is wiped when it is dropped).
     media: Option<SessionSpec>,
@@ -178,6 +196,18 @@ pub enum RequestError {
     UnknownChannel(Snowflake),
 }
 
+impl RequestError {
+    /// Every reason's name in metrics, in the order of the variants.
+    pub const REASONS: [&'static str; 1] = ["unknown_channel"];
+
+    /// The reason's name in metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestError::UnknownChannel(_) => Self::REASONS[0],
+        }
+    }
+}
+
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
@@ -205,6 +235,11 @@ pub struct Registry {
     parked: VecDeque<(Instant, String)>,
     /// How long a session whose websocket went away waits for a Resume.
     resume_grace: Duration,
+    /// Sessions whose client closed normally, in order (like `parked`,
+    /// with the leave grace).
+    leaving: VecDeque<(Instant, String)>,
+    /// How long such a session may still resume.
+    leave_grace: Duration,
     /// Numbered messages kept per gateway session for Resume.
     stream_capacity: usize,
     /// Counter-table slots never handed out yet start here...
@@ -214,6 +249,8 @@ pub struct Registry {
     free_slots: Vec<u32>,
     /// Tokens, session ids, SSRCs and session keys come from here.
     rng: StdRng,
+    /// LVSP requests refused, by [`RequestError::reason`].
+    request_errors: BTreeMap<&'static str, u64>,
 }
 
 /// A 128-bit random value as 32 lowercase hex digits.
@@ -245,10 +282,13 @@ impl Registry {
             orphan_grace: Duration::from_secs(300),
             parked: VecDeque::new(),
             resume_grace: Duration::from_secs(30),
+            leaving: VecDeque::new(),
+            leave_grace: Duration::from_secs(5),
             stream_capacity: 256,
             next_slot: 0,
             slot_count: 65_536,
             free_slots: Vec::new(),
+            request_errors: BTreeMap::new(),
         }
     }
 
@@ -287,6 +327,12 @@ impl Registry {
         self.stream_capacity = capacity.max(1);
     }
 
+    /// How long a session whose client closed normally (1000/1001) may
+    /// still resume (default 5 s); the others are told it left at once.
+    pub fn set_leave_grace(&mut self, grace: Duration) {
+        self.leave_grace = grace;
+    }
+
     /// An LVSP connection identified or resumed: Litecord reclaims all
     /// state.
     pub fn lvsp_up(&mut self) {
@@ -310,7 +356,8 @@ impl Registry {
             .filter(|_| !self.channels.is_empty())
             .map(|t| t + self.orphan_grace);
         let parked = self.parked.front().map(|(t, _)| *t);
-        orphan.into_iter().chain(parked).min()
+        let leaving = self.leaving.front().map(|(t, _)| *t);
+        orphan.into_iter().chain(parked).chain(leaving).min()
     }
 
     /// Time passes: parked gateway sessions nobody resumed leave the call;
@@ -325,6 +372,21 @@ impl Registry {
             self.parked.pop_front();
             let expired = self.states.get(&session_id).and_then(|s| s.parked_since);
             if expired.is_some_and(|since| since + self.resume_grace <= now) {
+                self.leave_call(&session_id);
+            }
+        }
+        while let Some((deadline, session_id)) = self.leaving.front() {
+            if *deadline > now {
+                break;
+            }
+            let session_id = session_id.clone();
+            self.leaving.pop_front();
+            let state = self.states.get(&session_id);
+            let expired = state
+                .filter(|s| s.left)
+                .and_then(|s| s.parked_since)
+                .is_some_and(|since| since + self.leave_grace <= now);
+            if expired {
                 self.leave_call(&session_id);
             }
         }
@@ -458,10 +520,9 @@ impl Registry {
         if let Some(sid) = self.by_user.get(&key) {
             return Ok(sid.clone());
         }
-        let ch = self
-            .channels
-            .get_mut(&channel_id)
-            .ok_or(RequestError::UnknownChannel(channel_id))?;
+        let Some(ch) = self.channels.get_mut(&channel_id) else {
+            return Err(self.refused(RequestError::UnknownChannel(channel_id)));
+        };
         let session_id = random_token(&mut self.rng);
         ch.members.insert(session_id.clone());
         self.states.insert(
@@ -474,6 +535,7 @@ impl Registry {
                 speaking: 0,
                 stream: None,
                 parked_since: None,
+                left: false,
                 media: None,
                 observed: None,
                 proven: None,
@@ -483,6 +545,18 @@ impl Registry {
         );
         self.by_user.insert(key, session_id.clone());
         Ok(session_id)
+    }
+
+    /// Counts a refused request by reason.
+    fn refused(&mut self, e: RequestError) -> RequestError {
+        *self.request_errors.entry(e.reason()).or_default() += 1;
+        e
+    }
+
+    /// How many LVSP requests were refused with `reason` (a
+    /// [`RequestError::REASONS`] name).
+    pub fn request_errors(&self, reason: &str) -> u64 {
+        self.request_errors.get(reason).copied().unwrap_or(0)
     }
 
     /// VOICE_STATE_DESTROY: removes the user's state in that channel,
@@ -509,7 +583,8 @@ impl Registry {
     fn leave_call(&mut self, session_id: &str) -> Option<ConnId> {
         let state = self.states.get_mut(session_id)?;
         let conn = state.conn.take();
-        let in_call = state.stream.take().is_some();
+        // A member who closed normally was shown leaving already.
+        let in_call = state.stream.take().is_some() && !std::mem::take(&mut state.left);
         state.parked_since = None;
         state.media = None; // wipes the key
         state.observed = None;
@@ -660,7 +735,9 @@ impl Registry {
             .states
             .get_mut(session_id)
             .expect("authenticated above");
-        let joined = !state.in_call();
+        // A member shown leaving (it closed normally) joins again.
+        let rejoined = std::mem::take(&mut state.left);
+        let joined = !state.in_call() || rejoined;
         state.conn = Some(conn);
         state.ssrc = Some(ssrc);
         state.parked_since = None;
@@ -674,6 +751,10 @@ impl Registry {
                 user: user_id.0,
             },
         });
+        if rejoined {
+            let command = Command::HoldSession { ssrc, held: false };
+            self.effects.push_back(Effect::Dataplane { core, command });
+        }
         if joined {
             self.broadcast(channel_id, session_id, || Notice::Joined(vec![user_id]));
         }
@@ -695,7 +776,7 @@ impl Registry {
         let mut speakers = Vec::new();
         for sid in &self.channels[&channel_id].members {
             let s = &self.states[sid];
-            if sid == session_id || !s.in_call() {
+            if sid == session_id || !s.in_call() || s.left {
                 continue;
             }
             present.push(s.user_id);
@@ -773,7 +854,34 @@ impl Registry {
             .expect("authenticated above");
         state.conn = Some(conn);
         state.parked_since = None;
+        if std::mem::take(&mut state.left) {
+            self.rejoin(session_id, ssrc);
+        }
         Ok(Resumed { ssrc, missed })
+    }
+
+    /// A member shown leaving resumed within the leave grace: the data
+    /// plane forwards to and from it again, and the others learn it is
+    /// back (Clients Connect, then its last Speaking, which tells them
+    /// whose SSRC it is).
+    fn rejoin(&mut self, session_id: &str, ssrc: u32) {
+        let Some(state) = self.states.get(session_id) else {
+            return;
+        };
+        let (user_id, channel_id, speaking) = (state.user_id, state.channel_id, state.speaking);
+        let Some(core) = self.channels.get(&channel_id).map(|c| c.core) else {
+            return;
+        };
+        let command = Command::HoldSession { ssrc, held: false };
+        self.effects.push_back(Effect::Dataplane { core, command });
+        self.broadcast(channel_id, session_id, || Notice::Joined(vec![user_id]));
+        if speaking != 0 {
+            self.broadcast(channel_id, session_id, || Notice::Speaking {
+                user_id,
+                ssrc,
+                speaking,
+            });
+        }
     }
 
     /// A random SSRC for `session_id`: never 0, unique, with
@@ -926,6 +1034,9 @@ impl Registry {
                     user: state.user_id.0,
                 },
             );
+            if state.left {
+                send(owner, Command::HoldSession { ssrc, held: true });
+            }
             if let Some(spec) = &state.media {
                 send(owner, Command::UpsertSession(spec.clone()));
                 if let Some(addr) = state.proven {
@@ -960,16 +1071,18 @@ impl Registry {
         });
     }
 
-    /// The gateway connection went away. Resumable: the session is parked
-    /// (SSRC, key and address stay on the data plane, media keeps flowing)
-    /// until a Resume or the resume grace period ends. Otherwise it leaves
-    /// the call now. The voice state stays either way.
+    /// The gateway connection went away ([`Departure`]). Parked: the
+    /// session waits for a Resume until the resume grace ends (SSRC, key
+    /// and address stay on the data plane, media keeps flowing). Left: the
+    /// others get Client Disconnect now and the data plane holds the
+    /// session (nothing to or from it), resumable until the leave grace
+    /// ends. Gone: it leaves the call now. The voice state stays anyway.
     pub fn gateway_closed(
         &mut self,
         session_id: &str,
         conn: ConnId,
         now: Instant,
-        resumable: bool,
+        departure: Departure,
     ) {
         let Some(state) = self.states.get_mut(session_id) else {
             return;
@@ -977,13 +1090,33 @@ impl Registry {
         if state.conn != Some(conn) {
             return; // replaced or resumed by a newer connection
         }
-        if resumable {
-            state.conn = None;
-            state.parked_since = Some(now);
-            self.parked
-                .push_back((now + self.resume_grace, session_id.to_owned()));
-        } else {
-            self.leave_call(session_id);
+        match departure {
+            Departure::Parked => {
+                state.conn = None;
+                state.parked_since = Some(now);
+                self.parked
+                    .push_back((now + self.resume_grace, session_id.to_owned()));
+            }
+            Departure::Left if state.in_call() => {
+                state.conn = None;
+                state.parked_since = Some(now);
+                state.left = true;
+                let (user_id, channel_id, ssrc) = (state.user_id, state.channel_id, state.ssrc);
+                self.leaving
+                    .push_back((now + self.leave_grace, session_id.to_owned()));
+                // The data plane first: once the others hear the member
+                // left, nothing of it reaches them, and nothing more is
+                // sent to it.
+                let core = self.channels.get(&channel_id).map(|c| c.core);
+                if let (Some(core), Some(ssrc)) = (core, ssrc) {
+                    let command = Command::HoldSession { ssrc, held: true };
+                    self.effects.push_back(Effect::Dataplane { core, command });
+                }
+                self.broadcast(channel_id, session_id, || Notice::Left(user_id));
+            }
+            Departure::Left | Departure::Gone => {
+                self.leave_call(session_id);
+            }
         }
     }
 }
@@ -1073,6 +1206,7 @@ mod tests {
             r.voice_state_create(sf(7), sf(404)),
             Err(RequestError::UnknownChannel(_))
         ));
+        assert_eq!(r.request_errors("unknown_channel"), 1);
         assert_eq!(r.channel_count(), 1);
     }
 
@@ -1235,7 +1369,7 @@ mod tests {
         let second = identify(&mut r, 11, 8, "1", "7", &a, &ch.token).unwrap();
         assert_eq!(first.ssrc, second.ssrc, "same voice state, same SSRC");
         assert_eq!(kicks(&effects(&mut r), 10), vec![Kick::Replaced]);
-        r.gateway_closed(&a, 10, Instant::now(), true);
+        r.gateway_closed(&a, 10, Instant::now(), Departure::Parked);
         assert_eq!(r.parked_count(), 0, "the stale close is ignored");
     }
 
@@ -1359,7 +1493,7 @@ mod tests {
         // Leaving releases the binding and the slot.
         r.address_proven(id.ssrc, x);
         effects(&mut r);
-        r.gateway_closed(&a, 10, Instant::now(), false);
+        r.gateway_closed(&a, 10, Instant::now(), Departure::Gone);
         let e = effects(&mut r);
         assert!(e.contains(&Effect::Dataplane {
             core: owner,

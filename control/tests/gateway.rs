@@ -105,12 +105,13 @@ async fn resume_keeps_media_flowing_and_redelivers_what_was_missed() {
         .session_id;
     assert_call_flows(&mut call, 3, "before").await;
 
-    // Member 0 loses its websocket (the client closes it; UDP goes on).
+    // Member 0 loses its websocket (the client closes it with a code
+    // that is no leave; UDP goes on).
     let ssrc = call[0].ssrc();
     call[0].stop_heartbeat();
     let seq_ack = call[0].gateway.seq_ack();
     assert!(seq_ack >= 2, "Ready and Session Description were numbered");
-    call[0].gateway.close(1001).await.unwrap();
+    call[0].gateway.close(4000).await.unwrap();
     server.wait_metrics(Duration::from_secs(5), "the session parked", |s| {
         s.metric("voice_sessions_parked") == 1.0
     });
@@ -168,7 +169,7 @@ async fn an_unresumed_session_leaves_after_the_grace_period() {
     let mut lvsp = identified(&server).await;
     let mut call = join_call(&server, &mut lvsp, GUILD, "1300", &["7001", "7002"]).await;
     call[0].stop_heartbeat();
-    call[0].gateway.close(1001).await.unwrap();
+    call[0].gateway.close(4000).await.unwrap();
     let left = next_matching(&mut call[1].gateway, "Client Disconnect", |e| match e {
         GatewayEvent::Message(ServerMessage::ClientDisconnect(c)) => Some(c.user_id),
         _ => None,
@@ -185,6 +186,130 @@ async fn an_unresumed_session_leaves_after_the_grace_period() {
         .recv_timeout(Duration::from_millis(200))
         .await
         .is_err());
+}
+
+/// A client that closes with 1000 left the call: the others get Client
+/// Disconnect at once and nothing more is forwarded to or from it. It may
+/// still resume within the leave grace (discord.js closes with 1000 when
+/// it resumes after losing UDP): same SSRC and key, the others learn it is
+/// back, the call flows again. Past the grace it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_close_is_a_prompt_leave_that_can_still_resume() {
+    let server = ServerProcess::start(1, &["--gateway-leave-grace-ms", "2000"]);
+    let mut lvsp = identified(&server).await;
+    let channel = "1400";
+    let users = ["8001", "8002", "8003"];
+    let mut call = join_call(&server, &mut lvsp, GUILD, channel, &users).await;
+    let token = lvsp.channel_req(channel, Some(GUILD)).await.unwrap().token;
+    let session = lvsp
+        .voice_state_create("8001", channel, Some(GUILD))
+        .await
+        .unwrap()
+        .session_id;
+    assert_call_flows(&mut call, 3, "before").await;
+    let ssrc = call[0].ssrc();
+    call[0].stop_heartbeat();
+    let seq_ack = call[0].gateway.seq_ack();
+
+    let closed_at = std::time::Instant::now();
+    call[0].gateway.close(1000).await.unwrap();
+    let left = next_matching(&mut call[1].gateway, "Client Disconnect", |e| match e {
+        GatewayEvent::Message(ServerMessage::ClientDisconnect(c)) => Some(c.user_id),
+        _ => None,
+    })
+    .await;
+    let latency = closed_at.elapsed();
+    assert_eq!(left, Snowflake(8001));
+    // Loopback on a shared machine: the design's 5 ms with a margin.
+    assert!(latency < Duration::from_millis(250), "{latency:?}");
+    // The data plane holds it within 5 ms: nothing to it, nothing from it.
+    tokio::time::sleep(Duration::from_millis(5).saturating_sub(latency)).await;
+    let held_at = closed_at.elapsed();
+    call[1].udp.send_opus(b"after the leave").await.unwrap();
+    call[0].udp.send_opus(b"from the departed").await.unwrap();
+    let heard = call[2]
+        .udp
+        .recv_timeout(Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(heard.payload, b"after the leave");
+    assert!(call[2]
+        .udp
+        .recv_timeout(Duration::from_millis(200))
+        .await
+        .is_err());
+    assert!(call[1]
+        .udp
+        .recv_timeout(Duration::from_millis(50))
+        .await
+        .is_err());
+    assert!(
+        call[0]
+            .udp
+            .recv_timeout(Duration::from_millis(50))
+            .await
+            .is_err(),
+        "nothing is sent to a member who left"
+    );
+    assert_eq!(server.metric("voice_sessions_parked"), 1.0);
+    eprintln!("leave: Client Disconnect after {latency:?}; held within {held_at:?}");
+
+    // It resumes within the grace: the others learn it is back.
+    let mut back = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    back.send_json(
+        &json!({"op": 7, "d": {"server_id": GUILD, "session_id": session,
+        "token": token, "seq_ack": seq_ack}}),
+    )
+    .await
+    .unwrap();
+    next_matching(&mut back, "Resumed", |e| {
+        matches!(e, GatewayEvent::Message(ServerMessage::Resumed)).then_some(())
+    })
+    .await;
+    for other in &mut call[1..] {
+        // (The welcome of the last member to join may still be unread.)
+        next_matching(&mut other.gateway, "Clients Connect of 8001", |e| match e {
+            GatewayEvent::Message(ServerMessage::ClientsConnect(c)) => {
+                (c.user_ids == [Snowflake(8001)]).then_some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    call[0].gateway = back;
+    call[0].restart_heartbeat(Duration::from_secs(5));
+    assert_eq!(call[0].ssrc(), ssrc, "same SSRC");
+    assert_call_flows(&mut call, 3, "after resume").await;
+    assert_eq!(server.metric("voice_sessions_parked"), 0.0);
+
+    // 1001, and no resume: gone after the grace.
+    call[0].stop_heartbeat();
+    call[0].gateway.close(1001).await.unwrap();
+    let left = next_matching(&mut call[2].gateway, "Client Disconnect", |e| match e {
+        GatewayEvent::Message(ServerMessage::ClientDisconnect(c)) => Some(c.user_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, Snowflake(8001));
+    server.wait_metrics(Duration::from_secs(5), "the leave grace ended", |s| {
+        s.metric("voice_sessions_parked") == 0.0 && s.metric("voice_sessions") == 2.0
+    });
+    call[0].udp.send_opus(b"too late").await.unwrap();
+    server.wait_metrics(Duration::from_secs(5), "an unknown SSRC", |s| {
+        s.metric_sum("voice_drops_total", "reason=\"unknown_ssrc\"") >= 1.0
+    });
+    let mut late = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    late.send_json(
+        &json!({"op": 7, "d": {"server_id": GUILD, "session_id": session,
+        "token": token, "seq_ack": 0}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(close_code(&mut late).await, Some(4006));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

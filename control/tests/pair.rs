@@ -36,6 +36,7 @@ const CHANNEL: Snowflake = Snowflake(100);
 const CLOCK_MS: u64 = 1_700_000_000_000;
 const HEARTBEAT: Duration = Duration::from_millis(1000);
 const RESUME_GRACE: Duration = Duration::from_secs(30);
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
 
 /// One websocket: a client session and the server's connection.
 struct Link<C, S> {
@@ -139,6 +140,7 @@ impl World {
     fn new(seed: u64) -> World {
         let mut registry = Registry::new(2, StdRng::seed_from_u64(seed));
         registry.set_resume(RESUME_GRACE, 16);
+        registry.set_leave_grace(LEAVE_GRACE);
         World {
             cx: Context {
                 registry,
@@ -392,6 +394,15 @@ impl World {
         self.run();
     }
 
+    /// The client of `i` closes its socket with `code`; the server reads
+    /// the close frame, as `drive` hands it to the machine.
+    fn close_socket(&mut self, i: usize, code: u16) {
+        let link = &mut self.gateways[i].1;
+        link.server.handle_close(Some(code));
+        link.gone(self.now, &mut self.cx);
+        self.run();
+    }
+
     /// The messages `i` received and nobody read yet.
     fn messages(&mut self, i: usize) -> Vec<ServerMessage> {
         std::iter::from_fn(|| self.client(i).poll_event())
@@ -562,6 +573,142 @@ fn resume_redelivers_what_was_missed() {
     w.client(a3).resume(GUILD, &s[0], &token);
     w.run();
     assert_eq!(w.closed(a3), Some(Some(4006)), "too late to resume");
+}
+
+/// A client that closes with 1000 or 1001 left: the others are told at
+/// once and the data plane holds its session (nothing to or from it). A
+/// Resume within the leave grace brings it back with the same SSRC and
+/// key, and the others learn it is back (Clients Connect, its last
+/// Speaking). Past the grace it is gone, and told only once. Any other
+/// close still parks the session quietly.
+#[test]
+fn a_normal_close_is_a_leave_that_can_still_resume() {
+    let (mut w, token, s) = call(5, &[7, 8]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    let ssrc_a = w.client(a).ssrc().unwrap();
+    w.client(a)
+        .select_protocol(Some([127, 0, 0, 1].into()), 4000, "aead_aes256_gcm_rtpsize");
+    w.client(a).speaking(1).unwrap();
+    w.run();
+    let key = w.client(a).session_description().unwrap().secret_key;
+    w.messages(a);
+    w.messages(b);
+    w.commands.clear();
+    let left = ServerMessage::ClientDisconnect(ClientDisconnect {
+        user_id: Snowflake(7),
+    });
+
+    w.close_socket(a, 1000);
+    assert_eq!(w.messages(b), std::slice::from_ref(&left), "at once");
+    assert_eq!(
+        w.commands,
+        [Command::HoldSession {
+            ssrc: ssrc_a,
+            held: true
+        }]
+    );
+    assert_eq!(w.cx.registry.parked_count(), 1);
+    // B speaks while A is away: kept for A's resume.
+    w.client(b).speaking(1).unwrap();
+    w.run();
+    w.advance(LEAVE_GRACE - Duration::from_secs(1));
+    let a2 = w.reconnect(a);
+    w.client(a2).resume(GUILD, &s[0], &token);
+    w.run();
+    assert!(w.client(a2).resumed());
+    assert_eq!(w.client(a2).ssrc(), Some(ssrc_a), "the same SSRC");
+    let ssrc_b = w.client(b).ssrc().unwrap();
+    assert!(w.messages(a2).contains(&speaking(8, ssrc_b, 1)));
+    assert_eq!(
+        w.messages(b),
+        [
+            ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(7)],
+            }),
+            speaking(7, ssrc_a, 1),
+        ],
+        "A is back, and whose SSRC is whose"
+    );
+    assert_eq!(
+        w.commands[1..],
+        [Command::HoldSession {
+            ssrc: ssrc_a,
+            held: false
+        }],
+        "the same key: the data plane only lets it back in"
+    );
+    assert!(!w
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::UpsertSession(s) if s.key != key)));
+    assert_eq!(w.cx.registry.parked_count(), 0);
+    // The first leave's grace ends without effect.
+    w.advance(Duration::from_secs(2));
+    assert!(w.messages(b).is_empty());
+    assert_eq!(w.cx.registry.session_count(), 2);
+
+    // 1001, and no resume: gone after the grace, told once.
+    w.commands.clear();
+    w.close_socket(a2, 1001);
+    assert_eq!(w.messages(b), std::slice::from_ref(&left));
+    w.advance(LEAVE_GRACE + Duration::from_millis(1));
+    assert!(w.messages(b).is_empty(), "told once");
+    assert!(w
+        .commands
+        .contains(&Command::RemoveSession { ssrc: ssrc_a }));
+    assert_eq!(w.cx.registry.session_count(), 1);
+    let a3 = w.reconnect(a2);
+    w.client(a3).resume(GUILD, &s[0], &token);
+    w.run();
+    assert_eq!(w.closed(a3), Some(Some(4006)), "too late to resume");
+
+    // Identify again after a leave: a join like any other.
+    let a4 = member(&mut w, 8, 7, &s[0], &token);
+    assert!(w.client(a4).ssrc().is_some());
+    assert_eq!(
+        w.messages(b),
+        [ServerMessage::ClientsConnect(ClientsConnect {
+            user_ids: vec![Snowflake(7)],
+        })]
+    );
+    // Abnormal ends park quietly, whatever the client's code.
+    for code in [1005, 1006, 4009, 4000] {
+        let a5 = w.gateways.len() - 1;
+        w.close_socket(a5, code);
+        assert!(w.messages(b).is_empty(), "{code}: parked, not left");
+        assert_eq!(w.cx.registry.parked_count(), 1);
+        let again = w.reconnect(a5);
+        w.client(again).resume(GUILD, &s[0], &token);
+        w.run();
+        assert!(w.client(again).resumed(), "{code}");
+        assert!(w.messages(b).is_empty(), "{code}: nobody saw it go");
+    }
+}
+
+/// A member who left and has not resumed is not in the call for one who
+/// joins meanwhile.
+#[test]
+fn a_member_who_left_is_not_announced_to_newcomers() {
+    let (mut w, token, s) = call(6, &[7, 8]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    w.close_socket(a, 1000);
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    assert!(
+        !w.messages(b)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::ClientsConnect(_))),
+        "A left"
+    );
+    let a2 = w.reconnect(a);
+    w.client(a2).resume(GUILD, &s[0], &token);
+    w.run();
+    assert_eq!(
+        w.messages(b),
+        [ServerMessage::ClientsConnect(ClientsConnect {
+            user_ids: vec![Snowflake(7)],
+        })]
+    );
 }
 
 #[test]

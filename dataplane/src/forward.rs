@@ -428,6 +428,9 @@ struct Session {
     out_first: u64,
     /// The SSRC's discovery-reply budget.
     answers: Bucket,
+    /// The member left the call but may resume ([`Command::HoldSession`]):
+    /// nothing is forwarded to or from it.
+    held: bool,
 }
 
 impl Session {
@@ -446,6 +449,7 @@ impl Session {
             rtcp_counters: ReplayWindow::default(),
             headers: HeaderWindow::default(),
             recent: None,
+            held: false,
             out_next: 0,
             out_reserved: 0,
             out_first: 0,
@@ -629,6 +633,12 @@ impl Forwarder {
             Command::UpsertSession(spec) => self.upsert(now, &spec),
             Command::RemoveSession { ssrc } => {
                 self.remove(ssrc);
+                Ok(())
+            }
+            Command::HoldSession { ssrc, held } => {
+                if let Some(s) = self.sessions.get_mut(&ssrc) {
+                    s.held = held;
+                }
                 Ok(())
             }
             Command::RemoveChannel { channel } => {
@@ -934,7 +944,15 @@ impl Forwarder {
             // one was rejected above).
             self.prove(ssrc, from, now);
         }
-        let Some(channel) = self.sessions.get(&ssrc).map(|s| s.channel) else {
+        // A held sender left the call: its packet is authenticated (and
+        // its counter taken, so it cannot be replayed after a resume) but
+        // goes to no one.
+        let Some(channel) = self
+            .sessions
+            .get(&ssrc)
+            .filter(|s| !s.held)
+            .map(|s| s.channel)
+        else {
             return Ok(());
         };
         let plain = &packet[..opened.len];
@@ -946,7 +964,7 @@ impl Forwarder {
             if member == ssrc {
                 continue;
             }
-            let Some(m) = self.sessions.get_mut(&member) else {
+            let Some(m) = self.sessions.get_mut(&member).filter(|m| !m.held) else {
                 continue;
             };
             let (Some(addr), Some(key)) = (m.addr, &m.key) else {
@@ -1323,6 +1341,50 @@ mod tests {
         )
         .unwrap();
         assert!(send(&mut f, T0, peers[1].addr, &ka, &mut out).is_empty());
+    }
+
+    /// A member who left but may resume: nothing to it or from it; on
+    /// its return the same key and counters go on, and a packet it sent
+    /// while held cannot be replayed into the call.
+    #[test]
+    fn held_sessions_get_and_give_nothing_until_released() {
+        let mut f = forwarder();
+        let mut out = Outbox::with_capacity(4);
+        let mut peers: Vec<Peer> = (0..3).map(|i| Peer::aes(30 + i, 6000 + i as u16)).collect();
+        call(&mut f, &mut out, &mut peers, 9);
+        let hold = |held| Command::HoldSession { ssrc: 31, held };
+        f.apply(T0, hold(true)).unwrap();
+        let from0 = peers[0].rtp(b"to the others");
+        let got = send(&mut f, T0, peers[0].addr, &from0, &mut out);
+        assert_eq!(got.len(), 1, "only the member still in the call");
+        assert_eq!(got[0].0, peers[2].addr);
+        let while_held = peers[1].rtp(b"while held");
+        assert!(send(&mut f, T0, peers[1].addr, &while_held, &mut out).is_empty());
+        assert_eq!(f.address(31), Some(peers[1].addr), "the address stays");
+        f.apply(T0, hold(false)).unwrap();
+        let got = send(&mut f, T0, peers[0].addr, &peers[0].rtp(b"again"), &mut out);
+        assert_eq!(got.len(), 2, "back in the call");
+        let r = got
+            .iter()
+            .find(|(a, _)| *a == peers[1].addr)
+            .expect("to 31");
+        assert!(peers[1].open(Kind::Rtp, &r.1).is_some(), "the same key");
+        assert!(
+            send(&mut f, T0, peers[1].addr, &while_held, &mut out).is_empty(),
+            "a packet seen while held is a replay now"
+        );
+        assert_eq!(f.drops().get(DropReason::Replay), 1);
+        let got = send(&mut f, T0, peers[1].addr, &peers[1].rtp(b"hi"), &mut out);
+        assert_eq!(got.len(), 2);
+        // Holding an SSRC the core does not know is ignored.
+        f.apply(
+            T0,
+            Command::HoldSession {
+                ssrc: 999,
+                held: true,
+            },
+        )
+        .unwrap();
     }
 
     #[test]

@@ -98,6 +98,17 @@ pub enum Command {
         /// The SSRC to forget.
         ssrc: u32,
     },
+    /// The member left the call but may still resume (it closed its
+    /// gateway websocket normally): while held, nothing is forwarded to
+    /// or from the SSRC, but its key, counters, replay windows and address
+    /// stay, so a resume continues where it stopped. `held: false` puts it
+    /// back in the call.
+    HoldSession {
+        /// The SSRC.
+        ssrc: u32,
+        /// Whether it is held.
+        held: bool,
+    },
     /// Forget every session of a channel (channel destroyed).
     RemoveChannel {
         /// Control's numeric id of the voice channel.
@@ -305,6 +316,7 @@ const TAG_REMOVE_CHANNEL: u8 = 4;
 const TAG_TRUST_ADDRESS: u8 = 5;
 const TAG_BIND_ADDRESS: u8 = 6;
 const TAG_UNBIND_ADDRESS: u8 = 7;
+const TAG_HOLD_SESSION: u8 = 8;
 const TAG_OBSERVED: u8 = 1;
 const TAG_STATS: u8 = 2;
 const TAG_PROVEN: u8 = 3;
@@ -417,6 +429,9 @@ impl Wire for Command {
             Command::RemoveSession { ssrc } => {
                 p.u8(TAG_REMOVE_SESSION).u32(*ssrc);
             }
+            Command::HoldSession { ssrc, held } => {
+                p.u8(TAG_HOLD_SESSION).u32(*ssrc).u8(u8::from(*held));
+            }
             Command::RemoveChannel { channel } => {
                 p.u8(TAG_REMOVE_CHANNEL).u64(*channel);
             }
@@ -453,6 +468,10 @@ impl Wire for Command {
                 slot: g.u32(),
             }),
             TAG_REMOVE_SESSION => Command::RemoveSession { ssrc: g.u32() },
+            TAG_HOLD_SESSION => Command::HoldSession {
+                ssrc: g.u32(),
+                held: g.u8() != 0,
+            },
             TAG_REMOVE_CHANNEL => Command::RemoveChannel { channel: g.u64() },
             TAG_TRUST_ADDRESS => Command::TrustAddress {
                 ssrc: g.u32(),
@@ -580,6 +599,14 @@ mod tests {
             }
         }
         roundtrip(Command::RemoveSession { ssrc: 1 });
+        roundtrip(Command::HoldSession {
+            ssrc: 1,
+            held: true,
+        });
+        roundtrip(Command::HoldSession {
+            ssrc: 2,
+            held: false,
+        });
         roundtrip(Command::RemoveChannel { channel: 2 });
         roundtrip(Command::TrustAddress {
             ssrc: 9,

@@ -40,7 +40,7 @@ use shared::Mode;
 
 use crate::connection::{grace, refuse, Context, Protocol, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
 use crate::limit::{Bucket, RateLimit};
-use crate::registry::{ConnId, IdentifyError, Kick, Notice, Push, Registry, Sequenced};
+use crate::registry::{ConnId, Departure, IdentifyError, Kick, Notice, Push, Registry, Sequenced};
 use crate::Output;
 
 /// Gateway settings shared by every connection.
@@ -108,6 +108,9 @@ pub struct Connection {
     ssrc: Option<u32>,
     /// The close code this side sent, once it closed.
     closing: Option<u16>,
+    /// The client's close frame, once it sent one: its code (None: no
+    /// code, which the websocket protocol shows as 1005).
+    peer_close: Option<Option<u16>>,
     deadline: Instant,
     /// Until when Identify or Resume must arrive (None once they did).
     identify_by: Option<Instant>,
@@ -130,6 +133,7 @@ impl Connection {
             session: None,
             ssrc: None,
             closing: None,
+            peer_close: None,
             out: VecDeque::new(),
         };
         c.send_unsequenced(ServerMessage::Hello(Hello {
@@ -450,15 +454,22 @@ impl Protocol for Connection {
         }
     }
 
-    /// The socket is gone. A session the client may resume (the socket
-    /// died, the client closed, or the server closed with 4009) is parked
-    /// in the registry; after any other close it leaves the call.
+    /// The client's close frame: 1000 and 1001 are a leave.
+    fn handle_close(&mut self, code: Option<u16>) {
+        self.peer_close.get_or_insert(code);
+    }
+
+    /// The socket is gone. A client that closed with 1000 or 1001 left
+    /// the call: the others are told now, and it may still resume for a
+    /// short grace (discord.js closes that way when it resumes after
+    /// losing UDP). A session whose socket ended otherwise (no close
+    /// frame, any other code, or the server's 4009) is parked for a
+    /// Resume; after any other close by the server it leaves the call.
     fn closed(&mut self, now: Instant, cx: &mut Context) {
         if let Some(session_id) = self.session.take() {
-            let timeout = u16::from(CloseCode::SessionTimeout);
-            let resumable = self.closing.is_none_or(|code| code == timeout);
+            let departure = departure(self.closing, self.peer_close);
             cx.registry
-                .gateway_closed(&session_id, self.conn, now, resumable);
+                .gateway_closed(&session_id, self.conn, now, departure);
         }
         self.closing.get_or_insert(1000);
     }
@@ -473,6 +484,17 @@ impl Protocol for Connection {
             None => self.deadline,
         };
         self.closing.is_none().then_some(next)
+    }
+}
+
+/// What a connection's end means for its session: `closing` is the code
+/// the server sent, `peer` the client's close frame (if it sent one).
+fn departure(closing: Option<u16>, peer: Option<Option<u16>>) -> Departure {
+    match (closing, peer) {
+        (Some(code), _) if code == u16::from(CloseCode::SessionTimeout) => Departure::Parked,
+        (Some(_), _) => Departure::Gone,
+        (None, Some(Some(protocol::NORMAL_CLOSURE | protocol::GOING_AWAY))) => Departure::Left,
+        (None, _) => Departure::Parked,
     }
 }
 

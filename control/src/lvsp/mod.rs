@@ -95,8 +95,19 @@ pub struct Connection {
     /// When the connection must next hear from the client.
     deadline: Instant,
     bucket: Bucket,
+    /// Log lines for refused requests: a burst, then one per second.
+    log_budget: Bucket,
+    /// Refused requests not logged since the last line.
+    unlogged: u64,
     out: VecDeque<Output>,
 }
+
+/// How many refused-request lines one connection logs: a burst of ten,
+/// then one per second.
+const REQUEST_LOG: RateLimit = RateLimit {
+    per_second: 1.0,
+    burst: 10.0,
+};
 
 impl Connection {
     /// A new connection from `peer`; queues HELLO with a nonce drawn from
@@ -115,6 +126,8 @@ impl Connection {
         Connection {
             deadline: now + grace(config.heartbeat_interval),
             bucket: Bucket::new(config.rate, now),
+            log_budget: Bucket::new(REQUEST_LOG, now),
+            unlogged: 0,
             nonce,
             config,
             peer,
@@ -153,6 +166,29 @@ impl Connection {
             _ => {}
         }
         Incoming::from_envelope(&envelope, self.config.dialect).map_err(decode_refusal)
+    }
+
+    /// Charges a frame to the budget. Before IDENTIFY a frame past it
+    /// closes the connection (4000); once identified the server reads
+    /// no faster than the budget ([`Protocol::read_after`]), so the frame
+    /// is taken whatever the bucket says. An identified peer that sends
+    /// is alive: the heartbeat deadline moves on with every frame (a
+    /// heartbeat may wait behind a long burst the server reads slowly).
+    /// False when the connection is closed.
+    fn charge(&mut self, now: Instant) -> bool {
+        let within = self.bucket.take(now);
+        match self.state {
+            State::Closed => false,
+            State::Hello if !within => {
+                self.close(refuse(CloseCode::General, "rate limit exceeded"));
+                false
+            }
+            State::Hello => true,
+            State::Ready => {
+                self.deadline = now + grace(self.config.heartbeat_interval);
+                true
+            }
+        }
     }
 
     fn close(&mut self, r: Refusal) {
@@ -209,7 +245,7 @@ impl Connection {
                 let health = registry.health();
                 self.send(ServerMessage::HeartbeatAck(Health { health }));
             }
-            Incoming::Info(request) => self.handle_request(request, registry, replay)?,
+            Incoming::Info(request) => self.handle_request(now, request, registry, replay),
         }
         Ok(())
     }
@@ -254,12 +290,17 @@ impl Connection {
         self.send(ServerMessage::Ready(Health { health }));
     }
 
+    /// An INFO request. One that cannot be served (a VOICE_STATE_CREATE
+    /// for a channel never requested) is answered with nothing, counted
+    /// by the registry and logged at a bounded rate: it concerns that one
+    /// request, and every call depends on this connection.
     fn handle_request(
         &mut self,
+        now: Instant,
         request: Request,
         registry: &mut Registry,
         replay: &mut Replay,
-    ) -> Result<()> {
+    ) {
         match request {
             Request::ChannelReq(channel) => {
                 let assign = registry.channel_req(channel.channel_id, channel.guild_id);
@@ -267,13 +308,13 @@ impl Connection {
             }
             Request::ChannelDestroy(channel) => registry.channel_destroy(channel.channel_id),
             Request::VoiceStateCreate(state) => {
-                let session_id = registry
-                    .voice_state_create(state.user_id, state.channel_id)
-                    .map_err(|RequestError::UnknownChannel(_)| {
-                        refuse(CloseCode::General, "unknown channel")
-                    })?;
-                let done = VoiceStateDone { state, session_id };
-                self.send_info(replay, Reply::VoiceStateDone(done));
+                match registry.voice_state_create(state.user_id, state.channel_id) {
+                    Ok(session_id) => {
+                        let done = VoiceStateDone { state, session_id };
+                        self.send_info(replay, Reply::VoiceStateDone(done));
+                    }
+                    Err(e) => self.request_refused(now, &e),
+                }
             }
             Request::VoiceStateDestroy(state) => {
                 registry.voice_state_destroy(state.user_id, state.channel_id)
@@ -282,7 +323,17 @@ impl Connection {
             // channel"); neither changes forwarding.
             Request::ChannelUpdate(_) | Request::VoiceStateUpdate(_) => {}
         }
-        Ok(())
+    }
+
+    /// Logs a refused request: ten lines at once, then one a second, each
+    /// saying how many went unlogged before it.
+    fn request_refused(&mut self, now: Instant, e: &RequestError) {
+        if self.log_budget.take(now) {
+            let unlogged = std::mem::take(&mut self.unlogged);
+            tracing::warn!(peer = %self.peer, error = %e, unlogged, "LVSP request refused");
+        } else {
+            self.unlogged += 1;
+        }
     }
 }
 
@@ -296,10 +347,18 @@ impl Protocol for Connection {
         self.state == State::Ready
     }
 
-    fn handle_ping(&mut self, now: Instant) {
-        if self.state != State::Closed && !self.bucket.take(now) {
-            self.close(refuse(CloseCode::General, "rate limit exceeded"));
+    /// Identified: the peer is Litecord, authenticated, and every call
+    /// depends on its link. A burst past the budget is read more slowly
+    /// (until the next message's token is there), never closed.
+    fn read_after(&self, now: Instant) -> Option<Instant> {
+        match self.state {
+            State::Ready => self.bucket.ready_at(now),
+            State::Hello | State::Closed => None,
         }
+    }
+
+    fn handle_ping(&mut self, now: Instant) {
+        self.charge(now);
     }
 
     /// A text frame from the client, step one (no shared state): charges
@@ -307,11 +366,7 @@ impl Protocol for Connection {
     /// [`Protocol::handle_incoming`] must handle, or None (refused, a
     /// close queued).
     fn handle_text(&mut self, now: Instant, text: &str) -> Option<Incoming> {
-        if self.state == State::Closed {
-            return None;
-        }
-        if !self.bucket.take(now) {
-            self.close(refuse(CloseCode::General, "rate limit exceeded"));
+        if !self.charge(now) {
             return None;
         }
         match self.decode(text) {
@@ -570,10 +625,6 @@ mod tests {
             (r#"{"op":6,"d":{"type":3,"data":{"user_id":"1"}}}"#, 4002),
             (r#"{"op":6,"d":{"type":5,"data":{"channel_id":"1"}}}"#, 4002),
             (r#"{"op":6,"d":{"type":6,"data":{}}}"#, 4002),
-            (
-                r#"{"op":6,"d":{"type":3,"data":{"user_id":"1","channel_id":"404"}}}"#,
-                4000,
-            ),
         ];
         for (msg, code) in cases {
             let mut srv = Server::new(Dialect::Spec);
@@ -585,24 +636,94 @@ mod tests {
     }
 
     #[test]
-    fn floods_hit_the_rate_limit() {
+    fn floods_before_identify_hit_the_rate_limit() {
         let mut srv = Server::new(Dialect::Spec);
-        let mut c = srv.identified(); // 1 of the burst of 20
-        for _ in 0..19 {
-            assert_eq!(srv.send(&mut c, r#"{"op":4,"d":null}"#)[0]["op"], 5);
+        let (mut c, _) = srv.connect();
+        for _ in 0..20 {
+            c.handle_ping(srv.now);
+            assert_eq!(
+                c.read_after(srv.now),
+                None,
+                "unidentified: never waited for"
+            );
         }
-        assert_eq!(
-            srv.send(&mut c, r#"{"op":4,"d":null}"#),
-            vec![json!({"close": 4000})]
-        );
+        assert!(out(&mut c).is_empty(), "a burst of 20");
+        c.handle_ping(srv.now);
+        assert_eq!(out(&mut c), vec![json!({"close": 4000})]);
         // The budget refills with time: 10 per second.
         let mut srv = Server::new(Dialect::Spec);
         let mut c = srv.identified();
         for i in 0..200 {
             srv.now += Duration::from_millis(100);
+            assert_eq!(c.read_after(srv.now), None);
             let o = srv.send(&mut c, r#"{"op":4,"d":null}"#);
             assert_eq!(o[0]["op"], 5, "message {i} at the sustained rate");
         }
+    }
+
+    /// Litecord is authenticated and every call depends on its link: past
+    /// its budget the server reads more slowly (the caller waits until
+    /// `read_after`), and a burst that outlasts the heartbeat grace keeps
+    /// the link alive.
+    #[test]
+    fn identified_bursts_are_read_slowly_never_closed() {
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified(); // 1 of the burst of 20
+        srv.send(&mut c, &info(0, json!({"channel_id":"100","guild_id":"1"})));
+        let start = srv.now;
+        let mut waits = 0;
+        // 400 creates at 10 per second: 40 s, well past the grace of a
+        // 1.5 s heartbeat interval, with no heartbeat in between.
+        for user in 0..400 {
+            if let Some(at) = c.read_after(srv.now) {
+                assert!(at > srv.now);
+                waits += 1;
+                srv.now = at;
+                c.handle_timeout(srv.now);
+            }
+            assert_eq!(c.read_after(srv.now), None);
+            let create = info(
+                3,
+                json!({"user_id": (1000 + user).to_string(), "channel_id":"100"}),
+            );
+            let o = srv.send(&mut c, &create);
+            assert_eq!(o.len(), 1, "{o:?}");
+            assert_eq!(o[0]["d"]["type"], 4, "VOICE_STATE_DONE");
+        }
+        assert!(!c.is_closed());
+        assert_eq!(waits, 400 - 18);
+        let took = srv.now - start;
+        assert!(
+            took > Duration::from_secs(38) && took < Duration::from_secs(39),
+            "{took:?}"
+        );
+        assert_eq!(srv.cx.registry.voice_state_count(), 400);
+    }
+
+    /// A request that cannot be served is answered with nothing and
+    /// counted; the connection stays.
+    #[test]
+    fn request_errors_keep_the_connection() {
+        let mut srv = Server::new(Dialect::Spec);
+        let mut c = srv.identified();
+        for i in 0..15 {
+            let create = info(
+                3,
+                json!({"user_id": "1", "channel_id": (400 + i).to_string()}),
+            );
+            assert!(srv.send(&mut c, &create).is_empty());
+        }
+        assert_eq!(c.unlogged, 5, "ten lines at once, then one a second");
+        assert_eq!(srv.cx.registry.request_errors("unknown_channel"), 15);
+        assert!(!c.is_closed());
+        assert_eq!(srv.send(&mut c, r#"{"op":4,"d":null}"#)[0]["op"], 5);
+        let o = srv.send(&mut c, &info(0, json!({"channel_id":"404"})));
+        assert_eq!(o[0]["d"]["type"], 1);
+        let o = srv.send(
+            &mut c,
+            &info(3, json!({"user_id": "1", "channel_id": "404"})),
+        );
+        assert_eq!(o[0]["d"]["type"], 4);
     }
 
     #[test]
@@ -660,7 +781,6 @@ mod tests {
         let cases = [
             r#"{"op":6,"d":{"type":0,"data":{"channel_id":"EVIL"}}}"#,
             r#"{"op":6,"d":{"type":3,"data":{"user_id":"1","channel_id":"404EVIL"}}}"#,
-            r#"{"op":6,"d":{"type":3,"data":{"user_id":"1","channel_id":"404"}}}"#,
             r#"{"op":6,"d":{"type":77,"data":{"EVIL":1}}}"#,
             r#"{"op":"EVIL"}"#,
             r#"EVIL"#,

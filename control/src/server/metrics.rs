@@ -142,6 +142,29 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
     );
     metric(
         &mut out,
+        "voice_lvsp_request_errors_total",
+        "LVSP requests refused without closing the connection, by reason (unknown_channel).",
+        "counter",
+    );
+    for reason in crate::registry::RequestError::REASONS {
+        let n = hub.cx.registry.request_errors(reason);
+        let _ = writeln!(
+            out,
+            "voice_lvsp_request_errors_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    metric(
+        &mut out,
+        "voice_throttled_total",
+        "Times reading a connection paused until its message budget refilled (identified LVSP links are slowed down past it, not closed), by protocol.",
+        "counter",
+    );
+    for proto in ["lvsp", "gateway"] {
+        let n = hub.throttled.get(proto).copied().unwrap_or(0);
+        let _ = writeln!(out, "voice_throttled_total{{protocol=\"{proto}\"}} {n}");
+    }
+    metric(
+        &mut out,
         "voice_dataplane_restarts_total",
         "Times the dataplane died and was started again.",
         "counter",

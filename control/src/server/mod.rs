@@ -82,6 +82,9 @@ struct Hub {
     gateways: HashMap<ConnId, mpsc::UnboundedSender<Push>>,
     load: Load,
     closes: CloseCounts,
+    /// Times reading paused, per protocol: the connection's budget was
+    /// spent and its peer is trusted to wait (back-pressure).
+    throttled: BTreeMap<&'static str, u64>,
     /// Times the dataplane was restarted after dying.
     dataplane_restarts: u64,
     /// The dataplane child's process id, while it runs.
@@ -237,6 +240,7 @@ impl Server {
         registry.set_counter_slots(region_config.counter_slots);
         registry.set_orphan_grace(config.lvsp_grace);
         registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
+        registry.set_leave_grace(config.gateway_leave_grace);
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
                 cx: Context {
@@ -249,6 +253,7 @@ impl Server {
                 gateways: HashMap::new(),
                 load: Load::new(config.cores, config.capacity_per_core),
                 closes: CloseCounts::new(),
+                throttled: BTreeMap::new(),
                 dataplane_restarts: 0,
                 dataplane_pid: None,
             }),
@@ -715,15 +720,22 @@ async fn drive<M: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         let identify_by = admission.deadline();
+        // A trusted peer past its budget: its next frame waits (it stays
+        // in the socket's buffers, and TCP slows the peer down).
+        let read_at = machine.read_after(Instant::now());
+        if read_at.is_some() {
+            *shared.hub().throttled.entry(M::NAME).or_default() += 1;
+        }
         let deadline = machine
             .poll_timeout()
             .into_iter()
             .chain(identify_by)
+            .chain(read_at)
             .min()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            msg = ws.next() => match msg {
+            msg = ws.next(), if read_at.is_none() => match msg {
                 Some(Ok(Message::Text(text))) => {
                     // Decoded before the lock: parsing costs no one else.
                     let now = Instant::now();
@@ -736,7 +748,11 @@ async fn drive<M: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
                 // each Ping with a Pong).
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => machine.handle_ping(Instant::now()),
                 Some(Ok(Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => break 'run,
+                Some(Ok(Message::Close(frame))) => {
+                    machine.handle_close(frame.map(|f| u16::from(f.code)));
+                    break 'run;
+                }
+                None => break 'run,
                 Some(Err(tungstenite::Error::Capacity(_))) => machine.handle_oversized(),
                 Some(Err(_)) => break 'run,
             },

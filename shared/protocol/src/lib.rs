@@ -55,3 +55,11 @@ pub use snowflake::{ParseSnowflakeError, Snowflake};
 /// protocols send it to a connection that identified when every identified
 /// slot is taken.
 pub const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Websocket close code 1000, normal closure (RFC 6455): a voice client
+/// that closes with it (or [`GOING_AWAY`]) left the call.
+pub const NORMAL_CLOSURE: u16 = 1000;
+
+/// Websocket close code 1001, going away (RFC 6455): a browser tab closed,
+/// a client shutting down.
+pub const GOING_AWAY: u16 = 1001;
