@@ -10,7 +10,8 @@
 //! session ids of users 7, 8, 9. Directives:
 //! `!c<n>` current slot n, `!v<n>` a new connection at version n in it
 //! (the old one's socket closes), `!x` its socket closes (and a new one at
-//! the same version opens), `!m` connections opened from now on offer the
+//! the same version opens), `!q<n>` the same after the client's close frame
+//! with code n (1000 and 1001: a leave that may still resume), `!m` connections opened from now on offer the
 //! other set of modes (all five, or only the two current ones: legacy
 //! modes are offered only when configured), `!t<ms>` time passes (every
 //! timeout is handled), `!b` a binary frame, `!o` an oversized one, `!g` a
@@ -197,7 +198,16 @@ impl Call {
 
     /// The current slot's socket goes away; a new connection takes it.
     fn reopen(&mut self, version: u64) {
+        self.reopen_after(version, None);
+    }
+
+    /// [`Call::reopen`], the client having sent a close frame with `code`
+    /// (1000 and 1001 are a leave that may still resume).
+    fn reopen_after(&mut self, version: u64, code: Option<u16>) {
         let slot = &mut self.slots[self.current];
+        if code.is_some() {
+            slot.conn.handle_close(code);
+        }
         slot.conn.closed(self.now, &mut self.cx);
         self.route(false);
         self.slots[self.current] = self.open(version);
@@ -297,6 +307,10 @@ impl Call {
             b'c' => self.current = (n % self.slots.len() as u64) as usize,
             b'v' => self.reopen(n),
             b'x' => self.reopen(u64::from(self.slots[self.current].version)),
+            b'q' => {
+                let version = u64::from(self.slots[self.current].version);
+                self.reopen_after(version, Some(u16::try_from(n).unwrap_or(u16::MAX)));
+            }
             b'm' => self.legacy = !self.legacy,
             b'p' => self.pad = n.min(65_536) as usize,
             b't' => {
@@ -361,7 +375,9 @@ impl Call {
 
     fn dataplane(&mut self, core: u32, command: &Command, resync: bool) {
         match command {
-            Command::AnnounceSsrc { ssrc, .. } | Command::RemoveSession { ssrc } => {
+            Command::AnnounceSsrc { ssrc, .. }
+            | Command::RemoveSession { ssrc }
+            | Command::HoldSession { ssrc, .. } => {
                 assert_eq!(ssrc % CORES, core, "{command:?} on core {core}");
                 assert_ne!(*ssrc, 0);
                 if matches!(command, Command::RemoveSession { .. }) {
@@ -500,6 +516,13 @@ mod tests {
             "oversized before Identify"
         );
         assert!(call.slots[2].authenticated && call.slots[2].closed.is_none());
+
+        let call = play(include_bytes!("../seeds/gateway/leave-and-come-back"));
+        // 7 left (1000) and resumed in time, left again (1001) and came
+        // back too late; 8 closed abnormally (4000) and is parked.
+        assert_eq!(call.slots[0].closed, Some(4006), "past the leave grace");
+        assert_eq!(call.cx.registry.session_count(), 1);
+        assert_eq!(call.cx.registry.parked_count(), 1);
     }
 
     #[test]
