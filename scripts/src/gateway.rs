@@ -16,11 +16,10 @@ pub use protocol::gateway::{
     Identify, Ready, ServerMessage, SessionDescription, SPEAKING_MICROPHONE,
 };
 use protocol::Snowflake;
-use serde_json::Value;
 
 use crate::crypto::Mode;
 use crate::error::{ClientError, Result};
-use crate::ws::{HeartbeatTask, Link, WsWriter};
+use crate::ws::Link;
 pub use session::{decode, GatewayEvent, GatewaySession};
 
 /// Default time to wait for a reply.
@@ -52,6 +51,20 @@ fn snowflake(id: &str) -> Result<Snowflake> {
 #[derive(Debug)]
 pub struct GatewayClient {
     link: Link<GatewaySession>,
+}
+
+impl std::ops::Deref for GatewayClient {
+    type Target = Link<GatewaySession>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.link
+    }
+}
+
+impl std::ops::DerefMut for GatewayClient {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.link
+    }
 }
 
 impl GatewayClient {
@@ -90,16 +103,6 @@ impl GatewayClient {
     /// The `d` of the last Heartbeat ACK seen.
     pub fn last_heartbeat_ack(&self) -> Option<HeartbeatAck> {
         self.link.with(|s| s.last_heartbeat_ack())
-    }
-
-    /// A copy of the session's state as it is now.
-    pub fn session(&self) -> GatewaySession {
-        self.link.with(|s| s.clone())
-    }
-
-    /// How long helpers wait for their reply (default 10 s).
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        self.link.timeout = timeout;
     }
 
     /// Sends Identify and waits for Ready.
@@ -180,12 +183,6 @@ impl GatewayClient {
         self.link.act(resume).await
     }
 
-    /// Heartbeats every `interval` in the background until the returned
-    /// task is dropped; ACKs are absorbed by later reads.
-    pub fn spawn_heartbeat(&self, interval: Duration) -> HeartbeatTask {
-        self.link.spawn_heartbeat(interval)
-    }
-
     /// Waits for Hello unless it already came; returns the interval.
     pub async fn wait_hello(&mut self) -> Result<Duration> {
         if let Some(interval) = self.heartbeat_interval() {
@@ -219,29 +216,9 @@ impl GatewayClient {
             .map_err(|_| ClientError::Timeout("gateway event"))?
     }
 
-    /// A handle that can send on this connection from another task.
-    pub fn writer(&self) -> WsWriter {
-        self.link.writer().clone()
-    }
-
     /// Sends a message.
     pub async fn send(&self, message: ClientMessage) -> Result<()> {
         self.link.act(|s| s.send(message)).await
-    }
-
-    /// Sends a JSON value as a text frame.
-    pub async fn send_json(&self, value: &Value) -> Result<()> {
-        self.send_text(value.to_string()).await
-    }
-
-    /// Sends any text frame.
-    pub async fn send_text(&self, text: String) -> Result<()> {
-        self.link.writer().send_text(text).await
-    }
-
-    /// Closes the websocket with `code`.
-    pub async fn close(&self, code: u16) -> Result<()> {
-        self.link.writer().close(code).await
     }
 
     /// The close code, once the server closed.

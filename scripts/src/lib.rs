@@ -86,4 +86,4 @@ pub use gateway::{GatewayClient, GatewayEvent, GatewaySession};
 pub use lvsp::{LvspClient, LvspEvent, LvspSession};
 pub use udp::{ReceivedPacket, VoiceUdp};
 pub use voice::VoiceClient;
-pub use ws::{trust_certificate_file, Frame, HeartbeatTask, Session, WsWriter};
+pub use ws::{trust_certificate_file, Frame, HeartbeatTask, Link, Session, WsWriter};

@@ -30,7 +30,7 @@ use protocol::Snowflake;
 use serde_json::{json, Value};
 
 use crate::error::{ClientError, Result};
-use crate::ws::{HeartbeatTask, Link, WsWriter};
+use crate::ws::Link;
 pub use session::{decode, Info, LvspEvent, LvspSession};
 
 /// Default time to wait for a reply.
@@ -71,6 +71,20 @@ fn voice_state(user_id: &str, channel_id: &str, guild_id: Option<&str>) -> Resul
 pub struct LvspClient {
     link: Link<LvspSession>,
     hello: Hello,
+}
+
+impl std::ops::Deref for LvspClient {
+    type Target = Link<LvspSession>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.link
+    }
+}
+
+impl std::ops::DerefMut for LvspClient {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.link
+    }
 }
 
 impl LvspClient {
@@ -144,11 +158,6 @@ impl LvspClient {
         session::DIALECT.decode_interval(self.hello.heartbeat_interval)
     }
 
-    /// How long request helpers wait for their reply (default 10 s).
-    pub fn set_timeout(&mut self, timeout: Duration) {
-        self.link.timeout = timeout;
-    }
-
     /// The highest INFO `s` seen (what RESUME sends).
     pub fn last_seq(&self) -> Option<u64> {
         self.link.with(|s| s.last_seq())
@@ -162,11 +171,6 @@ impl LvspClient {
     /// The server INFOs not consumed yet (a copy).
     pub fn queued(&self) -> VecDeque<Info> {
         self.link.with(|s| s.queued().clone())
-    }
-
-    /// A copy of the session's state as it is now.
-    pub fn session(&self) -> LvspSession {
-        self.link.with(|s| s.clone())
     }
 
     /// CHANNEL_REQ, then waits for the CHANNEL_ASSIGN of that channel.
@@ -276,35 +280,9 @@ impl LvspClient {
         .await
     }
 
-    /// Heartbeats with `d: null` every `interval` in the background until
-    /// the returned task is dropped; the ACKs are absorbed by later reads.
-    pub fn spawn_heartbeat(&self, interval: Duration) -> HeartbeatTask {
-        self.link.spawn_heartbeat(interval)
-    }
-
-    /// A handle that can send on this connection from another task.
-    pub fn writer(&self) -> WsWriter {
-        self.link.writer().clone()
-    }
-
     /// Sends a message.
     pub async fn send(&self, message: ClientMessage) -> Result<()> {
         self.link.act(|s| s.send(message)).await
-    }
-
-    /// Sends a JSON value as a text frame.
-    pub async fn send_json(&self, value: &Value) -> Result<()> {
-        self.send_text(value.to_string()).await
-    }
-
-    /// Sends any text frame.
-    pub async fn send_text(&self, text: String) -> Result<()> {
-        self.link.writer().send_text(text).await
-    }
-
-    /// Closes the websocket with `code`.
-    pub async fn close(&self, code: u16) -> Result<()> {
-        self.link.writer().close(code).await
     }
 
     /// The next server message (ignoring the queue), or `Closed` with the

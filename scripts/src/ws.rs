@@ -186,13 +186,15 @@ fn drain<S: Session>(session: &mut S) -> Vec<String> {
 
 /// A websocket driving a [`Session`]: what the session queues is sent,
 /// what arrives is handed to it, and helpers wait by polling it between
-/// reads.
+/// reads. [`GatewayClient`](crate::GatewayClient) and
+/// [`LvspClient`](crate::LvspClient) are one each, with their protocol's
+/// helpers; what they share is here.
 #[derive(Debug)]
-pub(crate) struct Link<S> {
+pub struct Link<S> {
     ws: WsConn,
     session: Shared<S>,
     /// How long [`wait`](Self::wait) waits.
-    pub(crate) timeout: Duration,
+    timeout: Duration,
 }
 
 impl<S: Session> Link<S> {
@@ -205,9 +207,38 @@ impl<S: Session> Link<S> {
         })
     }
 
-    /// The sending half, for frames the session does not know about.
-    pub(crate) fn writer(&self) -> &WsWriter {
-        &self.ws.writer
+    /// A handle that can send on this connection from another task, for
+    /// frames the session does not know about.
+    pub fn writer(&self) -> WsWriter {
+        self.ws.writer.clone()
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send_json(&self, value: &serde_json::Value) -> Result<()> {
+        self.send_text(value.to_string()).await
+    }
+
+    /// Sends any text frame.
+    pub async fn send_text(&self, text: String) -> Result<()> {
+        self.ws.writer.send_text(text).await
+    }
+
+    /// Closes the websocket with `code`.
+    pub async fn close(&self, code: u16) -> Result<()> {
+        self.ws.writer.close(code).await
+    }
+
+    /// How long helpers wait for their reply (default 10 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// A copy of the session's state as it is now.
+    pub fn session(&self) -> S
+    where
+        S: Clone,
+    {
+        self.with(|s| s.clone())
     }
 
     /// Reads the session.
@@ -250,9 +281,10 @@ impl<S: Session> Link<S> {
             .map_err(|_| ClientError::Timeout(what))?
     }
 
-    /// Starts the session heartbeating every `interval` and a task that
-    /// sends its heartbeats when they are due.
-    pub(crate) fn spawn_heartbeat(&self, interval: Duration) -> HeartbeatTask {
+    /// Heartbeats every `interval` in the background (the session's
+    /// schedule, sent by a task when due) until the returned task is
+    /// dropped; ACKs are absorbed by later reads.
+    pub fn spawn_heartbeat(&self, interval: Duration) -> HeartbeatTask {
         self.with(|s| s.start_heartbeat(Instant::now(), interval));
         let (session, writer) = (Arc::clone(&self.session), self.ws.writer.clone());
         HeartbeatTask(tokio::spawn(async move {
