@@ -1326,3 +1326,254 @@ fn lvsp_heartbeat_timeout_and_the_orphan_grace() {
     w.advance(Duration::from_secs(60));
     assert_eq!(w.cx.registry.channel_count(), 0, "gone for good: expired");
 }
+
+/// Ready offers exactly the configured modes; Select Protocol with another
+/// is 4016.
+#[test]
+fn only_the_configured_modes_are_offered() {
+    let (mut w, token, s) = call(30, &[7]);
+    Arc::make_mut(&mut w.gateway).modes = vec![shared::Mode::XSalsa20Poly1305];
+    let a = w.connect(4);
+    w.identify(a, Snowflake(7), &s[0], &token);
+    assert_eq!(
+        w.client(a).ready().expect("Ready").modes,
+        ["xsalsa20_poly1305"]
+    );
+    w.client(a)
+        .select_protocol(None, 4000, "aead_aes256_gcm_rtpsize");
+    w.run();
+    assert_eq!(w.closed(a), Some(Some(4016)));
+}
+
+/// A Heartbeat ACK has the version's shape and carries back only the
+/// nonce (never larger than what earned it); a nonce of another shape is
+/// 4002.
+#[test]
+fn heartbeat_acks_by_version_carry_only_the_nonce() {
+    let (mut w, token, s) = call(31, &[7, 8]);
+    let v4 = w.connect(4);
+    w.identify(v4, Snowflake(7), &s[0], &token);
+    let v8 = w.connect(8);
+    w.identify(v8, Snowflake(8), &s[1], &token);
+    w.frames(v4);
+    w.frames(v8);
+    let blob = "y".repeat(1000);
+    for (i, sent, ack) in [
+        (v4, json!(1501184119561u64), json!(1501184119561u64)),
+        (v4, json!(u64::MAX), json!(u64::MAX)),
+        (v8, json!({"t": 99, "seq_ack": 1}), json!({"t": 99})),
+        (
+            v8,
+            json!({"t": -5, "seq_ack": 2, "extra": blob}),
+            json!({"t": -5}),
+        ),
+    ] {
+        w.send_raw(i, &json!({"op": 3, "d": sent}).to_string());
+        assert_eq!(w.frames(i), [json!({"op": 6, "d": ack})], "{sent}");
+    }
+    for (version, d) in [
+        (4, json!({"t": 1})),
+        (4, json!(blob)),
+        (4, json!(1.5)),
+        (4, Value::Null),
+        (8, json!(5)),
+        (8, json!({"t": [1, 2]})),
+        (8, json!({"t": 1.5})),
+    ] {
+        let c = w.connect(version);
+        w.send_raw(c, &json!({"op": 3, "d": d}).to_string());
+        assert_eq!(w.closed(c), Some(Some(4002)), "v{version} {d}");
+    }
+}
+
+/// At v8 every message but Hello, Heartbeat ACK and Resumed is numbered,
+/// in order per session; below v8 nothing is.
+#[test]
+fn v8_messages_carry_seq_in_order() {
+    let (mut w, token, s) = call(32, &[7, 8, 9]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    let seqs = |frames: Vec<Value>| -> Vec<(Value, Value)> {
+        frames
+            .into_iter()
+            .filter(|f| f["op"] != 6)
+            .map(|f| (f["op"].clone(), f["seq"].clone()))
+            .collect()
+    };
+    let none = Value::Null;
+    assert_eq!(
+        seqs(w.frames(a)),
+        [
+            (json!(8), none.clone()),
+            (json!(2), json!(1)),
+            (json!(11), json!(2))
+        ]
+    );
+    assert_eq!(
+        seqs(w.frames(b)),
+        [
+            (json!(8), none.clone()),
+            (json!(2), json!(1)),
+            (json!(11), json!(2))
+        ]
+    );
+    w.client(a)
+        .select_protocol(None, 4000, "aead_aes256_gcm_rtpsize");
+    w.run();
+    assert_eq!(seqs(w.frames(a)), [(json!(4), json!(3))]);
+    let c = member(&mut w, 4, 9, &s[2], &token);
+    let frames = w.frames(c);
+    assert!(frames.len() >= 3);
+    assert!(frames.iter().all(|f| f.get("seq").is_none()), "{frames:?}");
+}
+
+/// Before Identify a connection is cheap to refuse: frames over 4 KiB are
+/// closed unparsed, a heartbeat is answered without the registry, a binary
+/// frame is 4003. Once identified, large frames are the socket layer's
+/// business.
+#[test]
+fn before_identify_only_small_frames_and_three_ops() {
+    let (mut w, token, s) = call(33, &[7]);
+    let pad = "x".repeat(control::PRE_AUTH_MAX_MESSAGE);
+    let big = json!({"op": 3, "d": {"t": 1}, "pad": pad}).to_string();
+    let c = w.connect(8);
+    w.send_raw(c, &big);
+    assert_eq!(w.closed(c), Some(Some(4002)));
+    let c = w.connect(8);
+    w.frames(c);
+    let now = w.now;
+    let server = &mut w.gateways[c].1.server;
+    assert!(
+        server.handle_text(now, r#"{"op":3,"d":{"t":7}}"#).is_none(),
+        "answered without the registry"
+    );
+    w.run();
+    assert_eq!(w.frames(c), [json!({"op": 6, "d": {"t": 7}})]);
+    w.gateways[c].1.server.handle_binary(now);
+    w.run();
+    assert_eq!(w.closed(c), Some(Some(4003)));
+    let a = w.connect(8);
+    w.identify(a, Snowflake(7), &s[0], &token);
+    w.frames(a);
+    w.send_raw(a, &big);
+    assert_eq!(w.frames(a), [json!({"op": 6, "d": {"t": 1}})]);
+}
+
+/// A close frame's reason is a fixed text: it never repeats what the
+/// client sent.
+#[test]
+fn close_reasons_never_echo_client_text() {
+    let (mut w, token, s) = call(34, &[7]);
+    let evil = "EVIL<script>";
+    let cases = [
+        format!("{{\"op\":1,\"d\":{{\"protocol\":\"{evil}\",\"data\":{{}}}}}}"),
+        format!("{{\"op\":1,\"d\":{{\"protocol\":\"udp\",\"data\":{{\"mode\":\"{evil}\"}}}}}}"),
+        format!("{{\"op\":\"{evil}\"}}"),
+        format!("{{\"op\":99,\"d\":\"{evil}\"}}"),
+        format!("{evil} not json"),
+        format!("{{\"op\":5,\"d\":{{\"speaking\":\"{evil}\"}}}}"),
+    ];
+    let reason = |frames: Vec<Value>| frames.last().expect("closed")["reason"].clone();
+    for m in &cases {
+        let c = w.connect(8);
+        w.identify(c, Snowflake(7), &s[0], &token);
+        w.send_raw(c, m);
+        assert!(w.closed(c).is_some(), "{m}");
+        let why = reason(w.frames(c));
+        assert!(!why.to_string().contains("EVIL"), "{why} for {m}");
+    }
+    let c = w.connect(8);
+    w.send_raw(
+        c,
+        &format!("{{\"op\":0,\"d\":{{\"server_id\":\"{evil}\"}}}}"),
+    );
+    assert!(!reason(w.frames(c)).to_string().contains("EVIL"));
+}
+
+/// Identifying again on new sockets does not refill the message budget:
+/// it is the voice session's, kept in the registry. It refills with time,
+/// and an unidentified socket has its own.
+#[test]
+fn the_budget_belongs_to_the_session_not_the_socket() {
+    let (mut w, token, s) = call(35, &[7]);
+    let hb = r#"{"op":3,"d":{"t":1,"seq_ack":0}}"#;
+    let acked = |frames: &[Value]| frames.iter().filter(|f| f["op"] == 6).count();
+    let identify = identify_json("7", &s[0], "1", &token);
+    let mut c = w.connect(8);
+    w.send_raw(c, &identify); // 1 of the burst of 20
+    let mut accepted = 1;
+    for _ in 0..10 {
+        // 5 messages per socket, then a new socket identifies again.
+        for _ in 0..5 {
+            w.send_raw(c, hb);
+        }
+        accepted += acked(&w.frames(c));
+        w.drop_socket(c);
+        c = w.connect(8);
+        w.frames(c);
+        w.send_raw(c, &identify);
+        let frames = w.frames(c);
+        if frames[0]["op"] == 2 {
+            accepted += 1;
+        } else {
+            assert_eq!(frames[0]["close"], 4021, "refused only for the budget");
+            break;
+        }
+    }
+    assert_eq!(accepted, 20, "one burst across every socket");
+    w.advance(Duration::from_secs(1));
+    let c = w.connect(8);
+    w.send_raw(c, &identify);
+    assert!(w.client(c).ready().is_some(), "refilled with time");
+    let idle = w.connect(8);
+    for _ in 0..25 {
+        w.send_raw(idle, hb);
+    }
+    assert_eq!(acked(&w.frames(idle)), 20);
+    assert_eq!(w.closed(idle), Some(Some(4021)));
+}
+
+/// A member who speaks and rejoins in a loop cannot push a parked
+/// member's missed messages out of its resume buffer (4 here): only its
+/// latest Speaking and its latest join or leave are kept, while live
+/// members get everything.
+#[test]
+fn a_flooding_member_cannot_evict_a_parked_members_messages() {
+    let (mut w, token, s) = call(36, &[7, 8, 9]);
+    w.cx.registry.set_resume(Duration::from_secs(600), 4);
+    let parked = member(&mut w, 8, 7, &s[0], &token);
+    let mut flooder = member(&mut w, 8, 8, &s[1], &token);
+    let witness = member(&mut w, 8, 9, &s[2], &token);
+    w.messages(witness);
+    w.drop_socket(parked);
+    let (mut seen_by_witness, mut spoke_as) = (0, 0);
+    for round in 0..50u32 {
+        w.advance(Duration::from_secs(1)); // the budget refills
+        for flags in 1..=3 {
+            w.client(flooder).speaking(flags + round).unwrap();
+        }
+        w.run();
+        spoke_as = w.client(flooder).ssrc().unwrap();
+        // Leave for good (4002 is not resumable), then join again.
+        w.send_raw(flooder, "garbage");
+        assert_eq!(w.closed(flooder), Some(Some(4002)));
+        flooder = member(&mut w, 8, 8, &s[1], &token);
+        seen_by_witness += w.messages(witness).len();
+    }
+    assert!(seen_by_witness >= 250, "live members get everything");
+    let back = w.reconnect(parked);
+    w.client(back).resume(GUILD, &s[0], &token);
+    w.run();
+    let got = w.messages(back);
+    assert_eq!(
+        got[1..],
+        [
+            ServerMessage::Resumed,
+            speaking(8, spoke_as, 3 + 49),
+            ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(8)],
+            }),
+        ],
+        "after Hello: the latest Speaking, then the latest join"
+    );
+}
