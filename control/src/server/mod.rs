@@ -324,6 +324,8 @@ impl Server {
             self_signed_cert,
             ..
         } = self;
+        // Before `/metrics` answers: a scrape never misses the pid.
+        shared.hub().dataplane_pid = supervisor.pid();
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept_lvsp = tokio::spawn(accept_loop(
             lvsp,
@@ -355,7 +357,6 @@ impl Server {
                 }
             })
         };
-        shared.hub().dataplane_pid = supervisor.pid();
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
