@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 pub use protocol::lvsp::{
     identify_token, ChannelAssign, Dialect, Health, Hello, Reply, ServerMessage, VoiceStateDone,
 };
-use protocol::lvsp::{
-    Channel, ClientMessage, Identify, Opcode, Request, Resume, VoiceState, VoiceStateUpdate,
-};
+use protocol::lvsp::{Channel, ClientMessage, Identify, Opcode, Request, Resume, VoiceState};
 use protocol::Snowflake;
 use serde_json::{json, Value};
 
@@ -227,15 +225,6 @@ impl LvspClient {
         self.send_request(Request::ChannelDestroy(req)).await
     }
 
-    /// VOICE_STATE_UPDATE (no reply).
-    pub async fn voice_state_update(&self, session_id: &str) -> Result<()> {
-        let update = VoiceStateUpdate {
-            session_id: session_id.to_owned(),
-        };
-        self.send_request(Request::VoiceStateUpdate(Some(update)))
-            .await
-    }
-
     /// Sends an INFO request.
     pub async fn send_request(&self, request: Request) -> Result<()> {
         self.link.act(|s| s.request(request)).await
@@ -262,13 +251,6 @@ impl LvspClient {
     /// Sends HEARTBEAT with `d: null` and returns the ACK's health.
     pub async fn heartbeat(&mut self) -> Result<f64> {
         self.link.act(|s| s.heartbeat(Instant::now(), None)).await?;
-        self.wait_heartbeat_ack().await
-    }
-
-    /// Sends HEARTBEAT with `d: {"s": seq}` and returns the ACK's health.
-    pub async fn heartbeat_with_seq(&mut self, seq: u64) -> Result<f64> {
-        let heartbeat = |s: &mut LvspSession| s.heartbeat(Instant::now(), Some(seq));
-        self.link.act(heartbeat).await?;
         self.wait_heartbeat_ack().await
     }
 

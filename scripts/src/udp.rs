@@ -323,13 +323,6 @@ impl VoiceUdp {
         Ok(buf)
     }
 
-    /// [`recv_raw`](Self::recv_raw) with a time limit.
-    pub async fn recv_raw_timeout(&self, wait: Duration) -> Result<Vec<u8>> {
-        tokio::time::timeout(wait, self.recv_raw())
-            .await
-            .map_err(|_| ClientError::Timeout("datagram"))?
-    }
-
     /// Waits for the next audio packet and decrypts it with the session
     /// key. Keepalive echoes are recorded, discovery responses and RTCP
     /// skipped; a packet that fails to decrypt or parse is an error.
