@@ -146,7 +146,7 @@ impl WsConn {
 /// What both client sessions ([`GatewaySession`](crate::GatewaySession),
 /// [`LvspSession`](crate::LvspSession)) offer whatever drives them: frames
 /// and time in, frames to send and the next deadline out. A [`Link`] drives
-/// one over a websocket; `control/tests/pair.rs` drives one against the
+/// one over a websocket; `control/tests/pair/` drives one against the
 /// server's state machine in one process.
 pub trait Session: Send + 'static {
     /// Reads one frame from the server at `now`.

@@ -548,7 +548,7 @@ pub fn version_from_query(query: Option<&str>) -> Option<u8> {
 
 /// The connection's flows (every close code, resume, budgets, message
 /// shapes) are tested against the client library's session in one process
-/// in `control/tests/pair.rs`.
+/// in `control/tests/pair/`.
 #[cfg(test)]
 mod tests {
     use super::*;
