@@ -4,7 +4,9 @@
 //! the session and token this test obtained over LVSP. It sends Opus frames
 //! and receives the other member's frames through `VoiceReceiver`; the other
 //! member is this project's own client. Both directions are compared byte
-//! for byte.
+//! for byte. Its `connection.destroy()` at the end must be a leave the
+//! other member sees at once; a second test has it lose its UDP socket, so
+//! that it resumes on a new websocket after closing the old one with 1000.
 //!
 //! Needs Node.js and npm; the first run installs the pinned packages with
 //! `npm ci --prefix control/tests/interop` (CI's `.ci/run` does it too).
@@ -182,18 +184,19 @@ async fn discordjs_voice_in_xchacha_beside_a_legacy_client() {
     .await;
 }
 
-async fn interop(extra: &[&str], djs_mode: &str, rust_mode: Mode) {
+/// The server with TLS and a certificate of this test's own (node trusts
+/// exactly it), and a short heartbeat interval, so that discord.js
+/// heartbeats (v8 shape, with seq_ack) several times during a call: it
+/// drops a connection whose heartbeats go unacknowledged three times in a
+/// row.
+fn start(extra: &[&str]) -> (ServerProcess, PathBuf) {
     check_prerequisites();
-    // A certificate file of this test's own: node trusts exactly it.
     let cert = std::env::temp_dir().join(format!(
         "voice-interop-cert-{}-{}.pem",
         std::process::id(),
         rand::random::<u32>()
     ));
     let cert_arg = cert.to_string_lossy().into_owned();
-    // A short heartbeat interval, so that discord.js heartbeats (v8 shape,
-    // with seq_ack) several times during the call: it drops a connection
-    // whose heartbeats go unacknowledged three times in a row.
     let mut args = vec![
         "--self-signed-cert",
         &cert_arg,
@@ -211,6 +214,11 @@ async fn interop(extra: &[&str], djs_mode: &str, rust_mode: Mode) {
         .cert
         .clone()
         .expect("the server printed its certificate");
+    (server, cert)
+}
+
+async fn interop(extra: &[&str], djs_mode: &str, rust_mode: Mode) {
+    let (server, cert) = start(extra);
     tokio::time::timeout(
         Duration::from_secs(90),
         call(&server, &cert, djs_mode, rust_mode),
@@ -219,6 +227,107 @@ async fn interop(extra: &[&str], djs_mode: &str, rust_mode: Mode) {
     .expect("the call finished in time");
     let status = server.stop();
     assert!(status.success(), "control exited with {status}");
+}
+
+/// discord.js loses its UDP socket: it resumes on a new websocket and
+/// closes the old one with 1000, which the server takes for a leave, and
+/// the Resume within the leave grace brings it back with its SSRC; the
+/// other member is told it left and is back (or, if the Resume came first,
+/// nothing at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discordjs_voice_resumes_after_losing_udp() {
+    let (server, cert) = start(&[]);
+    tokio::time::timeout(Duration::from_secs(60), udp_loss(&server, &cert))
+        .await
+        .expect("done in time");
+    let status = server.stop();
+    assert!(status.success(), "control exited with {status}");
+}
+
+async fn udp_loss(server: &ServerProcess, cert: &Path) {
+    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP identify");
+    let _lvsp_heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
+    let assign = lvsp.channel_req(CHANNEL, Some(GUILD)).await.unwrap();
+    let rust_state = lvsp
+        .voice_state_create(RUST_USER, CHANNEL, Some(GUILD))
+        .await
+        .unwrap();
+    let djs_state = lvsp
+        .voice_state_create(DJS_USER, CHANNEL, Some(GUILD))
+        .await
+        .unwrap();
+    let mut rust = VoiceClient::join(
+        &server.gateway_url,
+        8,
+        GUILD,
+        RUST_USER,
+        &rust_state.session_id,
+        &assign.token,
+        Mode::Aes256GcmRtpSize,
+    )
+    .await
+    .expect("rust client joins");
+    rust.gateway.speaking(1).await.expect("speaking");
+    let params = json!({
+        "endpoint": server.gateway_url.strip_prefix("wss://").unwrap().trim_end_matches('/'),
+        "guild_id": GUILD,
+        "channel_id": CHANNEL,
+        "user_id": DJS_USER,
+        "session_id": djs_state.session_id,
+        "token": assign.token,
+        "peer_user_id": RUST_USER,
+        "scenario": "udp_loss",
+        "timeout_ms": 30_000,
+    });
+    let mut node = Node::spawn(cert, &params);
+    let ready = match node.event("ready", Duration::from_secs(20)).await {
+        Ok(v) => v,
+        Err(e) => node_failed(node, format!("discord.js never got ready: {e}")).await,
+    };
+    let resumed = match node.event("resumed", Duration::from_secs(15)).await {
+        Ok(v) => v,
+        Err(e) => node_failed(node, format!("discord.js did not resume: {e}")).await,
+    };
+    assert_eq!(
+        resumed["ssrc"], ready["ssrc"],
+        "the same SSRC after the resume"
+    );
+    match tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        other => node_failed(node, format!("node after the resume: {other:?}")).await,
+    }
+    // What the other member was told about discord.js, in order, through
+    // its final leave (destroy(): 1000 after the resume).
+    let mut told = Vec::new();
+    let quiet = Instant::now() + Duration::from_millis(500);
+    while let Ok(event) = rust
+        .gateway
+        .next_event_timeout(quiet.saturating_duration_since(Instant::now()))
+        .await
+    {
+        match event {
+            GatewayEvent::Message(ServerMessage::ClientsConnect(c))
+                if c.user_ids.iter().any(|u| u.to_string() == DJS_USER) =>
+            {
+                told.push(11)
+            }
+            GatewayEvent::Message(ServerMessage::ClientDisconnect(c))
+                if c.user_id.to_string() == DJS_USER =>
+            {
+                told.push(13)
+            }
+            _ => {}
+        }
+    }
+    eprintln!("discord.js after losing UDP; the other member was told {told:?}");
+    // Joined (11), then either left and back (13, 11) or nothing, then the
+    // final leave (13).
+    assert!(
+        told == [11, 13] || told == [11, 13, 11, 13],
+        "the other member was told {told:?}"
+    );
 }
 
 async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mode) {
@@ -355,6 +464,28 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         Ok(v) => v,
         Err(e) => node_failed(node, format!("discord.js gave no result: {e}")).await,
     };
+    // Right after its result discord.js calls `connection.destroy()`,
+    // which closes its websocket with 1000: a leave the others see at
+    // once, not after the resume grace.
+    let destroyed = Instant::now();
+    let mut events = Vec::new();
+    let left = loop {
+        match rust
+            .gateway
+            .next_event_timeout(Duration::from_secs(3))
+            .await
+        {
+            Ok(GatewayEvent::Message(ServerMessage::ClientDisconnect(c)))
+                if c.user_id.to_string() == DJS_USER =>
+            {
+                break destroyed.elapsed();
+            }
+            Ok(event) => events.push(event),
+            Err(e) => node_failed(node, format!("no Client Disconnect after destroy(): {e}")).await,
+        }
+    };
+    eprintln!("discord.js destroy() → op 13 at the other member: {left:?}");
+    assert!(left < Duration::from_secs(1), "the leave took {left:?}");
     let status = match tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await {
         Ok(status) => status.expect("wait for node"),
         Err(_) => node_failed(node, "node did not exit after its result".into()).await,
@@ -411,6 +542,9 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         .next_event_timeout(Duration::from_millis(200))
         .await
     {
+        events.push(event);
+    }
+    for event in events {
         match event {
             GatewayEvent::Message(ServerMessage::ClientsConnect(c)) => {
                 connected |= c.user_ids.iter().any(|u| u.to_string() == DJS_USER)

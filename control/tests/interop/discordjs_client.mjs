@@ -15,6 +15,11 @@
 //   peer_user_id   the member whose frames must be received
 //   silence_ms     quiet time that ends the receive stream (default 1000)
 //   timeout_ms     hard limit for the whole run (default 25000)
+//   scenario       "call" (default): send the frames, receive the peer's,
+//                  then connection.destroy(); "udp_loss": once Ready, the
+//                  UDP socket closes as when it fails, and discord.js must
+//                  resume on a new websocket (it closes the old one with
+//                  1000); prints {"event":"resumed",...} and destroys
 // Set DISCORDJS_DEBUG=1 for @discordjs/voice's debug log on stderr.
 //
 // Stdout gets JSON lines: {"event":"ready",...} once the connection is Ready
@@ -50,6 +55,7 @@ for (const key of ['endpoint', 'guild_id', 'channel_id', 'user_id', 'session_id'
 const frames = (params.frames ?? []).map((hex) => Buffer.from(hex, 'hex'));
 const silenceMs = params.silence_ms ?? 1000;
 const timeoutMs = params.timeout_ms ?? 25_000;
+const scenario = params.scenario ?? 'call';
 const debug = process.env.DISCORDJS_DEBUG === '1';
 
 function emit(event) {
@@ -186,6 +192,11 @@ async function main() {
 		peer_ssrc: peerSsrc,
 	});
 
+	if (scenario === 'udp_loss') {
+		await loseUdp();
+		return;
+	}
+
 	// Send: the frames as they are, one per 20 ms tick. All are buffered in
 	// the stream before playback so no tick finds it empty (an empty tick
 	// would send a silence frame in the middle).
@@ -226,6 +237,31 @@ async function main() {
 	connection.destroy();
 	// Give the websocket close frame a moment, then leave even if a timer
 	// (heartbeat, UDP keepalive) is still pending.
+	setTimeout(() => process.exit(0), 200).unref();
+}
+
+// The UDP socket closes (what VoiceUDPSocket reports when it fails):
+// @discordjs/voice resumes on a new websocket and closes the old one with
+// 1000. Prints what it resumed with, then leaves.
+async function loseUdp() {
+	const networking = connection.state.networking;
+	let resumed = false;
+	networking.on('stateChange', (old, next) => {
+		if (old.code === 5 /* Resuming */ && next.code === 4 /* Ready */) resumed = true;
+	});
+	networking.state.udp.socket.close();
+	try {
+		await waitFor('the resume after losing UDP', () => resumed, 10_000);
+	} catch (error) {
+		fail(error.message);
+	}
+	emit({
+		event: 'resumed',
+		ssrc: networkingState()?.connectionData?.ssrc,
+		ws_sequence: networkingState()?.ws?.sequence,
+	});
+	clearTimeout(deadline);
+	connection.destroy();
 	setTimeout(() => process.exit(0), 200).unref();
 }
 
