@@ -50,6 +50,24 @@ async fn next_matching<T>(
     }
 }
 
+/// A Resume at v8 on a new socket, up to Resumed.
+async fn resume(server: &ServerProcess, session: &str, token: &str, seq_ack: i64) -> GatewayClient {
+    let mut back = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    back.send_json(
+        &json!({"op": 7, "d": {"server_id": GUILD, "session_id": session,
+        "token": token, "seq_ack": seq_ack}}),
+    )
+    .await
+    .unwrap();
+    next_matching(&mut back, "Resumed", |e| {
+        matches!(e, GatewayEvent::Message(ServerMessage::Resumed)).then_some(())
+    })
+    .await;
+    back
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_at_v4_and_v8_in_one_channel() {
     let all: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
@@ -120,19 +138,7 @@ async fn resume_keeps_media_flowing_and_redelivers_what_was_missed() {
     // 6003 joins while 6001 is away.
     let mut late = join_call(&server, &mut lvsp, GUILD, channel, &["6003"]).await;
 
-    let mut back = GatewayClient::connect(&server.gateway_url, 8)
-        .await
-        .unwrap();
-    back.send_json(
-        &json!({"op": 7, "d": {"server_id": GUILD, "session_id": session,
-        "token": token, "seq_ack": seq_ack}}),
-    )
-    .await
-    .unwrap();
-    next_matching(&mut back, "Resumed", |e| {
-        matches!(e, GatewayEvent::Message(ServerMessage::Resumed)).then_some(())
-    })
-    .await;
+    let mut back = resume(&server, &session, &token, seq_ack).await;
     // Everything numbered after seq_ack comes again: 6003's arrival, and
     // anything else the old socket had not read yet (6002's, say).
     loop {
@@ -255,19 +261,7 @@ async fn a_normal_close_is_a_prompt_leave_that_can_still_resume() {
     eprintln!("leave: Client Disconnect after {latency:?}; held within {held_at:?}");
 
     // It resumes within the grace: the others learn it is back.
-    let mut back = GatewayClient::connect(&server.gateway_url, 8)
-        .await
-        .unwrap();
-    back.send_json(
-        &json!({"op": 7, "d": {"server_id": GUILD, "session_id": session,
-        "token": token, "seq_ack": seq_ack}}),
-    )
-    .await
-    .unwrap();
-    next_matching(&mut back, "Resumed", |e| {
-        matches!(e, GatewayEvent::Message(ServerMessage::Resumed)).then_some(())
-    })
-    .await;
+    let back = resume(&server, &session, &token, seq_ack).await;
     for other in &mut call[1..] {
         // (The welcome of the last member to join may still be unread.)
         next_matching(&mut other.gateway, "Clients Connect of 8001", |e| match e {

@@ -19,7 +19,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use scripts::gateway::ServerMessage;
-use scripts::{ClientError, GatewayEvent, LvspClient, Mode, VoiceClient};
+use scripts::{ClientError, GatewayEvent, HeartbeatTask, LvspClient, Mode, VoiceClient};
 use serde_json::{json, Value};
 use support::ServerProcess;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
@@ -217,6 +217,56 @@ fn start(extra: &[&str]) -> (ServerProcess, PathBuf) {
     (server, cert)
 }
 
+/// Litecord's link (heartbeating), the channel's token, discord.js's
+/// session id, and this project's client in the call.
+struct Setup {
+    _lvsp: (LvspClient, HeartbeatTask),
+    token: String,
+    djs_session: String,
+    rust: VoiceClient,
+}
+
+/// Litecord's side (the channel and both voice states), then this
+/// project's client joins first and announces its SSRC (op 5): the server
+/// must repeat that to discord.js when it joins later, or discord.js cannot
+/// map the SSRC to the user it subscribes to.
+async fn setup(server: &ServerProcess, rust_mode: Mode) -> Setup {
+    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP identify");
+    let heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
+    let assign = lvsp
+        .channel_req(CHANNEL, Some(GUILD))
+        .await
+        .expect("CHANNEL_ASSIGN");
+    let rust_state = lvsp
+        .voice_state_create(RUST_USER, CHANNEL, Some(GUILD))
+        .await
+        .expect("VOICE_STATE_DONE (rust)");
+    let djs_state = lvsp
+        .voice_state_create(DJS_USER, CHANNEL, Some(GUILD))
+        .await
+        .expect("VOICE_STATE_DONE (discord.js)");
+    let rust = VoiceClient::join(
+        &server.gateway_url,
+        8,
+        GUILD,
+        RUST_USER,
+        &rust_state.session_id,
+        &assign.token,
+        rust_mode,
+    )
+    .await
+    .expect("rust client joins");
+    rust.gateway.speaking(1).await.expect("speaking");
+    Setup {
+        _lvsp: (lvsp, heartbeat),
+        token: assign.token,
+        djs_session: djs_state.session_id,
+        rust,
+    }
+}
+
 async fn interop(extra: &[&str], djs_mode: &str, rust_mode: Mode) {
     let (server, cert) = start(extra);
     tokio::time::timeout(
@@ -245,38 +295,19 @@ async fn discordjs_voice_resumes_after_losing_udp() {
 }
 
 async fn udp_loss(server: &ServerProcess, cert: &Path) {
-    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
-        .await
-        .expect("LVSP identify");
-    let _lvsp_heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
-    let assign = lvsp.channel_req(CHANNEL, Some(GUILD)).await.unwrap();
-    let rust_state = lvsp
-        .voice_state_create(RUST_USER, CHANNEL, Some(GUILD))
-        .await
-        .unwrap();
-    let djs_state = lvsp
-        .voice_state_create(DJS_USER, CHANNEL, Some(GUILD))
-        .await
-        .unwrap();
-    let mut rust = VoiceClient::join(
-        &server.gateway_url,
-        8,
-        GUILD,
-        RUST_USER,
-        &rust_state.session_id,
-        &assign.token,
-        Mode::Aes256GcmRtpSize,
-    )
-    .await
-    .expect("rust client joins");
-    rust.gateway.speaking(1).await.expect("speaking");
+    let Setup {
+        _lvsp,
+        token,
+        djs_session,
+        mut rust,
+    } = setup(server, Mode::Aes256GcmRtpSize).await;
     let params = json!({
         "endpoint": server.gateway_url.strip_prefix("wss://").unwrap().trim_end_matches('/'),
         "guild_id": GUILD,
         "channel_id": CHANNEL,
         "user_id": DJS_USER,
-        "session_id": djs_state.session_id,
-        "token": assign.token,
+        "session_id": djs_session,
+        "token": token,
         "peer_user_id": RUST_USER,
         "scenario": "udp_loss",
         "timeout_ms": 30_000,
@@ -331,39 +362,12 @@ async fn udp_loss(server: &ServerProcess, cert: &Path) {
 }
 
 async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mode) {
-    // Litecord's side: the channel and both voice states.
-    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
-        .await
-        .expect("LVSP identify");
-    let _lvsp_heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
-    let assign = lvsp
-        .channel_req(CHANNEL, Some(GUILD))
-        .await
-        .expect("CHANNEL_ASSIGN");
-    let rust_state = lvsp
-        .voice_state_create(RUST_USER, CHANNEL, Some(GUILD))
-        .await
-        .expect("VOICE_STATE_DONE (rust)");
-    let djs_state = lvsp
-        .voice_state_create(DJS_USER, CHANNEL, Some(GUILD))
-        .await
-        .expect("VOICE_STATE_DONE (discord.js)");
-
-    // This project's client joins first and announces its SSRC (op 5): the
-    // server must repeat that to discord.js when it joins later, or
-    // discord.js cannot map the SSRC to the user it subscribes to.
-    let mut rust = VoiceClient::join(
-        &server.gateway_url,
-        8,
-        GUILD,
-        RUST_USER,
-        &rust_state.session_id,
-        &assign.token,
-        rust_mode,
-    )
-    .await
-    .expect("rust client joins");
-    rust.gateway.speaking(1).await.expect("speaking");
+    let Setup {
+        _lvsp,
+        token,
+        djs_session,
+        mut rust,
+    } = setup(server, rust_mode).await;
 
     let rust_frames: Vec<Vec<u8>> = (0..FRAMES).map(|n| opus_frame(0x52, n)).collect();
     let djs_frames: Vec<Vec<u8>> = (0..FRAMES).map(|n| opus_frame(0x44, n)).collect();
@@ -377,8 +381,8 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         "guild_id": GUILD,
         "channel_id": CHANNEL,
         "user_id": DJS_USER,
-        "session_id": djs_state.session_id,
-        "token": assign.token,
+        "session_id": djs_session,
+        "token": token,
         "frames": hex_frames(&djs_frames),
         "peer_user_id": RUST_USER,
         "silence_ms": 1000,
