@@ -152,6 +152,14 @@ pub struct Config {
     /// 300 s); an address quiet for `forget_after` (default 600 s) is
     /// forgotten; at most `max_addresses` (default 4096) are remembered.
     pub lvsp_auth_backoff: lvsp::AuthBackoff,
+    /// Longest a drain (SIGUSR1, or `POST /drain` on the metrics listener)
+    /// waits for calls to end before it closes the members still in one
+    /// and the process exits. Default 600 s.
+    pub drain_deadline: Duration,
+    /// Whether a restart follows a drain: members closed at the drain
+    /// deadline get 4015 (resume) instead of 4014 (disconnected). A
+    /// `POST /drain?restart=...` says it for itself. Default false.
+    pub drain_restart: bool,
 }
 
 /// A configuration that cannot work.
@@ -216,6 +224,8 @@ impl Config {
             max_message_size: 64 << 10,
             dataplane_start_timeout: Duration::from_secs(20),
             lvsp_auth_backoff: lvsp::AuthBackoff::default(),
+            drain_deadline: Duration::from_secs(600),
+            drain_restart: false,
         }
     }
 

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use control::config::{Config, DataplaneMode, Tls};
 use control::server::Server;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Voice server control plane. Every flag has an embedded default: with none
 /// it serves on loopback with a generated secret.
@@ -167,6 +168,15 @@ struct Args {
     /// after twice this, at least 600 s, without failures).
     #[arg(long, default_value_t = 300)]
     lvsp_auth_backoff_max_secs: u64,
+    /// Seconds a drain (SIGUSR1, or POST /drain on the metrics listener)
+    /// waits for the calls to end; then the members still in one are
+    /// closed (4014, or 4015 with --drain-restart) and the process exits.
+    #[arg(long, default_value_t = 600)]
+    drain_deadline_secs: u64,
+    /// A restart follows a drain: members closed at its deadline get 4015
+    /// (resume) instead of 4014.
+    #[arg(long)]
+    drain_restart: bool,
 }
 
 impl Args {
@@ -254,6 +264,8 @@ impl Args {
             forget_after: (backoff_max * 2).max(Duration::from_secs(600)),
             ..control::lvsp::AuthBackoff::default()
         };
+        c.drain_deadline = Duration::from_secs(self.drain_deadline_secs);
+        c.drain_restart = self.drain_restart;
         Ok(c)
     }
 }
@@ -327,6 +339,14 @@ async fn serve() -> anyhow::Result<()> {
     let server = Server::start(config)
         .await
         .context("starting the voice server")?;
+    // Watched before "ready": a SIGUSR1 from then on drains, never kills.
+    let usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(%e, "cannot watch SIGUSR1: drain only through POST /drain");
+            None
+        }
+    };
     // Machine-readable "key: value" lines on stdout (the tests parse them).
     println!("voice server ready");
     println!("lvsp: {}", server.lvsp_url());
@@ -343,12 +363,23 @@ async fn serve() -> anyhow::Result<()> {
     }
     println!("cores: {}", server.cores);
     println!("shm: {}", server.shm_path.display());
+    let drain = tokio::spawn(drain_signal(usr1, server.drainer()));
     server.run(shutdown_signal()).await?;
+    drain.abort();
     Ok(())
 }
 
+/// SIGUSR1 starts a drain (with --drain-restart's say on what follows).
+async fn drain_signal(usr1: Option<Signal>, drainer: control::server::Drainer) {
+    let Some(mut usr1) = usr1 else {
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        drainer.drain(None);
+    }
+}
+
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

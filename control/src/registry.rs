@@ -42,6 +42,13 @@ pub enum Kick {
     ResumedElsewhere,
     /// The voice state or its channel was destroyed (over LVSP, or expired).
     Disconnected,
+    /// The server drained and its deadline came with the member still in
+    /// the call: the process is about to exit. `restart`: another one takes
+    /// its place (the client should resume), else it is gone for good.
+    Drained {
+        /// A restart follows the exit.
+        restart: bool,
+    },
 }
 
 /// How a gateway connection ended, as far as its session is concerned.
@@ -208,6 +215,19 @@ impl RequestError {
     }
 }
 
+/// A drain in progress: health reads 0 so Litecord places new channels
+/// elsewhere; calls go on until they end or the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Drain {
+    /// When members still in a call are closed.
+    deadline: Instant,
+    /// A restart follows the exit: members closed at the deadline are told
+    /// to resume (4015) instead of leaving for good (4014).
+    restart: bool,
+    /// The deadline came and every member was closed.
+    expired: bool,
+}
+
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
@@ -251,6 +271,8 @@ pub struct Registry {
     rng: StdRng,
     /// LVSP requests refused, by [`RequestError::reason`].
     request_errors: BTreeMap<&'static str, u64>,
+    /// Set once the server was told to drain; never cleared.
+    drain: Option<Drain>,
 }
 
 /// A 128-bit random value as 32 lowercase hex digits.
@@ -289,6 +311,7 @@ impl Registry {
             slot_count: 65_536,
             free_slots: Vec::new(),
             request_errors: BTreeMap::new(),
+            drain: None,
         }
     }
 
@@ -357,12 +380,20 @@ impl Registry {
             .map(|t| t + self.orphan_grace);
         let parked = self.parked.front().map(|(t, _)| *t);
         let leaving = self.leaving.front().map(|(t, _)| *t);
-        orphan.into_iter().chain(parked).chain(leaving).min()
+        let drain = self.drain.filter(|d| !d.expired).map(|d| d.deadline);
+        orphan
+            .into_iter()
+            .chain(parked)
+            .chain(leaving)
+            .chain(drain)
+            .min()
     }
 
     /// Time passes: parked gateway sessions nobody resumed leave the call;
     /// state Litecord did not reclaim within its grace period expires
-    /// (every channel destroyed, members closed with 4014).
+    /// (every channel destroyed, members closed with 4014); at a drain's
+    /// deadline every member still in a call is closed
+    /// ([`Kick::Drained`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((deadline, session_id)) = self.parked.front() {
             if *deadline > now {
@@ -398,11 +429,78 @@ impl Registry {
                 self.channel_destroy(channel_id);
             }
         }
+        if let Some(drain) = self.drain.filter(|d| !d.expired && now >= d.deadline) {
+            let mut members: Vec<String> = self
+                .states
+                .iter()
+                .filter(|(_, s)| s.in_call())
+                .map(|(sid, _)| sid.clone())
+                .collect();
+            members.sort();
+            tracing::info!(members = members.len(), "drain deadline: closing calls");
+            let kick = Kick::Drained {
+                restart: drain.restart,
+            };
+            for sid in members {
+                if let Some(conn) = self.leave_call(&sid) {
+                    let push = Push::Close(kick);
+                    self.effects.push_back(Effect::Gateway { conn, push });
+                }
+            }
+            self.drain = Some(Drain {
+                expired: true,
+                ..drain
+            });
+        }
     }
 
-    /// Server health in [0, 1] as last computed from measured load.
+    /// Starts draining: [`Registry::health`] reads 0 from now on, calls go
+    /// on, and members still in a call at `deadline` are closed with
+    /// [`Kick::Drained`] (`restart` says whether a restart follows).
+    /// Channels are still assigned and members still identify: Litecord
+    /// decides. Draining again keeps the earlier deadline and takes the
+    /// latest `restart`. Returns false if the server was draining already.
+    pub fn drain(&mut self, deadline: Instant, restart: bool) -> bool {
+        match &mut self.drain {
+            Some(d) => {
+                d.restart = restart;
+                if !d.expired {
+                    d.deadline = d.deadline.min(deadline);
+                }
+                false
+            }
+            None => {
+                self.drain = Some(Drain {
+                    deadline,
+                    restart,
+                    expired: false,
+                });
+                true
+            }
+        }
+    }
+
+    /// The server was told to drain.
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// Draining and done: no member is in any call (parked sessions and
+    /// those still within the leave grace count as members: they may
+    /// resume), or the deadline closed them all. The server exits then.
+    pub fn drained(&self) -> bool {
+        self.drain
+            .is_some_and(|d| d.expired || !self.states.values().any(VoiceState::in_call))
+    }
+
+    /// Server health in [0, 1] as last computed from measured load; 0
+    /// while draining, so that Litecord places new channels elsewhere.
     pub fn health(&self) -> f64 {
-        self.health
+        if self.drain.is_some() {
+            0.0
+        } else {
+            self.health
+        }
     }
 
     /// Records a new health figure (clamped to [0, 1]).
@@ -1530,6 +1628,95 @@ mod tests {
             r.select_protocol(&b, Mode::Aes256GcmRtpSize, None),
             Err(SelectError::Full)
         );
+    }
+
+    #[test]
+    fn draining_reads_health_zero_and_ends_with_the_last_member() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
+        r.set_health(0.8);
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
+        identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
+        assert!(!r.draining() && !r.drained());
+        assert_eq!(r.health(), 0.8);
+
+        assert!(r.drain(t0 + Duration::from_secs(60), false));
+        assert_eq!(r.health(), 0.0, "Litecord places new channels elsewhere");
+        r.set_health(0.9);
+        assert_eq!(r.health(), 0.0, "measured load does not undo the drain");
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        // Litecord may still insist: channels, states and members are served.
+        let other = r.channel_req(sf(200), Some(sf(1)));
+        let c = r.voice_state_create(sf(9), sf(200)).unwrap();
+        identify(&mut r, 12, 8, "1", "9", &c, &other.token).unwrap();
+        assert_eq!(r.session_count(), 3);
+        assert!(!r.drained());
+
+        // One leaves for good; one closes normally (within the leave grace
+        // it may resume: still a member); one's socket dies (parked).
+        r.gateway_closed(&a, 10, t0, Departure::Gone);
+        r.gateway_closed(&b, 11, t0, Departure::Left);
+        r.gateway_closed(&c, 12, t0, Departure::Parked);
+        assert!(!r.drained(), "left and parked sessions may still resume");
+        r.handle_timeout(t0 + Duration::from_secs(5));
+        assert!(!r.drained(), "the parked one waits for its resume grace");
+        r.handle_timeout(t0 + Duration::from_secs(30));
+        assert_eq!(r.session_count(), 0);
+        assert!(r.drained(), "no member in any call: the process may exit");
+        assert_eq!(r.channel_count(), 2, "channels stay: Litecord owns them");
+        let e = effects(&mut r);
+        for conn in [10, 11, 12] {
+            assert!(kicks(&e, conn).is_empty(), "nobody was kicked");
+        }
+    }
+
+    #[test]
+    fn the_drain_deadline_closes_every_member_once() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
+        let ch = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
+        let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
+        r.gateway_closed(&b, 11, t0, Departure::Parked);
+        effects(&mut r);
+
+        assert!(r.drain(t0 + Duration::from_secs(10), false));
+        // Again, sooner and with a restart: the earlier deadline and the
+        // latest word win.
+        assert!(!r.drain(t0 + Duration::from_secs(2), true));
+        assert!(!r.drain(t0 + Duration::from_secs(5), true));
+        assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(2)));
+        r.handle_timeout(t0 + Duration::from_secs(1));
+        assert!(!r.drained());
+        assert!(effects(&mut r).is_empty());
+
+        r.handle_timeout(t0 + Duration::from_secs(2));
+        let e = effects(&mut r);
+        assert_eq!(kicks(&e, 10), vec![Kick::Drained { restart: true }]);
+        assert!(kicks(&e, 11).is_empty(), "the parked one has no socket");
+        assert!(e.contains(&Effect::Dataplane {
+            core: 0,
+            command: Command::RemoveSession { ssrc: ia.ssrc }
+        }));
+        assert_eq!(r.session_count(), 0);
+        assert!(r.drained());
+        assert_eq!(
+            r.poll_timeout(),
+            Some(t0 + Duration::from_secs(30)),
+            "the stale parking entry only"
+        );
+        // Once: a member identifying after the deadline is left to the
+        // stop that follows.
+        identify(&mut r, 12, 8, "1", "7", &a, &ch.token).unwrap();
+        r.handle_timeout(t0 + Duration::from_secs(3));
+        assert!(kicks(&effects(&mut r), 12).is_empty());
+        assert!(r.drained());
+        assert_eq!(r.health(), 0.0);
     }
 
     #[test]

@@ -507,6 +507,8 @@ fn kick_refusal(kick: Kick) -> Refusal {
         Kick::Replaced => refuse(CloseCode::SessionInvalid, "session replaced"),
         Kick::ResumedElsewhere => refuse(CloseCode::SessionInvalid, "session resumed elsewhere"),
         Kick::Disconnected => refuse(CloseCode::Disconnected, "disconnected"),
+        Kick::Drained { restart: true } => refuse(CloseCode::ServerCrashed, "server restarting"),
+        Kick::Drained { restart: false } => refuse(CloseCode::Disconnected, "server shutting down"),
     }
 }
 

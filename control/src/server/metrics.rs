@@ -1,6 +1,6 @@
-//! The operator's HTTP endpoint: `GET /metrics` (Prometheus text format) and
-//! `GET /health` (JSON). Requests are parsed with `httparse`; anything else
-//! gets 404 or 400.
+//! The operator's HTTP endpoint: `GET /metrics` (Prometheus text format),
+//! `GET /health` (JSON) and `POST /drain` (from loopback only). Requests are
+//! parsed with `httparse`; anything else gets 404 or 400.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -28,6 +28,17 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
         "gauge",
     );
     let _ = writeln!(out, "voice_health {}", hub.cx.registry.health());
+    metric(
+        &mut out,
+        "voice_draining",
+        "1 once the server was told to drain (health reads 0; it exits when the last call ends or at the drain deadline).",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "voice_draining {}",
+        u8::from(hub.cx.registry.draining())
+    );
     metric(
         &mut out,
         "voice_channels",
@@ -289,6 +300,59 @@ pub(super) async fn serve(
 /// How long one metrics request may take, reading and answering.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `POST /drain[?restart=true|false]`: starts a drain (see
+/// [`crate::registry::Registry::drain`]); `restart` overrides
+/// `--drain-restart`. Unauthenticated, so only a loopback peer may ask: the
+/// listener is loopback by default, and an operator who opens it to a
+/// network for scraping does not open this with it.
+fn drain(
+    shared: &Shared,
+    stream: &TcpStream,
+    query: Option<&str>,
+) -> (&'static str, &'static str, String) {
+    let local = stream.peer_addr().is_ok_and(|peer| {
+        let ip = peer.ip();
+        ip.is_loopback() || ip.to_canonical().is_loopback()
+    });
+    if !local {
+        return (
+            "403 Forbidden",
+            "text/plain",
+            "drain only from loopback\n".to_owned(),
+        );
+    }
+    let mut restart = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        restart = match pair {
+            "restart=true" | "restart=1" => Some(true),
+            "restart=false" | "restart=0" => Some(false),
+            _ => {
+                return (
+                    "400 Bad Request",
+                    "text/plain",
+                    "the only parameter is restart=true|false\n".to_owned(),
+                )
+            }
+        };
+    }
+    let (restart, started) = shared.drain(restart);
+    (
+        "202 Accepted",
+        "application/json",
+        format!("{{\"draining\":true,\"started\":{started},\"restart\":{restart}}}\n"),
+    )
+}
+
+/// A request target's path, without the query.
+fn path(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(p, _)| p)
+}
+
+/// A request target's query, if any.
+fn query(target: &str) -> Option<&str> {
+    target.split_once('?').map(|(_, q)| q)
+}
+
 async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
@@ -308,11 +372,22 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
                         "text/plain; version=0.0.4",
                         render(shared, &shared.hub()),
                     ),
-                    (Some("GET"), Some("/health")) => (
-                        "200 OK",
-                        "application/json",
-                        format!("{{\"health\":{}}}\n", shared.hub().cx.registry.health()),
-                    ),
+                    (Some("GET"), Some("/health")) => {
+                        let hub = shared.hub();
+                        let registry = &hub.cx.registry;
+                        (
+                            "200 OK",
+                            "application/json",
+                            format!(
+                                "{{\"health\":{},\"draining\":{}}}\n",
+                                registry.health(),
+                                registry.draining()
+                            ),
+                        )
+                    }
+                    (Some("POST"), Some(target)) if path(target) == "/drain" => {
+                        drain(shared, &stream, query(target))
+                    }
                     _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
                 };
             }

@@ -109,6 +109,10 @@ struct Shared {
     metrics_slots: Arc<tokio::sync::Semaphore>,
     /// `/metrics` connections refused at that cap.
     metrics_refused: AtomicU64,
+    /// How long a drain waits for calls to end.
+    drain_deadline: Duration,
+    /// Whether a restart follows a drain, unless the request says.
+    drain_restart: bool,
 }
 
 impl Shared {
@@ -124,6 +128,40 @@ impl Shared {
         let r = f(&mut hub.cx);
         hub.dispatch();
         r
+    }
+
+    /// Starts draining (or, draining already, takes the latest word on a
+    /// restart); `restart` None: as configured. Returns whether a restart
+    /// follows and whether this call started the drain.
+    fn drain(&self, restart: Option<bool>) -> (bool, bool) {
+        let restart = restart.unwrap_or(self.drain_restart);
+        let deadline = Instant::now() + self.drain_deadline;
+        let started = self.with(|cx| cx.registry.drain(deadline, restart));
+        if started {
+            tracing::info!(
+                deadline_secs = self.drain_deadline.as_secs(),
+                restart,
+                "draining: health 0, exiting when the last call ends"
+            );
+        } else {
+            tracing::info!(restart, "draining already");
+        }
+        (restart, started)
+    }
+}
+
+/// Starts a drain from outside the server (a signal handler): health 0
+/// from then on, calls go on, and the server stops when the last call
+/// ends or at the drain deadline.
+#[derive(Debug, Clone)]
+pub struct Drainer(Arc<Shared>);
+
+impl Drainer {
+    /// Starts draining; `restart` says whether a restart follows (members
+    /// closed at the deadline get 4015 instead of 4014), None: as
+    /// configured. Draining again keeps the first deadline.
+    pub fn drain(&self, restart: Option<bool>) {
+        self.0.drain(restart);
     }
 }
 
@@ -289,6 +327,8 @@ impl Server {
             identify_timeouts: [config.lvsp_identify_timeout, config.identify_timeout],
             metrics_slots: Arc::new(tokio::sync::Semaphore::new(config.metrics_max_connections)),
             metrics_refused: AtomicU64::new(0),
+            drain_deadline: config.drain_deadline,
+            drain_restart: config.drain_restart,
         });
         Ok(Server {
             lvsp_addr: local(&lvsp_listener, config.lvsp_listen),
@@ -309,8 +349,14 @@ impl Server {
         })
     }
 
-    /// Serves until `shutdown` completes (or the dataplane dies), then stops
-    /// the dataplane and closes every connection.
+    /// A handle that starts a drain while [`Server::run`] serves.
+    pub fn drainer(&self) -> Drainer {
+        Drainer(self.shared.clone())
+    }
+
+    /// Serves until `shutdown` completes, a drain ends (no call left, or its
+    /// deadline), or the dataplane dies for good; then closes every
+    /// connection (1001) and stops the dataplane.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             shared,
@@ -358,9 +404,17 @@ impl Server {
             })
         };
         tokio::pin!(shutdown);
+        let mut drained = tokio::time::interval(DRAIN_CHECK);
+        drained.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
+                _ = drained.tick() => {
+                    if shared.hub().cx.registry.drained() {
+                        tracing::info!("drained: no call left");
+                        break Ok(());
+                    }
+                }
                 status = supervisor.exited() => {
                     tracing::error!(%status, "dataplane died; restarting it");
                     {
@@ -389,6 +443,15 @@ impl Server {
         let _ = stop_tx.send(true);
         for task in [accept_lvsp, accept_gw, poller].into_iter().chain(metrics) {
             let _ = task.await;
+        }
+        // Every identified websocket is closing (1001, or the code a drain
+        // deadline gave it): let the close frames out before the process
+        // ends, within what a close may take.
+        let closing = tokio::time::Instant::now() + CLOSE_LINGER * 2 + Duration::from_secs(1);
+        while shared.budgets.iter().any(|b| b.identified_open() > 0)
+            && tokio::time::Instant::now() < closing
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         supervisor.stop().await;
         let closes = shared.hub().closes.clone();
@@ -823,6 +886,9 @@ async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(
     })
     .await;
 }
+
+/// How often a draining server checks whether any call is left.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a send may wait for a peer that does not read.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);

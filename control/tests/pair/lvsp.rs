@@ -197,3 +197,45 @@ fn lvsp_heartbeat_timeout_and_the_orphan_grace() {
     w.advance(Duration::from_secs(60));
     assert_eq!(w.cx.registry.channel_count(), 0, "gone for good: expired");
 }
+
+/// A drain: READY on a new link and every HEARTBEAT_ACK read health 0,
+/// CHANNEL_REQ is still answered and members still identify, the call
+/// goes on, and at the deadline the members still in it are closed with
+/// 4015 (a restart follows) or 4014 (it does not).
+#[test]
+fn lvsp_drain_reads_health_zero_and_its_deadline_closes_members() {
+    for (seed, restart, code) in [(40, true, 4015), (41, false, 4014)] {
+        let (mut w, token, sessions) = call(seed, &[7, 8]);
+        let a = member(&mut w, 8, 7, &sessions[0], &token);
+        let b = member(&mut w, 8, 8, &sessions[1], &token);
+        w.cx.registry.set_health(1.0);
+        w.advance(Duration::from_secs(10));
+        assert_eq!(w.litecord[0].client.health(), Some(1.0), "before");
+
+        let deadline = w.now + Duration::from_secs(60);
+        assert!(w.cx.registry.drain(deadline, restart));
+        w.advance(Duration::from_secs(10));
+        assert_eq!(w.litecord[0].client.health(), Some(0.0), "HEARTBEAT_ACK");
+        let lv = w.litecord();
+        assert_eq!(w.litecord[lv].client.health(), Some(0.0), "READY");
+        // Litecord insists: a new channel is served and its member joins.
+        let other = w.channel(lv, Snowflake(200));
+        assert_eq!(other.len(), 32);
+        let c = member(&mut w, 8, 7, &sessions[0], &token);
+        assert_eq!(w.closed(a), Some(Some(4006)), "replaced, as ever");
+        assert_eq!(w.closed(b), None, "the call goes on");
+        assert!(!w.cx.registry.drained());
+
+        w.advance(Duration::from_secs(49));
+        assert_eq!(
+            (w.closed(b), w.closed(c)),
+            (None, None),
+            "before the deadline"
+        );
+        w.advance(Duration::from_secs(2));
+        assert_eq!(w.closed(b), Some(Some(code)), "restart {restart}");
+        assert_eq!(w.closed(c), Some(Some(code)), "restart {restart}");
+        assert!(w.cx.registry.drained());
+        assert_eq!(w.cx.registry.session_count(), 0);
+    }
+}
