@@ -138,6 +138,14 @@ pub struct Config {
     pub gateway_leave_grace: Duration,
     /// Numbered gateway messages kept per session for Resume. Default 256.
     pub gateway_replay: usize,
+    /// How long a voice state with no gateway session in the call (never
+    /// identified, or left it) is kept before it is removed, while
+    /// Litecord is connected too (Litecord never sends
+    /// VOICE_STATE_DESTROY). Default 300 s.
+    pub voice_state_idle: Duration,
+    /// How long a channel with no voice states is kept before it is
+    /// destroyed (Litecord never sends CHANNEL_DESTROY). Default 300 s.
+    pub channel_idle: Duration,
     /// Sessions one data-plane core is sized for (health's occupancy).
     /// Default 1000.
     pub capacity_per_core: u64,
@@ -220,6 +228,8 @@ impl Config {
             gateway_resume_grace: Duration::from_secs(30),
             gateway_leave_grace: Duration::from_secs(5),
             gateway_replay: 256,
+            voice_state_idle: Duration::from_secs(300),
+            channel_idle: Duration::from_secs(300),
             capacity_per_core: 1000,
             max_message_size: 64 << 10,
             dataplane_start_timeout: Duration::from_secs(20),
@@ -295,6 +305,8 @@ impl Config {
             ("identify timeout", self.identify_timeout),
             ("LVSP identify timeout", self.lvsp_identify_timeout),
             ("handshake timeout", self.handshake_timeout),
+            ("voice state idle time", self.voice_state_idle),
+            ("channel idle time", self.channel_idle),
         ] {
             if d.is_zero() {
                 return bad(format!("{name} must be above zero"));

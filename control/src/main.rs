@@ -108,6 +108,14 @@ struct Args {
     /// 1001 may still resume; the other members are told it left at once.
     #[arg(long, default_value_t = 5_000)]
     gateway_leave_grace_ms: u64,
+    /// Seconds a voice state with no gateway session in the call (never
+    /// identified, or left it) is kept before it is removed.
+    #[arg(long, default_value_t = 300)]
+    voice_state_idle_secs: u64,
+    /// Seconds a channel with no voice states is kept before it is
+    /// destroyed.
+    #[arg(long, default_value_t = 300)]
+    channel_idle_secs: u64,
     /// Sustained gateway messages per second per connection (past the
     /// budget: close 4021).
     #[arg(long, default_value_t = 10.0)]
@@ -246,6 +254,8 @@ impl Args {
         }
         c.gateway_resume_grace = Duration::from_millis(self.gateway_resume_grace_ms);
         c.gateway_leave_grace = Duration::from_millis(self.gateway_leave_grace_ms);
+        c.voice_state_idle = Duration::from_secs(self.voice_state_idle_secs);
+        c.channel_idle = Duration::from_secs(self.channel_idle_secs);
         c.gateway_rate = control::limit::RateLimit {
             per_second: self.gateway_rate,
             burst: self.gateway_burst,

@@ -99,6 +99,8 @@ pub struct Channel {
     pub core: u32,
     /// Voice states in the channel, by session id.
     pub members: HashSet<String>,
+    /// Since when the channel has no voice states (None while it has).
+    pub empty_since: Option<Instant>,
 }
 
 /// A user's voice state in a channel, created over LVSP.
@@ -138,6 +140,9 @@ struct VoiceState {
     /// not to a socket: identifying or resuming on a new connection does
     /// not refill it. Created at the first charge.
     budget: Option<Bucket>,
+    /// Since when no gateway session is in the call for it (created and
+    /// never identified, or left the call); None while one is.
+    idle_since: Option<Instant>,
 }
 
 impl VoiceState {
@@ -228,6 +233,31 @@ struct Drain {
     expired: bool,
 }
 
+/// What the registry reclaimed by itself (Litecord never destroys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// A gateway session nobody resumed within its grace left the call.
+    Session = 0,
+    /// A voice state with no session in the call for the idle time.
+    VoiceState = 1,
+    /// A channel with no voice states for the idle time.
+    Channel = 2,
+}
+
+impl Reclaim {
+    /// Every kind, in the order of the variants.
+    pub const ALL: [Reclaim; 3] = [Reclaim::Session, Reclaim::VoiceState, Reclaim::Channel];
+
+    /// The kind's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reclaim::Session => "session",
+            Reclaim::VoiceState => "voice_state",
+            Reclaim::Channel => "channel",
+        }
+    }
+}
+
 /// The registry.
 #[derive(Debug)]
 pub struct Registry {
@@ -260,6 +290,17 @@ pub struct Registry {
     leaving: VecDeque<(Instant, String)>,
     /// How long such a session may still resume.
     leave_grace: Duration,
+    /// Voice states that went idle, in order (like `parked`, with the
+    /// voice-state idle time); stale entries are skipped.
+    idle_states: VecDeque<(Instant, String)>,
+    /// How long a voice state with no session in the call is kept.
+    voice_state_idle: Duration,
+    /// Channels that went empty, in order (with the channel idle time).
+    empty_channels: VecDeque<(Instant, Snowflake)>,
+    /// How long a channel with no voice states is kept.
+    channel_idle: Duration,
+    /// What was reclaimed, by [`Reclaim`].
+    reclaimed: [u64; 3],
     /// Numbered messages kept per gateway session for Resume.
     stream_capacity: usize,
     /// Counter-table slots never handed out yet start here...
@@ -306,6 +347,11 @@ impl Registry {
             resume_grace: Duration::from_secs(30),
             leaving: VecDeque::new(),
             leave_grace: Duration::from_secs(5),
+            idle_states: VecDeque::new(),
+            voice_state_idle: Duration::from_secs(300),
+            empty_channels: VecDeque::new(),
+            channel_idle: Duration::from_secs(300),
+            reclaimed: [0; 3],
             stream_capacity: 256,
             next_slot: 0,
             slot_count: 65_536,
@@ -356,6 +402,20 @@ impl Registry {
         self.leave_grace = grace;
     }
 
+    /// How long a voice state with no gateway session in the call (never
+    /// identified, or left) is kept (default 5 minutes), and how long a
+    /// channel with no voice states is (default 5 minutes). Litecord never
+    /// destroys either; one it asks for again is created afresh.
+    pub fn set_idle(&mut self, voice_state: Duration, channel: Duration) {
+        self.voice_state_idle = voice_state;
+        self.channel_idle = channel;
+    }
+
+    /// How many of `what` were reclaimed since start.
+    pub fn reclaimed(&self, what: Reclaim) -> u64 {
+        self.reclaimed[what as usize]
+    }
+
     /// An LVSP connection identified or resumed: Litecord reclaims all
     /// state.
     pub fn lvsp_up(&mut self) {
@@ -381,19 +441,24 @@ impl Registry {
         let parked = self.parked.front().map(|(t, _)| *t);
         let leaving = self.leaving.front().map(|(t, _)| *t);
         let drain = self.drain.filter(|d| !d.expired).map(|d| d.deadline);
+        let idle = self.idle_states.front().map(|(t, _)| *t);
+        let empty = self.empty_channels.front().map(|(t, _)| *t);
         orphan
             .into_iter()
             .chain(parked)
             .chain(leaving)
             .chain(drain)
+            .chain(idle)
+            .chain(empty)
             .min()
     }
 
     /// Time passes: parked gateway sessions nobody resumed leave the call;
-    /// state Litecord did not reclaim within its grace period expires
-    /// (every channel destroyed, members closed with 4014); at a drain's
-    /// deadline every member still in a call is closed
-    /// ([`Kick::Drained`]).
+    /// voice states idle for the voice-state idle time are removed, then
+    /// channels empty for the channel idle time are destroyed; state
+    /// Litecord did not reclaim within its grace period expires (every
+    /// channel destroyed, members closed with 4014); at a drain's deadline
+    /// every member still in a call is closed ([`Kick::Drained`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((deadline, session_id)) = self.parked.front() {
             if *deadline > now {
@@ -403,7 +468,8 @@ impl Registry {
             self.parked.pop_front();
             let expired = self.states.get(&session_id).and_then(|s| s.parked_since);
             if expired.is_some_and(|since| since + self.resume_grace <= now) {
-                self.leave_call(&session_id);
+                self.reclaimed[Reclaim::Session as usize] += 1;
+                self.leave_call(&session_id, now);
             }
         }
         while let Some((deadline, session_id)) = self.leaving.front() {
@@ -418,7 +484,44 @@ impl Registry {
                 .and_then(|s| s.parked_since)
                 .is_some_and(|since| since + self.leave_grace <= now);
             if expired {
-                self.leave_call(&session_id);
+                self.reclaimed[Reclaim::Session as usize] += 1;
+                self.leave_call(&session_id, now);
+            }
+        }
+        // Each queue holds every idle state (empty channel) once per time
+        // it went idle (empty), in deadline order: the front is the only
+        // one to look at, and an entry whose state identified (channel
+        // got a member) since is dropped when it comes up.
+        while let Some((deadline, session_id)) = self.idle_states.front() {
+            if *deadline > now {
+                break;
+            }
+            let session_id = session_id.clone();
+            self.idle_states.pop_front();
+            let state = self.states.get(&session_id);
+            let expired = state
+                .filter(|s| !s.in_call())
+                .and_then(|s| s.idle_since)
+                .is_some_and(|since| since + self.voice_state_idle <= now);
+            if expired {
+                self.reclaimed[Reclaim::VoiceState as usize] += 1;
+                self.remove_state(&session_id, now);
+            }
+        }
+        while let Some((deadline, channel_id)) = self.empty_channels.front() {
+            if *deadline > now {
+                break;
+            }
+            let channel_id = *channel_id;
+            self.empty_channels.pop_front();
+            let ch = self.channels.get(&channel_id);
+            let expired = ch
+                .filter(|c| c.members.is_empty())
+                .and_then(|c| c.empty_since)
+                .is_some_and(|since| since + self.channel_idle <= now);
+            if expired {
+                self.reclaimed[Reclaim::Channel as usize] += 1;
+                self.channel_destroy(channel_id);
             }
         }
         let orphan = self.orphaned_since.map(|t| t + self.orphan_grace);
@@ -442,7 +545,7 @@ impl Registry {
                 restart: drain.restart,
             };
             for sid in members {
-                if let Some(conn) = self.leave_call(&sid) {
+                if let Some(conn) = self.leave_call(&sid, now) {
                     let push = Push::Close(kick);
                     self.effects.push_back(Effect::Gateway { conn, push });
                 }
@@ -541,10 +644,13 @@ impl Registry {
     }
 
     /// CHANNEL_REQ: creates the channel, or returns the existing assignment.
+    /// A channel asked for again while empty waits the channel idle time
+    /// afresh (a VOICE_STATE_CREATE usually follows).
     pub fn channel_req(
         &mut self,
         channel_id: Snowflake,
         guild_id: Option<Snowflake>,
+        now: Instant,
     ) -> ChannelAssign {
         let (cores, load, next, rng) = (
             self.cores,
@@ -563,8 +669,14 @@ impl Registry {
                 num: *next - 1,
                 core,
                 members: HashSet::new(),
+                empty_since: None,
             }
         });
+        if ch.members.is_empty() {
+            ch.empty_since = Some(now);
+            self.empty_channels
+                .push_back((now + self.channel_idle, channel_id));
+        }
         ChannelAssign {
             channel: protocol::lvsp::Channel {
                 channel_id: ch.channel_id,
@@ -608,21 +720,27 @@ impl Registry {
         }
     }
 
-    /// VOICE_STATE_CREATE: returns the session id (the same one on repeats).
+    /// VOICE_STATE_CREATE: returns the session id (the same one on
+    /// repeats). Until a gateway session identifies for it, the state is
+    /// idle: a repeat waits the voice-state idle time afresh.
     pub fn voice_state_create(
         &mut self,
         user_id: Snowflake,
         channel_id: Snowflake,
+        now: Instant,
     ) -> Result<String, RequestError> {
         let key = (channel_id, user_id);
         if let Some(sid) = self.by_user.get(&key) {
-            return Ok(sid.clone());
+            let sid = sid.clone();
+            self.went_idle(&sid, now);
+            return Ok(sid);
         }
         let Some(ch) = self.channels.get_mut(&channel_id) else {
             return Err(self.refused(RequestError::UnknownChannel(channel_id)));
         };
         let session_id = random_token(&mut self.rng);
         ch.members.insert(session_id.clone());
+        ch.empty_since = None;
         self.states.insert(
             session_id.clone(),
             VoiceState {
@@ -639,10 +757,47 @@ impl Registry {
                 proven: None,
                 slot: None,
                 budget: None,
+                idle_since: None,
             },
         );
         self.by_user.insert(key, session_id.clone());
+        self.went_idle(&session_id, now);
         Ok(session_id)
+    }
+
+    /// Starts (or restarts) the idle time of a voice state with no session
+    /// in the call.
+    fn went_idle(&mut self, session_id: &str, now: Instant) {
+        let Some(state) = self.states.get_mut(session_id) else {
+            return;
+        };
+        if state.in_call() {
+            return;
+        }
+        state.idle_since = Some(now);
+        self.idle_states
+            .push_back((now + self.voice_state_idle, session_id.to_owned()));
+    }
+
+    /// Forgets a voice state no session is in the call for; a channel
+    /// left with no voice states starts its idle time.
+    fn remove_state(&mut self, session_id: &str, now: Instant) {
+        let Some(state) = self.states.remove(session_id) else {
+            return;
+        };
+        let key = (state.channel_id, state.user_id);
+        if self.by_user.get(&key).is_some_and(|sid| sid == session_id) {
+            self.by_user.remove(&key);
+        }
+        let Some(ch) = self.channels.get_mut(&state.channel_id) else {
+            return;
+        };
+        ch.members.remove(session_id);
+        if ch.members.is_empty() {
+            ch.empty_since = Some(now);
+            self.empty_channels
+                .push_back((now + self.channel_idle, state.channel_id));
+        }
     }
 
     /// Counts a refused request by reason.
@@ -659,30 +814,29 @@ impl Registry {
 
     /// VOICE_STATE_DESTROY: removes the user's state in that channel,
     /// closing its gateway with 4014. Unknown states are ignored.
-    pub fn voice_state_destroy(&mut self, user_id: Snowflake, channel_id: Snowflake) {
-        let Some(sid) = self.by_user.remove(&(channel_id, user_id)) else {
+    pub fn voice_state_destroy(&mut self, user_id: Snowflake, channel_id: Snowflake, now: Instant) {
+        let Some(sid) = self.by_user.get(&(channel_id, user_id)).cloned() else {
             return;
         };
-        if let Some(conn) = self.leave_call(&sid) {
+        if let Some(conn) = self.leave_call(&sid, now) {
             self.effects.push_back(Effect::Gateway {
                 conn,
                 push: Push::Close(Kick::Disconnected),
             });
         }
-        self.states.remove(&sid);
-        if let Some(ch) = self.channels.get_mut(&channel_id) {
-            ch.members.remove(&sid);
-        }
+        self.remove_state(&sid, now);
     }
 
     /// Takes a session out of the call: its SSRC leaves the data plane, the
     /// others get Client Disconnect. The voice state stays (it may
-    /// identify again). Returns the connection that was attached, if any.
-    fn leave_call(&mut self, session_id: &str) -> Option<ConnId> {
+    /// identify again), idle from `now`. Returns the connection that was
+    /// attached, if any.
+    fn leave_call(&mut self, session_id: &str, now: Instant) -> Option<ConnId> {
         let state = self.states.get_mut(session_id)?;
         let conn = state.conn.take();
+        let had_session = state.stream.take().is_some();
         // A member who closed normally was shown leaving already.
-        let in_call = state.stream.take().is_some() && !std::mem::take(&mut state.left);
+        let in_call = had_session && !std::mem::take(&mut state.left);
         state.parked_since = None;
         state.media = None; // wipes the key
         state.observed = None;
@@ -692,6 +846,9 @@ impl Registry {
         let ssrc = state.ssrc.take();
         let (user_id, channel_id) = (state.user_id, state.channel_id);
         self.free_slots.extend(slot);
+        if had_session {
+            self.went_idle(session_id, now);
+        }
         let core = self.channels.get(&channel_id)?.core;
         if let Some(ssrc) = ssrc {
             self.ssrcs.remove(&ssrc);
@@ -839,6 +996,7 @@ impl Registry {
         state.conn = Some(conn);
         state.ssrc = Some(ssrc);
         state.parked_since = None;
+        state.idle_since = None;
         let stream = state.stream.insert(Stream::new(numbered, capacity));
         let ready = stream.notice(Notice::Ready { ssrc });
         self.effects.push_back(Effect::Dataplane {
@@ -1213,7 +1371,7 @@ impl Registry {
                 self.broadcast(channel_id, session_id, || Notice::Left(user_id));
             }
             Departure::Left | Departure::Gone => {
-                self.leave_call(session_id);
+                self.leave_call(session_id, now);
             }
         }
     }
@@ -1296,12 +1454,12 @@ mod tests {
     #[test]
     fn channel_req_is_idempotent() {
         let mut r = Registry::new(2, StdRng::seed_from_u64(2));
-        let a = r.channel_req(sf(100), Some(sf(1)));
-        let b = r.channel_req(sf(100), Some(sf(1)));
+        let a = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let b = r.channel_req(sf(100), Some(sf(1)), Instant::now());
         assert_eq!(a, b);
         assert_eq!(a.token.len(), 32);
         assert!(matches!(
-            r.voice_state_create(sf(7), sf(404)),
+            r.voice_state_create(sf(7), sf(404), Instant::now()),
             Err(RequestError::UnknownChannel(_))
         ));
         assert_eq!(r.request_errors("unknown_channel"), 1);
@@ -1311,20 +1469,28 @@ mod tests {
     #[test]
     fn channels_go_to_the_least_loaded_core() {
         let mut r = Registry::new(2, StdRng::seed_from_u64(2));
-        let t = r.channel_req(sf(100), Some(sf(1))).token;
-        let sid = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let t = r.channel_req(sf(100), Some(sf(1)), Instant::now()).token;
+        let sid = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
         identify(&mut r, 1, 4, "1", "7", &sid, &t).unwrap();
         assert_eq!(r.channel(sf(100)).unwrap().core, 0);
-        r.channel_req(sf(101), Some(sf(1)));
+        r.channel_req(sf(101), Some(sf(1)), Instant::now());
         assert_eq!(r.channel(sf(101)).unwrap().core, 1, "core 0 has a session");
     }
 
     #[test]
     fn identify_checks_everything_and_ssrc_lands_on_owner_core() {
         let mut r = Registry::new(3, StdRng::seed_from_u64(3));
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let sid = r.voice_state_create(sf(7), sf(100)).unwrap();
-        assert_eq!(r.voice_state_create(sf(7), sf(100)).unwrap(), sid);
+        let ch = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let sid = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
+        assert_eq!(
+            r.voice_state_create(sf(7), sf(100), Instant::now())
+                .unwrap(),
+            sid
+        );
         let core = r.channel(sf(100)).unwrap().core;
         for (server, user, session, token, err) in [
             (
@@ -1380,8 +1546,10 @@ mod tests {
     #[test]
     fn dm_channels_use_channel_id_as_server_id() {
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
-        let ch = r.channel_req(sf(555), None);
-        let sid = r.voice_state_create(sf(7), sf(555)).unwrap();
+        let ch = r.channel_req(sf(555), None, Instant::now());
+        let sid = r
+            .voice_state_create(sf(7), sf(555), Instant::now())
+            .unwrap();
         assert!(identify(&mut r, 1, 4, "555", "7", &sid, &ch.token).is_ok());
     }
 
@@ -1399,9 +1567,13 @@ mod tests {
     #[test]
     fn members_see_each_other_and_destroy_closes_4014() {
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
-        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let a = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
+        let b = r
+            .voice_state_create(sf(8), sf(100), Instant::now())
+            .unwrap();
         let ia = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         r.speaking(&a, 1);
         effects(&mut r);
@@ -1440,11 +1612,13 @@ mod tests {
     #[test]
     fn voice_state_destroy_removes_the_session() {
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let a = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
         let id = identify(&mut r, 10, 4, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
-        r.voice_state_destroy(sf(7), sf(100));
+        r.voice_state_destroy(sf(7), sf(100), Instant::now());
         let e = effects(&mut r);
         assert!(e.contains(&Effect::Dataplane {
             core: 0,
@@ -1453,15 +1627,19 @@ mod tests {
         assert_eq!(kicks(&e, 10), vec![Kick::Disconnected]);
         assert!(identify(&mut r, 11, 4, "1", "7", &a, &ch.token).is_err());
         // A move: a new state in the same channel gets a new session id.
-        let b = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let b = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
         assert_ne!(a, b);
     }
 
     #[test]
     fn a_second_identify_replaces_the_first_connection() {
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let a = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
         let first = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         effects(&mut r);
         let second = identify(&mut r, 11, 8, "1", "7", &a, &ch.token).unwrap();
@@ -1474,10 +1652,16 @@ mod tests {
     #[test]
     fn resync_pushes_every_session_with_its_key_and_proven_address() {
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
-        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
-        let _unjoined = r.voice_state_create(sf(9), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let a = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
+        let b = r
+            .voice_state_create(sf(8), sf(100), Instant::now())
+            .unwrap();
+        let _unjoined = r
+            .voice_state_create(sf(9), sf(100), Instant::now())
+            .unwrap();
         let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         let keyed = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
@@ -1531,8 +1715,10 @@ mod tests {
     #[test]
     fn proven_addresses_are_bound_on_the_other_cores() {
         let mut r = Registry::new(3, StdRng::seed_from_u64(3));
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let a = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
         let id = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let owner = id.ssrc % 3;
         r.select_protocol(&a, Mode::Aes256GcmRtpSize, None).unwrap();
@@ -1607,9 +1793,13 @@ mod tests {
     fn select_protocol_fails_when_every_slot_is_taken() {
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         r.set_counter_slots(1);
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
-        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), Instant::now());
+        let a = r
+            .voice_state_create(sf(7), sf(100), Instant::now())
+            .unwrap();
+        let b = r
+            .voice_state_create(sf(8), sf(100), Instant::now())
+            .unwrap();
         identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         let first = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
@@ -1630,14 +1820,110 @@ mod tests {
         );
     }
 
+    /// Litecord never destroys anything: a voice state with no session in
+    /// the call goes after its idle time (one in the call or parked never
+    /// does; a repeated create waits afresh), then its empty channel after
+    /// the channel's, removed from its core; asked for again, both are
+    /// created afresh.
+    #[test]
+    fn idle_voice_states_and_empty_channels_are_reclaimed() {
+        let secs = Duration::from_secs;
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
+        r.set_idle(secs(10), secs(20));
+        r.set_resume(secs(30), 16);
+        let t0 = Instant::now();
+        let ch = r.channel_req(sf(100), Some(sf(1)), t0);
+        let a = r.voice_state_create(sf(7), sf(100), t0).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100), t0).unwrap();
+        let idle = r.voice_state_create(sf(9), sf(100), t0).unwrap();
+        let repeated = r.voice_state_create(sf(10), sf(100), t0).unwrap();
+        identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
+        r.gateway_closed(&b, 11, t0, Departure::Parked);
+        assert_eq!(
+            r.voice_state_create(sf(10), sf(100), t0 + secs(8)),
+            Ok(repeated.clone())
+        );
+        effects(&mut r);
+        r.handle_timeout(t0 + secs(10));
+        assert_eq!(r.voice_state_count(), 3, "{idle} went, the others stay");
+        assert_eq!(r.reclaimed(Reclaim::VoiceState), 1);
+        r.handle_timeout(t0 + secs(18));
+        assert_eq!(
+            r.voice_state_count(),
+            2,
+            "{repeated} went 10 s after its repeat"
+        );
+        // b's session leaves at the end of its resume grace; its state is
+        // idle from then.
+        r.handle_timeout(t0 + secs(30));
+        assert_eq!(r.reclaimed(Reclaim::Session), 1);
+        assert_eq!(r.voice_state_count(), 2);
+        r.handle_timeout(t0 + secs(39));
+        assert_eq!(r.voice_state_count(), 2);
+        r.handle_timeout(t0 + secs(40));
+        assert_eq!(r.voice_state_count(), 1, "only a, in the call");
+        // a leaves (the leave grace is 5 s): idle from t0 + 45 s.
+        r.gateway_closed(&a, 10, t0 + secs(40), Departure::Left);
+        r.handle_timeout(t0 + secs(45));
+        assert_eq!(r.reclaimed(Reclaim::Session), 2);
+        assert_eq!(r.poll_timeout(), Some(t0 + secs(55)));
+        r.handle_timeout(t0 + secs(55));
+        assert_eq!(r.voice_state_count(), 0);
+        assert_eq!(r.channel_count(), 1);
+        effects(&mut r);
+        assert_eq!(r.poll_timeout(), Some(t0 + secs(75)));
+        r.handle_timeout(t0 + secs(75));
+        assert_eq!(r.channel_count(), 0);
+        assert_eq!(r.reclaimed(Reclaim::Channel), 1);
+        assert_eq!(
+            effects(&mut r),
+            vec![Effect::Dataplane {
+                core: 0,
+                command: Command::RemoveChannel { channel: 1 }
+            }]
+        );
+        assert_eq!(r.poll_timeout(), None, "every queue is empty");
+        let again = r.channel_req(sf(100), Some(sf(1)), t0 + secs(80));
+        assert_ne!(again.token, ch.token, "created afresh");
+        let a2 = r.voice_state_create(sf(7), sf(100), t0 + secs(80)).unwrap();
+        assert_ne!(a2, a);
+        assert!(identify(&mut r, 12, 8, "1", "7", &a2, &again.token).is_ok());
+    }
+
+    /// An empty channel asked for again waits its idle time afresh; one
+    /// that gets a voice state in the meantime stays.
+    #[test]
+    fn channel_req_and_members_keep_a_channel() {
+        let secs = Duration::from_secs;
+        let mut r = Registry::new(1, StdRng::seed_from_u64(1));
+        r.set_idle(secs(100), secs(10));
+        let t0 = Instant::now();
+        r.channel_req(sf(100), Some(sf(1)), t0);
+        r.channel_req(sf(101), Some(sf(1)), t0);
+        r.channel_req(sf(100), Some(sf(1)), t0 + secs(5));
+        r.voice_state_create(sf(7), sf(101), t0 + secs(9)).unwrap();
+        r.handle_timeout(t0 + secs(10));
+        assert_eq!(r.channel_count(), 2);
+        r.handle_timeout(t0 + secs(15));
+        assert_eq!(r.channel_count(), 1);
+        assert!(r.channel(sf(101)).is_some());
+        r.voice_state_destroy(sf(7), sf(101), t0 + secs(20));
+        r.handle_timeout(t0 + secs(29));
+        assert_eq!(r.channel_count(), 1);
+        r.handle_timeout(t0 + secs(30));
+        assert_eq!(r.channel_count(), 0);
+        assert_eq!(r.reclaimed(Reclaim::Channel), 2);
+    }
+
     #[test]
     fn draining_reads_health_zero_and_ends_with_the_last_member() {
         let t0 = Instant::now();
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
         r.set_health(0.8);
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
-        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), t0);
+        let a = r.voice_state_create(sf(7), sf(100), t0).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100), t0).unwrap();
         identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         assert!(!r.draining() && !r.drained());
@@ -1649,8 +1935,8 @@ mod tests {
         assert_eq!(r.health(), 0.0, "measured load does not undo the drain");
         assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(60)));
         // Litecord may still insist: channels, states and members are served.
-        let other = r.channel_req(sf(200), Some(sf(1)));
-        let c = r.voice_state_create(sf(9), sf(200)).unwrap();
+        let other = r.channel_req(sf(200), Some(sf(1)), t0);
+        let c = r.voice_state_create(sf(9), sf(200), t0).unwrap();
         identify(&mut r, 12, 8, "1", "9", &c, &other.token).unwrap();
         assert_eq!(r.session_count(), 3);
         assert!(!r.drained());
@@ -1677,9 +1963,9 @@ mod tests {
     fn the_drain_deadline_closes_every_member_once() {
         let t0 = Instant::now();
         let mut r = Registry::new(1, StdRng::seed_from_u64(1));
-        let ch = r.channel_req(sf(100), Some(sf(1)));
-        let a = r.voice_state_create(sf(7), sf(100)).unwrap();
-        let b = r.voice_state_create(sf(8), sf(100)).unwrap();
+        let ch = r.channel_req(sf(100), Some(sf(1)), t0);
+        let a = r.voice_state_create(sf(7), sf(100), t0).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100), t0).unwrap();
         let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         r.gateway_closed(&b, 11, t0, Departure::Parked);

@@ -303,12 +303,12 @@ impl Connection {
     ) {
         match request {
             Request::ChannelReq(channel) => {
-                let assign = registry.channel_req(channel.channel_id, channel.guild_id);
+                let assign = registry.channel_req(channel.channel_id, channel.guild_id, now);
                 self.send_info(replay, Reply::ChannelAssign(assign));
             }
             Request::ChannelDestroy(channel) => registry.channel_destroy(channel.channel_id),
             Request::VoiceStateCreate(state) => {
-                match registry.voice_state_create(state.user_id, state.channel_id) {
+                match registry.voice_state_create(state.user_id, state.channel_id, now) {
                     Ok(session_id) => {
                         let done = VoiceStateDone { state, session_id };
                         self.send_info(replay, Reply::VoiceStateDone(done));
@@ -317,7 +317,7 @@ impl Connection {
                 }
             }
             Request::VoiceStateDestroy(state) => {
-                registry.voice_state_destroy(state.user_id, state.channel_id)
+                registry.voice_state_destroy(state.user_id, state.channel_id, now)
             }
             // Accepted without reply (seeds/001 "Updating a voice
             // channel"); neither changes forwarding.

@@ -71,6 +71,16 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
         "voice_sessions_parked {}",
         hub.cx.registry.parked_count()
     );
+    metric(
+        &mut out,
+        "voice_reclaimed_total",
+        "State the server reclaimed by itself, by what (session: a parked or left gateway session past its grace; voice_state, channel: idle past their idle time).",
+        "counter",
+    );
+    for what in crate::registry::Reclaim::ALL {
+        let n = hub.cx.registry.reclaimed(what);
+        let _ = writeln!(out, "voice_reclaimed_total{{what=\"{}\"}} {n}", what.name());
+    }
     let listeners = [
         ("lvsp", &shared.budgets[0]),
         ("gateway", &shared.budgets[1]),
@@ -229,6 +239,21 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
             if let Some(s) = hub.load.stats(core) {
                 let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", get(s));
             }
+        }
+    }
+    metric(
+        &mut out,
+        "voice_dataplane_sessions",
+        "Sessions (announced or keyed SSRCs) each data-plane core holds, as it last reported.",
+        "gauge",
+    );
+    for core in 0..cores {
+        if let Some(s) = hub.load.stats(core) {
+            let _ = writeln!(
+                out,
+                "voice_dataplane_sessions{{core=\"{core}\"}} {}",
+                s.sessions
+            );
         }
     }
     metric(

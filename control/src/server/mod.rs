@@ -279,6 +279,7 @@ impl Server {
         registry.set_orphan_grace(config.lvsp_grace);
         registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
         registry.set_leave_grace(config.gateway_leave_grace);
+        registry.set_idle(config.voice_state_idle, config.channel_idle);
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
                 cx: Context {

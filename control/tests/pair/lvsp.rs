@@ -176,10 +176,16 @@ fn lvsp_before_identify() {
 fn lvsp_heartbeat_timeout_and_the_orphan_grace() {
     let mut w = World::new(23);
     w.cx.registry.set_orphan_grace(Duration::from_secs(60));
+    let hour = Duration::from_secs(3600);
+    w.cx.registry.set_idle(hour, hour);
     let lv = w.litecord();
     w.channel(lv, CHANNEL);
     w.litecord[lv].client.stop_heartbeat();
-    assert_eq!(w.cx.registry.poll_timeout(), None, "Litecord is connected");
+    assert_eq!(
+        w.cx.registry.poll_timeout(),
+        Some(w.now + hour),
+        "Litecord is connected: only the empty channel's idle time runs"
+    );
     w.advance(Duration::from_millis(15_999));
     assert_eq!(w.litecord[lv].client.closed(), None);
     w.advance(Duration::from_millis(2));
@@ -238,4 +244,43 @@ fn lvsp_drain_reads_health_zero_and_its_deadline_closes_members() {
         assert!(w.cx.registry.drained());
         assert_eq!(w.cx.registry.session_count(), 0);
     }
+}
+
+/// Litecord stays connected and never destroys anything: a member who
+/// left has its voice state removed after the idle time, then the empty
+/// channel is destroyed on its core; Litecord's next CHANNEL_REQ and
+/// VOICE_STATE_CREATE create both afresh and the member identifies again.
+#[test]
+fn lvsp_idle_state_is_reclaimed_while_litecord_stays() {
+    let mut w = World::new(31);
+    let (state_idle, channel_idle) = (Duration::from_secs(60), Duration::from_secs(120));
+    w.cx.registry.set_idle(state_idle, channel_idle);
+    let lv = w.litecord();
+    let token = w.channel(lv, CHANNEL);
+    let session = w.voice_state(lv, Snowflake(7));
+    let i = member(&mut w, 8, 7, &session, &token);
+    assert!(w.client(i).ssrc().is_some(), "Ready");
+    w.close_socket(i, 1000);
+    // In the call until the leave grace ends, idle from then.
+    w.advance(LEAVE_GRACE + state_idle - Duration::from_secs(1));
+    assert_eq!(w.cx.registry.voice_state_count(), 1);
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.cx.registry.voice_state_count(), 0);
+    assert_eq!(w.cx.registry.channel_count(), 1);
+    w.commands.clear();
+    w.advance(channel_idle);
+    assert_eq!(w.cx.registry.channel_count(), 0);
+    assert_eq!(
+        w.commands,
+        vec![shared::Command::RemoveChannel { channel: 1 }]
+    );
+    assert!(w.litecord[lv].client.ready(), "Litecord stayed throughout");
+
+    let again = w.channel(lv, CHANNEL);
+    assert_ne!(again, token);
+    let fresh = w.voice_state(lv, Snowflake(7));
+    assert_ne!(fresh, session);
+    let j = member(&mut w, 8, 7, &fresh, &again);
+    assert!(w.client(j).ssrc().is_some(), "Ready afresh");
+    assert_eq!(w.closed(j), None);
 }

@@ -124,15 +124,16 @@ fn is_observed(addr: SocketAddr) -> bool {
 
 impl Call {
     fn new() -> Call {
+        let now = Instant::now();
         let mut registry = Registry::new(CORES, StdRng::seed_from_u64(0));
         registry.set_resume(Duration::from_secs(10), 8);
-        let t100 = registry.channel_req(sf("100"), Some(sf("1"))).token;
-        let t200 = registry.channel_req(sf("200"), None).token;
+        let t100 = registry.channel_req(sf("100"), Some(sf("1")), now).token;
+        let t200 = registry.channel_req(sf("200"), None, now).token;
         let mut vars = vec![t100, t200];
         for (user, channel) in USERS {
             vars.push(
                 registry
-                    .voice_state_create(sf(user), sf(channel))
+                    .voice_state_create(sf(user), sf(channel), now)
                     .expect("state"),
             );
         }
@@ -157,7 +158,7 @@ impl Call {
             },
             configs: [config(&Mode::ALL), config(&Mode::DEFAULT)],
             legacy: true,
-            now: Instant::now(),
+            now,
             vars,
             slots: Vec::new(),
             current: 0,
@@ -320,9 +321,19 @@ impl Call {
                 }
                 self.cx.registry.handle_timeout(self.now);
             }
-            b'd' => self.cx.registry.voice_state_destroy(sf(user.0), sf(user.1)),
+            b'd' => {
+                let now = self.now;
+                self.cx
+                    .registry
+                    .voice_state_destroy(sf(user.0), sf(user.1), now)
+            }
             b'n' => {
-                if let Ok(sid) = self.cx.registry.voice_state_create(sf(user.0), sf(user.1)) {
+                let now = self.now;
+                if let Ok(sid) = self
+                    .cx
+                    .registry
+                    .voice_state_create(sf(user.0), sf(user.1), now)
+                {
                     self.vars[2 + (n % 3) as usize] = sid;
                 }
             }

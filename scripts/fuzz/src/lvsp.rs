@@ -94,12 +94,12 @@ impl Server {
     fn new() -> Server {
         let now = Instant::now();
         let mut registry = Registry::new(2, StdRng::seed_from_u64(0));
-        let token = registry.channel_req(sf("100"), Some(sf("1"))).token;
+        let token = registry.channel_req(sf("100"), Some(sf("1")), now).token;
         let sid = registry
-            .voice_state_create(sf("7"), sf("100"))
+            .voice_state_create(sf("7"), sf("100"), now)
             .expect("state");
         registry
-            .voice_state_create(sf("8"), sf("100"))
+            .voice_state_create(sf("8"), sf("100"), now)
             .expect("state");
         let rate = RateLimit {
             per_second: 10.0,
