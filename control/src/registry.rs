@@ -316,6 +316,15 @@ pub struct Registry {
     drain: Option<Drain>,
 }
 
+/// Takes what a deadline queue holds whose deadline is past, in order.
+fn take_due<K>(queue: &mut VecDeque<(Instant, K)>, now: Instant) -> Vec<K> {
+    let due = queue
+        .iter()
+        .take_while(|(deadline, _)| *deadline <= now)
+        .count();
+    queue.drain(..due).map(|(_, key)| key).collect()
+}
+
 /// A 128-bit random value as 32 lowercase hex digits.
 fn random_token(rng: &mut StdRng) -> String {
     let mut b = [0u8; 16];
@@ -460,24 +469,14 @@ impl Registry {
     /// channel destroyed, members closed with 4014); at a drain's deadline
     /// every member still in a call is closed ([`Kick::Drained`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((deadline, session_id)) = self.parked.front() {
-            if *deadline > now {
-                break;
-            }
-            let session_id = session_id.clone();
-            self.parked.pop_front();
+        for session_id in take_due(&mut self.parked, now) {
             let expired = self.states.get(&session_id).and_then(|s| s.parked_since);
             if expired.is_some_and(|since| since + self.resume_grace <= now) {
                 self.reclaimed[Reclaim::Session as usize] += 1;
                 self.leave_call(&session_id, now);
             }
         }
-        while let Some((deadline, session_id)) = self.leaving.front() {
-            if *deadline > now {
-                break;
-            }
-            let session_id = session_id.clone();
-            self.leaving.pop_front();
+        for session_id in take_due(&mut self.leaving, now) {
             let state = self.states.get(&session_id);
             let expired = state
                 .filter(|s| s.left)
@@ -492,12 +491,7 @@ impl Registry {
         // it went idle (empty), in deadline order: the front is the only
         // one to look at, and an entry whose state identified (channel
         // got a member) since is dropped when it comes up.
-        while let Some((deadline, session_id)) = self.idle_states.front() {
-            if *deadline > now {
-                break;
-            }
-            let session_id = session_id.clone();
-            self.idle_states.pop_front();
+        for session_id in take_due(&mut self.idle_states, now) {
             let state = self.states.get(&session_id);
             let expired = state
                 .filter(|s| !s.in_call())
@@ -508,12 +502,7 @@ impl Registry {
                 self.remove_state(&session_id, now);
             }
         }
-        while let Some((deadline, channel_id)) = self.empty_channels.front() {
-            if *deadline > now {
-                break;
-            }
-            let channel_id = *channel_id;
-            self.empty_channels.pop_front();
+        for channel_id in take_due(&mut self.empty_channels, now) {
             let ch = self.channels.get(&channel_id);
             let expired = ch
                 .filter(|c| c.members.is_empty())
