@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use control::connection::Protocol;
 use protocol::gateway::{ClientDisconnect, ClientsConnect, ServerMessage, SPEAKING_MICROPHONE};
-use protocol::lvsp::{Reply, Request, VoiceState};
+use protocol::lvsp::{Request, VoiceState};
 use protocol::Snowflake;
 use scripts::Session;
 use serde_json::{json, Value};
@@ -645,20 +645,7 @@ fn an_lvsp_move_closes_4014_and_gets_a_new_session() {
     assert_eq!(w.messages(b), [left]);
     assert!(w.commands.contains(&Command::RemoveSession { ssrc }));
     let token2 = w.channel(0, moved_to);
-    let state = VoiceState {
-        user_id: user,
-        channel_id: moved_to,
-        guild_id: Some(GUILD),
-    };
-    w.litecord[0]
-        .client
-        .request(Request::VoiceStateCreate(state));
-    w.run();
-    let moved = w.litecord[0].client.poll_info(|info| match &info.reply {
-        Reply::VoiceStateDone(d) if d.state.channel_id == moved_to => Some(d.session_id.clone()),
-        _ => None,
-    });
-    let moved = moved.unwrap().expect("VOICE_STATE_DONE");
+    let moved = w.voice_state_in(0, user, moved_to);
     assert_ne!(moved, s[0]);
     let a2 = member(&mut w, 4, 7, &moved, &token2);
     assert!(w.client(a2).ssrc().is_some_and(|s| s != ssrc));

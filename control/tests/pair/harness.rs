@@ -256,47 +256,55 @@ impl World {
         i
     }
 
+    /// Sends `request` over link `lv`; returns what `pick` takes from the
+    /// INFO that answers it.
+    fn ask<T>(
+        &mut self,
+        lv: usize,
+        request: Request,
+        mut pick: impl FnMut(&Reply) -> Option<T>,
+    ) -> T {
+        self.litecord[lv].client.request(request);
+        self.run();
+        let answer = self.litecord[lv].client.poll_info(|info| pick(&info.reply));
+        answer.expect("open").expect("an answering INFO")
+    }
+
     /// CHANNEL_REQ over link `lv`; returns the channel's token.
     pub(crate) fn channel(&mut self, lv: usize, channel_id: Snowflake) -> String {
         let channel = Channel {
             channel_id,
             guild_id: Some(GUILD),
         };
-        self.litecord[lv]
-            .client
-            .request(Request::ChannelReq(channel));
-        self.run();
-        let token = self.litecord[lv]
-            .client
-            .poll_info(|info| match &info.reply {
-                Reply::ChannelAssign(a) if a.channel.channel_id == channel_id => {
-                    Some(a.token.clone())
-                }
-                _ => None,
-            });
-        token.expect("open").expect("CHANNEL_ASSIGN")
+        self.ask(lv, Request::ChannelReq(channel), |reply| match reply {
+            Reply::ChannelAssign(a) if a.channel.channel_id == channel_id => Some(a.token.clone()),
+            _ => None,
+        })
     }
 
-    /// VOICE_STATE_CREATE over link `lv`; returns the session id.
+    /// VOICE_STATE_CREATE in channel 100 over link `lv`; returns the
+    /// session id.
     pub(crate) fn voice_state(&mut self, lv: usize, user_id: Snowflake) -> String {
+        self.voice_state_in(lv, user_id, CHANNEL)
+    }
+
+    /// VOICE_STATE_CREATE in `channel_id` over link `lv`; returns the
+    /// session id.
+    pub(crate) fn voice_state_in(
+        &mut self,
+        lv: usize,
+        user_id: Snowflake,
+        channel_id: Snowflake,
+    ) -> String {
         let state = VoiceState {
             user_id,
-            channel_id: CHANNEL,
+            channel_id,
             guild_id: Some(GUILD),
         };
-        self.litecord[lv]
-            .client
-            .request(Request::VoiceStateCreate(state));
-        self.run();
-        let done = self.litecord[lv]
-            .client
-            .poll_info(|info| match &info.reply {
-                Reply::VoiceStateDone(d) if d.state.user_id == user_id => {
-                    Some(d.session_id.clone())
-                }
-                _ => None,
-            });
-        done.expect("open").expect("VOICE_STATE_DONE")
+        self.ask(lv, Request::VoiceStateCreate(state), |reply| match reply {
+            Reply::VoiceStateDone(d) if d.state == state => Some(d.session_id.clone()),
+            _ => None,
+        })
     }
 
     /// A gateway websocket at `version` (9: one this server does not
