@@ -168,6 +168,15 @@ pub struct Config {
     /// deadline get 4015 (resume) instead of 4014 (disconnected). A
     /// `POST /drain?restart=...` says it for itself. Default false.
     pub drain_restart: bool,
+    /// Where control saves what a new control needs to take over without
+    /// dropping a call (`crate::persist`): a directory of this user's,
+    /// 0700 (created so if missing). None (the default): nothing is saved,
+    /// the data plane stops with control, and a restart starts empty.
+    pub state_dir: Option<PathBuf>,
+    /// With a state directory: how long the data plane forwards on after
+    /// control went away, waiting for a new control to take it over, before
+    /// it stops. Default 60 s.
+    pub reattach_window: Duration,
 }
 
 /// A configuration that cannot work.
@@ -236,6 +245,8 @@ impl Config {
             lvsp_auth_backoff: lvsp::AuthBackoff::default(),
             drain_deadline: Duration::from_secs(600),
             drain_restart: false,
+            state_dir: None,
+            reattach_window: Duration::from_secs(60),
         }
     }
 

@@ -37,6 +37,9 @@ pub trait Protocol {
     const NAME: &'static str;
     /// The close code for a connection that did not identify in time.
     const IDENTIFY_TIMEOUT_CODE: u16;
+    /// The close code when the server stops and a new control takes over
+    /// (the peer should resume).
+    const RESTART_CODE: u16;
     /// A decoded message, handled under the lock.
     type Incoming;
 

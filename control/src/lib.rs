@@ -18,6 +18,7 @@
 //!   websocket, effect dispatch, the dataplane child process.
 //! - [`link`]: the control side of the rings, with back-pressure.
 //! - [`config`]: typed configuration with documented defaults.
+//! - [`persist`]: the state a new control takes over from (`--state-dir`).
 //!
 //! Drive it with [`server::Server::start`] and a shutdown future.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod gateway;
 pub mod limit;
 pub mod link;
 pub mod lvsp;
+pub mod persist;
 pub mod registry;
 pub mod replay;
 pub mod server;

@@ -185,6 +185,17 @@ struct Args {
     /// (resume) instead of 4014.
     #[arg(long)]
     drain_restart: bool,
+    /// Directory (this user's, 0700; created if missing) where control
+    /// saves channels, voice states and sessions (with their keys) so that
+    /// a control started on the same directory takes the running data plane
+    /// over without dropping a call. Without it nothing is saved and the
+    /// data plane stops with control.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// With --state-dir: seconds the data plane forwards on after control
+    /// went away, waiting for a new control to take it over.
+    #[arg(long, default_value_t = 60)]
+    reattach_window_secs: u64,
 }
 
 impl Args {
@@ -276,6 +287,8 @@ impl Args {
         };
         c.drain_deadline = Duration::from_secs(self.drain_deadline_secs);
         c.drain_restart = self.drain_restart;
+        c.state_dir = self.state_dir;
+        c.reattach_window = Duration::from_secs(self.reattach_window_secs);
         Ok(c)
     }
 }
@@ -372,7 +385,18 @@ async fn serve() -> anyhow::Result<()> {
         println!("metrics: http://{m}/metrics");
     }
     println!("cores: {}", server.cores);
+    if let Some((counts, taken_over)) = server.restored {
+        println!(
+            "restored: channels={} voice_states={} sessions={} dataplane={}",
+            counts.channels,
+            counts.voice_states,
+            counts.sessions,
+            if taken_over { "taken-over" } else { "new" }
+        );
+    }
+    // Last: the tests read up to this line.
     println!("shm: {}", server.shm_path.display());
+
     let drain = tokio::spawn(drain_signal(usr1, server.drainer()));
     server.run(shutdown_signal()).await?;
     drain.abort();

@@ -143,6 +143,10 @@ struct VoiceState {
     /// Since when no gateway session is in the call for it (created and
     /// never identified, or left the call); None while one is.
     idle_since: Option<Instant>,
+    /// Its session came back from a saved state (a control restart): the
+    /// client may have heard more than the save kept, so a Resume that
+    /// acknowledges more catches the stream up instead of failing.
+    restored: bool,
 }
 
 impl VoiceState {
@@ -747,6 +751,7 @@ impl Registry {
                 slot: None,
                 budget: None,
                 idle_since: None,
+                restored: false,
             },
         );
         self.by_user.insert(key, session_id.clone());
@@ -1077,7 +1082,9 @@ impl Registry {
         if !stream.serves(numbered) {
             return Err(IdentifyError::SessionInvalid);
         }
+        let catch_up = seq_ack.filter(|seq| state.restored && *seq > stream.seq());
         let missed = match seq_ack {
+            Some(_) if catch_up.is_some() => Vec::new(),
             Some(seq) => stream.after(seq).ok_or(IdentifyError::SessionInvalid)?,
             None => Vec::new(),
         };
@@ -1099,6 +1106,9 @@ impl Registry {
             .expect("authenticated above");
         state.conn = Some(conn);
         state.parked_since = None;
+        if let (Some(seq), Some(stream)) = (catch_up, &mut state.stream) {
+            stream.catch_up(seq);
+        }
         if std::mem::take(&mut state.left) {
             self.rejoin(session_id, ssrc);
         }
@@ -1297,6 +1307,36 @@ impl Registry {
         pushed
     }
 
+    /// A new control took over a data plane that kept running (its state
+    /// was [`Registry::restore`]d): every core marks what it has as
+    /// unconfirmed, gets the whole state again as [`Registry::resync`]
+    /// pushes it (same keys: counters, windows and addresses stay), with
+    /// each session's hold as the save says, and then drops what nobody
+    /// named (made after the save). Returns how many sessions were pushed.
+    pub fn take_over(&mut self) -> usize {
+        for core in 0..self.cores {
+            let command = Command::ResyncBegin;
+            self.effects.push_back(Effect::Dataplane { core, command });
+        }
+        let pushed = self.resync();
+        let mut in_call: Vec<(u32, u32)> = self
+            .states
+            .values()
+            .filter(|s| s.in_call() && !s.left)
+            .filter_map(|s| Some((self.channels.get(&s.channel_id)?.core, s.ssrc?)))
+            .collect();
+        in_call.sort_unstable();
+        for (core, ssrc) in in_call {
+            let command = Command::HoldSession { ssrc, held: false };
+            self.effects.push_back(Effect::Dataplane { core, command });
+        }
+        for core in 0..self.cores {
+            let command = Command::ResyncEnd;
+            self.effects.push_back(Effect::Dataplane { core, command });
+        }
+        pushed
+    }
+
     /// Speaking op 5 from a client: relayed to the other members.
     pub fn speaking(&mut self, session_id: &str, speaking: u32) {
         let Some(state) = self.states.get_mut(session_id) else {
@@ -1363,6 +1403,287 @@ impl Registry {
                 self.leave_call(session_id, now);
             }
         }
+    }
+}
+
+/// What a control restart needs of the registry, as saved in control's
+/// private state file (`crate::persist`): channels, voice states and the
+/// gateway sessions in calls with their SSRC, mode, key, proven address,
+/// counter slot and numbered notices. Times are ages at the save.
+/// Connections, budgets and timers are not saved: every session comes back
+/// parked, waiting for its client to resume.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    cores: u32,
+    next_channel: u64,
+    next_slot: u32,
+    free_slots: Vec<u32>,
+    channels: Vec<SavedChannel>,
+    states: Vec<SavedState>,
+    reclaimed: [u64; 3],
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SavedChannel {
+    channel_id: Snowflake,
+    guild_id: Option<Snowflake>,
+    token: String,
+    num: u64,
+    core: u32,
+    members: Vec<String>,
+    /// Milliseconds it had been empty.
+    empty_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SavedState {
+    session_id: String,
+    user_id: Snowflake,
+    channel_id: Snowflake,
+    /// Milliseconds it had been idle (no session in the call).
+    idle_ms: Option<u64>,
+    session: Option<SavedSession>,
+}
+
+/// A gateway session in a call.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SavedSession {
+    ssrc: u32,
+    speaking: u32,
+    stream: Stream,
+    left: bool,
+    media: Option<SavedMedia>,
+    observed: Option<SocketAddr>,
+    proven: Option<SocketAddr>,
+    slot: Option<u32>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SavedMedia {
+    mode: Mode,
+    key: SessionKey,
+    declared: Option<SocketAddr>,
+}
+
+/// What [`Registry::restore`] brought back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoreCounts {
+    /// Channels.
+    pub channels: usize,
+    /// Voice states.
+    pub voice_states: usize,
+    /// Gateway sessions in calls (parked, waiting for a Resume).
+    pub sessions: usize,
+}
+
+fn age_ms(now: Instant, since: Option<Instant>) -> Option<u64> {
+    since.map(|t| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Registry {
+    /// The registry as a control restart needs it ([`Saved`]), with ages
+    /// measured at `now`.
+    pub fn save(&self, now: Instant) -> Saved {
+        let mut channels: Vec<SavedChannel> = self
+            .channels
+            .values()
+            .map(|c| {
+                let mut members: Vec<String> = c.members.iter().cloned().collect();
+                members.sort();
+                SavedChannel {
+                    channel_id: c.channel_id,
+                    guild_id: c.guild_id,
+                    token: c.token.clone(),
+                    num: c.num,
+                    core: c.core,
+                    members,
+                    empty_ms: age_ms(now, c.empty_since),
+                }
+            })
+            .collect();
+        channels.sort_by_key(|c| c.num);
+        let mut states: Vec<SavedState> = self
+            .states
+            .iter()
+            .map(|(sid, st)| SavedState {
+                session_id: sid.clone(),
+                user_id: st.user_id,
+                channel_id: st.channel_id,
+                idle_ms: age_ms(now, st.idle_since),
+                session: st
+                    .stream
+                    .as_ref()
+                    .zip(st.ssrc)
+                    .map(|(stream, ssrc)| SavedSession {
+                        ssrc,
+                        speaking: st.speaking,
+                        stream: stream.clone(),
+                        left: st.left,
+                        media: st.media.as_ref().map(|m| SavedMedia {
+                            mode: m.mode,
+                            key: SessionKey(m.key),
+                            declared: m.declared,
+                        }),
+                        observed: st.observed,
+                        proven: st.proven,
+                        slot: st.slot,
+                    }),
+            })
+            .collect();
+        states.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Saved {
+            cores: self.cores,
+            next_channel: self.next_channel,
+            next_slot: self.next_slot,
+            free_slots: self.free_slots.clone(),
+            channels,
+            states,
+            reclaimed: self.reclaimed,
+        }
+    }
+
+    /// Fills an empty registry from a save `elapsed` ago (the wall time
+    /// between the save and `now`). With `sessions`, the gateway sessions
+    /// come back too, parked for a Resume (the resume or leave grace
+    /// starts now), with their SSRCs, keys, addresses, slots and numbered
+    /// notices: only right when the data plane that served them is still
+    /// the one (it holds their counters); call [`Registry::resync`] then.
+    /// Without, the voice states come back idle and their clients identify
+    /// afresh. Channels placed on a core this data plane does not have are
+    /// moved (no session of theirs comes back then).
+    pub fn restore(
+        &mut self,
+        saved: Saved,
+        now: Instant,
+        elapsed: Duration,
+        sessions: bool,
+    ) -> RestoreCounts {
+        let since = |ms: Option<u64>| {
+            ms.map(|ms| {
+                now.checked_sub(Duration::from_millis(ms) + elapsed)
+                    .unwrap_or(now)
+            })
+        };
+        let sessions = sessions && saved.cores == self.cores;
+        let mut counts = RestoreCounts::default();
+        for c in saved.channels {
+            let core = if c.core < self.cores {
+                c.core
+            } else {
+                (c.num % u64::from(self.cores)) as u32
+            };
+            let empty_since = since(c.empty_ms).filter(|_| c.members.is_empty());
+            if let Some(t) = empty_since {
+                self.empty_channels
+                    .push_back((t + self.channel_idle, c.channel_id));
+            }
+            self.next_channel = self.next_channel.max(c.num + 1);
+            self.channels.insert(
+                c.channel_id,
+                Channel {
+                    channel_id: c.channel_id,
+                    guild_id: c.guild_id,
+                    token: c.token,
+                    num: c.num,
+                    core,
+                    members: c.members.into_iter().collect(),
+                    empty_since,
+                },
+            );
+            counts.channels += 1;
+        }
+        self.next_channel = self.next_channel.max(saved.next_channel);
+        let mut slots_in_use = HashSet::new();
+        for st in saved.states {
+            let Some(ch) = self.channels.get(&st.channel_id) else {
+                continue;
+            };
+            let (core, num) = (ch.core, ch.num);
+            let mut state = VoiceState {
+                user_id: st.user_id,
+                channel_id: st.channel_id,
+                conn: None,
+                ssrc: None,
+                speaking: 0,
+                stream: None,
+                parked_since: None,
+                left: false,
+                media: None,
+                observed: None,
+                proven: None,
+                slot: None,
+                budget: None,
+                idle_since: None,
+                restored: false,
+            };
+            let session = st.session.filter(|s| {
+                sessions && s.ssrc % self.cores == core && !self.ssrcs.contains_key(&s.ssrc)
+            });
+            match session {
+                Some(s) => {
+                    state.ssrc = Some(s.ssrc);
+                    state.speaking = s.speaking;
+                    state.stream = Some(s.stream);
+                    state.parked_since = Some(now);
+                    state.left = s.left;
+                    state.media = s.media.zip(s.slot).map(|(m, slot)| SessionSpec {
+                        ssrc: s.ssrc,
+                        channel: num,
+                        user: st.user_id.0,
+                        mode: m.mode,
+                        key: m.key.0,
+                        declared: m.declared,
+                        slot,
+                    });
+                    state.observed = s.observed;
+                    state.proven = s.proven;
+                    state.slot = s.slot;
+                    state.restored = true;
+                    slots_in_use.extend(s.slot);
+                    let (queue, grace) = if s.left {
+                        (&mut self.leaving, self.leave_grace)
+                    } else {
+                        (&mut self.parked, self.resume_grace)
+                    };
+                    queue.push_back((now + grace, st.session_id.clone()));
+                    self.ssrcs.insert(s.ssrc, st.session_id.clone());
+                    self.load[core as usize] += 1;
+                    counts.sessions += 1;
+                }
+                None => {
+                    let idle = since(st.idle_ms).unwrap_or(now);
+                    state.idle_since = Some(idle);
+                    self.idle_states
+                        .push_back((idle + self.voice_state_idle, st.session_id.clone()));
+                }
+            }
+            self.by_user
+                .insert((st.channel_id, st.user_id), st.session_id.clone());
+            self.states.insert(st.session_id, state);
+            counts.voice_states += 1;
+        }
+        // Channel members the save named but whose states did not come
+        // back are dropped.
+        let states = &self.states;
+        for ch in self.channels.values_mut() {
+            ch.members.retain(|sid| states.contains_key(sid));
+        }
+        if sessions {
+            self.next_slot = saved.next_slot.min(self.slot_count);
+            self.free_slots = saved
+                .free_slots
+                .into_iter()
+                .filter(|s| *s < self.next_slot && !slots_in_use.contains(s))
+                .collect();
+        }
+        // The queues are read front first, in deadline order.
+        self.idle_states.make_contiguous().sort();
+        self.empty_channels.make_contiguous().sort();
+        self.reclaimed = saved.reclaimed;
+        // Litecord has to connect again; until it does, the orphan grace
+        // runs as after a disconnect.
+        self.orphaned_since = Some(now);
+        counts
     }
 }
 

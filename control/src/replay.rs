@@ -12,6 +12,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// A numbered item, kept or given back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Numbered<T> {
@@ -21,7 +23,7 @@ pub struct Numbered<T> {
     pub item: T,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Kept<T, K> {
     seq: u64,
     item: T,
@@ -29,8 +31,9 @@ struct Kept<T, K> {
 }
 
 /// The last `capacity` items pushed, numbered; `K` keys items that
-/// supersede one another (`()` where none do).
-#[derive(Debug)]
+/// supersede one another (`()` where none do). Serializable: control saves
+/// it for a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Replay<T, K = ()> {
     /// The number of the last item pushed (0: none yet).
     seq: u64,
@@ -79,6 +82,18 @@ impl<T: Clone, K: PartialEq> Replay<T, K> {
         Numbered {
             seq: self.seq,
             item,
+        }
+    }
+
+    /// Moves the numbering on to `seq` when the peer acknowledges more than
+    /// this buffer ever numbered (it was restored from a save older than
+    /// what the peer got): the peer has everything kept, so nothing is
+    /// left to re-deliver and the next item is `seq + 1`.
+    pub fn catch_up(&mut self, seq: u64) {
+        if seq > self.seq {
+            self.seq = seq;
+            self.lost_through = seq;
+            self.kept.clear();
         }
     }
 
@@ -138,5 +153,24 @@ mod tests {
         r.push(300, Some('c')); // 13
         assert_eq!(r.after(0), None, "item 1 is gone");
         assert_eq!(r.after(1).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_saved_buffer_comes_back_and_catches_up_with_its_peer() {
+        let mut r: Replay<u32, char> = Replay::new(4);
+        r.push(1, Some('a'));
+        r.push(2, None);
+        let json = serde_json::to_string(&r).unwrap();
+        let mut back: Replay<u32, char> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.after(0), r.after(0));
+        assert_eq!(back.push(3, Some('a')).seq, 3, "numbering goes on");
+        // The peer saw 5 before the save was replaced: nothing to re-send.
+        assert_eq!(back.after(5), None);
+        back.catch_up(5);
+        assert_eq!(back.after(5), Some(vec![]));
+        assert_eq!(back.after(3), None, "what it had is behind the peer");
+        assert_eq!(back.push(9, None).seq, 6);
+        back.catch_up(2);
+        assert_eq!(back.seq(), 6, "never backwards");
     }
 }

@@ -12,13 +12,14 @@
 use std::fmt;
 
 use protocol::Snowflake;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shared::Mode;
 use zeroize::Zeroize;
 
 use crate::replay::Replay;
 
 /// Something a member's gateway session must hear.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Notice {
     /// The session identified: its SSRC (Ready).
     Ready {
@@ -54,7 +55,7 @@ pub enum Notice {
 /// the latest of each member's joins and leaves. Keeping one notice per key
 /// bounds what one member can put into another's resume buffer, however
 /// often it speaks or rejoins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Supersedes {
     /// Speaking of this user.
     Speaking(Snowflake),
@@ -85,6 +86,19 @@ impl Drop for SessionKey {
     }
 }
 
+/// Saved (for a restart, in control's private state file) as its 32 bytes.
+impl Serialize for SessionKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SessionKey, D::Error> {
+        <[u8; 32]>::deserialize(deserializer).map(SessionKey)
+    }
+}
+
 impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SessionKey(..)")
@@ -103,7 +117,7 @@ pub struct Sequenced {
 
 /// The notices of one gateway session: numbered and the last `capacity`
 /// kept when the session is numbered (v8); passed through otherwise.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stream {
     numbered: bool,
     replay: Replay<Notice, Supersedes>,
@@ -136,6 +150,23 @@ impl Stream {
     /// carry this stream.
     pub fn serves(&self, numbered: bool) -> bool {
         self.numbered == numbered
+    }
+
+    /// The number of the last notice (0: none, or not numbered).
+    pub fn seq(&self) -> u64 {
+        if self.numbered {
+            self.replay.seq()
+        } else {
+            0
+        }
+    }
+
+    /// See [`Replay::catch_up`]: a client that acknowledges more than a
+    /// restored stream numbered resumes with nothing to re-deliver.
+    pub fn catch_up(&mut self, seq_ack: u64) {
+        if self.numbered {
+            self.replay.catch_up(seq_ack);
+        }
     }
 
     /// The notices after `seq_ack`, or None when some are no longer kept

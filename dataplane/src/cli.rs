@@ -1,11 +1,12 @@
 //! The dataplane's command line: parsing, start-up and the run.
 //!
 //! `dataplane --shm <PATH> (--bind <IP:PORT> | --udp-fds <FD,...>)
-//! [--stats-interval-ms 250] [--udp-idle-secs 60]` attaches the
-//! shared-memory region control created, binds one UDP socket per core (the
-//! region's core count) or takes over the ones control handed down,
-//! publishes the port, and runs
-//! until SIGTERM/SIGINT or until the parent process exits. The `dataplane`
+//! [--stats-interval-ms 250] [--udp-idle-secs 60] [--reattach-secs 0]`
+//! attaches the shared-memory region control created, binds one UDP socket
+//! per core (the region's core count) or takes over the ones control handed
+//! down, publishes the port, and runs until SIGTERM/SIGINT, or until the
+//! control holding the region is gone and no other took it over within the
+//! reattach window. The `dataplane`
 //! binary and `control dataplane ...` (how control starts its child) both
 //! call [`main`].
 
@@ -49,14 +50,15 @@ struct Args {
     /// media, no keepalive) before the data plane stops sending to it.
     #[arg(long, default_value_t = 60)]
     udp_idle_secs: u64,
+    /// Seconds the data plane forwards on after control went away, waiting
+    /// for a new control to take the region over (0: stop at once).
+    #[arg(long, default_value_t = 0)]
+    reattach_secs: u64,
 }
 
 /// Parses `args` (the first one is the program name), runs the data plane
 /// until shutdown, and returns the process exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    // Read first thing: if control dies while we start, the parent read
-    // later would already be init, and we would never notice.
-    let parent = std::os::unix::process::parent_id();
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
@@ -85,7 +87,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         tracing::error!("panic: {info}; aborting the data plane");
         std::process::abort();
     }));
-    match run(args, parent) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -95,7 +97,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-fn run(args: Args, parent: u32) -> anyhow::Result<()> {
+fn run(args: Args) -> anyhow::Result<()> {
     if args.stats_interval_ms == 0 {
         anyhow::bail!("--stats-interval-ms must be at least 1");
     }
@@ -139,8 +141,13 @@ fn run(args: Args, parent: u32) -> anyhow::Result<()> {
         ..CoreConfig::default()
     };
     config.forward.idle_ms = args.udp_idle_secs.saturating_mul(1000);
-    core::run(&region, sockets, &config, parent)?;
-    if std::os::unix::process::parent_id() != parent && region.is_current() {
+    core::run(
+        &region,
+        sockets,
+        &config,
+        Duration::from_secs(args.reattach_secs),
+    )?;
+    if !region.is_anonymous() && !sys::Process::alive(region.control_pid()) && region.is_current() {
         // The control that created the region file died without cleaning
         // up (it removes the file on a normal shutdown): nobody else will.
         // (A file that is no longer ours belongs to a newer control.)

@@ -17,9 +17,10 @@
 //!   tick), and notice shutdown.
 //!
 //! The calling thread watches over the cores: it stops them when a signal
-//! arrives, when control (the parent) goes away, or when the region stops
-//! being the current one (removed or replaced: a newer dataplane owns the
-//! port now, so this one must leave the reuseport group). A core that
+//! arrives, when control goes away and no new control takes the region
+//! over within the reattach window, or when a region file stops being the
+//! current one (removed or replaced: a newer dataplane owns the port now,
+//! so this one must leave the reuseport group). A core that
 //! finds its ring corrupt stops the whole data plane with an error; a
 //! panicking core aborts the process (see `cli`), so supervision restarts
 //! it whole rather than leaving a core's socket dead in the group.
@@ -118,14 +119,14 @@ pub enum CoreError {
 
 /// Runs one executor per core of `region`, each with its socket (socket
 /// `i` for core `i`), until shutdown is requested ([`sys::request_shutdown`],
-/// a signal), the process's parent is no longer `parent` (the pid read
-/// when the process started: control went away), or the region stops being
+/// a signal), the control holding the region ([`Region::control_pid`]) is
+/// gone and none took over within `reattach`, or a region file stops being
 /// current ([`Region::is_current`]).
 pub fn run(
     region: &Region,
     sockets: Vec<UdpSocket>,
     config: &CoreConfig,
-    parent: u32,
+    reattach: Duration,
 ) -> Result<(), CoreError> {
     let cores = region.config().cores;
     if sockets.len() != cores as usize {
@@ -156,7 +157,7 @@ pub fn run(
             })?;
         handles.push((core, handle));
     }
-    watch(region, parent);
+    watch(region, reattach);
     let mut result = Ok(());
     for (core, handle) in handles {
         let outcome = match handle.join() {
@@ -178,19 +179,49 @@ pub fn run(
 }
 
 /// Returns once the cores must stop: a shutdown was requested, control
-/// went away, or the region is no longer the one at its path.
-fn watch(region: &Region, parent: u32) {
+/// went away and no other took the region over within `reattach` (zero:
+/// stop at once), or the region file is no longer the one at its path.
+///
+/// While no control holds the region the cores forward on: established
+/// calls keep their keys, addresses and counters, and a new control that
+/// claims the region ([`Region::claim_control`]) resyncs them.
+fn watch(region: &Region, reattach: Duration) {
+    let mut control: Option<sys::Process> = None;
+    let mut orphaned: Option<Instant> = None;
     while !sys::shutdown_requested() {
-        if std::os::unix::process::parent_id() != parent {
-            tracing::warn!("control went away; stopping");
-            break;
-        }
-        if !region.is_current() {
+        // A memfd has no file to remove or replace; its `/proc` path dies
+        // with the control that created it, which is the next check's job.
+        if !region.is_anonymous() && !region.is_current() {
             tracing::warn!(
                 region = %region.path().display(),
                 "the region was removed or replaced; stopping"
             );
             break;
+        }
+        let pid = region.control_pid();
+        if control.as_ref().map(sys::Process::pid) != Some(pid) {
+            control = sys::Process::watch(pid).ok();
+            if control.is_some() && orphaned.is_some() {
+                tracing::info!(control = pid, "a new control took over");
+            }
+        }
+        if control.as_ref().is_some_and(|c| !c.exited()) {
+            orphaned = None;
+        } else {
+            let since = *orphaned.get_or_insert_with(|| {
+                if !reattach.is_zero() {
+                    tracing::warn!(
+                        control = pid,
+                        window_secs = reattach.as_secs_f64(),
+                        "control went away; forwarding on while a new one may take over"
+                    );
+                }
+                Instant::now()
+            });
+            if since.elapsed() >= reattach {
+                tracing::warn!(control = pid, "control went away; stopping");
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -26,7 +26,7 @@
 //! ([`Event::AddressExpired`]) when nothing came from one for
 //! [`ForwardConfig::idle_ms`]: neither authenticated media nor keepalives.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 
@@ -520,6 +520,16 @@ pub struct Forwarder {
     events: VecDeque<Event>,
     /// When idle addresses are next looked for.
     next_sweep: u64,
+    /// Between [`Command::ResyncBegin`] and [`Command::ResyncEnd`]: the
+    /// sessions and bindings the new control has not named again yet.
+    unconfirmed: Option<Unconfirmed>,
+}
+
+/// What a resync has not confirmed yet.
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    sessions: HashSet<u32>,
+    bound: HashSet<SocketAddr>,
 }
 
 impl Forwarder {
@@ -542,6 +552,7 @@ impl Forwarder {
             drops: Drops::default(),
             events: VecDeque::with_capacity(256),
             next_sweep: 0,
+            unconfirmed: None,
         }
     }
 
@@ -651,27 +662,73 @@ impl Forwarder {
             }
             Command::TrustAddress { ssrc, addr } => {
                 // Control vouches for an address a core proved before (this
-                // data plane restarted); an unknown SSRC is ignored.
+                // data plane restarted, or a new control resyncs it); an
+                // unknown SSRC is ignored.
+                // An address the core holds already wins: it is at least
+                // as recent as control's (the client may have moved since
+                // the new control's state was saved), and is confirmed.
                 let addr = packet::canonical(addr);
-                if self.sessions.contains_key(&ssrc) {
-                    self.set_address(ssrc, addr, now);
+                match self.sessions.get(&ssrc).map(|s| (s.addr, s.slot)) {
+                    Some((None, _)) => {
+                        self.set_address(ssrc, addr, now);
+                    }
+                    Some((Some(current), slot)) => self.bind(current, Binding { ssrc, slot }),
+                    None => {}
                 }
                 Ok(())
             }
             Command::BindAddress { addr, ssrc, slot } => {
-                self.bound
-                    .insert(packet::canonical(addr), Binding { ssrc, slot });
+                self.bind(packet::canonical(addr), Binding { ssrc, slot });
                 Ok(())
             }
             Command::UnbindAddress { addr, ssrc } => {
                 self.unbind(Some(packet::canonical(addr)), ssrc);
                 Ok(())
             }
+            Command::ResyncBegin => {
+                self.unconfirmed = Some(Unconfirmed {
+                    sessions: self.sessions.keys().copied().collect(),
+                    bound: self.bound.keys().copied().collect(),
+                });
+                Ok(())
+            }
+            Command::ResyncEnd => {
+                let Some(left) = self.unconfirmed.take() else {
+                    return Ok(());
+                };
+                for ssrc in left.sessions {
+                    self.remove(ssrc);
+                }
+                for addr in left.bound {
+                    self.bound.remove(&addr);
+                }
+                // Tell the new control where each session's media goes
+                // now: a client that moved after its state was saved is
+                // bound anew on the other cores.
+                for (&ssrc, s) in &self.sessions {
+                    if let Some(addr) = s.addr {
+                        self.events.push_back(Event::AddressProven { ssrc, addr });
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
-    /// The session for `ssrc`, created if new, as a member of `channel`.
+    /// Binds `addr` (a resync confirms it).
+    fn bind(&mut self, addr: SocketAddr, binding: Binding) {
+        if let Some(u) = &mut self.unconfirmed {
+            u.bound.remove(&addr);
+        }
+        self.bound.insert(addr, binding);
+    }
+
+    /// The session for `ssrc`, created if new, as a member of `channel`
+    /// (a resync confirms it).
     fn join(&mut self, ssrc: u32, channel: u64, now: u64) -> &mut Session {
+        if let Some(u) = &mut self.unconfirmed {
+            u.sessions.remove(&ssrc);
+        }
         let old_channel = self.sessions.get(&ssrc).map(|s| s.channel);
         if old_channel != Some(channel) {
             if let Some(old) = old_channel {
@@ -726,7 +783,7 @@ impl Forwarder {
             return false;
         }
         self.unbind(old, ssrc);
-        self.bound.insert(addr, Binding { ssrc, slot });
+        self.bind(addr, Binding { ssrc, slot });
         true
     }
 
@@ -789,13 +846,8 @@ impl Forwarder {
         } else if let Some(addr) = session.addr {
             // The slot may be new: keep the binding's slot in step.
             let slot = session.slot;
-            self.bound.insert(
-                addr,
-                Binding {
-                    ssrc: spec.ssrc,
-                    slot,
-                },
-            );
+            let ssrc = spec.ssrc;
+            self.bind(addr, Binding { ssrc, slot });
         }
         Ok(())
     }
@@ -1780,6 +1832,83 @@ mod tests {
         )
         .unwrap();
         assert!(!f.has_session(4242), "unknown SSRCs are not created");
+    }
+
+    #[test]
+    fn a_resync_keeps_what_it_names_untouched_and_removes_the_rest() {
+        let mut f = forwarder();
+        let mut out = Outbox::with_capacity(8);
+        let mut a = Peer::aes(160, 3000);
+        let b = Peer::aes(161, 3001);
+        let mut gone = Peer::aes(162, 3002);
+        for p in [&a, &b, &gone] {
+            f.apply(T0, p.spec(9, None)).unwrap();
+        }
+        let first = a.rtp(b"1");
+        send(&mut f, T0, a.addr, &first, &mut out);
+        for p in [&mut a, &mut gone] {
+            let pkt = p.rtp(b"x");
+            send(&mut f, T0, p.addr, &pkt, &mut out);
+        }
+        // b proves its address too: now a reaches b and gone.
+        let pkt = Peer::aes(161, 3001).rtp(b"y");
+        send(&mut f, T0, b.addr, &pkt, &mut out);
+        f.apply(
+            T0,
+            Command::BindAddress {
+                addr: stranger(),
+                ssrc: 7,
+                slot: 7,
+            },
+        )
+        .unwrap();
+        events(&mut f);
+        let sealed_before = send(&mut f, T0, a.addr, &a.rtp(b"2"), &mut out);
+        assert_eq!(sealed_before.len(), 2);
+
+        // A new control names a and b again (b with an address it saved
+        // before b moved: the core's newer one wins), not `gone`, and not
+        // the other core's binding.
+        f.apply(T0, Command::ResyncBegin).unwrap();
+        f.apply(T0, a.spec(9, None)).unwrap();
+        f.apply(T0, b.spec(9, None)).unwrap();
+        let stale: SocketAddr = "192.0.2.99:1".parse().unwrap();
+        f.apply(
+            T0,
+            Command::TrustAddress {
+                ssrc: b.ssrc,
+                addr: stale,
+            },
+        )
+        .unwrap();
+        f.apply(T0, Command::ResyncEnd).unwrap();
+
+        assert!(!f.has_session(gone.ssrc), "unknown to the new control");
+        assert!(!f.is_bound(gone.addr) && !f.is_bound(stranger()));
+        assert_eq!(f.address(b.ssrc), Some(b.addr), "the core's address stays");
+        assert!(f.is_bound(a.addr) && f.is_bound(b.addr));
+        let mut proven: Vec<_> = events(&mut f)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::AddressProven { ssrc, addr } => Some((ssrc, addr)),
+                _ => None,
+            })
+            .collect();
+        proven.sort();
+        assert_eq!(proven, [(a.ssrc, a.addr), (b.ssrc, b.addr)], "re-reported");
+        // Same key: replay windows and outgoing counters go on.
+        assert!(
+            send(&mut f, T0, a.addr, &first, &mut out).is_empty(),
+            "still a replay"
+        );
+        let sealed_after = send(&mut f, T0, a.addr, &a.rtp(b"3"), &mut out);
+        assert_eq!(sealed_after.len(), 1, "to b only");
+        let counter = |p: &[u8]| u32::from_be_bytes(p[p.len() - 4..].try_into().unwrap());
+        let before = sealed_before.iter().find(|(to, _)| *to == b.addr).unwrap();
+        assert_eq!(counter(&sealed_after[0].1), counter(&before.1) + 1);
+        // A resync end with no beginning changes nothing.
+        f.apply(T0, Command::ResyncEnd).unwrap();
+        assert!(f.has_session(a.ssrc) && f.has_session(b.ssrc));
     }
 
     #[test]

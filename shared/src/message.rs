@@ -145,6 +145,16 @@ pub enum Command {
         /// The session it was bound to.
         ssrc: u32,
     },
+    /// A new control took the data plane over and is about to push its
+    /// whole state again: every session and address binding is marked
+    /// unconfirmed. What the push names again (announced, upserted, bound)
+    /// is confirmed and keeps its keys, counters, windows and address, so
+    /// the calls go on untouched.
+    ResyncBegin,
+    /// The push is complete: sessions and bindings still unconfirmed (the
+    /// new control does not know them: the old one made them after it last
+    /// saved its state) are removed.
+    ResyncEnd,
 }
 
 /// Why a core dropped a datagram. The discriminant indexes [`CoreStats::drops`].
@@ -317,6 +327,8 @@ const TAG_TRUST_ADDRESS: u8 = 5;
 const TAG_BIND_ADDRESS: u8 = 6;
 const TAG_UNBIND_ADDRESS: u8 = 7;
 const TAG_HOLD_SESSION: u8 = 8;
+const TAG_RESYNC_BEGIN: u8 = 9;
+const TAG_RESYNC_END: u8 = 10;
 const TAG_OBSERVED: u8 = 1;
 const TAG_STATS: u8 = 2;
 const TAG_PROVEN: u8 = 3;
@@ -447,6 +459,12 @@ impl Wire for Command {
             Command::UnbindAddress { addr, ssrc } => {
                 p.u8(TAG_UNBIND_ADDRESS).u32(*ssrc).addr(Some(*addr));
             }
+            Command::ResyncBegin => {
+                p.u8(TAG_RESYNC_BEGIN);
+            }
+            Command::ResyncEnd => {
+                p.u8(TAG_RESYNC_END);
+            }
         }
     }
 
@@ -486,6 +504,8 @@ impl Wire for Command {
                 ssrc: g.u32(),
                 addr: g.some_addr()?,
             },
+            TAG_RESYNC_BEGIN => Command::ResyncBegin,
+            TAG_RESYNC_END => Command::ResyncEnd,
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -621,6 +641,8 @@ mod tests {
             addr: "[::1]:9".parse().unwrap(),
             ssrc: 11,
         });
+        roundtrip(Command::ResyncBegin);
+        roundtrip(Command::ResyncEnd);
     }
 
     #[test]

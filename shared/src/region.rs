@@ -15,6 +15,12 @@
 //! it, never a file anybody could find after a crash), reached by the child
 //! through `/proc/<control pid>/fd/<n>`; a named file (for a dataplane the
 //! operator starts) is created with mode 0600.
+//!
+//! The header names the control process that holds the control side
+//! ([`Region::control_pid`]). A dataplane watches that process, and when it
+//! is gone keeps forwarding for a bounded window in which a new control
+//! may take the region over ([`Region::adopt`], [`Region::claim_control`]):
+//! a control restart does not drop a call.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -29,7 +35,7 @@ use crate::ring::{ring_bytes, Consumer, Corrupt, Producer};
 /// First 8 bytes of a region: "VOICESHM" in ASCII.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VOICESHM");
 /// Bumped whenever the header, ring or message layout changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 const HEADER_BYTES: usize = 128;
 
@@ -168,6 +174,10 @@ struct Header {
     udp_port: AtomicU32,
     region_len: u64,
     counter_slots: u32,
+    /// The process id of the control holding the control side: written
+    /// by the creator, replaced (compare-and-swap) by a control that takes
+    /// the region over. SeqCst: two controls racing for it must agree.
+    control_pid: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
@@ -246,6 +256,13 @@ pub struct Region {
     identity: (u64, u64),
     /// The open file: for a memfd, what keeps [`Region::path`] valid.
     _file: std::fs::File,
+    /// An anonymous memfd (reached through `/proc`), not a named file.
+    anonymous: bool,
+}
+
+/// A `/proc/<pid>/fd/<n>` path: how an anonymous memfd is reached.
+fn path_is_proc(path: &Path) -> bool {
+    path.starts_with("/proc")
 }
 
 /// Device and inode of an open file.
@@ -438,6 +455,7 @@ impl Region {
             (*h).slot_size = SLOT_SIZE as u32;
             (*h).region_len = len as u64;
             (*h).counter_slots = config.counter_slots;
+            (*h).control_pid = AtomicU32::new(std::process::id());
         }
         // Release: an attacher that Acquire-loads MAGIC sees the fields above.
         map.header().magic.store(MAGIC, Ordering::Release);
@@ -506,6 +524,44 @@ impl Region {
         Region::new(map, config, path, false, file)
     }
 
+    /// Takes over a region another control created, through a path to an
+    /// open descriptor of it (`/proc/<dataplane pid>/fd/<n>` for a memfd),
+    /// as [`Region::attach`] does; afterwards [`Region::path`] names this
+    /// process's own descriptor, so a dataplane started from here reaches
+    /// it even after the process the path came from is gone. The caller
+    /// still has to [`Region::claim_control`] it.
+    pub fn adopt(path: impl AsRef<Path>) -> Result<Region, RegionError> {
+        let mut region = Region::attach(path)?;
+        let fd = region._file.as_raw_fd();
+        if region.anonymous {
+            // Same memfd, same identity: only the way to reach it changes.
+            region.path = PathBuf::from(format!("/proc/{}/fd/{fd}", std::process::id()));
+        }
+        Ok(region)
+    }
+
+    /// The process id of the control that holds the control side.
+    pub fn control_pid(&self) -> u32 {
+        self.map.header().control_pid.load(Ordering::SeqCst)
+    }
+
+    /// Makes `pid` the control holding the region if `expected` still
+    /// does; returns the holder it found otherwise. Two controls that try
+    /// to take over the same region cannot both succeed.
+    pub fn claim_control(&self, expected: u32, pid: u32) -> Result<(), u32> {
+        self.map
+            .header()
+            .control_pid
+            .compare_exchange(expected, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .map(|_| ())
+    }
+
+    /// Whether the region is an anonymous memfd (its path is a
+    /// `/proc/<pid>/fd/<n>` link that dies with that process), not a file.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
     fn new(
         map: Mapping,
         config: RegionConfig,
@@ -517,6 +573,7 @@ impl Region {
             path: path.clone(),
             source,
         })?;
+        let anonymous = path_is_proc(&path);
         Ok(Region {
             map: Arc::new(map),
             taken: Mutex::new(vec![[false; 2]; config.cores as usize]),
@@ -524,6 +581,7 @@ impl Region {
             path,
             owner,
             identity,
+            anonymous,
             _file: file,
         })
     }
@@ -798,6 +856,33 @@ mod tests {
         drop(r);
         assert!(!attached.is_current(), "the creator's descriptor is gone");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_adopted_memfd_is_reached_through_the_adopter_and_claimed_once() {
+        let region = Region::create_anonymous(RegionConfig::new(1)).unwrap();
+        let me = std::process::id();
+        assert_eq!(region.control_pid(), me, "the creator holds it");
+        region.counters().raise_nonce_mark(3, 4096);
+        let adopted = Region::adopt(region.path()).unwrap();
+        assert!(adopted.is_anonymous());
+        assert_ne!(adopted.path(), region.path(), "its own descriptor");
+        assert!(adopted.path().starts_with(format!("/proc/{me}/fd")));
+        assert_eq!(adopted.counters().nonce_mark(3), 4096, "the same memory");
+        drop(region);
+        // Still reachable through the adopter's path once the creator's
+        // handle (and its descriptor) is gone.
+        assert!(adopted.is_current());
+        assert_eq!(
+            Region::attach(adopted.path())
+                .unwrap()
+                .counters()
+                .nonce_mark(3),
+            4096
+        );
+        assert_eq!(adopted.claim_control(me, 77), Ok(()));
+        assert_eq!(adopted.claim_control(me, 78), Err(77), "77 took it first");
+        assert_eq!(adopted.control_pid(), 77);
     }
 
     #[test]

@@ -335,6 +335,7 @@ impl Connection {
 impl Protocol for Connection {
     const NAME: &'static str = "gateway";
     const IDENTIFY_TIMEOUT_CODE: u16 = CloseCode::NotAuthenticated as u16;
+    const RESTART_CODE: u16 = CloseCode::ServerCrashed as u16;
     type Incoming = Incoming;
 
     /// Whether Identify or Resume succeeded.

@@ -340,6 +340,7 @@ impl Connection {
 impl Protocol for Connection {
     const NAME: &'static str = "lvsp";
     const IDENTIFY_TIMEOUT_CODE: u16 = CloseCode::General as u16;
+    const RESTART_CODE: u16 = protocol::GOING_AWAY;
     type Incoming = Incoming;
 
     /// Whether IDENTIFY or RESUME succeeded (and the connection is open).

@@ -23,12 +23,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::{Config, DescriptorShortage, Tls};
+use crate::config::{Config, DataplaneMode, DescriptorShortage, Tls};
 use crate::connection::{Context, Protocol};
 use crate::link::{self, Events, Link, Load};
-use crate::registry::{ConnId, Effect, Push, Registry};
+use crate::persist::{self, SavedDataplane, Snapshot, StateError, Store};
+use crate::registry::{ConnId, Effect, Push, Registry, RestoreCounts};
 use crate::{gateway, lvsp, Output};
 use budget::{Budget, Pending};
+use dataplane::sys::Process;
 use supervisor::Supervisor;
 
 mod budget;
@@ -66,6 +68,9 @@ pub enum ServerError {
     /// The dataplane failed to start or died.
     #[error("dataplane: {0}")]
     Dataplane(String),
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Which close codes the server sent, per protocol (for metrics).
@@ -89,6 +94,10 @@ struct Hub {
     dataplane_restarts: u64,
     /// The dataplane child's process id, while it runs.
     dataplane_pid: Option<u32>,
+    /// Which data plane serves the sessions, as saved for a restart.
+    dataplane: Option<SavedDataplane>,
+    /// Bumped by every change worth saving; the saver compares it.
+    changes: u64,
 }
 
 #[derive(Debug)]
@@ -113,6 +122,8 @@ struct Shared {
     drain_deadline: Duration,
     /// Whether a restart follows a drain, unless the request says.
     drain_restart: bool,
+    /// Where the state a new control takes over from is saved.
+    store: Option<Store>,
 }
 
 impl Shared {
@@ -126,8 +137,36 @@ impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut Context) -> R) -> R {
         let mut hub = self.hub();
         let r = f(&mut hub.cx);
+        hub.changes += 1;
         hub.dispatch();
         r
+    }
+
+    /// Saves the state if it changed since `saved` (the change count of
+    /// the last save); returns the change count now.
+    async fn save(&self, saved: u64) -> u64 {
+        let Some(store) = self.store.clone() else {
+            return saved;
+        };
+        let (snapshot, changes) = {
+            let hub = self.hub();
+            if hub.changes == saved {
+                return saved;
+            }
+            (hub.snapshot(), hub.changes)
+        };
+        let written = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
+        match written {
+            Ok(Ok(())) => changes,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "saving the state failed");
+                saved
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "saving the state failed");
+                saved
+            }
+        }
     }
 
     /// Starts draining (or, draining already, takes the latest word on a
@@ -166,6 +205,30 @@ impl Drainer {
 }
 
 impl Hub {
+    /// What a new control needs to take over.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            format: persist::FORMAT,
+            saved_at_ms: persist::unix_ms(std::time::SystemTime::now()),
+            registry: self.cx.registry.save(Instant::now()),
+            lvsp: self.cx.replay.clone(),
+            dataplane: self.dataplane.clone(),
+        }
+    }
+
+    /// Records the dataplane now serving (None: none outlives control).
+    fn serving(&mut self, pid: Option<u32>, udp_port: u16, outlives: bool) {
+        self.dataplane_pid = pid;
+        self.dataplane = pid.filter(|_| outlives).and_then(|pid| {
+            Some(SavedDataplane {
+                pid,
+                started: persist::process_start(pid)?,
+                udp_port,
+            })
+        });
+        self.changes += 1;
+    }
+
     /// Carries out the registry's queued effects.
     fn dispatch(&mut self) {
         for effect in self.cx.registry.drain_effects() {
@@ -200,6 +263,9 @@ pub struct Server {
     /// Where the dataplane finds the shared-memory region (a file, or
     /// `/proc/<pid>/fd/<n>` for the default anonymous memfd).
     pub shm_path: PathBuf,
+    /// What came back from the state directory, and whether the running
+    /// data plane was taken over (its calls go on).
+    pub restored: Option<(RestoreCounts, bool)>,
     shared: Arc<Shared>,
     region: Region,
     supervisor: Supervisor,
@@ -247,14 +313,39 @@ impl Server {
                 Tls::SelfSigned { cert_out, .. } => Some(cert_out.clone()),
                 _ => None,
             });
-        let region_config = RegionConfig::new(config.cores);
-        let region = match &config.shm_path {
-            Some(path) => Region::create(path, region_config)?,
-            None => Region::create_anonymous(region_config)?,
+        let store = config.state_dir.as_ref().map(Store::open).transpose()?;
+        let saved = match &store {
+            Some(store) => store.load()?,
+            None => None,
         };
+        // The data plane the save names, if it still runs and can be
+        // taken over: its calls go on.
+        let adopted = match (&saved, &config.dataplane) {
+            (
+                Some(Snapshot {
+                    dataplane: Some(d), ..
+                }),
+                DataplaneMode::Embedded | DataplaneMode::Spawn(_),
+            ) => take_over(d, config.cores).await,
+            _ => None,
+        };
+        let region_config = RegionConfig::new(config.cores);
+        let (region, adopted) = match adopted {
+            Some((region, process, port)) => (region, Some((process, port))),
+            None => match &config.shm_path {
+                Some(path) => (Region::create(path, region_config)?, None),
+                None => (Region::create_anonymous(region_config)?, None),
+            },
+        };
+        let taken_over = adopted.is_some();
         let (link, events) = link::attach(&region)?;
-        let mut supervisor = Supervisor::new(&config, region.path())?;
-        let udp_port = supervisor.start(&region).await?;
+        let mut supervisor = Supervisor::new(&config, region.path(), adopted)?;
+        let udp_port = match supervisor.pid() {
+            Some(_) => region.udp_port().ok_or_else(|| {
+                ServerError::Dataplane("the adopted dataplane published no port".into())
+            })?,
+            None => supervisor.start(&region).await?,
+        };
         let udp_addr = SocketAddr::new(config.udp_bind.ip(), udp_port);
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -280,11 +371,29 @@ impl Server {
         registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
         registry.set_leave_grace(config.gateway_leave_grace);
         registry.set_idle(config.voice_state_idle, config.channel_idle);
+        let mut replay = lvsp::Replay::new(config.lvsp_replay);
+        let restored = saved.map(|saved| {
+            let age = saved.age(std::time::SystemTime::now());
+            let counts = registry.restore(saved.registry, Instant::now(), age, taken_over);
+            replay = saved.lvsp;
+            if taken_over {
+                registry.take_over();
+            }
+            tracing::info!(
+                channels = counts.channels,
+                voice_states = counts.voice_states,
+                sessions = counts.sessions,
+                taken_over,
+                age_ms = age.as_millis() as u64,
+                "state restored"
+            );
+            (counts, taken_over)
+        });
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
                 cx: Context {
                     registry,
-                    replay: lvsp::Replay::new(config.lvsp_replay),
+                    replay,
                     guard: lvsp::AuthGuard::new(config.lvsp_auth_backoff),
                 },
                 link,
@@ -295,6 +404,8 @@ impl Server {
                 throttled: BTreeMap::new(),
                 dataplane_restarts: 0,
                 dataplane_pid: None,
+                dataplane: None,
+                changes: 0,
             }),
             lvsp: Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
@@ -330,7 +441,14 @@ impl Server {
             metrics_refused: AtomicU64::new(0),
             drain_deadline: config.drain_deadline,
             drain_restart: config.drain_restart,
+            store,
         });
+        {
+            let mut hub = shared.hub();
+            // The take-over's resync goes into the rings now.
+            hub.dispatch();
+            hub.serving(supervisor.pid(), udp_port, supervisor.outlives());
+        }
         Ok(Server {
             lvsp_addr: local(&lvsp_listener, config.lvsp_listen),
             gateway_addr: local(&gateway_listener, config.gateway_listen),
@@ -341,6 +459,7 @@ impl Server {
             gateway_tls,
             cores: config.cores,
             shm_path: region.path().to_path_buf(),
+            restored,
             shared,
             region,
             supervisor,
@@ -371,8 +490,7 @@ impl Server {
             self_signed_cert,
             ..
         } = self;
-        // Before `/metrics` answers: a scrape never misses the pid.
-        shared.hub().dataplane_pid = supervisor.pid();
+        let udp_port = shared.gateway.udp_port;
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept_lvsp = tokio::spawn(accept_loop(
             lvsp,
@@ -404,12 +522,36 @@ impl Server {
                 }
             })
         };
+        // Saves within `SAVE_EVERY` of a change; the last save follows
+        // the shutdown below.
+        let saver = {
+            let shared = shared.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(persist::SAVE_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut saved = u64::MAX;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => saved = shared.save(saved).await,
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
         tokio::pin!(shutdown);
         let mut drained = tokio::time::interval(DRAIN_CHECK);
         drained.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A planned stop (the shutdown future) leaves a data plane that
+        // outlives us running for the next control; a drain that ended
+        // the calls, or a failure, stops it.
+        let mut planned = false;
         let result = loop {
             tokio::select! {
-                _ = &mut shutdown => break Ok(()),
+                _ = &mut shutdown => {
+                    planned = true;
+                    break Ok(());
+                }
                 _ = drained.tick() => {
                     if shared.hub().cx.registry.drained() {
                         tracing::info!("drained: no call left");
@@ -425,7 +567,7 @@ impl Server {
                         // new one gets the whole state pushed again.
                         poll_rings(&shared);
                         let mut hub = shared.hub();
-                        hub.dataplane_pid = None;
+                        hub.serving(None, udp_port, false);
                         hub.events.reset();
                         hub.link.reset();
                     }
@@ -436,13 +578,16 @@ impl Server {
                     let sessions = shared.with(|cx| cx.registry.resync());
                     let mut hub = shared.hub();
                     hub.dataplane_restarts += 1;
-                    hub.dataplane_pid = supervisor.pid();
+                    hub.serving(supervisor.pid(), udp_port, supervisor.outlives());
                     tracing::info!(sessions, "dataplane restarted, state pushed again");
                 }
             }
         };
         let _ = stop_tx.send(true);
-        for task in [accept_lvsp, accept_gw, poller].into_iter().chain(metrics) {
+        for task in [accept_lvsp, accept_gw, poller, saver]
+            .into_iter()
+            .chain(metrics)
+        {
             let _ = task.await;
         }
         // Every identified websocket is closing (1001, or the code a drain
@@ -454,7 +599,19 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        supervisor.stop().await;
+        let keep = planned && result.is_ok() && supervisor.outlives() && shared.store.is_some();
+        if keep {
+            // Every session is parked now: the last save is what the next
+            // control takes over, with the data plane forwarding meanwhile.
+            supervisor.leave_running();
+            tracing::info!("leaving the data plane running for the next control");
+        } else {
+            supervisor.stop().await;
+            let mut hub = shared.hub();
+            let port = hub.dataplane.as_ref().map_or(0, |d| d.udp_port);
+            hub.serving(None, port, false);
+        }
+        shared.save(u64::MAX).await;
         let closes = shared.hub().closes.clone();
         tracing::info!(?closes, "stopped");
         drop(region);
@@ -488,27 +645,115 @@ fn url(tls: bool, addr: SocketAddr) -> String {
     format!("{}://{addr}", if tls { "wss" } else { "ws" })
 }
 
+/// The data plane a save names, if it still runs and can be taken over:
+/// its region (found among its descriptors), claimed for this process, the
+/// process to watch, and its UDP port. One that runs but cannot be taken
+/// over is stopped (it holds the port a new one needs).
+async fn take_over(saved: &SavedDataplane, cores: u32) -> Option<(Region, Process, u16)> {
+    match adopt(saved, cores) {
+        Ok(taken) => {
+            tracing::info!(
+                pid = saved.pid,
+                port = taken.2,
+                "took the running data plane over"
+            );
+            Some(taken)
+        }
+        Err(why) => {
+            tracing::warn!(
+                pid = saved.pid,
+                %why,
+                "cannot take the saved data plane over; starting a new one"
+            );
+            let Ok(process) = Process::watch(saved.pid) else {
+                return None;
+            };
+            if persist::process_start(saved.pid) != Some(saved.started) {
+                return None; // another process has that pid now
+            }
+            let pid = nix::unistd::Pid::from_raw(saved.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let by = Instant::now() + Duration::from_secs(5);
+            while !process.exited() && Instant::now() < by {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !process.exited() {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None
+        }
+    }
+}
+
+fn adopt(saved: &SavedDataplane, cores: u32) -> Result<(Region, Process, u16), String> {
+    let process = Process::watch(saved.pid).map_err(|e| format!("not running ({e})"))?;
+    // Checked after the pidfd is open: from then on the pid cannot be
+    // given to another process.
+    if persist::process_start(saved.pid) != Some(saved.started) || process.exited() {
+        return Err("not running (its pid is another process's now)".into());
+    }
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", saved.pid))
+        .map_err(|e| format!("reading its descriptors: {e}"))?;
+    for entry in fds.flatten() {
+        let memfd = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:voice-region"));
+        if !memfd {
+            continue;
+        }
+        let region = Region::adopt(entry.path()).map_err(|e| e.to_string())?;
+        let found = region.config().cores;
+        if found != cores {
+            return Err(format!("it runs {found} cores, {cores} configured"));
+        }
+        let port = region.udp_port().ok_or("it published no UDP port")?;
+        if port != saved.udp_port {
+            return Err(format!(
+                "it serves port {port}, the save says {}",
+                saved.udp_port
+            ));
+        }
+        let (holder, me) = (region.control_pid(), std::process::id());
+        if holder != me && Process::alive(holder) {
+            return Err(format!("control {holder} still holds it"));
+        }
+        region
+            .claim_control(holder, me)
+            .map_err(|other| format!("control {other} took it first"))?;
+        return Ok((region, process, port));
+    }
+    Err("no voice region among its descriptors".into())
+}
+
 fn poll_rings(shared: &Shared) {
     let now = Instant::now();
     let mut hub = shared.hub();
     let hub = &mut *hub;
     hub.link.flush();
+    if hub.cx.registry.poll_timeout().is_some_and(|t| t <= now) {
+        hub.changes += 1;
+    }
+    let mut changes = 0;
     let corrupt = hub.events.drain(|core, ev| match ev {
         Event::Stats(s) => hub.load.record(now, s),
         Event::Drops { core, drops } => hub.load.record_drops(core, drops),
         Event::AddressObserved { ssrc, addr } => {
+            changes += 1;
             tracing::debug!(core, ssrc, %addr, "address observed (discovery)");
             hub.cx.registry.address_observed(ssrc, addr);
         }
         Event::AddressProven { ssrc, addr } => {
+            changes += 1;
             tracing::debug!(core, ssrc, %addr, "address proven");
             hub.cx.registry.address_proven(ssrc, addr);
         }
         Event::AddressExpired { ssrc, addr } => {
+            changes += 1;
             tracing::debug!(core, ssrc, %addr, "address went idle");
             hub.cx.registry.address_expired(ssrc, addr);
         }
     });
+    hub.changes += changes;
     if corrupt > 0 {
         tracing::warn!(corrupt, "undecodable event slots");
     }
@@ -841,7 +1086,14 @@ async fn drive<M: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
             // A newer connection took the pending slot: drop the socket.
             _ = admission.evicted() => break 'run,
             _ = stop.changed() => {
-                send_close(&mut ws, 1001, "server shutting down".into()).await;
+                // With a state directory the next control resumes the
+                // session: the client is told to resume (4015 on the
+                // gateway), else that the server is going away.
+                let (code, reason) = match shared.store {
+                    Some(_) => (M::RESTART_CODE, "server restarting"),
+                    None => (1001, "server shutting down"),
+                };
+                send_close(&mut ws, code, reason.into()).await;
                 break 'run;
             }
         }

@@ -8,6 +8,12 @@
 //! its reuseport group and take the traffic), and datagrams that arrive
 //! meanwhile wait in the sockets. A dataplane the operator starts
 //! (`--external-dataplane`) binds for itself.
+//!
+//! With a state directory the dataplane outlives control: it is started
+//! with a reattach window, not killed when control exits, and a new control
+//! *adopts* it ([`Supervisor::adopt`]): watched through a pidfd (it is not
+//! this process's child), and should it die later, replaced by a child on
+//! the same port (bound afresh: the sockets left with the old control).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -15,6 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use dataplane::sys::Process;
 use shared::Region;
 use tokio::process::{Child, Command};
 
@@ -40,6 +47,8 @@ fn inheritable(sockets: &[std::net::UdpSocket], yes: bool) -> Result<(), ServerE
 pub const MAX_RESTARTS: usize = 5;
 /// The window [`MAX_RESTARTS`] counts in.
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How often an adopted dataplane (not a child: no wait) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(20);
 
 /// How to start the dataplane, and the child while it runs.
 #[derive(Debug)]
@@ -55,17 +64,33 @@ pub(super) struct Supervisor {
     bind: SocketAddr,
     start_timeout: Duration,
     child: Option<Child>,
+    /// A dataplane an earlier control started, taken over.
+    adopted: Option<Process>,
     restarts: VecDeque<Instant>,
     /// The reuseport group handed to each child (empty when the dataplane
-    /// runs on its own).
+    /// runs on its own, or was adopted: bound when a child is next needed).
     sockets: Vec<std::net::UdpSocket>,
+    cores: u32,
+    /// Seconds a child forwards on once control is gone (0: it stops with
+    /// control; killed with it too).
+    reattach_secs: u64,
 }
 
 impl Supervisor {
-    pub(super) fn new(config: &Config, shm: &Path) -> Result<Supervisor, ServerError> {
+    /// Binds the UDP group (unless the dataplane runs on its own, or
+    /// `adopted` serves it already) and says how children are started.
+    pub(super) fn new(
+        config: &Config,
+        shm: &Path,
+        adopted: Option<(Process, u16)>,
+    ) -> Result<Supervisor, ServerError> {
         let mut bind = config.udp_bind;
-        let sockets = match config.dataplane {
-            DataplaneMode::External => Vec::new(),
+        let sockets = match (&config.dataplane, &adopted) {
+            (DataplaneMode::External, _) => Vec::new(),
+            (_, Some((_, port))) => {
+                bind.set_port(*port);
+                Vec::new()
+            }
             _ => {
                 let sockets = dataplane::sys::socket::bind_group(bind, config.cores)
                     .map_err(|e| ServerError::Dataplane(format!("binding UDP {bind}: {e}")))?;
@@ -92,20 +117,42 @@ impl Supervisor {
             bind,
             start_timeout: config.dataplane_start_timeout,
             child: None,
+            adopted: adopted.map(|(process, _)| process),
             restarts: VecDeque::new(),
             sockets,
+            cores: config.cores,
+            reattach_secs: if config.state_dir.is_some() {
+                config.reattach_window.as_secs()
+            } else {
+                0
+            },
         })
     }
 
-    /// The child's process id, while it runs.
+    /// The dataplane's process id, while it runs.
     pub(super) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        match &self.adopted {
+            Some(process) => Some(process.pid()),
+            None => self.child.as_ref().and_then(Child::id),
+        }
+    }
+
+    /// Whether the dataplane outlives this control (a state directory is
+    /// set and a new control may take it over).
+    pub(super) fn outlives(&self) -> bool {
+        self.reattach_secs > 0 && self.launcher.is_some()
     }
 
     /// Starts the dataplane (or waits for an external one) and returns the
     /// UDP port it bound.
     pub(super) async fn start(&mut self, region: &Region) -> Result<u16, ServerError> {
         region.clear_udp_port();
+        if self.launcher.is_some() && self.sockets.is_empty() {
+            // The adopted dataplane died with the group: bind it afresh on
+            // the port the clients know.
+            self.sockets = dataplane::sys::socket::bind_group(self.bind, self.cores)
+                .map_err(|e| ServerError::Dataplane(format!("binding UDP {}: {e}", self.bind)))?;
+        }
         match &self.launcher {
             Some((program, subcommand)) => {
                 let fds: Vec<String> = self
@@ -124,7 +171,10 @@ impl Supervisor {
                     .arg(fds.join(","))
                     .arg("--udp-idle-secs")
                     .arg(self.udp_idle_secs.to_string())
-                    .kill_on_drop(true)
+                    .arg("--reattach-secs")
+                    .arg(self.reattach_secs.to_string())
+                    // One that may outlive us is left running when we go.
+                    .kill_on_drop(self.reattach_secs == 0)
                     .spawn();
                 inheritable(&self.sockets, false)?;
                 let child = spawned.map_err(|e| {
@@ -165,6 +215,14 @@ impl Supervisor {
     /// Completes when the child exits, with how it ended; never when the
     /// dataplane runs on its own.
     pub(super) async fn exited(&mut self) -> String {
+        if let Some(process) = &self.adopted {
+            // Not our child: no wait(2); its pidfd tells.
+            while !process.exited() {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            self.adopted = None;
+            return "the adopted dataplane exited".into();
+        }
         match self.child.as_mut() {
             Some(c) => {
                 let status = c.wait().await;
@@ -198,8 +256,29 @@ impl Supervisor {
         self.start(region).await
     }
 
+    /// Leaves the dataplane running for a new control to take over.
+    pub(super) fn leave_running(&mut self) {
+        self.adopted = None;
+        // Not killed on drop (it was started to outlive us); it is
+        // reaped by whoever inherits it.
+        self.child = None;
+    }
+
     /// SIGTERM, then SIGKILL if it lingers.
     pub(super) async fn stop(&mut self) {
+        if let Some(process) = self.adopted.take() {
+            let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let by = Instant::now() + Duration::from_secs(5);
+            while !process.exited() && Instant::now() < by {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            if !process.exited() {
+                tracing::warn!("dataplane ignored SIGTERM, killing it");
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            return;
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };

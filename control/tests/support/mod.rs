@@ -73,6 +73,15 @@ impl ServerProcess {
         Self::launch(Command::new(control_bin()), cores, extra, false, |_| {})
     }
 
+    /// Starts control (default anonymous region) with exactly `args` besides
+    /// the secret: the caller picks every address (a successor on its
+    /// predecessor's ports).
+    pub fn start_exact(args: &[String]) -> ServerProcess {
+        let mut command = Command::new(control_bin());
+        command.args(args);
+        Self::launch(command, 0, &[], false, |_| {})
+    }
+
     fn launch(
         mut command: Command,
         cores: u32,
@@ -88,8 +97,10 @@ impl ServerProcess {
         if shm_file {
             command.args(["--shm", &shm]);
         }
+        if cores > 0 {
+            command.args(loopback_args(cores));
+        }
         command
-            .args(loopback_args(cores))
             .args(["--secret", SECRET])
             .args(extra)
             .env(

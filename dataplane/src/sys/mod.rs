@@ -5,6 +5,7 @@ pub mod socket;
 pub mod sodium;
 
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Raises RLIMIT_MEMLOCK (io_uring rings and glommio's registered buffers
@@ -99,4 +100,90 @@ pub fn shutdown_requested() -> bool {
 /// Requests shutdown as if a signal had arrived (tests, parent death).
 pub fn request_shutdown() {
     SHUTDOWN.store(true, Ordering::Release);
+}
+
+/// A process watched through a pidfd (Linux 5.3): unlike a pid, it can
+/// never come to name another process once the watched one is gone.
+#[derive(Debug)]
+pub struct Process {
+    pid: u32,
+    fd: OwnedFd,
+}
+
+impl Process {
+    /// Watches `pid`; fails (ESRCH) when no such process exists.
+    pub fn watch(pid: u32) -> io::Result<Process> {
+        let raw = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        if raw <= 0 {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        // SAFETY: pidfd_open takes a pid and flags (0) and returns a new
+        // descriptor or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by
+        // nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Process { pid, fd })
+    }
+
+    /// The watched process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process has exited (a zombie counts as exited). Never
+    /// blocks.
+    pub fn exited(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, timeout 0: the call only reads and
+        // writes `poll`.
+        let n = unsafe { libc::poll(&mut poll, 1, 0) };
+        n > 0 && poll.revents & (libc::POLLIN | libc::POLLHUP) != 0
+    }
+
+    /// Whether `pid` names a live process (not exited, not a zombie).
+    pub fn alive(pid: u32) -> bool {
+        Process::watch(pid).is_ok_and(|p| !p.exited())
+    }
+}
+
+impl AsFd for Process {
+    /// Readable once the process has exited (for an async wait).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Process {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Process;
+
+    #[test]
+    fn a_process_is_seen_alive_then_exited() {
+        assert!(Process::alive(std::process::id()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let watched = Process::watch(child.id()).unwrap();
+        assert!(!watched.exited());
+        child.wait().unwrap();
+        assert!(watched.exited());
+        assert!(!Process::alive(child.id()));
+        assert!(Process::watch(0).is_err());
+    }
 }

@@ -421,6 +421,8 @@ impl Call {
                 assert_ne!(ssrc % CORES, core, "{command:?} on the owner core");
                 assert!(!is_observed(*addr), "{command:?}: an observed address");
             }
+            // Only a new control taking over a running data plane resyncs.
+            Command::ResyncBegin | Command::ResyncEnd => panic!("{command:?} without a take-over"),
         }
     }
 

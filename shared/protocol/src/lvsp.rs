@@ -382,8 +382,10 @@ impl Request {
     }
 }
 
-/// An INFO the server sends. It serializes as its `data`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An INFO the server sends. It serializes as its `data` (and reads back
+/// from it, which the server's saved state relies on: the two shapes
+/// differ in `token` and `session_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
     /// CHANNEL_ASSIGN.
