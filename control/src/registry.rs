@@ -318,6 +318,9 @@ pub struct Registry {
     request_errors: BTreeMap<&'static str, u64>,
     /// Set once the server was told to drain; never cleared.
     drain: Option<Drain>,
+    /// Bumped by every call that may change what [`Registry::save`]
+    /// returns: the server saves only when it moved.
+    changes: u64,
 }
 
 /// Takes what a deadline queue holds whose deadline is past, in order.
@@ -371,6 +374,7 @@ impl Registry {
             free_slots: Vec::new(),
             request_errors: BTreeMap::new(),
             drain: None,
+            changes: 0,
         }
     }
 
@@ -473,6 +477,9 @@ impl Registry {
     /// channel destroyed, members closed with 4014); at a drain's deadline
     /// every member still in a call is closed ([`Kick::Drained`]).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            self.changes += 1;
+        }
         for session_id in take_due(&mut self.parked, now) {
             let expired = self.states.get(&session_id).and_then(|s| s.parked_since);
             if expired.is_some_and(|since| since + self.resume_grace <= now) {
@@ -557,6 +564,7 @@ impl Registry {
     /// decides. Draining again keeps the earlier deadline and takes the
     /// latest `restart`. Returns false if the server was draining already.
     pub fn drain(&mut self, deadline: Instant, restart: bool) -> bool {
+        self.changes += 1;
         match &mut self.drain {
             Some(d) => {
                 d.restart = restart;
@@ -645,6 +653,7 @@ impl Registry {
         guild_id: Option<Snowflake>,
         now: Instant,
     ) -> ChannelAssign {
+        self.changes += 1;
         let (cores, load, next, rng) = (
             self.cores,
             &self.load,
@@ -682,6 +691,7 @@ impl Registry {
     /// CHANNEL_DESTROY: closes every member's gateway with 4014 and removes
     /// the channel from its core. Unknown channels are ignored (idempotent).
     pub fn channel_destroy(&mut self, channel_id: Snowflake) {
+        self.changes += 1;
         let Some(ch) = self.channels.remove(&channel_id) else {
             return;
         };
@@ -722,6 +732,7 @@ impl Registry {
         channel_id: Snowflake,
         now: Instant,
     ) -> Result<String, RequestError> {
+        self.changes += 1;
         let key = (channel_id, user_id);
         if let Some(sid) = self.by_user.get(&key) {
             let sid = sid.clone();
@@ -809,6 +820,7 @@ impl Registry {
     /// VOICE_STATE_DESTROY: removes the user's state in that channel,
     /// closing its gateway with 4014. Unknown states are ignored.
     pub fn voice_state_destroy(&mut self, user_id: Snowflake, channel_id: Snowflake, now: Instant) {
+        self.changes += 1;
         let Some(sid) = self.by_user.get(&(channel_id, user_id)).cloned() else {
             return;
         };
@@ -954,6 +966,7 @@ impl Registry {
         now: Instant,
         limit: RateLimit,
     ) -> Result<Identified, IdentifyError> {
+        self.changes += 1;
         let session_id = id.session_id.as_str();
         self.authenticate(id.server_id, Some(id.user_id), session_id, &id.token)?;
         if !self.spend(session_id, now, limit) {
@@ -1063,6 +1076,7 @@ impl Registry {
         now: Instant,
         limit: RateLimit,
     ) -> Result<Resumed, IdentifyError> {
+        self.changes += 1;
         let session_id = resume.session_id.as_str();
         let authenticated = self.authenticate(resume.server_id, None, session_id, &resume.token);
         let state = match authenticated {
@@ -1167,6 +1181,7 @@ impl Registry {
         mode: Mode,
         declared: Option<SocketAddr>,
     ) -> Result<Option<Sequenced>, SelectError> {
+        self.changes += 1;
         let Some(state) = self.states.get(session_id) else {
             return Ok(None);
         };
@@ -1223,6 +1238,7 @@ impl Registry {
     /// A core saw IP discovery for `ssrc` from `addr` (event ring). Kept
     /// for operators; it proves nothing.
     pub fn address_observed(&mut self, ssrc: u32, addr: SocketAddr) {
+        self.changes += 1;
         if let Some((state, _)) = self.by_ssrc(ssrc) {
             state.observed = Some(addr);
         }
@@ -1232,6 +1248,7 @@ impl Registry {
     /// restart, and bound on every other core so whichever core the kernel
     /// hands the client's keepalives to can answer them.
     pub fn address_proven(&mut self, ssrc: u32, addr: SocketAddr) {
+        self.changes += 1;
         let Some((state, core)) = self.by_ssrc(ssrc) else {
             return;
         };
@@ -1248,6 +1265,7 @@ impl Registry {
 
     /// A core stopped sending to `addr`, silent too long (event ring).
     pub fn address_expired(&mut self, ssrc: u32, addr: SocketAddr) {
+        self.changes += 1;
         let Some((state, core)) = self.by_ssrc(ssrc) else {
             return;
         };
@@ -1314,6 +1332,7 @@ impl Registry {
     /// each session's hold as the save says, and then drops what nobody
     /// named (made after the save). Returns how many sessions were pushed.
     pub fn take_over(&mut self) -> usize {
+        self.changes += 1;
         for core in 0..self.cores {
             let command = Command::ResyncBegin;
             self.effects.push_back(Effect::Dataplane { core, command });
@@ -1339,6 +1358,7 @@ impl Registry {
 
     /// Speaking op 5 from a client: relayed to the other members.
     pub fn speaking(&mut self, session_id: &str, speaking: u32) {
+        self.changes += 1;
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
@@ -1369,6 +1389,7 @@ impl Registry {
         now: Instant,
         departure: Departure,
     ) {
+        self.changes += 1;
         let Some(state) = self.states.get_mut(session_id) else {
             return;
         };
@@ -1481,6 +1502,12 @@ fn age_ms(now: Instant, since: Option<Instant>) -> Option<u64> {
 }
 
 impl Registry {
+    /// A count that moves whenever what [`Registry::save`] returns may
+    /// have changed (a message's budget being charged does not count).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// The registry as a control restart needs it ([`Saved`]), with ages
     /// measured at `now`.
     pub fn save(&self, now: Instant) -> Saved {
@@ -1558,6 +1585,7 @@ impl Registry {
         elapsed: Duration,
         sessions: bool,
     ) -> RestoreCounts {
+        self.changes += 1;
         let since = |ms: Option<u64>| {
             ms.map(|ms| {
                 now.checked_sub(Duration::from_millis(ms) + elapsed)
@@ -2320,5 +2348,115 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+    /// What a restart saves comes back (through JSON, as on disk): the
+    /// sessions parked with their SSRCs, keys and proven addresses, pushed
+    /// to a running data plane between a resync's begin and end; a client
+    /// that heard more than the save kept resumes with nothing missing;
+    /// without the data plane only the channel and voice states return.
+    #[test]
+    fn a_saved_registry_comes_back_parked_with_its_keys() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(2, StdRng::seed_from_u64(5));
+        let ch = r.channel_req(sf(100), Some(sf(1)), t0);
+        let a = r.voice_state_create(sf(7), sf(100), t0).unwrap();
+        let b = r.voice_state_create(sf(8), sf(100), t0).unwrap();
+        r.voice_state_create(sf(9), sf(100), t0).unwrap();
+        let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
+        identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
+        let Ok(Some(Sequenced {
+            notice: Notice::Keyed { key, .. },
+            ..
+        })) = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None)
+        else {
+            panic!("keyed");
+        };
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        r.address_proven(ia.ssrc, addr);
+        effects(&mut r);
+        // A heartbeat's budget charge is nothing to save; a Speaking is.
+        let changes = r.changes();
+        assert!(r.spend(&a, t0, LIMIT));
+        assert_eq!(r.changes(), changes);
+        r.speaking(&a, 0);
+        assert!(r.changes() > changes);
+        effects(&mut r);
+        let json = serde_json::to_string(&r.save(t0)).unwrap();
+        let saved: Saved = serde_json::from_str(&json).unwrap();
+
+        let t1 = t0 + Duration::from_secs(2);
+        let mut back = Registry::new(2, StdRng::seed_from_u64(6));
+        let counts = back.restore(saved.clone(), t1, Duration::from_secs(1), true);
+        let expected = RestoreCounts {
+            channels: 1,
+            voice_states: 3,
+            sessions: 2,
+        };
+        assert_eq!(counts, expected);
+        assert_eq!((back.parked_count(), back.session_count()), (2, 2));
+        assert_eq!(back.addresses(ia.ssrc), Some((Some(addr), None)));
+        assert_eq!(back.channel(sf(100)).unwrap().token, ch.token);
+        assert_eq!(back.take_over(), 2);
+        let commands: Vec<(u32, Command)> = effects(&mut back)
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Dataplane { core, command } => Some((core, command)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            commands[..2],
+            [(0, Command::ResyncBegin), (1, Command::ResyncBegin)]
+        );
+        let n = commands.len();
+        assert_eq!(
+            commands[n - 2..],
+            [(0, Command::ResyncEnd), (1, Command::ResyncEnd)]
+        );
+        assert!(commands.iter().any(
+            |(_, c)| matches!(c, Command::UpsertSession(s) if s.ssrc == ia.ssrc && s.key == key.0)
+        ));
+        // The client heard seq 40 before the old control died; the save
+        // kept less. Nothing to re-deliver, numbering goes on from 41.
+        let resume = Resume {
+            server_id: sf(1),
+            session_id: a.clone(),
+            token: ch.token.clone(),
+            seq_ack: Some(40),
+        };
+        let resumed = back.resume(20, true, &resume, Some(40), t1, LIMIT).unwrap();
+        assert_eq!((resumed.ssrc, resumed.missed), (ia.ssrc, vec![]));
+        back.speaking(&b, 1);
+        let to_a = notices_numbered(&effects(&mut back), 20);
+        assert_eq!(to_a, [41]);
+        // A wrong token still fails.
+        let wrong = Resume {
+            token: "0".repeat(32),
+            ..resume
+        };
+        let refused = back.resume(21, true, &wrong, Some(40), t1, LIMIT);
+        assert_eq!(refused, Err(IdentifyError::AuthenticationFailed));
+
+        let mut fresh = Registry::new(2, StdRng::seed_from_u64(7));
+        let counts = fresh.restore(saved, t1, Duration::ZERO, false);
+        assert_eq!(counts.sessions, 0);
+        assert_eq!((fresh.voice_state_count(), fresh.session_count()), (3, 0));
+        assert_eq!(fresh.addresses(ia.ssrc), None, "no SSRC came back");
+        // The voice states wait for a fresh Identify.
+        let again = identify(&mut fresh, 30, 8, "1", "7", &a, &ch.token).unwrap();
+        assert_ne!(again.ssrc, 0);
+    }
+
+    fn notices_numbered(effects: &[Effect], conn: ConnId) -> Vec<u64> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Gateway {
+                    conn: c,
+                    push: Push::Notice(n),
+                } if *c == conn => n.seq,
+                _ => None,
+            })
+            .collect()
     }
 }

@@ -348,3 +348,55 @@ async fn a_killed_control_is_taken_over_without_losing_a_packet() {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether `pid` runs (not gone, not a zombie nobody reaped yet).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s[s.rfind(')')? + 2..].starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+/// How long after `since` the process `pid` stopped (up to `wait`).
+fn stopped_after(pid: u32, since: Instant, wait: Duration) -> Option<Duration> {
+    while since.elapsed() < wait {
+        if !runs(pid) {
+            return Some(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// With nobody to take over, the data plane stops by itself once its
+/// window ends (and at once without a state directory), leaving its port.
+#[test]
+fn without_a_successor_the_data_plane_stops_after_its_window() {
+    let dir = state_dir();
+    let args = [
+        "--state-dir",
+        &dir.to_string_lossy(),
+        "--reattach-window-secs",
+        "1",
+    ];
+    let server = ServerProcess::start_anonymous(1, &args);
+    let (dataplane, udp) = (server.metric("voice_dataplane_pid") as u32, server.udp);
+    let killed = Instant::now();
+    server.kill();
+    let stopped = stopped_after(dataplane, killed, Duration::from_secs(10))
+        .expect("the data plane stops after its window");
+    assert!(
+        stopped >= Duration::from_secs(1),
+        "it waited its window: {stopped:?}"
+    );
+    std::net::UdpSocket::bind(udp).expect("the port is free again");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let server = ServerProcess::start_anonymous(1, &[]);
+    let dataplane = server.metric("voice_dataplane_pid") as u32;
+    let killed = Instant::now();
+    server.kill();
+    let stopped = stopped_after(dataplane, killed, Duration::from_secs(5))
+        .expect("without a state directory it stops with control");
+    assert!(stopped < Duration::from_secs(1), "{stopped:?}");
+}

@@ -96,8 +96,8 @@ struct Hub {
     dataplane_pid: Option<u32>,
     /// Which data plane serves the sessions, as saved for a restart.
     dataplane: Option<SavedDataplane>,
-    /// Bumped by every change worth saving; the saver compares it.
-    changes: u64,
+    /// Bumped when the data plane serving changes (see [`Hub::changes`]).
+    dataplane_changes: u64,
 }
 
 #[derive(Debug)]
@@ -137,7 +137,6 @@ impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut Context) -> R) -> R {
         let mut hub = self.hub();
         let r = f(&mut hub.cx);
-        hub.changes += 1;
         hub.dispatch();
         r
     }
@@ -150,10 +149,11 @@ impl Shared {
         };
         let (snapshot, changes) = {
             let hub = self.hub();
-            if hub.changes == saved {
+            let changes = hub.changes();
+            if changes == saved {
                 return saved;
             }
-            (hub.snapshot(), hub.changes)
+            (hub.snapshot(), changes)
         };
         let written = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
         match written {
@@ -216,6 +216,12 @@ impl Hub {
         }
     }
 
+    /// A count that moves whenever what [`Hub::snapshot`] saves may have
+    /// changed: the registry, LVSP's numbered INFOs, the data plane.
+    fn changes(&self) -> u64 {
+        self.cx.registry.changes() + self.cx.replay.seq() + self.dataplane_changes
+    }
+
     /// Records the dataplane now serving (None: none outlives control).
     fn serving(&mut self, pid: Option<u32>, udp_port: u16, outlives: bool) {
         self.dataplane_pid = pid;
@@ -226,7 +232,7 @@ impl Hub {
                 udp_port,
             })
         });
-        self.changes += 1;
+        self.dataplane_changes += 1;
     }
 
     /// Carries out the registry's queued effects.
@@ -405,7 +411,7 @@ impl Server {
                 dataplane_restarts: 0,
                 dataplane_pid: None,
                 dataplane: None,
-                changes: 0,
+                dataplane_changes: 0,
             }),
             lvsp: Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
@@ -730,30 +736,22 @@ fn poll_rings(shared: &Shared) {
     let mut hub = shared.hub();
     let hub = &mut *hub;
     hub.link.flush();
-    if hub.cx.registry.poll_timeout().is_some_and(|t| t <= now) {
-        hub.changes += 1;
-    }
-    let mut changes = 0;
     let corrupt = hub.events.drain(|core, ev| match ev {
         Event::Stats(s) => hub.load.record(now, s),
         Event::Drops { core, drops } => hub.load.record_drops(core, drops),
         Event::AddressObserved { ssrc, addr } => {
-            changes += 1;
             tracing::debug!(core, ssrc, %addr, "address observed (discovery)");
             hub.cx.registry.address_observed(ssrc, addr);
         }
         Event::AddressProven { ssrc, addr } => {
-            changes += 1;
             tracing::debug!(core, ssrc, %addr, "address proven");
             hub.cx.registry.address_proven(ssrc, addr);
         }
         Event::AddressExpired { ssrc, addr } => {
-            changes += 1;
             tracing::debug!(core, ssrc, %addr, "address went idle");
             hub.cx.registry.address_expired(ssrc, addr);
         }
     });
-    hub.changes += changes;
     if corrupt > 0 {
         tracing::warn!(corrupt, "undecodable event slots");
     }
