@@ -342,9 +342,21 @@ async fn a_killed_control_is_taken_over_without_losing_a_packet() {
     resume_all(&third, &token, &mut members).await;
     media_flows(&mut members, 5, "third").await;
 
+    // The adopted data plane dies: the control that took it over starts
+    // its own on the same port and region, and pushes the calls into it.
+    let pid = nix::unistd::Pid::from_raw(dataplane as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    third.wait_metrics(Duration::from_secs(10), "a new data plane", |s| {
+        s.metric("voice_dataplane_restarts_total") == 1.0
+    });
+    let replacement = third.metric("voice_dataplane_pid") as u32;
+    assert_ne!(replacement, dataplane);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    media_flows(&mut members, 5, "replaced").await;
+
     // Cleanup: the data plane was started to outlive its control.
     drop(third);
-    let pid = nix::unistd::Pid::from_raw(dataplane as i32);
+    let pid = nix::unistd::Pid::from_raw(replacement as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = std::fs::remove_dir_all(&dir);
 }
