@@ -150,6 +150,27 @@ struct VoiceState {
 }
 
 impl VoiceState {
+    /// A voice state no session has identified for yet.
+    fn new(user_id: Snowflake, channel_id: Snowflake) -> VoiceState {
+        VoiceState {
+            user_id,
+            channel_id,
+            conn: None,
+            ssrc: None,
+            speaking: 0,
+            stream: None,
+            parked_since: None,
+            left: false,
+            media: None,
+            observed: None,
+            proven: None,
+            slot: None,
+            budget: None,
+            idle_since: None,
+            restored: false,
+        }
+    }
+
     /// Identified, attached or parked: the member is in the call.
     fn in_call(&self) -> bool {
         self.stream.is_some()
@@ -745,26 +766,8 @@ impl Registry {
         let session_id = random_token(&mut self.rng);
         ch.members.insert(session_id.clone());
         ch.empty_since = None;
-        self.states.insert(
-            session_id.clone(),
-            VoiceState {
-                user_id,
-                channel_id,
-                conn: None,
-                ssrc: None,
-                speaking: 0,
-                stream: None,
-                parked_since: None,
-                left: false,
-                media: None,
-                observed: None,
-                proven: None,
-                slot: None,
-                budget: None,
-                idle_since: None,
-                restored: false,
-            },
-        );
+        self.states
+            .insert(session_id.clone(), VoiceState::new(user_id, channel_id));
         self.by_user.insert(key, session_id.clone());
         self.went_idle(&session_id, now);
         Ok(session_id)
@@ -1627,23 +1630,7 @@ impl Registry {
                 continue;
             };
             let (core, num) = (ch.core, ch.num);
-            let mut state = VoiceState {
-                user_id: st.user_id,
-                channel_id: st.channel_id,
-                conn: None,
-                ssrc: None,
-                speaking: 0,
-                stream: None,
-                parked_since: None,
-                left: false,
-                media: None,
-                observed: None,
-                proven: None,
-                slot: None,
-                budget: None,
-                idle_since: None,
-                restored: false,
-            };
+            let mut state = VoiceState::new(st.user_id, st.channel_id);
             let session = st.session.filter(|s| {
                 sessions && s.ssrc % self.cores == core && !self.ssrcs.contains_key(&s.ssrc)
             });
@@ -2349,6 +2336,7 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
+
     /// What a restart saves comes back (through JSON, as on disk): the
     /// sessions parked with their SSRCs, keys and proven addresses, pushed
     /// to a running data plane between a resync's begin and end; a client
