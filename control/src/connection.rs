@@ -63,8 +63,8 @@ pub trait Protocol {
     fn handle_text(&mut self, now: Instant, text: &str) -> Option<Self::Incoming>;
     /// A decoded message, step two, with the shared state.
     fn handle_incoming(&mut self, now: Instant, incoming: Self::Incoming, cx: &mut Context);
-    /// A binary frame.
-    fn handle_binary(&mut self, now: Instant);
+    /// A binary frame, step one like [`Protocol::handle_text`].
+    fn handle_binary(&mut self, now: Instant, bytes: &[u8]) -> Option<Self::Incoming>;
     /// A frame over the size limit (the socket layer discarded it).
     fn handle_oversized(&mut self);
     /// Something the registry wants done with this connection.

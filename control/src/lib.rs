@@ -17,6 +17,8 @@
 //! - [`server`]: the thin tokio/tungstenite layer: listeners, one task per
 //!   websocket, effect dispatch, the dataplane child process.
 //! - [`link`]: the control side of the rings, with back-pressure.
+//! - [`dave`]: DAVE end-to-end encryption, the server's part (the MLS
+//!   delivery service and external sender) as a per-channel state machine.
 //! - [`config`]: typed configuration with documented defaults.
 //! - [`persist`]: the state a new control takes over from (`--state-dir`).
 //!
@@ -25,6 +27,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod dave;
 pub mod gateway;
 pub mod limit;
 pub mod link;
@@ -42,6 +45,8 @@ pub use connection::{Refusal, PRE_AUTH_MAX_MESSAGE};
 pub enum Output {
     /// Send a text frame.
     Text(String),
+    /// Send a binary frame (DAVE's MLS ops).
+    Binary(Vec<u8>),
     /// Send a close frame with this code and reason, then stop reading.
     Close {
         /// Websocket close code (4000-4999).

@@ -192,6 +192,10 @@ struct Args {
     /// data plane stops with control.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// DAVE end-to-end encryption: off, on (while every member of a call
+    /// supports it) or required (4017 for clients without it).
+    #[arg(long, default_value = "off")]
+    dave: control::dave::DaveMode,
     /// With --state-dir: seconds the data plane forwards on after control
     /// went away, waiting for a new control to take it over.
     #[arg(long, default_value_t = 60)]
@@ -288,6 +292,7 @@ impl Args {
         c.drain_deadline = Duration::from_secs(self.drain_deadline_secs);
         c.drain_restart = self.drain_restart;
         c.state_dir = self.state_dir;
+        c.dave = self.dave;
         c.reattach_window = Duration::from_secs(self.reattach_window_secs);
         Ok(c)
     }

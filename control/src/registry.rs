@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::gateway::{Identify, Resume};
@@ -16,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::RngCore;
 use shared::{Command, Mode, SessionSpec};
 
+use crate::dave::{self, DaveMode, DaveNotice};
 use crate::limit::{Bucket, RateLimit};
 use crate::stream::Stream;
 pub use crate::stream::{Notice, Sequenced, SessionKey};
@@ -143,6 +145,9 @@ struct VoiceState {
     /// Since when no gateway session is in the call for it (created and
     /// never identified, or left the call); None while one is.
     idle_since: Option<Instant>,
+    /// The highest DAVE protocol version its client supports (Identify's
+    /// `max_dave_protocol_version`).
+    dave: u16,
     /// Its session came back from a saved state (a control restart): the
     /// client may have heard more than the save kept, so a Resume that
     /// acknowledges more catches the stream up instead of failing.
@@ -167,6 +172,7 @@ impl VoiceState {
             slot: None,
             budget: None,
             idle_since: None,
+            dave: 0,
             restored: false,
         }
     }
@@ -193,6 +199,9 @@ pub enum IdentifyError {
     /// The session's message budget is spent (it survives reconnects).
     #[error("rate limited")]
     RateLimited,
+    /// DAVE is required and the client does not support it.
+    #[error("end-to-end encryption required")]
+    E2eeRequired,
 }
 
 /// Why Select Protocol could not key a session.
@@ -342,6 +351,13 @@ pub struct Registry {
     /// Bumped by every call that may change what [`Registry::save`]
     /// returns: the server saves only when it moved.
     changes: u64,
+    /// Whether calls are end-to-end encrypted, and the external sender
+    /// of every channel's MLS group (None while DAVE is off).
+    dave: (DaveMode, Option<Arc<dave::mls::ExternalSender>>),
+    /// Each channel's DAVE state, while it has keyed members.
+    calls: HashMap<Snowflake, dave::Call>,
+    /// DAVE messages refused since start.
+    dave_refused: u64,
 }
 
 /// Takes what a deadline queue holds whose deadline is past, in order.
@@ -396,6 +412,9 @@ impl Registry {
             request_errors: BTreeMap::new(),
             drain: None,
             changes: 0,
+            dave: (DaveMode::Off, None),
+            calls: HashMap::new(),
+            dave_refused: 0,
         }
     }
 
@@ -449,6 +468,28 @@ impl Registry {
         self.channel_idle = channel;
     }
 
+    /// Turns end-to-end encryption on (or requires it), with `sender` as
+    /// the external sender of every call's MLS group.
+    pub fn set_dave(&mut self, mode: DaveMode, sender: Option<Arc<dave::mls::ExternalSender>>) {
+        self.dave = match sender {
+            Some(sender) if mode != DaveMode::Off => (mode, Some(sender)),
+            _ => (DaveMode::Off, None),
+        };
+    }
+
+    /// DAVE messages refused since start (a bad key package or commit).
+    pub fn dave_refused(&self) -> u64 {
+        self.dave_refused
+    }
+
+    /// Calls end-to-end encrypted now (DAVE version 1).
+    pub fn dave_calls(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.version() == dave::PROTOCOL_VERSION)
+            .count()
+    }
+
     /// How many of `what` were reclaimed since start.
     pub fn reclaimed(&self, what: Reclaim) -> u64 {
         self.reclaimed[what as usize]
@@ -481,8 +522,14 @@ impl Registry {
         let drain = self.drain.filter(|d| !d.expired).map(|d| d.deadline);
         let idle = self.idle_states.front().map(|(t, _)| *t);
         let empty = self.empty_channels.front().map(|(t, _)| *t);
+        let dave = self
+            .calls
+            .values()
+            .filter_map(dave::Call::poll_timeout)
+            .min();
         orphan
             .into_iter()
+            .chain(dave)
             .chain(parked)
             .chain(leaving)
             .chain(drain)
@@ -500,6 +547,18 @@ impl Registry {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.poll_timeout().is_some_and(|t| t <= now) {
             self.changes += 1;
+        }
+        let due: Vec<Snowflake> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(ch, _)| *ch)
+            .collect();
+        for channel_id in due {
+            if let Some(call) = self.calls.get_mut(&channel_id) {
+                call.handle_timeout(now);
+            }
+            self.dave_deliver(channel_id);
         }
         for session_id in take_due(&mut self.parked, now) {
             let expired = self.states.get(&session_id).and_then(|s| s.parked_since);
@@ -716,6 +775,7 @@ impl Registry {
         let Some(ch) = self.channels.remove(&channel_id) else {
             return;
         };
+        self.calls.remove(&channel_id);
         // The data plane forgets the channel before anyone is told: a member
         // closed with 4014 can no longer send into the call.
         self.effects.push_back(Effect::Dataplane {
@@ -873,6 +933,10 @@ impl Registry {
         if in_call {
             self.broadcast(channel_id, session_id, || Notice::Left(user_id));
         }
+        if let Some(call) = self.calls.get_mut(&channel_id) {
+            call.leave(session_id, now);
+            self.dave_deliver(channel_id);
+        }
         conn
     }
 
@@ -969,11 +1033,19 @@ impl Registry {
         now: Instant,
         limit: RateLimit,
     ) -> Result<Identified, IdentifyError> {
-        self.changes += 1;
         let session_id = id.session_id.as_str();
         self.authenticate(id.server_id, Some(id.user_id), session_id, &id.token)?;
+        // Counted once authenticated: a stranger's guess changes nothing.
+        self.changes += 1;
+        let max_dave = id.max_dave_protocol_version.unwrap_or(0);
+        if self.dave.0 == DaveMode::Required && max_dave < dave::PROTOCOL_VERSION {
+            return Err(IdentifyError::E2eeRequired);
+        }
         if !self.spend(session_id, now, limit) {
             return Err(IdentifyError::RateLimited);
+        }
+        if let Some(state) = self.states.get_mut(session_id) {
+            state.dave = max_dave;
         }
         let state = &self.states[session_id];
         let ch = &self.channels[&state.channel_id];
@@ -1079,7 +1151,6 @@ impl Registry {
         now: Instant,
         limit: RateLimit,
     ) -> Result<Resumed, IdentifyError> {
-        self.changes += 1;
         let session_id = resume.session_id.as_str();
         let authenticated = self.authenticate(resume.server_id, None, session_id, &resume.token);
         let state = match authenticated {
@@ -1117,6 +1188,7 @@ impl Registry {
                 push: Push::Close(Kick::ResumedElsewhere),
             });
         }
+        self.changes += 1;
         let state = self
             .states
             .get_mut(session_id)
@@ -1183,6 +1255,7 @@ impl Registry {
         session_id: &str,
         mode: Mode,
         declared: Option<SocketAddr>,
+        now: Instant,
     ) -> Result<Option<Sequenced>, SelectError> {
         self.changes += 1;
         let Some(state) = self.states.get(session_id) else {
@@ -1210,15 +1283,89 @@ impl Registry {
             slot,
         };
         state.media = Some(spec.clone());
+        let (channel_id, max_dave) = (state.channel_id, state.dave);
+        // The call's DAVE version as it stands with this member in it
+        // (its external sender follows Session Description).
+        let dave = match &self.dave {
+            (DaveMode::Off, _) | (_, None) => 0,
+            (mode, Some(sender)) => {
+                let (mode, sender) = (*mode, sender.clone());
+                self.calls
+                    .entry(channel_id)
+                    .or_insert_with(|| dave::Call::new(channel_id.0, sender, mode))
+                    .join(session_id, user, max_dave, now)
+            }
+        };
+        let state = self.states.get_mut(session_id).expect("looked up above");
         let keyed = state
             .stream
             .as_mut()
-            .map(|stream| stream.notice(Notice::Keyed { mode, key }));
+            .map(|stream| stream.notice(Notice::Keyed { mode, key, dave }));
         self.effects.push_back(Effect::Dataplane {
             core,
             command: Command::UpsertSession(spec),
         });
+        self.dave_deliver(channel_id);
         Ok(keyed)
+    }
+
+    /// Delivers what a channel's DAVE call has for its members.
+    fn dave_deliver(&mut self, channel_id: Snowflake) {
+        let Some(call) = self.calls.get_mut(&channel_id) else {
+            return;
+        };
+        let notices: Vec<(String, DaveNotice)> = call.drain().collect();
+        for (sid, notice) in notices {
+            self.deliver(&sid, Notice::Dave(notice));
+        }
+    }
+
+    /// Runs `f` on the DAVE call of `session_id`'s channel and delivers
+    /// what it says; None when the session is in no DAVE call.
+    fn with_call<R>(
+        &mut self,
+        session_id: &str,
+        f: impl FnOnce(&mut dave::Call, u64) -> R,
+    ) -> Option<R> {
+        let state = self.states.get(session_id).filter(|s| s.in_call())?;
+        let (channel_id, user) = (state.channel_id, state.user_id.0);
+        self.changes += 1;
+        let r = f(self.calls.get_mut(&channel_id)?, user);
+        self.dave_deliver(channel_id);
+        Some(r)
+    }
+
+    /// DAVE op 26: the member's MLS key package. Refusals are counted
+    /// ([`Registry::dave_refused`]) and logged, never a close.
+    pub fn dave_key_package(&mut self, session_id: &str, bytes: &[u8], now: Instant) {
+        let r = self.with_call(session_id, |call, _| {
+            call.key_package(session_id, bytes, now)
+        });
+        if let Some(Err(e)) = r {
+            self.dave_refused += 1;
+            tracing::debug!(error = %e, "DAVE key package refused");
+        }
+    }
+
+    /// DAVE op 28: the member's commit (and welcome).
+    pub fn dave_commit(&mut self, session_id: &str, bytes: &[u8], now: Instant) {
+        let r = self.with_call(session_id, |call, _| call.commit(session_id, bytes, now));
+        if let Some(Err(e)) = r {
+            self.dave_refused += 1;
+            tracing::debug!(error = %e, "DAVE commit refused");
+        }
+    }
+
+    /// DAVE op 23: the member is ready for a transition.
+    pub fn dave_ready(&mut self, session_id: &str, transition_id: u16, now: Instant) {
+        self.with_call(session_id, |call, _| {
+            call.ready(session_id, transition_id, now)
+        });
+    }
+
+    /// DAVE op 31: the member could not process a commit or welcome.
+    pub fn dave_invalid(&mut self, session_id: &str, now: Instant) {
+        self.with_call(session_id, |call, user| call.invalid(session_id, user, now));
     }
 
     /// Queues `command` for every core but `owner`.
@@ -1989,7 +2136,7 @@ mod tests {
             .unwrap();
         let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
-        let keyed = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
+        let keyed = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now());
         let Ok(Some(Sequenced {
             seq: Some(3),
             notice: Notice::Keyed { key, .. },
@@ -2046,7 +2193,8 @@ mod tests {
             .unwrap();
         let id = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let owner = id.ssrc % 3;
-        r.select_protocol(&a, Mode::Aes256GcmRtpSize, None).unwrap();
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now())
+            .unwrap();
         let slot = match effects(&mut r).last() {
             Some(Effect::Dataplane {
                 command: Command::UpsertSession(s),
@@ -2127,10 +2275,10 @@ mod tests {
             .unwrap();
         identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
-        let first = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
+        let first = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now());
         // A second Select Protocol of the same session keeps its slot,
         // with a fresh key.
-        let second = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None);
+        let second = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now());
         let key = |k: Result<Option<Sequenced>, _>| match k {
             Ok(Some(Sequenced {
                 notice: Notice::Keyed { key, .. },
@@ -2140,7 +2288,7 @@ mod tests {
         };
         assert_ne!(key(first), key(second));
         assert_eq!(
-            r.select_protocol(&b, Mode::Aes256GcmRtpSize, None),
+            r.select_protocol(&b, Mode::Aes256GcmRtpSize, None, Instant::now()),
             Err(SelectError::Full)
         );
     }
@@ -2355,7 +2503,7 @@ mod tests {
         let Ok(Some(Sequenced {
             notice: Notice::Keyed { key, .. },
             ..
-        })) = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None)
+        })) = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now())
         else {
             panic!("keyed");
         };

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shared::Mode;
 use zeroize::Zeroize;
 
+use crate::dave::DaveNotice;
 use crate::replay::Replay;
 
 /// Something a member's gateway session must hear.
@@ -33,12 +34,16 @@ pub enum Notice {
         mode: Mode,
         /// The session key.
         key: SessionKey,
+        /// The call's DAVE protocol version (0: none).
+        dave: u16,
     },
     /// These members are in the call: they joined, or were there when the
     /// session joined (Clients Connect).
     Joined(Vec<Snowflake>),
     /// This member left the call (Client Disconnect).
     Left(Snowflake),
+    /// Something of the call's end-to-end encryption (DAVE ops 21-30).
+    Dave(DaveNotice),
     /// A member's speaking flags and SSRC (Speaking).
     Speaking {
         /// The member.

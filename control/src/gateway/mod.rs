@@ -30,15 +30,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::gateway::frame::Frame;
 use protocol::gateway::{
-    self as wire, ClientDisconnect, ClientMessage, ClientsConnect, CloseCode, DecodeError,
-    HeartbeatAck, Hello, Identify, MemberSpeaking, Millis, Opcode, Ready, Resume, ServerMessage,
-    SessionDescription, NUMBERED,
+    self as wire, ClientDisconnect, ClientMessage, ClientsConnect, CloseCode, DavePrepareEpoch,
+    DavePrepareTransition, DaveTransition, DecodeError, HeartbeatAck, Hello, Identify,
+    MemberSpeaking, Millis, Opcode, Ready, Resume, ServerMessage, SessionDescription, NUMBERED,
 };
 use protocol::Envelope;
 use shared::Mode;
 
 use crate::connection::{grace, refuse, Context, Protocol, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
+use crate::dave::DaveNotice;
 use crate::limit::{Bucket, RateLimit};
 use crate::registry::{ConnId, Departure, IdentifyError, Kick, Notice, Push, Registry, Sequenced};
 use crate::Output;
@@ -93,7 +95,15 @@ pub enum Incoming {
     SelectProtocol(SelectProtocol),
     /// Speaking op 5 with its flags.
     Speaking(u32),
-    /// An op accepted and ignored (video, client flags, DAVE).
+    /// DAVE op 26 (binary): an MLS key package.
+    DaveKeyPackage(Vec<u8>),
+    /// DAVE op 28 (binary): a commit and maybe a welcome.
+    DaveCommitWelcome(Vec<u8>),
+    /// DAVE op 23: ready for a transition.
+    DaveReady(u16),
+    /// DAVE op 31: a commit or welcome could not be processed.
+    DaveInvalid,
+    /// An op accepted and ignored (video, client flags).
     Ignored,
 }
 
@@ -198,8 +208,10 @@ impl Connection {
                 Incoming::SelectProtocol(self.check_select(&select)?)
             }
             ClientMessage::Speaking(speaking) => Incoming::Speaking(speaking.speaking),
-            // Video (12), client flags/platform (14-20) and DAVE (21-31):
-            // accepted and ignored while video and DAVE are off.
+            ClientMessage::DaveTransitionReady(t) => Incoming::DaveReady(t.transition_id),
+            ClientMessage::DaveInvalidCommitWelcome(_) => Incoming::DaveInvalid,
+            // Video (12) and client flags/platform (14-20): accepted and
+            // ignored while video is off.
             ClientMessage::Ignored(_) => Incoming::Ignored,
         })
     }
@@ -218,13 +230,46 @@ impl Connection {
         self.out.push_back(Output::Text(message.encode(None)));
     }
 
-    /// Sends a notice of the session's stream, as its message.
+    /// Sends a notice of the session's stream, as its frame.
     fn send(&mut self, n: &Sequenced) {
-        let text = self.message(&n.notice).encode(n.seq);
-        self.out.push_back(Output::Text(text));
+        let output = self.output(n);
+        self.out.push_back(output);
     }
 
-    /// The message that tells a client `notice`.
+    /// The frame that tells a client a numbered notice: a text message, or
+    /// for DAVE's MLS ops a binary frame whose `u16` seq is the same
+    /// counter.
+    pub fn output(&self, n: &Sequenced) -> Output {
+        let (op, payload): (Opcode, &[u8]) = match &n.notice {
+            Notice::Dave(DaveNotice::ExternalSender(p)) => (Opcode::DaveMlsExternalSender, p),
+            Notice::Dave(DaveNotice::Proposals(p)) => (Opcode::DaveMlsProposals, p),
+            Notice::Dave(DaveNotice::AnnounceCommit {
+                transition_id,
+                commit,
+            }) => {
+                return binary(
+                    n.seq,
+                    Opcode::DaveMlsAnnounceCommitTransition,
+                    *transition_id,
+                    commit,
+                )
+            }
+            Notice::Dave(DaveNotice::Welcome {
+                transition_id,
+                welcome,
+            }) => return binary(n.seq, Opcode::DaveMlsWelcome, *transition_id, welcome),
+            notice => return Output::Text(self.message(notice).encode(n.seq)),
+        };
+        let frame = Frame {
+            seq: Some(n.seq.unwrap_or(0) as u16),
+            op,
+            payload,
+        };
+        Output::Binary(frame.encode())
+    }
+
+    /// The message that tells a client `notice` (DAVE's binary notices
+    /// have none: see [`Connection::output`]).
     pub fn message(&self, notice: &Notice) -> ServerMessage {
         match notice {
             Notice::Ready { ssrc } => ServerMessage::Ready(Ready {
@@ -234,11 +279,33 @@ impl Connection {
                 modes: self.config.modes.iter().map(|m| m.name().into()).collect(),
                 heartbeat_interval: Some(Millis::from(self.config.heartbeat_interval)),
             }),
-            Notice::Keyed { mode, key } => ServerMessage::SessionDescription(SessionDescription {
-                mode: *mode,
-                secret_key: key.0,
-                dave_protocol_version: 0,
+            Notice::Keyed { mode, key, dave } => {
+                ServerMessage::SessionDescription(SessionDescription {
+                    mode: *mode,
+                    secret_key: key.0,
+                    dave_protocol_version: *dave,
+                })
+            }
+            Notice::Dave(DaveNotice::PrepareTransition {
+                protocol_version,
+                transition_id,
+            }) => ServerMessage::DavePrepareTransition(DavePrepareTransition {
+                protocol_version: *protocol_version,
+                transition_id: *transition_id,
             }),
+            Notice::Dave(DaveNotice::ExecuteTransition { transition_id }) => {
+                ServerMessage::DaveExecuteTransition(DaveTransition {
+                    transition_id: *transition_id,
+                })
+            }
+            Notice::Dave(DaveNotice::PrepareEpoch {
+                protocol_version,
+                epoch,
+            }) => ServerMessage::DavePrepareEpoch(DavePrepareEpoch {
+                protocol_version: *protocol_version,
+                epoch: *epoch,
+            }),
+            Notice::Dave(binary) => unreachable!("{binary:?} is a binary frame"),
             Notice::Joined(user_ids) => ServerMessage::ClientsConnect(ClientsConnect {
                 user_ids: user_ids.clone(),
             }),
@@ -318,12 +385,17 @@ impl Connection {
         Ok(())
     }
 
-    fn select_protocol(&mut self, select: &SelectProtocol, registry: &mut Registry) -> Result<()> {
+    fn select_protocol(
+        &mut self,
+        now: Instant,
+        select: &SelectProtocol,
+        registry: &mut Registry,
+    ) -> Result<()> {
         let Some(session_id) = self.session.clone() else {
             return Err(not_authenticated());
         };
         let keyed = registry
-            .select_protocol(&session_id, select.mode, select.declared)
+            .select_protocol(&session_id, select.mode, select.declared, now)
             .map_err(|_| refuse(CloseCode::BadRequest, "server full"))?;
         if let Some(keyed) = keyed {
             self.send(&keyed);
@@ -394,10 +466,35 @@ impl Protocol for Connection {
             }
             Incoming::Identify(identify) => self.identify(now, &identify, registry),
             Incoming::Resume(resume) => self.resume(now, &resume, registry),
-            Incoming::SelectProtocol(select) => self.select_protocol(&select, registry),
+            Incoming::SelectProtocol(select) => self.select_protocol(now, &select, registry),
             Incoming::Speaking(flags) => {
                 if let Some(session_id) = &self.session {
                     registry.speaking(session_id, flags);
+                }
+                Ok(())
+            }
+            // DAVE: what the call refuses is counted, never a close.
+            Incoming::DaveKeyPackage(bytes) => {
+                if let Some(session_id) = &self.session {
+                    registry.dave_key_package(session_id, &bytes, now);
+                }
+                Ok(())
+            }
+            Incoming::DaveCommitWelcome(bytes) => {
+                if let Some(session_id) = &self.session {
+                    registry.dave_commit(session_id, &bytes, now);
+                }
+                Ok(())
+            }
+            Incoming::DaveReady(transition_id) => {
+                if let Some(session_id) = &self.session {
+                    registry.dave_ready(session_id, transition_id, now);
+                }
+                Ok(())
+            }
+            Incoming::DaveInvalid => {
+                if let Some(session_id) = &self.session {
+                    registry.dave_invalid(session_id, now);
                 }
                 Ok(())
             }
@@ -408,17 +505,34 @@ impl Protocol for Connection {
         }
     }
 
-    /// A binary frame. DAVE is negotiated off (`dave_protocol_version: 0`),
-    /// so a client has no reason to send one: after Identify it is
-    /// ignored (within the connection's budget), before it 4003.
-    fn handle_binary(&mut self, now: Instant) {
+    /// A binary frame: DAVE's key package (op 26) or commit and welcome
+    /// (op 28), handled under the lock; other binary ops are the server's
+    /// (ignored); a frame that is no binary op, 4001 or 4002; before
+    /// Identify, 4003.
+    fn handle_binary(&mut self, now: Instant, bytes: &[u8]) -> Option<Incoming> {
         if self.closing.is_some() {
-            return;
+            return None;
         }
         if self.session.is_none() {
             self.close(not_authenticated());
-        } else if !self.bucket.take(now) {
+            return None;
+        }
+        if !self.bucket.take(now) {
             self.close(rate_limited());
+            return None;
+        }
+        match Frame::from_client(bytes) {
+            Ok(f) if f.op == Opcode::DaveMlsKeyPackage => {
+                Some(Incoming::DaveKeyPackage(f.payload.to_vec()))
+            }
+            Ok(f) if f.op == Opcode::DaveMlsCommitWelcome => {
+                Some(Incoming::DaveCommitWelcome(f.payload.to_vec()))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                self.close(refuse(e.close_code(), "not a binary op"));
+                None
+            }
         }
     }
 
@@ -499,6 +613,19 @@ fn departure(closing: Option<u16>, peer: Option<Option<u16>>) -> Departure {
     }
 }
 
+/// A DAVE binary frame whose payload starts with a transition id.
+fn binary(seq: Option<u64>, op: Opcode, transition_id: u16, body: &[u8]) -> Output {
+    let mut payload = Vec::with_capacity(2 + body.len());
+    payload.extend_from_slice(&transition_id.to_be_bytes());
+    payload.extend_from_slice(body);
+    let frame = Frame {
+        seq: Some(seq.unwrap_or(0) as u16),
+        op,
+        payload: &payload,
+    };
+    Output::Binary(frame.encode())
+}
+
 fn decode_refusal(e: DecodeError) -> Refusal {
     refuse(e.close_code(), e.reason())
 }
@@ -531,6 +658,10 @@ fn identify_refusal(e: IdentifyError) -> Refusal {
             refuse(CloseCode::SessionInvalid, "session no longer valid")
         }
         IdentifyError::RateLimited => rate_limited(),
+        IdentifyError::E2eeRequired => refuse(
+            CloseCode::E2eeRequired,
+            "end-to-end encryption (DAVE) required",
+        ),
     }
 }
 

@@ -397,8 +397,9 @@ impl Protocol for Connection {
     }
 
     /// A binary frame: LVSP is JSON text only.
-    fn handle_binary(&mut self, _now: Instant) {
+    fn handle_binary(&mut self, _now: Instant, _bytes: &[u8]) -> Option<Incoming> {
         self.close(refuse(CloseCode::DecodeError, "binary frames are not LVSP"));
+        None
     }
 
     fn handle_oversized(&mut self) {
@@ -517,6 +518,7 @@ mod tests {
             match o {
                 Output::Text(t) => v.push(serde_json::from_str(&t).unwrap()),
                 Output::Close { code, .. } => v.push(json!({"close": code})),
+                Output::Binary(b) => panic!("LVSP sent a binary frame: {b:?}"),
             }
         }
         v
@@ -795,7 +797,7 @@ mod tests {
             }
             let close = std::iter::from_fn(|| c.poll_output()).find_map(|o| match o {
                 Output::Close { reason, .. } => Some(reason),
-                Output::Text(_) => None,
+                Output::Text(_) | Output::Binary(_) => None,
             });
             let reason = close.expect("closed");
             assert!(

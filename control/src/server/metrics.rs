@@ -176,6 +176,24 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
     }
     metric(
         &mut out,
+        "voice_dave_refused_total",
+        "DAVE key packages and commits refused (invalid, wrong epoch, not the proposals sent).",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "voice_dave_refused_total {}",
+        hub.cx.registry.dave_refused()
+    );
+    metric(
+        &mut out,
+        "voice_dave_calls",
+        "Calls end-to-end encrypted (DAVE protocol version 1) now.",
+        "gauge",
+    );
+    let _ = writeln!(out, "voice_dave_calls {}", hub.cx.registry.dave_calls());
+    metric(
+        &mut out,
         "voice_throttled_total",
         "Times reading a connection paused until its message budget refilled (identified LVSP links are slowed down past it, not closed), by protocol.",
         "counter",

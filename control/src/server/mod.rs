@@ -71,6 +71,9 @@ pub enum ServerError {
     /// The state directory cannot be used.
     #[error(transparent)]
     State(#[from] StateError),
+    /// DAVE's external sender key could not be made.
+    #[error("DAVE: {0}")]
+    Dave(String),
 }
 
 /// Which close codes the server sent, per protocol (for metrics).
@@ -377,6 +380,12 @@ impl Server {
         registry.set_resume(config.gateway_resume_grace, config.gateway_replay);
         registry.set_leave_grace(config.gateway_leave_grace);
         registry.set_idle(config.voice_state_idle, config.channel_idle);
+        if config.dave != crate::dave::DaveMode::Off {
+            // One external sender key for every call of this process.
+            let sender = crate::dave::mls::ExternalSender::generate()
+                .map_err(|e| ServerError::Dave(e.to_string()))?;
+            registry.set_dave(config.dave, Some(Arc::new(sender)));
+        }
         let mut replay = lvsp::Replay::new(config.lvsp_replay);
         let restored = saved.map(|saved| {
             let age = saved.age(std::time::SystemTime::now());
@@ -1011,20 +1020,20 @@ async fn drive<M: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         while let Some(out) = machine.poll_output() {
-            match out {
-                Output::Text(text) => {
-                    // A peer that stops reading must not hold this task
-                    // (and the messages queued for it) forever.
-                    let sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Text(text)));
-                    if !matches!(sent.await, Ok(Ok(()))) {
-                        break 'run;
-                    }
-                }
+            let message = match out {
+                Output::Text(text) => Message::Text(text),
+                Output::Binary(bytes) => Message::Binary(bytes),
                 Output::Close { code, reason } => {
                     *shared.hub().closes.entry((M::NAME, code)).or_default() += 1;
                     send_close(&mut ws, code, reason).await;
                     break 'run;
                 }
+            };
+            // A peer that stops reading must not hold this task (and the
+            // messages queued for it) forever.
+            let sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(message));
+            if !matches!(sent.await, Ok(Ok(()))) {
+                break 'run;
             }
         }
         let identify_by = admission.deadline();
@@ -1051,7 +1060,12 @@ async fn drive<M: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
                         shared.with(|cx| machine.handle_incoming(now, incoming, cx));
                     }
                 }
-                Some(Ok(Message::Binary(_))) => machine.handle_binary(Instant::now()),
+                Some(Ok(Message::Binary(bytes))) => {
+                    let now = Instant::now();
+                    if let Some(incoming) = machine.handle_binary(now, &bytes) {
+                        shared.with(|cx| machine.handle_incoming(now, incoming, cx));
+                    }
+                }
                 // Control frames cost a message too (tungstenite answers
                 // each Ping with a Pong).
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => machine.handle_ping(Instant::now()),

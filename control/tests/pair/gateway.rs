@@ -504,7 +504,9 @@ fn ignored_ops_and_binary_frames_are_not_fatal() {
         w.send_raw(a, frame);
     }
     let now = w.now;
-    w.gateways[a].1.server.handle_binary(now);
+    // A server-to-client binary op from a client: ignored, like op 24.
+    let ignored = w.gateways[a].1.server.handle_binary(now, &[25, 0]);
+    assert!(ignored.is_none());
     w.run();
     w.advance(Duration::from_secs(10));
     assert_eq!(w.closed(a), None);
@@ -773,7 +775,7 @@ fn before_identify_only_small_frames_and_three_ops() {
     );
     w.run();
     assert_eq!(w.frames(c), [json!({"op": 6, "d": {"t": 7}})]);
-    w.gateways[c].1.server.handle_binary(now);
+    w.gateways[c].1.server.handle_binary(now, &[26, 0]);
     w.run();
     assert_eq!(w.closed(c), Some(Some(4003)));
     let a = w.connect(8);

@@ -74,6 +74,12 @@ impl<C: Session, S: Protocol> Link<C, S> {
                     let read = self.client.handle_frame(now, Frame::Text(text));
                     read.expect("the server sends JSON with an op");
                 }
+                Output::Binary(bytes) => {
+                    transcript.push(format!("< binary {}", hex::encode(&bytes)));
+                    self.frames.push(json!({"binary": hex::encode(&bytes)}));
+                    let read = self.client.handle_frame(now, Frame::Binary(bytes));
+                    read.expect("a binary frame the client reads");
+                }
                 Output::Close { code, reason } => {
                     transcript.push(format!("< close {code}"));
                     self.frames.push(json!({"close": code, "reason": reason}));

@@ -161,7 +161,7 @@ fn lvsp_before_identify() {
         if oversized {
             server.handle_oversized();
         } else {
-            server.handle_binary(w.now);
+            assert!(server.handle_binary(w.now, &[1]).is_none());
         }
         w.run();
         assert_eq!(w.litecord[lv].client.closed(), Some(Some(4002)));

@@ -253,7 +253,15 @@ impl Call {
                     slot.conn.handle_incoming(now, incoming, &mut self.cx);
                 }
             }
-            Line::Directive(b'b', _) => self.slots[self.current].conn.handle_binary(now),
+            Line::Directive(b'b', arg) => {
+                // A binary frame with op `arg` (26: key package, 28:
+                // commit) and a few payload bytes.
+                let frame = [arg as u8, 0, 1, 2];
+                let slot = &mut self.slots[self.current];
+                if let Some(incoming) = slot.conn.handle_binary(now, &frame) {
+                    slot.conn.handle_incoming(now, incoming, &mut self.cx);
+                }
+            }
             Line::Directive(b'o', _) => self.slots[self.current].conn.handle_oversized(),
             Line::Directive(b'g', _) => self.slots[self.current].conn.handle_ping(now),
             Line::Directive(letter, n) => {
@@ -458,6 +466,8 @@ impl Call {
                             slot.last_seq = seq;
                         }
                     }
+                    // DAVE is off in this harness: no MLS op is ever sent.
+                    Output::Binary(bytes) => panic!("a binary frame with DAVE off: {bytes:?}"),
                     Output::Close { code, .. } => {
                         assert!(CLOSE_CODES.contains(&code), "close code {code}");
                         slot.closed = Some(code);

@@ -202,7 +202,10 @@ impl Server {
                     slot.conn.handle_incoming(now, incoming, &mut self.cx);
                 }
             }
-            Line::Directive(b'b', _) => self.slots[self.current].conn.handle_binary(self.now),
+            Line::Directive(b'b', _) => {
+                let now = self.now;
+                let _ = self.slots[self.current].conn.handle_binary(now, &[0]);
+            }
             Line::Directive(b'o', _) => self.slots[self.current].conn.handle_oversized(),
             Line::Directive(b'g', _) => {
                 let now = self.now;
@@ -316,6 +319,7 @@ impl Server {
                             slot.last_s = s;
                         }
                     }
+                    Output::Binary(bytes) => panic!("LVSP sent a binary frame: {bytes:?}"),
                     Output::Close { code, .. } => {
                         assert!((4000..=4002).contains(&code), "close code {code}");
                         slot.closed = Some(code);

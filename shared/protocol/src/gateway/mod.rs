@@ -580,6 +580,33 @@ pub struct ClientDisconnect {
     pub user_id: Snowflake,
 }
 
+/// DAVE Prepare Transition op 21: the call moves to `protocol_version`
+/// when op 22 names `transition_id` (0: at once, no op 23 expected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DavePrepareTransition {
+    /// The DAVE protocol version after the transition (0: none).
+    pub protocol_version: u16,
+    /// The transition.
+    pub transition_id: u16,
+}
+
+/// DAVE ops 22 (Execute Transition), 23 (Transition Ready, client) and 31
+/// (Invalid Commit/Welcome, client, JSON as every client sends it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaveTransition {
+    /// The transition.
+    pub transition_id: u16,
+}
+
+/// DAVE Prepare Epoch op 24: a new MLS group starts at `epoch` (1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DavePrepareEpoch {
+    /// The DAVE protocol version.
+    pub protocol_version: u16,
+    /// The epoch (a JSON number: clients compare it with 1).
+    pub epoch: u64,
+}
+
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMessage {
@@ -593,8 +620,12 @@ pub enum ClientMessage {
     Speaking(Speaking),
     /// Resume op 7.
     Resume(Resume),
-    /// An op the server accepts without acting on it (video, client flags
-    /// and platform, DAVE while it is off); `d` is not decoded.
+    /// DAVE Transition Ready op 23.
+    DaveTransitionReady(DaveTransition),
+    /// DAVE Invalid Commit/Welcome op 31.
+    DaveInvalidCommitWelcome(DaveTransition),
+    /// An op the server accepts without acting on it (video, client
+    /// flags and platform); `d` is not decoded.
     Ignored(Opcode),
 }
 
@@ -617,6 +648,12 @@ pub enum ServerMessage {
     ClientsConnect(ClientsConnect),
     /// Client Disconnect op 13.
     ClientDisconnect(ClientDisconnect),
+    /// DAVE Prepare Transition op 21.
+    DavePrepareTransition(DavePrepareTransition),
+    /// DAVE Execute Transition op 22.
+    DaveExecuteTransition(DaveTransition),
+    /// DAVE Prepare Epoch op 24.
+    DavePrepareEpoch(DavePrepareEpoch),
 }
 
 /// The text frame `{"op", "d"}`, plus `"seq"` on numbered server messages.
@@ -651,6 +688,12 @@ impl ClientMessage {
             Opcode::Heartbeat => ClientMessage::Heartbeat(Heartbeat::decode(env.d(), version)?),
             Opcode::Speaking => ClientMessage::Speaking(json::object(env.d())?),
             Opcode::Resume => ClientMessage::Resume(json::object(env.d())?),
+            Opcode::DaveTransitionReady => {
+                ClientMessage::DaveTransitionReady(json::object(env.d())?)
+            }
+            Opcode::DaveMlsInvalidCommitWelcome => {
+                ClientMessage::DaveInvalidCommitWelcome(json::object(env.d())?)
+            }
             op if op.sent_by_server() => return Err(DecodeError::UnknownOpcode),
             op => ClientMessage::Ignored(op),
         })
@@ -664,6 +707,8 @@ impl ClientMessage {
             ClientMessage::Heartbeat(_) => Opcode::Heartbeat,
             ClientMessage::Speaking(_) => Opcode::Speaking,
             ClientMessage::Resume(_) => Opcode::Resume,
+            ClientMessage::DaveTransitionReady(_) => Opcode::DaveTransitionReady,
+            ClientMessage::DaveInvalidCommitWelcome(_) => Opcode::DaveMlsInvalidCommitWelcome,
             ClientMessage::Ignored(op) => *op,
         }
     }
@@ -677,6 +722,9 @@ impl ClientMessage {
             ClientMessage::Heartbeat(m) => encode(op, m, None),
             ClientMessage::Speaking(m) => encode(op, m, None),
             ClientMessage::Resume(m) => encode(op, m, None),
+            ClientMessage::DaveTransitionReady(m) | ClientMessage::DaveInvalidCommitWelcome(m) => {
+                encode(op, m, None)
+            }
             ClientMessage::Ignored(_) => encode(op, (), None),
         }
     }
@@ -694,6 +742,9 @@ impl ServerMessage {
             ServerMessage::Resumed => Opcode::Resumed,
             ServerMessage::ClientsConnect(_) => Opcode::ClientsConnect,
             ServerMessage::ClientDisconnect(_) => Opcode::ClientDisconnect,
+            ServerMessage::DavePrepareTransition(_) => Opcode::DavePrepareTransition,
+            ServerMessage::DaveExecuteTransition(_) => Opcode::DaveExecuteTransition,
+            ServerMessage::DavePrepareEpoch(_) => Opcode::DavePrepareEpoch,
         }
     }
 
@@ -710,6 +761,9 @@ impl ServerMessage {
             ServerMessage::Resumed => encode(op, (), seq),
             ServerMessage::ClientsConnect(m) => encode(op, m, seq),
             ServerMessage::ClientDisconnect(m) => encode(op, m, seq),
+            ServerMessage::DavePrepareTransition(m) => encode(op, m, seq),
+            ServerMessage::DaveExecuteTransition(m) => encode(op, m, seq),
+            ServerMessage::DavePrepareEpoch(m) => encode(op, m, seq),
         }
     }
 
@@ -736,6 +790,9 @@ impl ServerMessage {
             Opcode::Resumed => ServerMessage::Resumed,
             Opcode::ClientsConnect => ServerMessage::ClientsConnect(json::object(d)?),
             Opcode::ClientDisconnect => ServerMessage::ClientDisconnect(json::object(d)?),
+            Opcode::DavePrepareTransition => ServerMessage::DavePrepareTransition(json::object(d)?),
+            Opcode::DaveExecuteTransition => ServerMessage::DaveExecuteTransition(json::object(d)?),
+            Opcode::DavePrepareEpoch => ServerMessage::DavePrepareEpoch(json::object(d)?),
             _ => return Err(DecodeError::UnknownOpcode),
         };
         Ok((message, env.seq))
