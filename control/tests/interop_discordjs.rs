@@ -565,3 +565,155 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         "no Speaking (op 5) from {DJS_USER} with SSRC {djs_ssrc}: {speaking:?}"
     );
 }
+
+/// The second @discordjs/voice member.
+const DJS_USER_B: &str = "80351110224678914";
+
+/// DAVE: two @discordjs/voice members (DAVE on by default in 0.19.2, through
+/// @snazzah/davey) in a call on a server with `--dave on`: the server is
+/// their MLS delivery service and external sender, they form the group,
+/// negotiate protocol version 1 and send each other audio that their own
+/// libraries encrypt and decrypt end to end, byte for byte. A third member
+/// (this project's client) says it supports DAVE but does no MLS: it holds
+/// the transport keys, as the server does, and what it receives from the
+/// two is not their Opus but DAVE frames (ending in the 0xFAFA marker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discordjs_voice_calls_are_end_to_end_encrypted() {
+    let (server, cert) = start(&["--dave", "on"]);
+    tokio::time::timeout(Duration::from_secs(90), dave_call(&server, &cert))
+        .await
+        .expect("the call finished in time");
+    let status = server.stop();
+    assert!(status.success(), "control exited with {status}");
+}
+
+async fn dave_call(server: &ServerProcess, cert: &Path) {
+    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP identify");
+    let _heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
+    let assign = lvsp
+        .channel_req(CHANNEL, Some(GUILD))
+        .await
+        .expect("CHANNEL_ASSIGN");
+    let mut sessions = Vec::new();
+    for user in [RUST_USER, DJS_USER, DJS_USER_B] {
+        let done = lvsp.voice_state_create(user, CHANNEL, Some(GUILD)).await;
+        sessions.push(done.expect("VOICE_STATE_DONE").session_id);
+    }
+    // The eavesdropper: DAVE-capable on paper, in the call first.
+    let ids = [
+        GUILD,
+        RUST_USER,
+        sessions[0].as_str(),
+        assign.token.as_str(),
+    ];
+    let mut eavesdropper =
+        VoiceClient::join_dave(&server.gateway_url, 8, ids, Mode::Aes256GcmRtpSize, 1)
+            .await
+            .expect("the eavesdropper joins");
+    assert_eq!(
+        eavesdropper.session.dave_protocol_version, 1,
+        "the call runs DAVE"
+    );
+
+    let endpoint = server
+        .gateway_url
+        .strip_prefix("wss://")
+        .expect("wss gateway")
+        .trim_end_matches('/');
+    let frames = |tag: u8| -> Vec<Vec<u8>> { (0..FRAMES).map(|n| opus_frame(tag, n)).collect() };
+    let (frames_a, frames_b) = (frames(0x41), frames(0x42));
+    let params = |user: &str, session: &str, peer: &str, frames: &[Vec<u8>]| {
+        json!({
+            "endpoint": endpoint,
+            "guild_id": GUILD,
+            "channel_id": CHANNEL,
+            "user_id": user,
+            "session_id": session,
+            "token": assign.token,
+            "frames": hex_frames(frames),
+            "peer_user_id": peer,
+            "announce": true,
+            "dave": true,
+            "silence_ms": 1500,
+            "timeout_ms": 45_000,
+        })
+    };
+    let mut a = Node::spawn(cert, &params(DJS_USER, &sessions[1], DJS_USER_B, &frames_a));
+    let mut b = Node::spawn(cert, &params(DJS_USER_B, &sessions[2], DJS_USER, &frames_b));
+    // What the eavesdropper receives meanwhile.
+    let listening = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Ok(p) = eavesdropper.udp.recv_timeout(Duration::from_secs(4)).await {
+            got.push(p);
+        }
+        (eavesdropper, got)
+    });
+    for (node, who) in [(&mut a, "A"), (&mut b, "B")] {
+        if let Err(e) = node.event("ready", Duration::from_secs(30)).await {
+            let node = std::mem::replace(node, Node::spawn(cert, &json!(null)));
+            node_failed(node, format!("discord.js {who} never got DAVE-ready: {e}")).await;
+        }
+    }
+    let mut results = Vec::new();
+    for (node, who) in [(a, "A"), (b, "B")] {
+        let mut node = node;
+        let result = match node.event("result", Duration::from_secs(30)).await {
+            Ok(v) => v,
+            Err(e) => node_failed(node, format!("discord.js {who} gave no result: {e}")).await,
+        };
+        let stderr = node.stderr().await;
+        eprintln!("discord.js {who}: {result}\n{stderr}");
+        results.push(result);
+    }
+    // Each decrypted the other's frames, byte for byte (then the silence
+    // frames that discord.js sends in the clear after a resource ends).
+    for (result, sent_by_peer) in [(&results[0], &frames_b), (&results[1], &frames_a)] {
+        assert_eq!(result["dave_protocol_version"], 1, "{result}");
+        let received: Vec<String> = result["received"]
+            .as_array()
+            .expect("received frames")
+            .iter()
+            .map(|v| v.as_str().expect("hex").to_owned())
+            .collect();
+        assert!(received.len() >= FRAMES, "{result}");
+        assert_eq!(received[..FRAMES], hex_frames(sent_by_peer), "{result}");
+        assert!(
+            received[FRAMES..]
+                .iter()
+                .all(|f| *f == hex::encode(SILENCE_FRAME)),
+            "{result}"
+        );
+    }
+    // The transport payloads the server forwarded were DAVE frames, not
+    // the Opus the two encoded.
+    let (_eavesdropper, got) = listening.await.expect("the eavesdropper");
+    let plain: std::collections::HashSet<Vec<u8>> =
+        frames_a.iter().chain(&frames_b).cloned().collect();
+    let media: Vec<&scripts::ReceivedPacket> = got
+        .iter()
+        .filter(|p| p.payload.as_slice() != SILENCE_FRAME)
+        .collect();
+    assert!(
+        media.len() >= 2 * FRAMES,
+        "the eavesdropper got {} packets",
+        media.len()
+    );
+    for p in &media {
+        assert!(
+            !plain.contains(&p.payload),
+            "plain Opus reached a non-member"
+        );
+        assert!(
+            p.payload.ends_with(&[0xFA, 0xFA]),
+            "not a DAVE frame: {:?}",
+            p.payload
+        );
+    }
+    eprintln!(
+        "DAVE: {} end-to-end encrypted frames seen by a member outside the MLS group, none readable",
+        media.len()
+    );
+    assert_eq!(server.metric("voice_dave_calls"), 1.0);
+}

@@ -113,12 +113,28 @@ impl GatewayClient {
         session_id: &str,
         token: &str,
     ) -> Result<Ready> {
+        self.identify_dave(server_id, user_id, session_id, token, 0)
+            .await
+    }
+
+    /// [`identify`](Self::identify), saying the client supports DAVE up to
+    /// `max_dave` (a client that says 1 and does no MLS stays out of the
+    /// call's MLS group: it gets the media the others encrypt end to end
+    /// as opaque bytes, as the server does).
+    pub async fn identify_dave(
+        &mut self,
+        server_id: &str,
+        user_id: &str,
+        session_id: &str,
+        token: &str,
+        max_dave: u16,
+    ) -> Result<Ready> {
         self.send_identify(&Identify {
             server_id: snowflake(server_id)?,
             user_id: snowflake(user_id)?,
             session_id: session_id.to_owned(),
             token: token.to_owned(),
-            max_dave_protocol_version: Some(0),
+            max_dave_protocol_version: Some(max_dave),
         })
         .await?;
         self.wait("gateway Ready", |e| match e {

@@ -38,9 +38,22 @@ impl VoiceClient {
         token: &str,
         mode: Mode,
     ) -> Result<Self> {
+        let ids = [server_id, user_id, session_id, token];
+        Self::join_dave(gateway_url, version, ids, mode, 0).await
+    }
+
+    /// [`join`](Self::join) with `[server_id, user_id, session_id, token]`,
+    /// identifying with DAVE support up to `max_dave`.
+    pub async fn join_dave(
+        gateway_url: &str,
+        version: u8,
+        [server_id, user_id, session_id, token]: [&str; 4],
+        mode: Mode,
+        max_dave: u16,
+    ) -> Result<Self> {
         let mut gateway = GatewayClient::connect(gateway_url, version).await?;
         let ready = gateway
-            .identify(server_id, user_id, session_id, token)
+            .identify_dave(server_id, user_id, session_id, token, max_dave)
             .await?;
         let mut udp = VoiceUdp::bind(ready.addr(), ready.ssrc).await?;
         let seen = udp.discover().await?;

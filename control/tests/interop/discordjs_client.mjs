@@ -15,6 +15,14 @@
 //   peer_user_id   the member whose frames must be received
 //   silence_ms     quiet time that ends the receive stream (default 1000)
 //   timeout_ms     hard limit for the whole run (default 25000)
+//   announce       true: send Speaking (op 5) once Ready, before waiting
+//                  for the peer's (two discord.js members wait for each
+//                  other's otherwise)
+//   dave           true: the server negotiates DAVE (--dave on); wait until
+//                  the library's DAVE session is ready at protocol version 1
+//                  (the MLS group formed, the transition executed) before
+//                  saying "ready", so every frame sent is end-to-end
+//                  encrypted and every frame received is decrypted by it
 //   scenario       "call" (default): send the frames, receive the peer's,
 //                  then connection.destroy(); "udp_loss": once Ready, the
 //                  UDP socket closes as when it fails, and discord.js must
@@ -163,6 +171,10 @@ async function main() {
 	}
 	const data = networkingState()?.connectionData ?? {};
 
+	// Two discord.js members each wait for the other's Speaking before
+	// they play: say it first (the player says it again when it plays).
+	if (params.announce) connection.setSpeaking(true);
+
 	// Receive: VoiceReceiver maps SSRC → user only from Speaking op 5.
 	const received = [];
 	const stream = connection.receiver.subscribe(params.peer_user_id, {
@@ -185,11 +197,28 @@ async function main() {
 		fail(error.message);
 	}
 
+	if (params.dave) {
+		try {
+			await waitFor(
+				'the DAVE session at protocol version 1',
+				() => {
+					const dave = networkingState()?.dave;
+					return dave?.protocolVersion === 1 && dave.session?.ready && dave.pendingTransitions.size === 0;
+				},
+				15_000,
+			);
+		} catch (error) {
+			fail(error.message);
+		}
+	}
+
 	emit({
 		event: 'ready',
 		ssrc: data.ssrc,
 		mode: data.encryptionMode,
 		peer_ssrc: peerSsrc,
+		dave_protocol_version: networkingState()?.dave?.protocolVersion ?? null,
+		dave_epoch: networkingState()?.dave?.session?.epoch?.toString() ?? null,
 	});
 
 	if (scenario === 'udp_loss') {
