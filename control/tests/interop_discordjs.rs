@@ -88,9 +88,11 @@ fn check_prerequisites() {
     );
 }
 
-/// The node child, its stdout lines and a task collecting its stderr.
+/// The node child, its stdin (commands of the "session" scenario), its
+/// stdout lines and a task collecting its stderr.
 struct Node {
     child: Child,
+    stdin: tokio::process::ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: tokio::task::JoinHandle<String>,
 }
@@ -102,12 +104,13 @@ impl Node {
             .current_dir(interop_dir())
             .env("DISCORDJS_PARAMS", params.to_string())
             .env("NODE_EXTRA_CA_CERTS", cert)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn node");
+        let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut err = child.stderr.take().expect("stderr");
         let stderr = tokio::spawn(async move {
@@ -117,9 +120,22 @@ impl Node {
         });
         Node {
             child,
+            stdin,
             stdout,
             stderr,
         }
+    }
+
+    /// Sends a command of the "session" scenario and waits for the event
+    /// that answers it.
+    async fn ask(&mut self, command: Value, answer: &str, wait: Duration) -> Result<Value, String> {
+        use tokio::io::AsyncWriteExt;
+        let line = format!("{command}\n");
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("writing to node: {e}"))?;
+        self.event(answer, wait).await
     }
 
     /// Kills the child and returns what it printed on stderr.
@@ -716,4 +732,267 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
         media.len()
     );
     assert_eq!(server.metric("voice_dave_calls"), 1.0);
+}
+
+/// The third @discordjs/voice member.
+const DJS_USER_C: &str = "80351110224678915";
+
+/// A discord.js member of the "session" scenario, by name.
+struct Member {
+    name: &'static str,
+    user: &'static str,
+    node: Node,
+}
+
+impl Member {
+    async fn join(
+        server: &ServerProcess,
+        cert: &Path,
+        token: &str,
+        (name, user, session): (&'static str, &'static str, &str),
+        others: &[&str],
+    ) -> Member {
+        let endpoint = server
+            .gateway_url
+            .strip_prefix("wss://")
+            .unwrap()
+            .trim_end_matches('/');
+        let params = json!({
+            "endpoint": endpoint,
+            "guild_id": GUILD,
+            "channel_id": CHANNEL,
+            "user_id": user,
+            "session_id": session,
+            "token": token,
+            "peer_user_ids": others,
+            "announce": true,
+            "scenario": "session",
+            "timeout_ms": 80_000,
+        });
+        let mut node = Node::spawn(cert, &params);
+        if let Err(e) = node.event("ready", Duration::from_secs(20)).await {
+            node_failed(node, format!("discord.js {name} never got ready: {e}")).await;
+        }
+        Member { name, user, node }
+    }
+
+    /// Waits until its DAVE session runs `version` at an epoch of at least
+    /// `min_epoch`; returns the epoch.
+    async fn dave(&mut self, version: u16, min_epoch: u64) -> u64 {
+        let started = Instant::now();
+        loop {
+            let command = json!({"cmd": "dave", "version": version, "timeout_ms": 15_000});
+            let state = self
+                .node
+                .ask(command, "dave", Duration::from_secs(20))
+                .await;
+            let state = state.unwrap_or_else(|e| panic!("{}: {e}", self.name));
+            let epoch: u64 = state["epoch"]
+                .as_str()
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            if version == 0 || epoch >= min_epoch {
+                return epoch;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{}: {state}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn play(&mut self, frames: &[Vec<u8>]) {
+        let command = json!({"cmd": "play", "frames": hex_frames(frames)});
+        let played = self
+            .node
+            .ask(command, "played", Duration::from_secs(20))
+            .await;
+        played.unwrap_or_else(|e| panic!("{} plays: {e}", self.name));
+    }
+
+    /// What it received from `from` since the last collect (waiting for
+    /// `count` frames at most 5 s).
+    async fn collect(&mut self, from: &str, count: usize) -> Vec<String> {
+        let command =
+            json!({"cmd": "collect", "user_id": from, "count": count, "timeout_ms": 5000});
+        let got = self
+            .node
+            .ask(command, "collected", Duration::from_secs(10))
+            .await;
+        let got = got.unwrap_or_else(|e| panic!("{} collects: {e}", self.name));
+        // Without the silence frames that end each burst: they trail in at
+        // their own pace.
+        let silence = hex::encode(SILENCE_FRAME);
+        got["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .map(|f| f.as_str().expect("hex").to_owned())
+            .filter(|f| *f != silence)
+            .collect()
+    }
+
+    async fn leave(mut self) {
+        let _ = self
+            .node
+            .ask(json!({"cmd": "leave"}), "never", Duration::from_millis(300))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.node.child.wait()).await;
+    }
+}
+
+/// `talker` plays a burst tagged `tag`; every listener receives exactly its
+/// frames (decrypted by its own library when DAVE is on), then the silence
+/// frames discord.js ends a resource with.
+async fn burst(talker: &mut Member, listeners: &mut [&mut Member], tag: u8) {
+    let frames: Vec<Vec<u8>> = (0..10).map(|n| opus_frame(tag, n)).collect();
+    talker.play(&frames).await;
+    for listener in listeners.iter_mut() {
+        let got = listener.collect(talker.user, frames.len()).await;
+        let (who, from) = (listener.name, talker.name);
+        assert_eq!(got, hex_frames(&frames), "{who} from {from}");
+    }
+}
+
+/// DAVE's transitions with real clients: two @discordjs/voice members found
+/// the group; a third joins (a new epoch: an Add committed by a member, a
+/// welcome for the joiner) and leaves (a removal, another epoch); a member
+/// without DAVE (this project's client) joins, which downgrades the call to
+/// protocol version 0 (op 21/22), and leaves, which upgrades it again (op 24,
+/// a new group). Audio flows, byte for byte, after every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discordjs_voice_dave_epochs_and_transitions() {
+    let (server, cert) = start(&["--dave", "on"]);
+    tokio::time::timeout(Duration::from_secs(150), dave_transitions(&server, &cert))
+        .await
+        .expect("done in time");
+    let status = server.stop();
+    assert!(status.success(), "control exited with {status}");
+}
+
+async fn dave_transitions(server: &ServerProcess, cert: &Path) {
+    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP identify");
+    let _heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
+    let token = lvsp
+        .channel_req(CHANNEL, Some(GUILD))
+        .await
+        .expect("CHANNEL_ASSIGN")
+        .token;
+    let mut sessions = std::collections::HashMap::new();
+    for user in [DJS_USER, DJS_USER_B, DJS_USER_C, RUST_USER] {
+        let done = lvsp.voice_state_create(user, CHANNEL, Some(GUILD)).await;
+        sessions.insert(user, done.expect("VOICE_STATE_DONE").session_id);
+    }
+    let everyone = [DJS_USER, DJS_USER_B, DJS_USER_C, RUST_USER];
+    let others =
+        |me: &str| -> Vec<&str> { everyone.iter().copied().filter(|u| *u != me).collect() };
+    let mut a = Member::join(
+        server,
+        cert,
+        &token,
+        ("A", DJS_USER, &sessions[DJS_USER]),
+        &others(DJS_USER),
+    )
+    .await;
+    let mut b = Member::join(
+        server,
+        cert,
+        &token,
+        ("B", DJS_USER_B, &sessions[DJS_USER_B]),
+        &others(DJS_USER_B),
+    )
+    .await;
+    let founded = a.dave(1, 1).await;
+    b.dave(1, founded).await;
+    burst(&mut a, &mut [&mut b], 0x10).await;
+    burst(&mut b, &mut [&mut a], 0x11).await;
+    eprintln!("DAVE: A and B founded the group, epoch {founded}");
+
+    // C joins: a new epoch with three members.
+    let mut c = Member::join(
+        server,
+        cert,
+        &token,
+        ("C", DJS_USER_C, &sessions[DJS_USER_C]),
+        &others(DJS_USER_C),
+    )
+    .await;
+    let joined = c.dave(1, founded + 1).await;
+    a.dave(1, joined).await;
+    b.dave(1, joined).await;
+    burst(&mut c, &mut [&mut a, &mut b], 0x20).await;
+    burst(&mut a, &mut [&mut b, &mut c], 0x21).await;
+    eprintln!("DAVE: C joined, epoch {joined}");
+
+    // C leaves: removed, another epoch.
+    c.leave().await;
+    let removed = a.dave(1, joined + 1).await;
+    b.dave(1, removed).await;
+    burst(&mut b, &mut [&mut a], 0x30).await;
+    eprintln!("DAVE: C left, epoch {removed}");
+
+    // A member without DAVE: the call goes down to version 0 and on.
+    let ids = [
+        GUILD,
+        RUST_USER,
+        sessions[RUST_USER].as_str(),
+        token.as_str(),
+    ];
+    let mut plain = VoiceClient::join(
+        &server.gateway_url,
+        8,
+        ids[0],
+        ids[1],
+        ids[2],
+        ids[3],
+        Mode::Aes256GcmRtpSize,
+    )
+    .await
+    .expect("a member without DAVE joins");
+    assert_eq!(plain.session.dave_protocol_version, 0);
+    plain.gateway.speaking(1).await.expect("speaking");
+    a.dave(0, 0).await;
+    b.dave(0, 0).await;
+    burst(&mut a, &mut [&mut b], 0x40).await;
+    let frames: Vec<Vec<u8>> = (0..10).map(|n| opus_frame(0x41, n)).collect();
+    for f in &frames {
+        plain.udp.send_opus(f).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for m in [&mut a, &mut b] {
+        let got = m.collect(RUST_USER, frames.len()).await;
+        assert_eq!(
+            got,
+            hex_frames(&frames),
+            "{} from the member without DAVE",
+            m.name
+        );
+    }
+    // What the member without DAVE receives from A is A's Opus itself.
+    let heard = (0..10).map(|n| opus_frame(0x42, n)).collect::<Vec<_>>();
+    a.play(&heard).await;
+    let mut got = Vec::new();
+    while let Ok(p) = plain.udp.recv_timeout(Duration::from_secs(2)).await {
+        if p.payload.as_slice() != SILENCE_FRAME {
+            got.push(p.payload);
+        }
+    }
+    let from_a: Vec<Vec<u8>> = got.into_iter().filter(|p| heard.contains(p)).collect();
+    assert_eq!(from_a, heard, "a call at version 0 carries plain Opus");
+    assert_eq!(b.collect(DJS_USER, heard.len()).await, hex_frames(&heard));
+    eprintln!("DAVE: a member without DAVE joined: version 0");
+
+    // It leaves: back to DAVE, a new group.
+    plain.gateway.close(1000).await.expect("close");
+    let upgraded = a.dave(1, 1).await;
+    b.dave(1, 1).await;
+    burst(&mut a, &mut [&mut b], 0x50).await;
+    burst(&mut b, &mut [&mut a], 0x51).await;
+    eprintln!("DAVE: the member without DAVE left: version 1 again, epoch {upgraded}");
+    a.leave().await;
+    b.leave().await;
 }

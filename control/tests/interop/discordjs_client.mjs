@@ -23,6 +23,17 @@
 //                  (the MLS group formed, the transition executed) before
 //                  saying "ready", so every frame sent is end-to-end
 //                  encrypted and every frame received is decrypted by it
+//   scenario       "session": after "ready", obey JSON commands on stdin,
+//                  one per line, each answered on stdout: {"cmd":"play",
+//                  "frames":[hex]} → {"event":"played"} once sent;
+//                  {"cmd":"collect","user_id","count","timeout_ms"} → the
+//                  frames received from that member since the last collect
+//                  ({"event":"collected","frames":[hex]}, after `count` or
+//                  the timeout); {"cmd":"dave","version","timeout_ms"} →
+//                  waits until the DAVE session runs `version` (1: ready,
+//                  no transition pending) → {"event":"dave",...};
+//                  {"cmd":"leave"} → connection.destroy() and exit 0.
+//                  Receives from every member in peer_user_ids (a list).
 //   scenario       "call" (default): send the frames, receive the peer's,
 //                  then connection.destroy(); "udp_loss": once Ready, the
 //                  UDP socket closes as when it fails, and discord.js must
@@ -54,7 +65,9 @@ if (!params || typeof params !== 'object') {
 	console.error('discordjs_client: pass the parameters as JSON in argv[2] or DISCORDJS_PARAMS');
 	process.exit(2);
 }
-for (const key of ['endpoint', 'guild_id', 'channel_id', 'user_id', 'session_id', 'token', 'peer_user_id']) {
+const required = ['endpoint', 'guild_id', 'channel_id', 'user_id', 'session_id', 'token'];
+if (params.scenario !== 'session') required.push('peer_user_id');
+for (const key of required) {
 	if (typeof params[key] !== 'string') {
 		console.error(`discordjs_client: parameter ${key} must be a string`);
 		process.exit(2);
@@ -174,6 +187,10 @@ async function main() {
 	// Two discord.js members each wait for the other's Speaking before
 	// they play: say it first (the player says it again when it plays).
 	if (params.announce) connection.setSpeaking(true);
+	if (scenario === 'session') {
+		await session();
+		return;
+	}
 
 	// Receive: VoiceReceiver maps SSRC → user only from Speaking op 5.
 	const received = [];
@@ -267,6 +284,80 @@ async function main() {
 	// Give the websocket close frame a moment, then leave even if a timer
 	// (heartbeat, UDP keepalive) is still pending.
 	setTimeout(() => process.exit(0), 200).unref();
+}
+
+/// The DAVE state as the library sees it.
+function daveState() {
+	const dave = networkingState()?.dave;
+	return {
+		version: dave?.protocolVersion ?? null,
+		ready: dave?.session?.ready ?? false,
+		epoch: dave?.session?.epoch?.toString() ?? null,
+		pending: dave?.pendingTransitions?.size ?? 0,
+	};
+}
+
+// Plays `frames` (Opus, as they are) and resolves once the player is idle.
+function play(frames) {
+	const player = createAudioPlayer({ behaviors: { noSubscriber: NoSubscriberBehavior.Pause } });
+	player.on('error', (error) => fail(`audio player error: ${error?.message ?? error}`));
+	const source = new Readable({ objectMode: true, read() {} });
+	for (const frame of frames) source.push(frame);
+	source.push(null);
+	const resource = createAudioResource(source, { inputType: StreamType.Opus });
+	const played = new Promise((resolve) => {
+		player.on('stateChange', (old, next) => {
+			if (old.status !== AudioPlayerStatus.Idle && next.status === AudioPlayerStatus.Idle) resolve();
+		});
+	});
+	connection.subscribe(player);
+	player.play(resource);
+	return played;
+}
+
+// The "session" scenario: commands on stdin (see the top of this file).
+async function session() {
+	const received = new Map();
+	for (const user of params.peer_user_ids ?? []) {
+		received.set(user, []);
+		const stream = connection.receiver.subscribe(user, { end: { behavior: EndBehaviorType.Manual } });
+		stream.on('data', (packet) => received.get(user).push(Buffer.from(packet).toString('hex')));
+	}
+	emit({ event: 'ready', ssrc: networkingState()?.connectionData?.ssrc, ...daveState() });
+	const { createInterface } = await import('node:readline');
+	const lines = createInterface({ input: process.stdin });
+	for await (const line of lines) {
+		const command = JSON.parse(line);
+		if (command.cmd === 'play') {
+			await play(command.frames.map((hex) => Buffer.from(hex, 'hex')));
+			emit({ event: 'played' });
+		} else if (command.cmd === 'collect') {
+			const frames = received.get(command.user_id) ?? [];
+			try {
+				await waitFor(`${command.count} frames from ${command.user_id}`, () => frames.length >= command.count, command.timeout_ms ?? 5000);
+			} catch {}
+			emit({ event: 'collected', frames: frames.splice(0) });
+		} else if (command.cmd === 'dave') {
+			try {
+				await waitFor(
+					`DAVE version ${command.version}`,
+					() => {
+						const state = daveState();
+						return state.version === command.version && state.pending === 0 && (command.version === 0 || state.ready);
+					},
+					command.timeout_ms ?? 10_000,
+				);
+			} catch (error) {
+				fail(`${error.message}: ${JSON.stringify(daveState())}`);
+			}
+			emit({ event: 'dave', ...daveState() });
+		} else if (command.cmd === 'leave') {
+			clearTimeout(deadline);
+			connection.destroy();
+			setTimeout(() => process.exit(0), 200).unref();
+			return;
+		}
+	}
 }
 
 // The UDP socket closes (what VoiceUDPSocket reports when it fails):
