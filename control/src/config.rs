@@ -173,9 +173,9 @@ pub struct Config {
     /// 0700 (created so if missing). None (the default): nothing is saved,
     /// the data plane stops with control, and a restart starts empty.
     pub state_dir: Option<PathBuf>,
-    /// DAVE end-to-end encryption: off (default), on (calls are end-to-end
-    /// encrypted while every member supports it), or required (clients
-    /// without it are closed with 4017).
+    /// DAVE end-to-end encryption: on (default: calls are end-to-end
+    /// encrypted while every member supports it), off, or required
+    /// (clients without it are closed with 4017).
     pub dave: crate::dave::DaveMode,
     /// With a state directory: how long the data plane forwards on after
     /// control went away, waiting for a new control to take it over, before
@@ -250,7 +250,7 @@ impl Config {
             drain_deadline: Duration::from_secs(600),
             drain_restart: false,
             state_dir: None,
-            dave: crate::dave::DaveMode::Off,
+            dave: crate::dave::DaveMode::On,
             reattach_window: Duration::from_secs(60),
         }
     }

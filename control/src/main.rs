@@ -192,9 +192,9 @@ struct Args {
     /// data plane stops with control.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// DAVE end-to-end encryption: off, on (while every member of a call
-    /// supports it) or required (4017 for clients without it).
-    #[arg(long, default_value = "off")]
+    /// DAVE end-to-end encryption: on (while every member of a call
+    /// supports it), off, or required (4017 for clients without it).
+    #[arg(long, default_value = "on")]
     dave: control::dave::DaveMode,
     /// With --state-dir: seconds the data plane forwards on after control
     /// went away, waiting for a new control to take it over.

@@ -466,3 +466,36 @@ async fn connection_limit_and_identify_timeout() {
     // LVSP has its own budget.
     assert_eq!(server.metric("voice_connections{protocol=\"lvsp\"}"), 0.0);
 }
+
+/// `--dave required`: a client that does not support DAVE is closed with
+/// 4017 at Identify; one that does is served, and told so in Session
+/// Description.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dave_required_refuses_clients_without_it() {
+    let server = ServerProcess::start(1, &["--dave", "required"]);
+    let mut lvsp = identified(&server).await;
+    let assign = lvsp.channel_req("1500", Some(GUILD)).await.unwrap();
+    let mut session = Vec::new();
+    for user in ["8101", "8102"] {
+        let done = lvsp.voice_state_create(user, "1500", Some(GUILD)).await;
+        session.push(done.unwrap().session_id);
+    }
+    let plain_session = &session[0];
+    let mut plain = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    let refused = plain
+        .identify(GUILD, "8101", plain_session, &assign.token)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(close_code(&mut plain).await, Some(4017));
+    let ids = [GUILD, "8102", session[1].as_str(), assign.token.as_str()];
+    let member = VoiceClient::join_dave(&server.gateway_url, 8, ids, Mode::Aes256GcmRtpSize, 1)
+        .await
+        .expect("a DAVE client is served");
+    assert_eq!(member.session.dave_protocol_version, 1);
+    assert_eq!(
+        server.metric_sum("voice_closes_total", "code=\"4017\""),
+        1.0
+    );
+}

@@ -35,10 +35,10 @@ pub const TRANSITION_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DaveMode {
     /// Never: Session Description says version 0, DAVE ops are ignored.
-    #[default]
     Off,
     /// When every member of the call supports it (a member without it
-    /// downgrades the call to 0 while it is there).
+    /// downgrades the call to 0 while it is there). The server's default.
+    #[default]
     On,
     /// Always: a client without DAVE is closed with 4017.
     Required,

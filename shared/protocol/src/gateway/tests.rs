@@ -102,10 +102,27 @@ fn envelope_errors_and_opcode_refusals() {
         assert!(!e.reason().contains("webrtc") && !e.reason().contains("loud"));
     }
     // Ops the server accepts without reading them: video, client flags,
-    // DAVE.
-    for op in [10, 12, 14, 18, 20, 21, 23, 26, 31] {
+    // DAVE ops only the server sends (and 26, binary only).
+    for op in [10, 12, 14, 18, 20, 21, 26] {
         let m = decode(&format!(r#"{{"op":{op},"d":[1,2,3]}}"#), 8).unwrap();
         assert_eq!(m, ClientMessage::Ignored(Opcode::from_code(op).unwrap()));
+    }
+    // DAVE's client JSON ops are read.
+    let ready = decode(r#"{"op":23,"d":{"transition_id":7}}"#, 8).unwrap();
+    let t = DaveTransition { transition_id: 7 };
+    assert_eq!(ready, ClientMessage::DaveTransitionReady(t));
+    let invalid = decode(r#"{"op":31,"d":{"transition_id":7}}"#, 8).unwrap();
+    assert_eq!(invalid, ClientMessage::DaveInvalidCommitWelcome(t));
+    assert_eq!(invalid.encode(), r#"{"op":31,"d":{"transition_id":7}}"#);
+    for bad in [
+        r#"{"op":23,"d":[1]}"#,
+        r#"{"op":31,"d":{"transition_id":70000}}"#,
+    ] {
+        assert_eq!(
+            decode(bad, 8).unwrap_err().close_code(),
+            CloseCode::DecodeError,
+            "{bad}"
+        );
     }
 }
 
