@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use control::dave::mls::parse_commit_welcome;
-use control::dave::DaveMode;
+use control::dave::{DaveMode, TRANSITION_TIMEOUT};
 use protocol::gateway::frame::Frame;
 use protocol::gateway::{ClientMessage, DaveTransition, Opcode, ServerMessage};
 use protocol::Snowflake;
@@ -55,6 +55,8 @@ struct Member {
     commits: Vec<Vec<u8>>,
     /// Keep op 28 payloads instead of sending them.
     hold: bool,
+    /// Never send op 23.
+    silent: bool,
     /// What its DAVE member refused.
     failures: Vec<String>,
 }
@@ -89,6 +91,9 @@ impl Member {
 
     fn ready(&mut self, w: &mut World, transition_id: u16) {
         self.readied.push(transition_id);
+        if self.silent {
+            return;
+        }
         let ready = ClientMessage::DaveTransitionReady(DaveTransition { transition_id });
         w.client(self.link).send(ready);
         w.run();
@@ -233,6 +238,7 @@ impl Call {
             readied: Vec::new(),
             commits: Vec::new(),
             hold: false,
+            silent: false,
             failures: Vec::new(),
         });
         self.settle();
@@ -580,4 +586,53 @@ fn hostile_dave_input_is_refused_and_counted() {
     call.settle();
     assert_eq!(call.refused(), refused);
     call.assert_group(&[a, b, c], 2);
+}
+
+#[test]
+fn a_member_that_could_not_process_is_removed_and_added_again() {
+    let mut call = founded(45, &[A, B, C], DaveMode::On);
+    let (a, b) = (0, 1);
+    let c = call.join(2, C, 1);
+    call.assert_group(&[a, b, c], 2);
+    call.clear();
+
+    // C says it could not process the last commit (op 31) and starts
+    // over with a new key package, as a client does.
+    let link = call.members[c].link;
+    let invalid = ClientMessage::DaveInvalidCommitWelcome(DaveTransition { transition_id: 1 });
+    call.w.client(link).send(invalid);
+    call.w.run();
+    call.members[c].dave.reset().unwrap();
+    call.members[c].send_key_package(&mut call.w);
+    call.settle();
+    for i in [a, b] {
+        let proposals = call.binaries(i, 27);
+        assert!(!proposals.is_empty(), "a Remove and an Add for C");
+    }
+    assert!(!call.binaries(c, 30).is_empty(), "C is welcomed again");
+    let epoch = call.members[a].dave.epoch().unwrap();
+    assert!(epoch >= 3, "{epoch}");
+    call.assert_group(&[a, b, c], epoch);
+}
+
+#[test]
+fn a_transition_is_executed_after_its_timeout() {
+    let mut call = founded(46, &[A, B, C], DaveMode::On);
+    let (a, b) = (0, 1);
+    call.members[b].silent = true;
+    let p = call.join(2, C, 0);
+    assert_eq!(call.members[a].readied.len(), 1, "A said ready");
+    for i in [a, b, p] {
+        assert!(call.executed(i).is_empty(), "B owes op 23");
+    }
+    call.w
+        .advance(TRANSITION_TIMEOUT - Duration::from_millis(1));
+    call.settle();
+    assert!(call.executed(a).is_empty(), "not before the timeout");
+    call.w.advance(Duration::from_millis(1));
+    call.settle();
+    let t = call.members[a].readied[0];
+    for i in [a, b, p] {
+        assert_eq!(call.executed(i), vec![t], "op 22 at the timeout");
+    }
 }
