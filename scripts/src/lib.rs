@@ -14,6 +14,9 @@
 //!   Ready, Select Protocol → Session Description, Speaking, Heartbeat
 //!   (both shapes), Resume, events and close codes; its protocol state is
 //!   the sans-IO [`GatewaySession`].
+//! - [`dave`]: [`DaveClient`] — a DAVE member's MLS side (ops 25-30:
+//!   key package, proposals → commit and welcome, commits, welcomes),
+//!   sans-IO, on openmls as @snazzah/davey is.
 //! - [`udp`]: [`VoiceUdp`] — IP discovery, keepalives, sending and
 //!   receiving encrypted Opus.
 //! - [`rtp`]: RTP header build / parse (CSRCs, extensions, padding).
@@ -67,6 +70,7 @@
 
 pub mod blaster;
 pub mod crypto;
+pub mod dave;
 pub mod error;
 pub mod flood;
 pub mod gateway;
@@ -81,6 +85,7 @@ pub mod ws;
 mod testutil;
 
 pub use crypto::{Cipher, Mode};
+pub use dave::DaveClient;
 pub use error::{ClientError, SessionError};
 pub use gateway::{GatewayClient, GatewayEvent, GatewaySession};
 pub use lvsp::{LvspClient, LvspEvent, LvspSession};

@@ -209,13 +209,20 @@ impl Call {
     /// The call of channel `group_id` (its MLS group id), with `sender` as
     /// the group's external sender.
     pub fn new(group_id: u64, sender: Arc<ExternalSender>, mode: DaveMode) -> Call {
+        // An empty call runs what its mode wants: its first DAVE member
+        // gets the external sender, not an upgrade (op 24) from a version
+        // 0 nobody was in.
+        let version = match mode {
+            DaveMode::Off => 0,
+            DaveMode::On | DaveMode::Required => PROTOCOL_VERSION,
+        };
         Call {
             group_id,
             sender,
             mode,
             members: BTreeMap::new(),
             plain: BTreeSet::new(),
-            version: 0,
+            version,
             established: false,
             epoch: 0,
             roster: Vec::new(),
@@ -460,7 +467,21 @@ impl Call {
                 None => {}
             }
         }
+        // The welcome must be for exactly the key packages it adds.
+        let welcomed: BTreeSet<&[u8]> = commit
+            .welcome_key_packages
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        let adding: BTreeSet<&[u8]> = added
+            .iter()
+            .filter_map(|sid| self.members.get(sid)?.key_package.as_ref())
+            .map(ValidKeyPackage::reference)
+            .collect();
         if commit.inline_proposals
+            || committed.is_empty()
+            || welcomed != adding
+            || adding.len() != added.len()
             || sent != committed
             || commit.proposal_refs.len() != committed.len()
             || !sender_ok
@@ -599,7 +620,10 @@ impl Call {
             .cloned()
             .collect();
         self.version = version;
-        if version == 0 {
+        if version == 0 && self.members.is_empty() {
+            // Nobody to take out of a group.
+            self.reset_group();
+        } else if version == 0 {
             let id = self.next_transition();
             for sid in &everyone {
                 let notice = DaveNotice::PrepareTransition {

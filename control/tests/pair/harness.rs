@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::connection::{Context, Protocol};
+use control::dave::mls::ExternalSender;
+use control::dave::DaveMode;
 use control::gateway;
 use control::limit::RateLimit;
 use control::lvsp::{self, AuthBackoff, AuthGuard, Dialect, Replay};
@@ -177,6 +179,15 @@ impl World {
             commands: Vec::new(),
             transcript: Vec::new(),
         }
+    }
+
+    /// A world whose registry runs DAVE in `mode`, with a fresh external
+    /// sender.
+    pub(crate) fn with_dave(seed: u64, mode: DaveMode) -> World {
+        let mut w = World::new(seed);
+        let sender = ExternalSender::generate().expect("an external sender key");
+        w.cx.registry.set_dave(mode, Some(Arc::new(sender)));
+        w
     }
 
     /// Moves frames and pushes until nothing is left to move.
@@ -355,6 +366,39 @@ impl World {
         self.run();
     }
 
+    /// Identify with `max_dave_protocol_version` = `max_dave`.
+    pub(crate) fn identify_dave(
+        &mut self,
+        i: usize,
+        user_id: Snowflake,
+        session_id: &str,
+        token: &str,
+        max_dave: u16,
+    ) {
+        self.client(i).identify(Identify {
+            server_id: GUILD,
+            user_id,
+            session_id: session_id.into(),
+            token: token.into(),
+            max_dave_protocol_version: Some(max_dave),
+        });
+        self.run();
+    }
+
+    /// A client binary frame (`u8 op ‖ payload`) to the server, as `drive`
+    /// feeds it; then everything moves.
+    pub(crate) fn send_binary(&mut self, i: usize, bytes: &[u8]) {
+        let (now, link) = (self.now, &mut self.gateways[i].1);
+        if link.open {
+            self.transcript
+                .push(format!("> binary {}", hex::encode(bytes)));
+            if let Some(incoming) = link.server.handle_binary(now, bytes) {
+                link.server.handle_incoming(now, incoming, &mut self.cx);
+            }
+        }
+        self.run();
+    }
+
     /// Text straight to the server, as a client library never would.
     pub(crate) fn send_raw(&mut self, i: usize, text: &str) {
         let (now, link) = (self.now, &mut self.gateways[i].1);
@@ -435,6 +479,18 @@ impl World {
 /// channel's token and the session ids.
 pub(crate) fn call(seed: u64, users: &[u64]) -> (World, String, Vec<String>) {
     let mut w = World::new(seed);
+    let lv = w.litecord();
+    let token = w.channel(lv, CHANNEL);
+    let sessions = users
+        .iter()
+        .map(|u| w.voice_state(lv, Snowflake(*u)))
+        .collect();
+    (w, token, sessions)
+}
+
+/// Litecord, channel 100 and voice states for `users`, DAVE in `mode`.
+pub(crate) fn dave_call(seed: u64, users: &[u64], mode: DaveMode) -> (World, String, Vec<String>) {
+    let mut w = World::with_dave(seed, mode);
     let lv = w.litecord();
     let token = w.channel(lv, CHANNEL);
     let sessions = users

@@ -8,6 +8,7 @@
 //! The real-socket tests (gateway.rs, lvsp.rs, e2e.rs) stay as the proof
 //! that the binaries, websockets and data plane carry the same flows.
 
+mod dave;
 mod gateway;
 mod harness;
 mod lvsp;
