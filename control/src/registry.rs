@@ -1620,6 +1620,9 @@ struct SavedState {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SavedSession {
     ssrc: u32,
+    /// Identify's `max_dave_protocol_version`.
+    #[serde(default)]
+    dave: u16,
     speaking: u32,
     stream: Stream,
     left: bool,
@@ -1693,6 +1696,7 @@ impl Registry {
                     .zip(st.ssrc)
                     .map(|(stream, ssrc)| SavedSession {
                         ssrc,
+                        dave: st.dave,
                         speaking: st.speaking,
                         stream: stream.clone(),
                         left: st.left,
@@ -1784,6 +1788,7 @@ impl Registry {
             match session {
                 Some(s) => {
                     state.ssrc = Some(s.ssrc);
+                    state.dave = s.dave;
                     state.speaking = s.speaking;
                     state.stream = Some(s.stream);
                     state.parked_since = Some(now);
@@ -1837,6 +1842,24 @@ impl Registry {
                 .into_iter()
                 .filter(|s| *s < self.next_slot && !slots_in_use.contains(s))
                 .collect();
+        }
+        // DAVE calls start over: the members found new groups as they
+        // resume (the old groups' state and external sender are gone).
+        if let (true, Some(sender)) = (sessions, self.dave.1.clone()) {
+            let mut keyed: BTreeMap<Snowflake, Vec<(String, u64, u16)>> = BTreeMap::new();
+            for (sid, st) in &self.states {
+                if st.in_call() && st.media.is_some() {
+                    let member = (sid.clone(), st.user_id.0, st.dave);
+                    keyed.entry(st.channel_id).or_default().push(member);
+                }
+            }
+            for (channel_id, mut members) in keyed {
+                members.sort();
+                let mut call = dave::Call::new(channel_id.0, sender.clone(), self.dave.0);
+                call.restored(&members);
+                self.calls.insert(channel_id, call);
+                self.dave_deliver(channel_id);
+            }
         }
         // The queues are read front first, in deadline order.
         self.idle_states.make_contiguous().sort();
@@ -2581,6 +2604,65 @@ mod tests {
         // The voice states wait for a fresh Identify.
         let again = identify(&mut fresh, 30, 8, "1", "7", &a, &ch.token).unwrap();
         assert_ne!(again.ssrc, 0);
+    }
+
+    /// After a restart a DAVE call starts over: each restored DAVE member
+    /// finds op 24 (epoch 1) and the new server's external sender after
+    /// what it had heard, re-delivered on its Resume.
+    #[test]
+    fn restored_dave_members_are_told_to_start_a_new_group() {
+        let t0 = Instant::now();
+        let sender = || Some(Arc::new(dave::mls::ExternalSender::generate().unwrap()));
+        let mut r = Registry::new(1, StdRng::seed_from_u64(8));
+        r.set_dave(DaveMode::On, sender());
+        let ch = r.channel_req(sf(100), Some(sf(1)), t0);
+        let mut sessions = Vec::new();
+        for user in [7, 8] {
+            let sid = r.voice_state_create(sf(user), sf(100), t0).unwrap();
+            let id = Identify {
+                server_id: sf(1),
+                user_id: sf(user),
+                session_id: sid.clone(),
+                token: ch.token.clone(),
+                max_dave_protocol_version: Some(1),
+            };
+            r.identify(user, true, &id, t0, LIMIT).unwrap();
+            r.select_protocol(&sid, Mode::Aes256GcmRtpSize, None, t0)
+                .unwrap();
+            sessions.push(sid);
+        }
+        effects(&mut r);
+        let saved = r.save(t0);
+        let mut back = Registry::new(1, StdRng::seed_from_u64(9));
+        back.set_dave(DaveMode::On, sender());
+        back.restore(saved, t0, Duration::ZERO, true);
+        assert_eq!(back.dave_calls(), 1);
+        for sid in &sessions {
+            let resume = Resume {
+                server_id: sf(1),
+                session_id: sid.clone(),
+                token: ch.token.clone(),
+                seq_ack: None,
+            };
+            let all = back
+                .resume(30, true, &resume, Some(0), t0, LIMIT)
+                .unwrap()
+                .missed;
+            let tail: Vec<&Notice> = all.iter().rev().take(2).map(|n| &n.notice).collect();
+            assert!(
+                matches!(
+                    tail[..],
+                    [
+                        Notice::Dave(DaveNotice::ExternalSender(_)),
+                        Notice::Dave(DaveNotice::PrepareEpoch {
+                            epoch: 1,
+                            protocol_version: 1
+                        })
+                    ]
+                ),
+                "{tail:?}"
+            );
+        }
     }
 
     fn notices_numbered(effects: &[Effect], conn: ConnId) -> Vec<u64> {

@@ -274,6 +274,27 @@ impl Call {
         self.version
     }
 
+    /// The call rebuilt after a control restart, with the members that
+    /// came back (session, user, Identify's `max_dave_protocol_version`):
+    /// the group they had is not known here, nor is the external sender
+    /// they were given, so the DAVE members found a new one (op 24 epoch 1
+    /// and this server's external sender, as after an upgrade) once they
+    /// resume.
+    pub fn restored(&mut self, members: &[(String, u64, u16)]) {
+        for (session, user, max_version) in members {
+            if *max_version >= PROTOCOL_VERSION {
+                self.members.insert(session.clone(), Member::new(*user));
+            } else {
+                self.plain.insert(session.clone());
+            }
+        }
+        self.version = self.wanted_version();
+        if self.version == PROTOCOL_VERSION {
+            let all: Vec<String> = self.members.keys().cloned().collect();
+            self.restart_members(&all);
+        }
+    }
+
     /// The member left the call: out of the group (a removal for the
     /// others to commit), its proposals revoked; the last member without
     /// DAVE leaving upgrades the call.

@@ -636,3 +636,52 @@ fn a_transition_is_executed_after_its_timeout() {
         assert_eq!(call.executed(i), vec![t], "op 22 at the timeout");
     }
 }
+
+/// A member whose socket drops while the group changes resumes (v8) and
+/// gets the binary ops it missed (the Add proposal, the winning commit)
+/// re-delivered in the one `seq` the JSON messages use; it catches up with
+/// the group.
+#[test]
+fn a_resume_redelivers_the_binary_ops_it_missed() {
+    let mut call = founded(45, &[A, B, C], DaveMode::On);
+    let (a, b) = (0, 1);
+    let old = call.members[b].link;
+    let seq_before = call.w.client(old).seq_ack();
+    call.w.drop_socket(old);
+    call.settle();
+    // C joins while B is away: its Add goes to A and (kept for it) B; A's
+    // commit is announced to both.
+    let c = call.join(2, C, 1);
+    assert_eq!(call.members[a].commits.len(), 2, "A committed C's Add");
+    let t = call.transition_of(a, 29).expect("op 29 to A");
+    assert_eq!(call.transition_of(c, 30), Some(t));
+    let away = call.members[b].dave_ops();
+    assert!(away.is_empty(), "B's socket is gone: {away:?}");
+    call.members[b].clear();
+
+    let back = call.w.reconnect(old);
+    let session = call.sessions[1].clone();
+    let token = call.token.clone();
+    call.w.client(back).resume(GUILD, &session, &token);
+    let now = call.w.now;
+    call.w.client(back).start_heartbeat(now, HEARTBEAT);
+    call.w.run();
+    call.members[b].link = back;
+    call.settle();
+    // Hello, Resumed, then what it missed: op 11 (C), op 27, op 29; its
+    // op 23 then executes the transition (op 22).
+    let ops = call.members[b].ops();
+    assert_eq!(ops, [8, 9, 11, 27, 29, 22], "{ops:?}");
+    // Re-delivered: op 27 and op 29, binary, numbered after B's seq_ack.
+    assert!(
+        call.binaries(b, 27).len() == 1,
+        "{:?}",
+        call.members[b].ops()
+    );
+    assert_eq!(call.transition_of(b, 29), Some(t));
+    assert!(call.w.client(back).seq_ack() > seq_before);
+    // B's own late commit of the same Add is refused (wrong epoch); it
+    // took A's and said ready: the transition executed for everyone.
+    call.assert_group(&[a, b, c], 2);
+    assert_eq!(call.executed(a), [t]);
+}
