@@ -582,6 +582,33 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
     );
 }
 
+/// Litecord's side of a test: its link (heartbeating), the channel's
+/// token, and a voice state per user (its session id).
+struct Litecord {
+    _link: (LvspClient, HeartbeatTask),
+    token: String,
+    sessions: std::collections::HashMap<&'static str, String>,
+}
+
+async fn litecord(server: &ServerProcess, users: &[&'static str]) -> Litecord {
+    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
+        .await
+        .expect("LVSP identify");
+    let heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
+    let assign = lvsp.channel_req(CHANNEL, Some(GUILD)).await;
+    let token = assign.expect("CHANNEL_ASSIGN").token;
+    let mut sessions = std::collections::HashMap::new();
+    for user in users {
+        let done = lvsp.voice_state_create(user, CHANNEL, Some(GUILD)).await;
+        sessions.insert(*user, done.expect("VOICE_STATE_DONE").session_id);
+    }
+    Litecord {
+        _link: (lvsp, heartbeat),
+        token,
+        sessions,
+    }
+}
+
 /// The second @discordjs/voice member.
 const DJS_USER_B: &str = "80351110224678914";
 
@@ -604,25 +631,14 @@ async fn discordjs_voice_calls_are_end_to_end_encrypted() {
 }
 
 async fn dave_call(server: &ServerProcess, cert: &Path) {
-    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
-        .await
-        .expect("LVSP identify");
-    let _heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
-    let assign = lvsp
-        .channel_req(CHANNEL, Some(GUILD))
-        .await
-        .expect("CHANNEL_ASSIGN");
-    let mut sessions = Vec::new();
-    for user in [RUST_USER, DJS_USER, DJS_USER_B] {
-        let done = lvsp.voice_state_create(user, CHANNEL, Some(GUILD)).await;
-        sessions.push(done.expect("VOICE_STATE_DONE").session_id);
-    }
+    let litecord = litecord(server, &[RUST_USER, DJS_USER, DJS_USER_B]).await;
+    let (assign_token, sessions) = (&litecord.token, &litecord.sessions);
     // The eavesdropper: DAVE-capable on paper, in the call first.
     let ids = [
         GUILD,
         RUST_USER,
-        sessions[0].as_str(),
-        assign.token.as_str(),
+        sessions[RUST_USER].as_str(),
+        assign_token.as_str(),
     ];
     let mut eavesdropper =
         VoiceClient::join_dave(&server.gateway_url, 8, ids, Mode::Aes256GcmRtpSize, 1)
@@ -647,7 +663,7 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
             "channel_id": CHANNEL,
             "user_id": user,
             "session_id": session,
-            "token": assign.token,
+            "token": assign_token,
             "frames": hex_frames(frames),
             "peer_user_id": peer,
             "announce": true,
@@ -656,8 +672,14 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
             "timeout_ms": 45_000,
         })
     };
-    let mut a = Node::spawn(cert, &params(DJS_USER, &sessions[1], DJS_USER_B, &frames_a));
-    let mut b = Node::spawn(cert, &params(DJS_USER_B, &sessions[2], DJS_USER, &frames_b));
+    let mut a = Node::spawn(
+        cert,
+        &params(DJS_USER, &sessions[DJS_USER], DJS_USER_B, &frames_a),
+    );
+    let mut b = Node::spawn(
+        cert,
+        &params(DJS_USER_B, &sessions[DJS_USER_B], DJS_USER, &frames_b),
+    );
     // What the eavesdropper receives meanwhile.
     let listening = tokio::spawn(async move {
         let mut got = Vec::new();
@@ -873,27 +895,15 @@ async fn discordjs_voice_dave_epochs_and_transitions() {
 }
 
 async fn dave_transitions(server: &ServerProcess, cert: &Path) {
-    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
-        .await
-        .expect("LVSP identify");
-    let _heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
-    let token = lvsp
-        .channel_req(CHANNEL, Some(GUILD))
-        .await
-        .expect("CHANNEL_ASSIGN")
-        .token;
-    let mut sessions = std::collections::HashMap::new();
-    for user in [DJS_USER, DJS_USER_B, DJS_USER_C, RUST_USER] {
-        let done = lvsp.voice_state_create(user, CHANNEL, Some(GUILD)).await;
-        sessions.insert(user, done.expect("VOICE_STATE_DONE").session_id);
-    }
+    let litecord = litecord(server, &[DJS_USER, DJS_USER_B, DJS_USER_C, RUST_USER]).await;
+    let (token, sessions) = (&litecord.token, &litecord.sessions);
     let everyone = [DJS_USER, DJS_USER_B, DJS_USER_C, RUST_USER];
     let others =
         |me: &str| -> Vec<&str> { everyone.iter().copied().filter(|u| *u != me).collect() };
     let mut a = Member::join(
         server,
         cert,
-        &token,
+        token,
         ("A", DJS_USER, &sessions[DJS_USER]),
         &others(DJS_USER),
     )
@@ -901,7 +911,7 @@ async fn dave_transitions(server: &ServerProcess, cert: &Path) {
     let mut b = Member::join(
         server,
         cert,
-        &token,
+        token,
         ("B", DJS_USER_B, &sessions[DJS_USER_B]),
         &others(DJS_USER_B),
     )
@@ -916,7 +926,7 @@ async fn dave_transitions(server: &ServerProcess, cert: &Path) {
     let mut c = Member::join(
         server,
         cert,
-        &token,
+        token,
         ("C", DJS_USER_C, &sessions[DJS_USER_C]),
         &others(DJS_USER_C),
     )

@@ -303,6 +303,25 @@ fn append_payload(messages: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Proposals, MlsErr
     Ok(Proposals { payload, refs })
 }
 
+/// op 27 append with one external proposal per item, each made by
+/// `propose(item, group id, epoch)`.
+fn proposals<T, E: std::fmt::Display>(
+    group_id: u64,
+    epoch: u64,
+    items: &[T],
+    propose: impl Fn(&T, GroupId, GroupEpoch) -> Result<MlsMessageOut, E>,
+) -> Result<Proposals, MlsError> {
+    let gid = GroupId::from_slice(&group_id_bytes(group_id));
+    let messages = items
+        .iter()
+        .map(|item| {
+            let msg = propose(item, gid.clone(), GroupEpoch::from(epoch)).map_err(internal)?;
+            finish_proposal(msg)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    append_payload(messages)
+}
+
 /// op 27 append with one external Add per key package, signed by `sender`
 /// (external sender index 0) for `group_id` (channel id) at `epoch`.
 pub fn add_proposals(
@@ -311,22 +330,11 @@ pub fn add_proposals(
     epoch: u64,
     packages: &[&ValidKeyPackage],
 ) -> Result<Proposals, MlsError> {
-    let gid = GroupId::from_slice(&group_id_bytes(group_id));
-    let messages = packages
-        .iter()
-        .map(|kp| {
-            let msg = ExternalProposal::new_add::<OpenMlsRustCrypto>(
-                kp.key_package.clone(),
-                gid.clone(),
-                GroupEpoch::from(epoch),
-                &sender.signer,
-                SenderExtensionIndex::new(0),
-            )
-            .map_err(internal)?;
-            finish_proposal(msg)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    append_payload(messages)
+    proposals(group_id, epoch, packages, |kp, gid, epoch| {
+        let index = SenderExtensionIndex::new(0);
+        let package = kp.key_package.clone();
+        ExternalProposal::new_add::<OpenMlsRustCrypto>(package, gid, epoch, &sender.signer, index)
+    })
 }
 
 /// op 27 append with one external Remove per leaf index.
@@ -336,22 +344,11 @@ pub fn remove_proposals(
     epoch: u64,
     leaves: &[u32],
 ) -> Result<Proposals, MlsError> {
-    let gid = GroupId::from_slice(&group_id_bytes(group_id));
-    let messages = leaves
-        .iter()
-        .map(|&leaf| {
-            let msg = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
-                LeafNodeIndex::new(leaf),
-                gid.clone(),
-                GroupEpoch::from(epoch),
-                &sender.signer,
-                SenderExtensionIndex::new(0),
-            )
-            .map_err(internal)?;
-            finish_proposal(msg)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    append_payload(messages)
+    proposals(group_id, epoch, leaves, |leaf, gid, epoch| {
+        let index = SenderExtensionIndex::new(0);
+        let leaf = LeafNodeIndex::new(*leaf);
+        ExternalProposal::new_remove::<OpenMlsRustCrypto>(leaf, gid, epoch, &sender.signer, index)
+    })
 }
 
 /// op 27 revoke: `u8 1 ‖ <V>(ProposalRef<V>...)`.

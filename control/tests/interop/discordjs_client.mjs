@@ -243,23 +243,7 @@ async function main() {
 		return;
 	}
 
-	// Send: the frames as they are, one per 20 ms tick. All are buffered in
-	// the stream before playback so no tick finds it empty (an empty tick
-	// would send a silence frame in the middle).
-	const player = createAudioPlayer({ behaviors: { noSubscriber: NoSubscriberBehavior.Pause } });
-	player.on('error', (error) => fail(`audio player error: ${error?.message ?? error}`));
-	const source = new Readable({ objectMode: true, read() {} });
-	for (const frame of frames) source.push(frame);
-	source.push(null);
-	const resource = createAudioResource(source, { inputType: StreamType.Opus });
-	const played = new Promise((resolve) => {
-		player.on('stateChange', (old, next) => {
-			if (old.status !== AudioPlayerStatus.Idle && next.status === AudioPlayerStatus.Idle) resolve();
-		});
-	});
-	connection.subscribe(player);
-	player.play(resource);
-
+	const { resource, played } = play(frames);
 	await played;
 	await receiveDone;
 	// Round-trip time of the last heartbeat the gateway acknowledged
@@ -297,7 +281,10 @@ function daveState() {
 	};
 }
 
-// Plays `frames` (Opus, as they are) and resolves once the player is idle.
+// Plays `frames` (Opus, as they are, one per 20 ms tick; all are buffered
+// in the stream before playback so no tick finds it empty: an empty tick
+// would send a silence frame in the middle). Returns the resource and a
+// promise that resolves once the player is idle.
 function play(frames) {
 	const player = createAudioPlayer({ behaviors: { noSubscriber: NoSubscriberBehavior.Pause } });
 	player.on('error', (error) => fail(`audio player error: ${error?.message ?? error}`));
@@ -312,7 +299,7 @@ function play(frames) {
 	});
 	connection.subscribe(player);
 	player.play(resource);
-	return played;
+	return { resource, played };
 }
 
 // The "session" scenario: commands on stdin (see the top of this file).
@@ -329,7 +316,7 @@ async function session() {
 	for await (const line of lines) {
 		const command = JSON.parse(line);
 		if (command.cmd === 'play') {
-			await play(command.frames.map((hex) => Buffer.from(hex, 'hex')));
+			await play(command.frames.map((hex) => Buffer.from(hex, 'hex'))).played;
 			emit({ event: 'played' });
 		} else if (command.cmd === 'collect') {
 			const frames = received.get(command.user_id) ?? [];

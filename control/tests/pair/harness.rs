@@ -478,19 +478,15 @@ impl World {
 /// Litecord, channel 100 and voice states for `users`: the world, the
 /// channel's token and the session ids.
 pub(crate) fn call(seed: u64, users: &[u64]) -> (World, String, Vec<String>) {
-    let mut w = World::new(seed);
-    let lv = w.litecord();
-    let token = w.channel(lv, CHANNEL);
-    let sessions = users
-        .iter()
-        .map(|u| w.voice_state(lv, Snowflake(*u)))
-        .collect();
-    (w, token, sessions)
+    in_world(World::new(seed), users)
 }
 
 /// Litecord, channel 100 and voice states for `users`, DAVE in `mode`.
 pub(crate) fn dave_call(seed: u64, users: &[u64], mode: DaveMode) -> (World, String, Vec<String>) {
-    let mut w = World::with_dave(seed, mode);
+    in_world(World::with_dave(seed, mode), users)
+}
+
+fn in_world(mut w: World, users: &[u64]) -> (World, String, Vec<String>) {
     let lv = w.litecord();
     let token = w.channel(lv, CHANNEL);
     let sessions = users
