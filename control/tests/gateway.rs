@@ -499,3 +499,50 @@ async fn dave_required_refuses_clients_without_it() {
         1.0
     );
 }
+
+/// DSharpPlus VoiceNext sends `server_id` and `user_id` as JSON numbers:
+/// Identify and Resume are accepted that way (with an unknown extra field
+/// ignored), Speaking too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_snowflakes_identify_and_resume() {
+    let server = ServerProcess::start(1, &[]);
+    let mut lvsp = identified(&server).await;
+    let assign = lvsp.channel_req("1600", Some(GUILD)).await.unwrap();
+    let session = lvsp
+        .voice_state_create("8201", "1600", Some(GUILD))
+        .await
+        .unwrap()
+        .session_id;
+    let guild: u64 = GUILD.parse().unwrap();
+    let mut first = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    first
+        .send_json(&json!({"op": 0, "d": {"server_id": guild, "user_id": 8201u64,
+            "session_id": session, "token": assign.token, "video": true, "streams": []}}))
+        .await
+        .unwrap();
+    let ssrc = next_matching(&mut first, "Ready", |e| match e {
+        GatewayEvent::Message(ServerMessage::Ready(r)) => Some(r.ssrc),
+        _ => None,
+    })
+    .await;
+    first
+        .send_json(&json!({"op": 5, "d": {"speaking": 1, "delay": 0, "ssrc": ssrc}}))
+        .await
+        .unwrap();
+    let seq_ack = first.seq_ack();
+    drop(first);
+    let mut back = GatewayClient::connect(&server.gateway_url, 8)
+        .await
+        .unwrap();
+    back.send_json(&json!({"op": 7, "d": {"server_id": guild,
+        "session_id": session, "token": assign.token, "seq_ack": seq_ack}}))
+        .await
+        .unwrap();
+    next_matching(&mut back, "Resumed", |e| {
+        matches!(e, GatewayEvent::Message(ServerMessage::Resumed)).then_some(())
+    })
+    .await;
+    assert_eq!(back.closed(), None);
+}
