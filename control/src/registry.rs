@@ -1201,6 +1201,12 @@ impl Registry {
         if std::mem::take(&mut state.left) {
             self.rejoin(session_id, ssrc);
         }
+        if !numbered {
+            // Below v8 nothing was kept for it: it hears who is in the call
+            // and which SSRC is whose again (v8 gets exactly what it
+            // missed instead).
+            self.welcome(session_id);
+        }
         Ok(Resumed { ssrc, missed })
     }
 

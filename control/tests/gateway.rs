@@ -518,8 +518,10 @@ async fn numeric_snowflakes_identify_and_resume() {
         .await
         .unwrap();
     first
-        .send_json(&json!({"op": 0, "d": {"server_id": guild, "user_id": 8201u64,
-            "session_id": session, "token": assign.token, "video": true, "streams": []}}))
+        .send_json(
+            &json!({"op": 0, "d": {"server_id": guild, "user_id": 8201u64,
+            "session_id": session, "token": assign.token, "video": true, "streams": []}}),
+        )
         .await
         .unwrap();
     let ssrc = next_matching(&mut first, "Ready", |e| match e {

@@ -903,3 +903,45 @@ fn a_flooding_member_cannot_evict_a_parked_members_messages() {
         "after Hello: the latest Speaking, then the latest join"
     );
 }
+
+/// Below v8 nothing is numbered or kept, so a Resume there re-sends the
+/// map instead: who is in the call (op 11) and each speaker's SSRC and
+/// latest flags (op 5), after Resumed. A v4 client that resumes can
+/// attribute the audio of members who spoke or joined while it was away.
+#[test]
+fn a_resume_below_v8_hears_who_is_in_the_call_again() {
+    let (mut w, token, s) = call(21, &[7, 8, 9]);
+    let a = member(&mut w, 4, 7, &s[0], &token);
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    w.client(b).speaking(1).unwrap();
+    w.run();
+    let ssrc_b = w.client(b).ssrc().unwrap();
+    w.drop_socket(a);
+    // While A is away: B speaks with other flags, C joins and speaks.
+    w.client(b).speaking(5).unwrap();
+    let c = member(&mut w, 8, 9, &s[2], &token);
+    w.client(c).speaking(1).unwrap();
+    w.run();
+    let ssrc_c = w.client(c).ssrc().unwrap();
+
+    let a2 = w.reconnect(a);
+    w.client(a2).resume(GUILD, &s[0], &token);
+    w.run();
+    let got: Vec<ServerMessage> = w
+        .messages(a2)
+        .into_iter()
+        .filter(|m| !matches!(m, ServerMessage::Hello(_)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ServerMessage::Resumed,
+            ServerMessage::ClientsConnect(protocol::gateway::ClientsConnect {
+                user_ids: vec![Snowflake(8), Snowflake(9)],
+            }),
+            speaking(8, ssrc_b, 5),
+            speaking(9, ssrc_c, 1),
+        ]
+    );
+    assert_eq!(w.closed(a2), None);
+}
