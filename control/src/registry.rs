@@ -1094,7 +1094,7 @@ impl Registry {
             self.effects.push_back(Effect::Dataplane { core, command });
         }
         if joined {
-            self.broadcast(channel_id, session_id, || Notice::Joined(vec![user_id]));
+            self.announce(channel_id, session_id, user_id, ssrc);
         }
         self.welcome(session_id);
         Ok(Identified {
@@ -1104,13 +1104,25 @@ impl Registry {
         })
     }
 
-    /// Tells a newly identified member who is in the call and which SSRC
-    /// is whose (the members who have spoken).
+    /// Tells the other members that `user_id` joined with `ssrc`: Clients
+    /// Connect (op 11), then its SSRCs (op 12), which koe-based clients
+    /// (Lavalink) learn members from.
+    fn announce(&mut self, channel_id: Snowflake, session_id: &str, user_id: Snowflake, ssrc: u32) {
+        self.broadcast(channel_id, session_id, || Notice::Joined(vec![user_id]));
+        self.broadcast(channel_id, session_id, || Notice::Ssrcs {
+            user_id,
+            audio_ssrc: ssrc,
+        });
+    }
+
+    /// Tells a newly identified member who is in the call (op 11), each
+    /// one's SSRCs (op 12) and the speakers' flags (op 5).
     fn welcome(&mut self, session_id: &str) {
         let Some(channel_id) = self.states.get(session_id).map(|s| s.channel_id) else {
             return;
         };
         let mut present = Vec::new();
+        let mut ssrcs = Vec::new();
         let mut speakers = Vec::new();
         for sid in &self.channels[&channel_id].members {
             let s = &self.states[sid];
@@ -1118,6 +1130,7 @@ impl Registry {
                 continue;
             }
             present.push(s.user_id);
+            ssrcs.extend(s.ssrc.map(|ssrc| (s.user_id, ssrc)));
             if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
                 speakers.push((s.user_id, ssrc, s.speaking));
             }
@@ -1125,6 +1138,14 @@ impl Registry {
         if !present.is_empty() {
             present.sort();
             self.deliver(session_id, Notice::Joined(present));
+        }
+        ssrcs.sort();
+        for (user_id, audio_ssrc) in ssrcs {
+            let notice = Notice::Ssrcs {
+                user_id,
+                audio_ssrc,
+            };
+            self.deliver(session_id, notice);
         }
         speakers.sort();
         for (user_id, ssrc, speaking) in speakers {
@@ -1224,7 +1245,7 @@ impl Registry {
         };
         let command = Command::HoldSession { ssrc, held: false };
         self.effects.push_back(Effect::Dataplane { core, command });
-        self.broadcast(channel_id, session_id, || Notice::Joined(vec![user_id]));
+        self.announce(channel_id, session_id, user_id, ssrc);
         if speaking != 0 {
             self.broadcast(channel_id, session_id, || Notice::Speaking {
                 user_id,
@@ -2082,11 +2103,24 @@ mod tests {
         assert_eq!(ib.ready.notice, Notice::Ready { ssrc: ib.ssrc });
         assert_eq!(ib.ready.seq, None, "v4 numbers nothing");
         let e = effects(&mut r);
-        assert_eq!(notices(&e, 10), vec![Notice::Joined(vec![sf(8)])]);
+        assert_eq!(
+            notices(&e, 10),
+            vec![
+                Notice::Joined(vec![sf(8)]),
+                Notice::Ssrcs {
+                    user_id: sf(8),
+                    audio_ssrc: ib.ssrc
+                }
+            ]
+        );
         assert_eq!(
             notices(&e, 11),
             vec![
                 Notice::Joined(vec![sf(7)]),
+                Notice::Ssrcs {
+                    user_id: sf(7),
+                    audio_ssrc: ia.ssrc
+                },
                 Notice::Speaking {
                     user_id: sf(7),
                     ssrc: ia.ssrc,
@@ -2167,11 +2201,11 @@ mod tests {
         let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
         let keyed = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now());
         let Ok(Some(Sequenced {
-            seq: Some(3),
+            seq: Some(4),
             notice: Notice::Keyed { key, .. },
         })) = keyed
         else {
-            panic!("{keyed:?}: numbered after Ready and b's join");
+            panic!("{keyed:?}: numbered after Ready and b's join (ops 11, 12)");
         };
         let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         // A stranger's discovery for b is observed, never re-pushed.

@@ -42,6 +42,13 @@ pub enum Notice {
     Joined(Vec<Snowflake>),
     /// This member left the call (Client Disconnect).
     Left(Snowflake),
+    /// A member's SSRCs (op 12), sent with its join.
+    Ssrcs {
+        /// The member.
+        user_id: Snowflake,
+        /// Its audio SSRC.
+        audio_ssrc: u32,
+    },
     /// Something of the call's end-to-end encryption (DAVE ops 21-30).
     Dave(DaveNotice),
     /// A member's speaking flags and SSRC (Speaking).
@@ -66,6 +73,8 @@ pub enum Supersedes {
     Speaking(Snowflake),
     /// A join or leave of this user.
     Presence(Snowflake),
+    /// The SSRCs of this user.
+    Ssrcs(Snowflake),
 }
 
 impl Notice {
@@ -76,6 +85,7 @@ impl Notice {
             Notice::Joined(users) if users.len() == 1 => Some(Supersedes::Presence(users[0])),
             Notice::Left(user) => Some(Supersedes::Presence(*user)),
             Notice::Speaking { user_id, .. } => Some(Supersedes::Speaking(*user_id)),
+            Notice::Ssrcs { user_id, .. } => Some(Supersedes::Ssrcs(*user_id)),
             _ => None,
         }
     }

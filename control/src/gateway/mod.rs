@@ -34,7 +34,8 @@ use protocol::gateway::frame::Frame;
 use protocol::gateway::{
     self as wire, ClientDisconnect, ClientMessage, ClientsConnect, CloseCode, DavePrepareEpoch,
     DavePrepareTransition, DaveTransition, DecodeError, HeartbeatAck, Hello, Identify,
-    MemberSpeaking, Millis, Opcode, Ready, Resume, ServerMessage, SessionDescription, NUMBERED,
+    MemberSpeaking, MemberSsrcs, Millis, Opcode, Ready, Resume, ServerMessage, SessionDescription,
+    NUMBERED,
 };
 use protocol::Envelope;
 use shared::Mode;
@@ -308,6 +309,16 @@ impl Connection {
             Notice::Dave(binary) => unreachable!("{binary:?} is a binary frame"),
             Notice::Joined(user_ids) => ServerMessage::ClientsConnect(ClientsConnect {
                 user_ids: user_ids.clone(),
+            }),
+            Notice::Ssrcs {
+                user_id,
+                audio_ssrc,
+            } => ServerMessage::MemberSsrcs(MemberSsrcs {
+                user_id: *user_id,
+                audio_ssrc: *audio_ssrc,
+                video_ssrc: 0,
+                rtx_ssrc: 0,
+                streams: Vec::new(),
             }),
             Notice::Left(user_id) => {
                 ServerMessage::ClientDisconnect(ClientDisconnect { user_id: *user_id })

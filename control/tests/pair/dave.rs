@@ -668,10 +668,10 @@ fn a_resume_redelivers_the_binary_ops_it_missed() {
     call.w.run();
     call.members[b].link = back;
     call.settle();
-    // Hello, Resumed, then what it missed: op 11 (C), op 27, op 29; its
-    // op 23 then executes the transition (op 22).
+    // Hello, Resumed, then what it missed: ops 11 and 12 (C), op 27,
+    // op 29; its op 23 then executes the transition (op 22).
     let ops = call.members[b].ops();
-    assert_eq!(ops, [8, 9, 11, 27, 29, 22], "{ops:?}");
+    assert_eq!(ops, [8, 9, 11, 12, 27, 29, 22], "{ops:?}");
     // Re-delivered: op 27 and op 29, binary, numbered after B's seq_ack.
     assert!(
         call.binaries(b, 27).len() == 1,

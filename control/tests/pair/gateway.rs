@@ -111,9 +111,10 @@ fn resume_redelivers_what_was_missed() {
             ServerMessage::ClientsConnect(ClientsConnect {
                 user_ids: vec![Snowflake(9)],
             }),
+            ssrcs(9, w.gateways[c].1.client.ssrc().unwrap()),
         ]
     );
-    assert_eq!(w.client(a2).seq_ack(), acked + 4, "two kept of four sent");
+    assert_eq!(w.client(a2).seq_ack(), acked + 5, "three kept of five sent");
     assert_eq!(w.client(a2).ssrc(), w.gateways[a].1.client.ssrc());
     assert_eq!(w.cx.registry.parked_count(), 0);
 
@@ -189,6 +190,7 @@ fn a_normal_close_is_a_leave_that_can_still_resume() {
             ServerMessage::ClientsConnect(ClientsConnect {
                 user_ids: vec![Snowflake(7)],
             }),
+            ssrcs(7, ssrc_a),
             speaking(7, ssrc_a, 1),
         ],
         "A is back, and whose SSRC is whose"
@@ -228,12 +230,15 @@ fn a_normal_close_is_a_leave_that_can_still_resume() {
 
     // Identify again after a leave: a join like any other.
     let a4 = member(&mut w, 8, 7, &s[0], &token);
-    assert!(w.client(a4).ssrc().is_some());
+    let ssrc_a4 = w.client(a4).ssrc().expect("Ready");
     assert_eq!(
         w.messages(b),
-        [ServerMessage::ClientsConnect(ClientsConnect {
-            user_ids: vec![Snowflake(7)],
-        })]
+        [
+            ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(7)],
+            }),
+            ssrcs(7, ssrc_a4)
+        ]
     );
     // Abnormal ends park quietly, whatever the client's code.
     for code in [1005, 1006, 4009, 4000] {
@@ -266,11 +271,15 @@ fn a_member_who_left_is_not_announced_to_newcomers() {
     let a2 = w.reconnect(a);
     w.client(a2).resume(GUILD, &s[0], &token);
     w.run();
+    let ssrc_a = w.client(a2).ssrc().unwrap();
     assert_eq!(
         w.messages(b),
-        [ServerMessage::ClientsConnect(ClientsConnect {
-            user_ids: vec![Snowflake(7)],
-        })]
+        [
+            ServerMessage::ClientsConnect(ClientsConnect {
+                user_ids: vec![Snowflake(7)],
+            }),
+            ssrcs(7, ssrc_a)
+        ]
     );
 }
 
@@ -480,9 +489,15 @@ fn speaking_reaches_the_others_and_later_joiners() {
     let joined = ServerMessage::ClientsConnect(ClientsConnect {
         user_ids: vec![Snowflake(7), Snowflake(8)],
     });
+    let ssrc_b = w.client(b).ssrc().unwrap();
     assert_eq!(
         w.messages(c)[2..],
-        [joined, speaking(7, ssrc_a, SPEAKING_MICROPHONE)],
+        [
+            joined,
+            ssrcs(7, ssrc_a),
+            ssrcs(8, ssrc_b),
+            speaking(7, ssrc_a, SPEAKING_MICROPHONE)
+        ],
         "after Hello and Ready"
     );
     // A boolean `speaking` (old clients) is accepted too.
@@ -525,7 +540,7 @@ fn resume_redelivers_replies_lost_with_the_socket() {
     w.cx.registry.set_resume(RESUME_GRACE, 4);
     let a = member(&mut w, 8, 7, &s[0], &token);
     let b = member(&mut w, 8, 8, &s[1], &token);
-    assert_eq!(w.client(a).seq_ack(), 2, "Ready, then Clients Connect");
+    assert_eq!(w.client(a).seq_ack(), 3, "Ready, then ops 11 and 12");
     w.client(a)
         .select_protocol(Some([127, 0, 0, 1].into()), 4000, "aead_aes256_gcm_rtpsize");
     w.lose_replies(a);
@@ -555,7 +570,7 @@ fn resume_redelivers_replies_lost_with_the_socket() {
         .iter()
         .map(|f| (f["op"].as_u64().unwrap(), f["seq"].as_u64().unwrap()))
         .collect();
-    assert_eq!(numbered, [(4, 3), (5, 4), (11, 5)], "{frames:?}");
+    assert_eq!(numbered, [(4, 4), (5, 5), (11, 6), (12, 7)], "{frames:?}");
     let key = w
         .client(a2)
         .session_description()
@@ -573,7 +588,7 @@ fn resume_redelivers_replies_lost_with_the_socket() {
     w.client(a2)
         .select_protocol(None, 4000, "aead_aes256_gcm_rtpsize");
     w.run();
-    assert_eq!(w.frames(a2)[0]["seq"], 6, "numbering goes on");
+    assert_eq!(w.frames(a2)[0]["seq"], 8, "numbering goes on");
 
     w.drop_socket(a2);
     let a3 = w.connect(8);
@@ -727,26 +742,23 @@ fn v8_messages_carry_seq_in_order() {
             .collect()
     };
     let none = Value::Null;
-    assert_eq!(
-        seqs(w.frames(a)),
-        [
-            (json!(8), none.clone()),
-            (json!(2), json!(1)),
-            (json!(11), json!(2))
-        ]
-    );
-    assert_eq!(
-        seqs(w.frames(b)),
-        [
-            (json!(8), none.clone()),
-            (json!(2), json!(1)),
-            (json!(11), json!(2))
-        ]
-    );
+    // A: Hello, Ready, then B's join (ops 11 and 12); B: Hello, Ready,
+    // then who was there (ops 11 and 12).
+    for i in [a, b] {
+        assert_eq!(
+            seqs(w.frames(i)),
+            [
+                (json!(8), none.clone()),
+                (json!(2), json!(1)),
+                (json!(11), json!(2)),
+                (json!(12), json!(3))
+            ]
+        );
+    }
     w.client(a)
         .select_protocol(None, 4000, "aead_aes256_gcm_rtpsize");
     w.run();
-    assert_eq!(seqs(w.frames(a)), [(json!(4), json!(3))]);
+    assert_eq!(seqs(w.frames(a)), [(json!(4), json!(4))]);
     let c = member(&mut w, 4, 9, &s[2], &token);
     let frames = w.frames(c);
     assert!(frames.len() >= 3);
@@ -899,8 +911,9 @@ fn a_flooding_member_cannot_evict_a_parked_members_messages() {
             ServerMessage::ClientsConnect(ClientsConnect {
                 user_ids: vec![Snowflake(8)],
             }),
+            ssrcs(8, w.client(flooder).ssrc().unwrap()),
         ],
-        "after Hello: the latest Speaking, then the latest join"
+        "after Hello: the latest Speaking, then the latest join and SSRCs"
     );
 }
 
@@ -939,6 +952,8 @@ fn a_resume_below_v8_hears_who_is_in_the_call_again() {
             ServerMessage::ClientsConnect(protocol::gateway::ClientsConnect {
                 user_ids: vec![Snowflake(8), Snowflake(9)],
             }),
+            ssrcs(8, ssrc_b),
+            ssrcs(9, ssrc_c),
             speaking(8, ssrc_b, 5),
             speaking(9, ssrc_c, 1),
         ]

@@ -513,6 +513,17 @@ pub(crate) fn speaking(user: u64, ssrc: u32, flags: u32) -> ServerMessage {
     })
 }
 
+/// Op 12: a member's SSRCs (audio only).
+pub(crate) fn ssrcs(user: u64, audio_ssrc: u32) -> ServerMessage {
+    ServerMessage::MemberSsrcs(protocol::gateway::MemberSsrcs {
+        user_id: Snowflake(user),
+        audio_ssrc,
+        video_ssrc: 0,
+        rtx_ssrc: 0,
+        streams: Vec::new(),
+    })
+}
+
 /// Identify as raw JSON, for tests that send what a client would not.
 pub(crate) fn identify_json(user: &str, session: &str, server: &str, token: &str) -> String {
     json!({"op": 0, "d": {"server_id": server, "user_id": user,

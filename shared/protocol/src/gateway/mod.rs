@@ -566,6 +566,24 @@ pub struct MemberSpeaking {
     pub speaking: u32,
 }
 
+/// Op 12 from the server: a member's SSRCs (what koe-based clients such
+/// as Lavalink learn who is in the call from). `video_ssrc` and
+/// `rtx_ssrc` are 0 and `streams` empty for a member without video.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSsrcs {
+    /// The member.
+    pub user_id: Snowflake,
+    /// Its audio SSRC.
+    pub audio_ssrc: u32,
+    /// Its video SSRC (0: none).
+    pub video_ssrc: u32,
+    /// Its video retransmission SSRC (0: none).
+    pub rtx_ssrc: u32,
+    /// Its video streams.
+    #[serde(default)]
+    pub streams: Vec<serde_json::Value>,
+}
+
 /// Clients Connect op 11.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientsConnect {
@@ -646,6 +664,8 @@ pub enum ServerMessage {
     Resumed,
     /// Clients Connect op 11.
     ClientsConnect(ClientsConnect),
+    /// Op 12: a member's SSRCs.
+    MemberSsrcs(MemberSsrcs),
     /// Client Disconnect op 13.
     ClientDisconnect(ClientDisconnect),
     /// DAVE Prepare Transition op 21.
@@ -742,6 +762,7 @@ impl ServerMessage {
             ServerMessage::Resumed => Opcode::Resumed,
             ServerMessage::ClientsConnect(_) => Opcode::ClientsConnect,
             ServerMessage::ClientDisconnect(_) => Opcode::ClientDisconnect,
+            ServerMessage::MemberSsrcs(_) => Opcode::Video,
             ServerMessage::DavePrepareTransition(_) => Opcode::DavePrepareTransition,
             ServerMessage::DaveExecuteTransition(_) => Opcode::DaveExecuteTransition,
             ServerMessage::DavePrepareEpoch(_) => Opcode::DavePrepareEpoch,
@@ -761,6 +782,7 @@ impl ServerMessage {
             ServerMessage::Resumed => encode(op, (), seq),
             ServerMessage::ClientsConnect(m) => encode(op, m, seq),
             ServerMessage::ClientDisconnect(m) => encode(op, m, seq),
+            ServerMessage::MemberSsrcs(m) => encode(op, m, seq),
             ServerMessage::DavePrepareTransition(m) => encode(op, m, seq),
             ServerMessage::DaveExecuteTransition(m) => encode(op, m, seq),
             ServerMessage::DavePrepareEpoch(m) => encode(op, m, seq),
@@ -790,6 +812,7 @@ impl ServerMessage {
             Opcode::Resumed => ServerMessage::Resumed,
             Opcode::ClientsConnect => ServerMessage::ClientsConnect(json::object(d)?),
             Opcode::ClientDisconnect => ServerMessage::ClientDisconnect(json::object(d)?),
+            Opcode::Video => ServerMessage::MemberSsrcs(json::object(d)?),
             Opcode::DavePrepareTransition => ServerMessage::DavePrepareTransition(json::object(d)?),
             Opcode::DaveExecuteTransition => ServerMessage::DaveExecuteTransition(json::object(d)?),
             Opcode::DavePrepareEpoch => ServerMessage::DavePrepareEpoch(json::object(d)?),
