@@ -266,6 +266,13 @@ impl Config {
     /// Checks the settings, with a message saying what is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.state_dir.is_some() && self.shm_path.is_some() {
+            return bad(
+                "--state-dir needs the default anonymous region: a new control takes a \
+                 running data plane over through it (drop --shm)"
+                    .into(),
+            );
+        }
         if !(1..=256).contains(&self.cores) {
             return bad(format!("cores must be 1..=256, got {}", self.cores));
         }

@@ -9,7 +9,8 @@
 //! save writes a temporary file and renames it over the old one: a control
 //! killed in the middle leaves the previous save whole.
 //!
-//! The server saves within [`SAVE_EVERY`] of a change, so a control killed
+//! The server saves within [`SAVE_EVERY`] of a change (longer when saves
+//! are slow: at most a tenth of its time goes to them), so a control killed
 //! without warning loses at most that much: a session identified in that
 //! window is unknown to its successor (the client identifies afresh), and a
 //! client that heard more than the save kept resumes with nothing missed
@@ -25,7 +26,8 @@ use zeroize::Zeroize;
 
 use crate::{lvsp, registry};
 
-/// How often the server looks for changes to save.
+/// How often the server looks for changes to save (at most: a save that
+/// took `t` waits `10 t` before the next one).
 pub const SAVE_EVERY: Duration = Duration::from_millis(20);
 
 /// Bumped when [`Snapshot`] changes shape; a save of another format is not
@@ -64,6 +66,9 @@ pub enum StateError {
         /// Its owner.
         owner: u32,
     },
+    /// Another control runs on it.
+    #[error("state directory {0}: another control is using it")]
+    Busy(PathBuf),
 }
 
 /// The data plane the saved sessions run on: a new control takes it over
@@ -109,10 +114,13 @@ pub fn unix_ms(now: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The state directory.
+/// The state directory, locked for this process (an exclusive `flock` on
+/// `DIR/lock`): two controls never share one, so the second can neither
+/// take the first one's data plane nor write over its save.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 impl Store {
@@ -144,7 +152,23 @@ impl Store {
         if mode & 0o077 != 0 {
             return Err(StateError::Permissions { path: dir, mode });
         }
-        Ok(Store { dir })
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join("lock"))
+            .map_err(io)?;
+        use nix::fcntl::{flock, FlockArg};
+        use std::os::fd::AsRawFd;
+        // Released when the last clone of the store goes (or the process).
+        if flock(lock.as_raw_fd(), FlockArg::LockExclusiveNonblock).is_err() {
+            return Err(StateError::Busy(dir));
+        }
+        Ok(Store {
+            dir,
+            _lock: std::sync::Arc::new(lock),
+        })
     }
 
     /// The directory.
@@ -161,16 +185,32 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let parsed = serde_json::from_slice::<Snapshot>(&bytes);
+        // The format first: a save of another shape is not an error.
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        let parsed = match serde_json::from_slice::<Format>(&bytes) {
+            Ok(f) if f.format != FORMAT => {
+                bytes.zeroize();
+                tracing::warn!(format = f.format, "saved state of another format ignored");
+                return Ok(None);
+            }
+            _ => serde_json::from_slice::<Snapshot>(&bytes),
+        };
         bytes.zeroize();
         match parsed {
-            Ok(s) if s.format == FORMAT => Ok(Some(s)),
-            Ok(s) => {
-                tracing::warn!(format = s.format, "saved state of another format ignored");
-                Ok(None)
-            }
+            Ok(s) => Ok(Some(s)),
             Err(e) => {
-                tracing::error!(error = %e, "saved state unreadable; moved aside, starting empty");
+                // Where, not what: serde's message may quote a value (a
+                // token) from the file.
+                let (line, column) = (e.line(), e.column());
+                tracing::error!(
+                    kind = ?e.classify(),
+                    line,
+                    column,
+                    "saved state unreadable; moved aside, starting empty"
+                );
                 let _ = std::fs::rename(&path, self.dir.join("state.json.bad"));
                 Ok(None)
             }
@@ -264,6 +304,16 @@ mod tests {
             Store::open(&dir),
             Err(StateError::Permissions { mode: 0o755, .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_is_used_by_one_control_at_a_time() {
+        let dir = temp_dir("busy");
+        let first = Store::open(&dir).unwrap();
+        assert!(matches!(Store::open(&dir), Err(StateError::Busy(_))));
+        drop(first);
+        Store::open(&dir).expect("free again");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1216,9 +1216,28 @@ impl Registry {
             .expect("authenticated above");
         state.conn = Some(conn);
         state.parked_since = None;
-        if let (Some(seq), Some(stream)) = (catch_up, &mut state.stream) {
-            stream.catch_up(seq);
+        // One Resume only may skip ahead of a restored stream.
+        state.restored = false;
+        let channel_id = state.channel_id;
+        let caught_up = match (catch_up, &mut state.stream) {
+            (Some(seq), Some(stream)) => {
+                stream.catch_up(seq);
+                true
+            }
+            _ => false,
+        };
+        if caught_up {
+            // What the restore queued for it (a new DAVE group) was
+            // skipped with the rest: queued again, after its seq_ack.
+            if let Some(call) = self.calls.get_mut(&channel_id) {
+                call.restart_member(session_id);
+            }
+            self.dave_deliver(channel_id);
         }
+        let state = self
+            .states
+            .get_mut(session_id)
+            .expect("authenticated above");
         if std::mem::take(&mut state.left) {
             self.rejoin(session_id, ssrc);
         }
@@ -1415,7 +1434,7 @@ impl Registry {
     /// A core saw IP discovery for `ssrc` from `addr` (event ring). Kept
     /// for operators; it proves nothing.
     pub fn address_observed(&mut self, ssrc: u32, addr: SocketAddr) {
-        self.changes += 1;
+        // Not a change worth saving: anyone who knows an SSRC can cause it.
         if let Some((state, _)) = self.by_ssrc(ssrc) {
             state.observed = Some(addr);
         }

@@ -27,6 +27,9 @@ use mls::{ExternalSender, ValidKeyPackage};
 /// The DAVE protocol version this server speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Largest key package accepted, bytes (a real one is about 400).
+pub const MAX_KEY_PACKAGE: usize = 4096;
+
 /// How long a transition waits for every member's Transition Ready before
 /// it is executed anyway.
 pub const TRANSITION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -126,6 +129,11 @@ pub enum DaveError {
     /// sent, or its welcome does not match its adds.
     #[error("commit does not match the proposals")]
     WrongProposals,
+    /// A key package from a member that has one pending or is in the
+    /// group (it gets to send one again after op 24 or op 31), or one
+    /// larger than any real key package.
+    #[error("key package not expected")]
+    Unexpected,
 }
 
 /// One member of the call.
@@ -295,11 +303,24 @@ impl Call {
         }
     }
 
+    /// A restored member whose Resume skipped past what the restore queued
+    /// for it (it had heard more than the save kept): told again to start a
+    /// new group.
+    pub fn restart_member(&mut self, session: &str) {
+        if self.version == PROTOCOL_VERSION && self.members.contains_key(session) {
+            self.restart_members(&[session.to_owned()]);
+        }
+    }
+
     /// The member left the call: out of the group (a removal for the
     /// others to commit), its proposals revoked; the last member without
     /// DAVE leaving upgrades the call.
     pub fn leave(&mut self, session: &str, now: Instant) {
         if self.plain.remove(session) {
+            if let Some(t) = &mut self.transition {
+                t.waiting.remove(session);
+                t.told.remove(session);
+            }
             let wanted = self.wanted_version();
             if wanted != self.version {
                 self.change_version(wanted, now, None);
@@ -386,6 +407,12 @@ impl Call {
         let Some(member) = self.members.get(session) else {
             return Err(self.refuse(DaveError::NotMember));
         };
+        // One per member until the group takes it: a second one would
+        // leave Adds of the first in flight that no commit can match (and
+        // each one costs every member a proposal in its resume buffer).
+        if member.in_group || member.key_package.is_some() || bytes.len() > MAX_KEY_PACKAGE {
+            return Err(self.refuse(DaveError::Unexpected));
+        }
         let kp = match mls::validate_key_package(bytes, member.user) {
             Ok(kp) => kp,
             Err(e) => return Err(self.refuse(e.into())),
@@ -528,6 +555,7 @@ impl Call {
             .filter_map(|sid| self.members.get(sid).map(|m| m.user))
             .collect();
         mls::apply_to_roster(&mut self.roster, &removed, &added_users);
+        self.settle();
         let id = self.next_transition();
         let mut told = BTreeSet::new();
         for sid in &announce_to {
@@ -591,7 +619,13 @@ impl Call {
     /// out of the group and proposed again with the key package it sends
     /// next.
     pub fn invalid(&mut self, session: &str, user: u64, now: Instant) {
-        if !self.members.contains_key(session) {
+        // Only from a member that had a commit or welcome to process.
+        let told = self
+            .transition
+            .as_ref()
+            .is_some_and(|t| t.told.contains(session));
+        let in_group = self.members.get(session).is_some_and(|m| m.in_group);
+        if self.version != PROTOCOL_VERSION || !(told || in_group) {
             return;
         }
         self.leave(session, now);
@@ -611,6 +645,22 @@ impl Call {
                 t.waiting.clear();
             }
             self.check_ready(now);
+        }
+    }
+
+    /// Executes a transition still pending before another one starts:
+    /// members must never be left holding one that no op 22 ends.
+    fn settle(&mut self) {
+        if let Some(t) = &mut self.transition {
+            t.waiting.clear();
+        }
+        if let Some(t) = self.transition.take() {
+            for sid in &t.told {
+                let notice = DaveNotice::ExecuteTransition {
+                    transition_id: t.id,
+                };
+                self.tell(sid, notice);
+            }
         }
     }
 
@@ -634,6 +684,7 @@ impl Call {
     /// group at epoch 1 (op 24, then the external sender: members answer
     /// with key packages and the founders' commit carries the transition).
     fn change_version(&mut self, version: u16, now: Instant, _joining: Option<&str>) {
+        self.settle();
         let everyone: Vec<String> = self
             .members
             .keys()

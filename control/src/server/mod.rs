@@ -543,12 +543,18 @@ impl Server {
             let shared = shared.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(persist::SAVE_EVERY);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut saved = u64::MAX;
+                let mut wait = persist::SAVE_EVERY;
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => saved = shared.save(saved).await,
+                        _ = tokio::time::sleep(wait) => {
+                            // A save that takes long (a large registry) is
+                            // made less often: at most a tenth of the time
+                            // goes to saving, most of it under the lock.
+                            let started = Instant::now();
+                            saved = shared.save(saved).await;
+                            wait = persist::SAVE_EVERY.max(started.elapsed() * 10);
+                        }
                         _ = stop.changed() => break,
                     }
                 }
@@ -683,17 +689,17 @@ async fn take_over(saved: &SavedDataplane, cores: u32) -> Option<(Region, Proces
             let Ok(process) = Process::watch(saved.pid) else {
                 return None;
             };
-            if persist::process_start(saved.pid) != Some(saved.started) {
-                return None; // another process has that pid now
+            if persist::process_start(saved.pid) != Some(saved.started) || process.exited() {
+                return None; // gone, or another process has that pid now
             }
-            let pid = nix::unistd::Pid::from_raw(saved.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            // Signalled through the pidfd: only ever that process.
+            let _ = process.signal(nix::sys::signal::Signal::SIGTERM as i32);
             let by = Instant::now() + Duration::from_secs(5);
             while !process.exited() && Instant::now() < by {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if !process.exited() {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = process.signal(nix::sys::signal::Signal::SIGKILL as i32);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             None
@@ -703,8 +709,8 @@ async fn take_over(saved: &SavedDataplane, cores: u32) -> Option<(Region, Proces
 
 fn adopt(saved: &SavedDataplane, cores: u32) -> Result<(Region, Process, u16), String> {
     let process = Process::watch(saved.pid).map_err(|e| format!("not running ({e})"))?;
-    // Checked after the pidfd is open: from then on the pid cannot be
-    // given to another process.
+    // The start time names the process the save meant; the pidfd then
+    // watches (and signals) that one only, whatever reuses its pid later.
     if persist::process_start(saved.pid) != Some(saved.started) || process.exited() {
         return Err("not running (its pid is another process's now)".into());
     }

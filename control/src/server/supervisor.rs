@@ -267,15 +267,15 @@ impl Supervisor {
     /// SIGTERM, then SIGKILL if it lingers.
     pub(super) async fn stop(&mut self) {
         if let Some(process) = self.adopted.take() {
-            let pid = nix::unistd::Pid::from_raw(process.pid() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            // Through the pidfd: never a process that reused its pid.
+            let _ = process.signal(nix::sys::signal::Signal::SIGTERM as i32);
             let by = Instant::now() + Duration::from_secs(5);
             while !process.exited() && Instant::now() < by {
                 tokio::time::sleep(ADOPTED_POLL).await;
             }
             if !process.exited() {
                 tracing::warn!("dataplane ignored SIGTERM, killing it");
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = process.signal(nix::sys::signal::Signal::SIGKILL as i32);
             }
             return;
         }

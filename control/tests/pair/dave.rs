@@ -685,3 +685,47 @@ fn a_resume_redelivers_the_binary_ops_it_missed() {
     call.assert_group(&[a, b, c], 2);
     assert_eq!(call.executed(a), [t]);
 }
+
+/// A member has one key package in play at a time: a second one while the
+/// first is pending is refused and counted (its Adds would otherwise stay
+/// in flight where no commit could match them), and the call goes on.
+#[test]
+fn a_second_key_package_is_refused_while_the_first_is_pending() {
+    let mut call = Call::new(47, &[A, B], DaveMode::On);
+    let a = call.join(0, A, 1);
+    let refused = call.refused();
+    call.members[a].send_key_package(&mut call.w);
+    call.settle();
+    assert_eq!(call.refused(), refused + 1);
+    assert_eq!(call.w.closed(call.members[a].link), None);
+}
+
+/// A downgrade still waiting for its Transition Readys when the member
+/// without DAVE is gone again is executed (op 22) before the upgrade
+/// (op 24): no member is left holding a transition to version 0 that
+/// would switch its encryption off later.
+#[test]
+fn a_pending_downgrade_is_executed_before_the_upgrade_that_follows() {
+    let mut call = founded(48, &[A, B, C], DaveMode::On);
+    let (a, b) = (0, 1);
+    for i in [a, b] {
+        call.members[i].silent = true;
+    }
+    let p = call.join(2, C, 0);
+    let t = call.members[a].seen.iter().find_map(|s| match s {
+        Seen::Json(ServerMessage::DavePrepareTransition(t)) => Some(t.transition_id),
+        _ => None,
+    });
+    let t = t.expect("op 21");
+    assert!(call.executed(a).is_empty(), "nobody said ready");
+    call.clear();
+    // The member without DAVE goes at once (a refused frame closes it).
+    let link = call.members[p].link;
+    call.w.send_raw(link, "garbage");
+    call.settle();
+    for i in [a, b] {
+        let ops = call.members[i].dave_ops();
+        assert_eq!(&ops[..3], &[22, 24, 25], "{ops:?}");
+        assert_eq!(call.executed(i), [t]);
+    }
+}

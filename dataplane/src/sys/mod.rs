@@ -149,6 +149,26 @@ impl Process {
         n > 0 && poll.revents & (libc::POLLIN | libc::POLLHUP) != 0
     }
 
+    /// Sends `signal` to the watched process through its pidfd: never to
+    /// another process that got its pid after it was gone.
+    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal takes our open pidfd, a signal number,
+        // a null siginfo and flags 0; no memory is passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Whether `pid` names a live process (not exited, not a zombie).
     pub fn alive(pid: u32) -> bool {
         Process::watch(pid).is_ok_and(|p| !p.exited())
@@ -183,6 +203,10 @@ mod tests {
         assert!(!watched.exited());
         child.wait().unwrap();
         assert!(watched.exited());
+        assert!(
+            watched.signal(libc::SIGTERM).is_err(),
+            "gone: nothing to signal"
+        );
         assert!(!Process::alive(child.id()));
         assert!(Process::watch(0).is_err());
     }
