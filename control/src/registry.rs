@@ -1744,7 +1744,7 @@ impl Registry {
                         ssrc,
                         dave: st.dave,
                         speaking: st.speaking,
-                        stream: stream.clone(),
+                        stream: stream.for_save(),
                         left: st.left,
                         media: st.media.as_ref().map(|m| SavedMedia {
                             mode: m.mode,

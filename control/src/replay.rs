@@ -97,6 +97,13 @@ impl<T: Clone, K: PartialEq> Replay<T, K> {
         }
     }
 
+    /// Drops the kept items `keep` refuses. Their numbers stay used: a
+    /// peer that resumes after them gets the rest, with a gap where they
+    /// were.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.kept.retain(|k| keep(&k.item));
+    }
+
     /// Every kept item after `seq`, oldest first, or None when one of them
     /// is gone or `seq` is ahead of what was pushed.
     pub fn after(&self, seq: u64) -> Option<Vec<Numbered<T>>> {

@@ -184,6 +184,15 @@ impl Stream {
         }
     }
 
+    /// The stream as a control restart saves it: without its DAVE
+    /// notices (MLS proposals, commits, welcomes: the bulk of it, and
+    /// worthless to a successor, whose calls found new groups).
+    pub fn for_save(&self) -> Stream {
+        let mut saved = self.clone();
+        saved.replay.retain(|n| !matches!(n, Notice::Dave(_)));
+        saved
+    }
+
     /// The notices after `seq_ack`, or None when some are no longer kept
     /// (or `seq_ack` is ahead of what was sent). Unnumbered: nothing to
     /// re-deliver.
@@ -243,5 +252,23 @@ mod tests {
         let seqs: Vec<_> = all.iter().map(|m| m.seq.unwrap()).collect();
         assert_eq!(seqs, [1, 11, 13], "nothing dropped for room");
         assert_eq!(all[1].notice, speaking(7, 9));
+    }
+
+    #[test]
+    fn a_saved_stream_leaves_its_dave_notices_out() {
+        let mut s = Stream::new(true, 8);
+        s.notice(Notice::Joined(vec![Snowflake(1), Snowflake(2)])); // 1
+        s.notice(Notice::Dave(DaveNotice::Proposals(vec![0; 500]))); // 2
+        s.notice(speaking(7, 1)); // 3
+        let saved = s.for_save();
+        let seqs: Vec<u64> = saved
+            .after(0)
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.seq)
+            .collect();
+        assert_eq!(seqs, [1, 3], "numbers kept, DAVE left out");
+        assert_eq!(saved.seq(), 3);
+        assert_eq!(s.after(0).unwrap().len(), 3, "the live stream keeps all");
     }
 }
