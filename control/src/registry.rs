@@ -1383,10 +1383,8 @@ impl Registry {
 
     /// DAVE op 26: the member's MLS key package. Refusals are counted
     /// ([`Registry::dave_refused`]) and logged, never a close.
-    pub fn dave_key_package(&mut self, session_id: &str, bytes: &[u8], now: Instant) {
-        let r = self.with_call(session_id, |call, _| {
-            call.key_package(session_id, bytes, now)
-        });
+    pub fn dave_key_package(&mut self, session_id: &str, bytes: &[u8]) {
+        let r = self.with_call(session_id, |call, _| call.key_package(session_id, bytes));
         if let Some(Err(e)) = r {
             self.dave_refused += 1;
             tracing::debug!(error = %e, "DAVE key package refused");
@@ -1403,10 +1401,8 @@ impl Registry {
     }
 
     /// DAVE op 23: the member is ready for a transition.
-    pub fn dave_ready(&mut self, session_id: &str, transition_id: u16, now: Instant) {
-        self.with_call(session_id, |call, _| {
-            call.ready(session_id, transition_id, now)
-        });
+    pub fn dave_ready(&mut self, session_id: &str, transition_id: u16) {
+        self.with_call(session_id, |call, _| call.ready(session_id, transition_id));
     }
 
     /// DAVE op 31: the member could not process a commit or welcome.

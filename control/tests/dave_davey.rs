@@ -172,7 +172,7 @@ fn check_commit(
     want.sort();
     assert_eq!(got, want, "commit references exactly the proposals sent");
     assert_eq!(c.welcome.is_some(), !added.is_empty(), "welcome iff adds");
-    let mut kps: Vec<Vec<u8>> = added.iter().map(|k| key_package_ref(k)).collect();
+    let mut kps: Vec<Vec<u8>> = added.iter().map(|k| k.reference().to_vec()).collect();
     let mut wk = c.welcome_key_packages.clone();
     kps.sort();
     wk.sort();

@@ -137,16 +137,6 @@ impl ExternalSender {
         Ok(Self::from_signer(signer))
     }
 
-    /// Rebuild from stored raw keys (`private` = P-256 scalar as openmls
-    /// stores it, `public` = 65-byte uncompressed SEC1 point).
-    pub fn from_raw(private: Vec<u8>, public: Vec<u8>) -> Self {
-        Self::from_signer(SignatureKeyPair::from_raw(
-            SignatureScheme::ECDSA_SECP256R1_SHA256,
-            private,
-            public,
-        ))
-    }
-
     fn from_signer(signer: SignatureKeyPair) -> Self {
         let credential: Credential = BasicCredential::new(EXTERNAL_SENDER_IDENTITY.to_vec()).into();
         Self { signer, credential }
@@ -178,29 +168,13 @@ impl ExternalSender {
 pub struct ValidKeyPackage {
     key_package: KeyPackage,
     reference: Vec<u8>,
-    user_id: u64,
 }
 
 impl ValidKeyPackage {
-    pub fn key_package(&self) -> &KeyPackage {
-        &self.key_package
-    }
     /// `KeyPackageRef` hash value (32 bytes, without length prefix).
     pub fn reference(&self) -> &[u8] {
         &self.reference
     }
-    pub fn user_id(&self) -> u64 {
-        self.user_id
-    }
-    /// The member's signature public key (for the roster / fingerprints).
-    pub fn signature_key(&self) -> &[u8] {
-        self.key_package.leaf_node().signature_key().as_slice()
-    }
-}
-
-/// `KeyPackageRef` bytes (32-byte hash, no length prefix).
-pub fn key_package_ref(kp: &ValidKeyPackage) -> Vec<u8> {
-    kp.reference.clone()
 }
 
 /// Validate an op 26 payload (raw TLS `KeyPackage`) from user `user_id`.
@@ -259,7 +233,6 @@ pub fn validate_key_package(bytes: &[u8], user_id: u64) -> Result<ValidKeyPackag
     Ok(ValidKeyPackage {
         key_package: kp,
         reference,
-        user_id,
     })
 }
 

@@ -274,7 +274,7 @@ impl Call {
         }
         let wanted = self.wanted_version();
         if wanted != self.version {
-            self.change_version(wanted, now, Some(session));
+            self.change_version(wanted, now);
         } else if self.version == PROTOCOL_VERSION {
             let payload = self.sender.payload();
             self.tell(session, DaveNotice::ExternalSender(payload));
@@ -323,7 +323,7 @@ impl Call {
             }
             let wanted = self.wanted_version();
             if wanted != self.version {
-                self.change_version(wanted, now, None);
+                self.change_version(wanted, now);
             }
             return;
         }
@@ -355,7 +355,7 @@ impl Call {
             self.tell(&sid, DaveNotice::Proposals(mls::revoke_payload(&refs)));
         }
         if self.version != PROTOCOL_VERSION || !gone.in_group {
-            self.check_ready(now);
+            self.check_ready();
             return;
         }
         let leaf = self.roster.iter().position(|u| *u == Some(gone.user));
@@ -390,17 +390,12 @@ impl Call {
             }
             (None, _) => {}
         }
-        self.check_ready(now);
+        self.check_ready();
     }
 
     /// Op 26: a member's key package; it is proposed to the group (or to
     /// the other founders) as soon as there is someone to commit it.
-    pub fn key_package(
-        &mut self,
-        session: &str,
-        bytes: &[u8],
-        now: Instant,
-    ) -> Result<(), DaveError> {
+    pub fn key_package(&mut self, session: &str, bytes: &[u8]) -> Result<(), DaveError> {
         if self.version != PROTOCOL_VERSION {
             return Err(self.refuse(DaveError::Inactive));
         }
@@ -420,14 +415,14 @@ impl Call {
         if let Some(m) = self.members.get_mut(session) {
             m.key_package = Some(kp);
         }
-        self.propose(now);
+        self.propose();
         Ok(())
     }
 
     /// Sends the Add proposals nobody has been sent yet: before the group
     /// exists, each founder gets the others' Adds (epoch 0); once it
     /// exists, its members get the Adds of everyone waiting (this epoch).
-    fn propose(&mut self, _now: Instant) {
+    fn propose(&mut self) {
         let waiting: Vec<String> = self
             .members
             .iter()
@@ -601,18 +596,18 @@ impl Call {
         });
         // Members that came while this epoch was decided are proposed for
         // the next one.
-        self.propose(now);
+        self.propose();
         Ok(())
     }
 
     /// Op 23: the member is ready for `transition_id`.
-    pub fn ready(&mut self, session: &str, transition_id: u16, now: Instant) {
+    pub fn ready(&mut self, session: &str, transition_id: u16) {
         if let Some(t) = &mut self.transition {
             if t.id == transition_id {
                 t.waiting.remove(session);
             }
         }
-        self.check_ready(now);
+        self.check_ready();
     }
 
     /// Op 31: the member could not process a commit or welcome: it is taken
@@ -644,7 +639,7 @@ impl Call {
             if let Some(t) = &mut self.transition {
                 t.waiting.clear();
             }
-            self.check_ready(now);
+            self.check_ready();
         }
     }
 
@@ -665,7 +660,7 @@ impl Call {
     }
 
     /// Executes the transition once nobody owes Transition Ready.
-    fn check_ready(&mut self, _now: Instant) {
+    fn check_ready(&mut self) {
         let Some(t) = self.transition.take_if(|t| t.waiting.is_empty()) else {
             return;
         };
@@ -683,7 +678,7 @@ impl Call {
     /// joined) through a prepared transition; up to DAVE by starting a new
     /// group at epoch 1 (op 24, then the external sender: members answer
     /// with key packages and the founders' commit carries the transition).
-    fn change_version(&mut self, version: u16, now: Instant, _joining: Option<&str>) {
+    fn change_version(&mut self, version: u16, now: Instant) {
         self.settle();
         let everyone: Vec<String> = self
             .members
@@ -712,7 +707,7 @@ impl Call {
                 deadline: now + TRANSITION_TIMEOUT,
             });
             self.reset_group();
-            self.check_ready(now);
+            self.check_ready();
         } else {
             self.reset_group();
             let members: Vec<String> = self.members.keys().cloned().collect();

@@ -241,30 +241,32 @@ impl Connection {
     /// for DAVE's MLS ops a binary frame whose `u16` seq is the same
     /// counter.
     pub fn output(&self, n: &Sequenced) -> Output {
-        let (op, payload): (Opcode, &[u8]) = match &n.notice {
-            Notice::Dave(DaveNotice::ExternalSender(p)) => (Opcode::DaveMlsExternalSender, p),
-            Notice::Dave(DaveNotice::Proposals(p)) => (Opcode::DaveMlsProposals, p),
-            Notice::Dave(DaveNotice::AnnounceCommit {
+        use DaveNotice::{AnnounceCommit, ExternalSender, Proposals, Welcome};
+        let (op, transition, body): (Opcode, Option<u16>, &[u8]) = match &n.notice {
+            Notice::Dave(ExternalSender(p)) => (Opcode::DaveMlsExternalSender, None, p),
+            Notice::Dave(Proposals(p)) => (Opcode::DaveMlsProposals, None, p),
+            Notice::Dave(AnnounceCommit {
                 transition_id,
                 commit,
-            }) => {
-                return binary(
-                    n.seq,
-                    Opcode::DaveMlsAnnounceCommitTransition,
-                    *transition_id,
-                    commit,
-                )
-            }
-            Notice::Dave(DaveNotice::Welcome {
+            }) => (
+                Opcode::DaveMlsAnnounceCommitTransition,
+                Some(*transition_id),
+                commit,
+            ),
+            Notice::Dave(Welcome {
                 transition_id,
                 welcome,
-            }) => return binary(n.seq, Opcode::DaveMlsWelcome, *transition_id, welcome),
+            }) => (Opcode::DaveMlsWelcome, Some(*transition_id), welcome),
             notice => return Output::Text(self.message(notice).encode(n.seq)),
         };
+        // Ops 29 and 30 start with the transition id.
+        let mut payload = Vec::with_capacity(2 + body.len());
+        payload.extend(transition.map(u16::to_be_bytes).into_iter().flatten());
+        payload.extend_from_slice(body);
         let frame = Frame {
             seq: Some(n.seq.unwrap_or(0) as u16),
             op,
-            payload,
+            payload: &payload,
         };
         Output::Binary(frame.encode())
     }
@@ -487,7 +489,7 @@ impl Protocol for Connection {
             // DAVE: what the call refuses is counted, never a close.
             Incoming::DaveKeyPackage(bytes) => {
                 if let Some(session_id) = &self.session {
-                    registry.dave_key_package(session_id, &bytes, now);
+                    registry.dave_key_package(session_id, &bytes);
                 }
                 Ok(())
             }
@@ -499,7 +501,7 @@ impl Protocol for Connection {
             }
             Incoming::DaveReady(transition_id) => {
                 if let Some(session_id) = &self.session {
-                    registry.dave_ready(session_id, transition_id, now);
+                    registry.dave_ready(session_id, transition_id);
                 }
                 Ok(())
             }
@@ -622,19 +624,6 @@ fn departure(closing: Option<u16>, peer: Option<Option<u16>>) -> Departure {
         (None, Some(Some(protocol::NORMAL_CLOSURE | protocol::GOING_AWAY))) => Departure::Left,
         (None, _) => Departure::Parked,
     }
-}
-
-/// A DAVE binary frame whose payload starts with a transition id.
-fn binary(seq: Option<u64>, op: Opcode, transition_id: u16, body: &[u8]) -> Output {
-    let mut payload = Vec::with_capacity(2 + body.len());
-    payload.extend_from_slice(&transition_id.to_be_bytes());
-    payload.extend_from_slice(body);
-    let frame = Frame {
-        seq: Some(seq.unwrap_or(0) as u16),
-        op,
-        payload: &payload,
-    };
-    Output::Binary(frame.encode())
 }
 
 fn decode_refusal(e: DecodeError) -> Refusal {

@@ -158,15 +158,14 @@ impl Shared {
             }
             (hub.snapshot(), changes)
         };
-        let written = tokio::task::spawn_blocking(move || store.save(&snapshot)).await;
+        let written = tokio::task::spawn_blocking(move || store.save(&snapshot))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         match written {
-            Ok(Ok(())) => changes,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "saving the state failed");
-                saved
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "saving the state failed");
+            Ok(()) => changes,
+            Err(error) => {
+                tracing::error!(%error, "saving the state failed");
                 saved
             }
         }
@@ -628,9 +627,7 @@ impl Server {
             tracing::info!("leaving the data plane running for the next control");
         } else {
             supervisor.stop().await;
-            let mut hub = shared.hub();
-            let port = hub.dataplane.as_ref().map_or(0, |d| d.udp_port);
-            hub.serving(None, port, false);
+            shared.hub().serving(None, udp_port, false);
         }
         shared.save(u64::MAX).await;
         let closes = shared.hub().closes.clone();
