@@ -118,6 +118,7 @@ impl Channel {
                         key,
                         declared: Some(addr),
                         slot: i as u32,
+                        video: Default::default(),
                     }),
                 )
                 .map_err(|e| match e {

@@ -37,6 +37,7 @@ pub mod registry;
 pub mod replay;
 pub mod server;
 pub mod stream;
+pub mod video;
 
 pub use connection::{Refusal, PRE_AUTH_MAX_MESSAGE};
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::gateway::{Identify, Resume};
+use protocol::gateway::{Identify, Resume, Video};
 use protocol::lvsp::ChannelAssign;
 use protocol::Snowflake;
 use rand::rngs::StdRng;
@@ -21,6 +21,7 @@ use crate::dave::{self, DaveMode, DaveNotice};
 use crate::limit::{Bucket, RateLimit};
 use crate::stream::Stream;
 pub use crate::stream::{Notice, Sequenced, SessionKey};
+use crate::video::{member_ssrcs, MemberVideo, VideoError};
 
 /// Identifies one gateway websocket connection.
 pub type ConnId = u64;
@@ -152,6 +153,9 @@ struct VoiceState {
     /// client may have heard more than the save kept, so a Resume that
     /// acknowledges more catches the stream up instead of failing.
     restored: bool,
+    /// Its video streams, when its Identify asked for video (allocated
+    /// with the SSRC, released with it).
+    video: Option<MemberVideo>,
 }
 
 impl VoiceState {
@@ -174,12 +178,31 @@ impl VoiceState {
             idle_since: None,
             dave: 0,
             restored: false,
+            video: None,
         }
     }
 
     /// Identified, attached or parked: the member is in the call.
     fn in_call(&self) -> bool {
         self.stream.is_some()
+    }
+
+    /// Op 12 for the others, once it has an SSRC.
+    fn ssrcs(&self) -> Option<Notice> {
+        let ssrc = self.ssrc?;
+        Some(Notice::Ssrcs(member_ssrcs(
+            self.user_id,
+            ssrc,
+            self.video.as_ref(),
+        )))
+    }
+
+    /// Its video on the data plane (none: it neither sends nor receives).
+    fn video_spec(&self) -> shared::VideoSpec {
+        self.video
+            .as_ref()
+            .map(MemberVideo::spec)
+            .unwrap_or_default()
     }
 }
 
@@ -787,6 +810,9 @@ impl Registry {
                 continue;
             };
             self.by_user.remove(&(state.channel_id, state.user_id));
+            for video in state.video.iter().flat_map(MemberVideo::ssrcs) {
+                self.ssrcs.remove(&video);
+            }
             if let Some(ssrc) = state.ssrc {
                 self.ssrcs.remove(&ssrc);
                 self.load[ch.core as usize] = self.load[ch.core as usize].saturating_sub(1);
@@ -913,8 +939,12 @@ impl Registry {
         let slot = state.slot.take();
         state.speaking = 0;
         let ssrc = state.ssrc.take();
+        let video = state.video.take();
         let (user_id, channel_id) = (state.user_id, state.channel_id);
         self.free_slots.extend(slot);
+        for video in video.iter().flat_map(MemberVideo::ssrcs) {
+            self.ssrcs.remove(&video);
+        }
         if had_session {
             self.went_idle(session_id, now);
         }
@@ -1067,6 +1097,15 @@ impl Registry {
                 ssrc
             }
         };
+        // Video streams, on the channel's core like the audio SSRC; kept
+        // (like it) when the client identifies again.
+        let video = match &self.states[session_id].video {
+            Some(video) => Some(video.clone()),
+            None if id.wants_video() => Some(MemberVideo::allocate(&id.streams, || {
+                self.allocate_ssrc(core, session_id)
+            })),
+            None => None,
+        };
         let capacity = self.stream_capacity;
         let state = self
             .states
@@ -1079,8 +1118,13 @@ impl Registry {
         state.ssrc = Some(ssrc);
         state.parked_since = None;
         state.idle_since = None;
+        let streams = video
+            .as_ref()
+            .map(|v| v.streams.clone())
+            .unwrap_or_default();
+        state.video = video;
         let stream = state.stream.insert(Stream::new(numbered, capacity));
-        let ready = stream.notice(Notice::Ready { ssrc });
+        let ready = stream.notice(Notice::Ready { ssrc, streams });
         self.effects.push_back(Effect::Dataplane {
             core,
             command: Command::AnnounceSsrc {
@@ -1094,7 +1138,7 @@ impl Registry {
             self.effects.push_back(Effect::Dataplane { core, command });
         }
         if joined {
-            self.announce(channel_id, session_id, user_id, ssrc);
+            self.announce(channel_id, session_id, user_id);
         }
         self.welcome(session_id);
         Ok(Identified {
@@ -1104,15 +1148,14 @@ impl Registry {
         })
     }
 
-    /// Tells the other members that `user_id` joined with `ssrc`: Clients
-    /// Connect (op 11), then its SSRCs (op 12), which koe-based clients
-    /// (Lavalink) learn members from.
-    fn announce(&mut self, channel_id: Snowflake, session_id: &str, user_id: Snowflake, ssrc: u32) {
+    /// Tells the other members that `user_id` joined: Clients Connect
+    /// (op 11), then its SSRCs and video streams (op 12), which koe-based
+    /// clients (Lavalink) learn members from.
+    fn announce(&mut self, channel_id: Snowflake, session_id: &str, user_id: Snowflake) {
         self.broadcast(channel_id, session_id, || Notice::Joined(vec![user_id]));
-        self.broadcast(channel_id, session_id, || Notice::Ssrcs {
-            user_id,
-            audio_ssrc: ssrc,
-        });
+        if let Some(ssrcs) = self.states.get(session_id).and_then(VoiceState::ssrcs) {
+            self.broadcast(channel_id, session_id, || ssrcs.clone());
+        }
     }
 
     /// Tells a newly identified member who is in the call (op 11), each
@@ -1130,7 +1173,7 @@ impl Registry {
                 continue;
             }
             present.push(s.user_id);
-            ssrcs.extend(s.ssrc.map(|ssrc| (s.user_id, ssrc)));
+            ssrcs.extend(s.ssrcs().map(|notice| (s.user_id, notice)));
             if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
                 speakers.push((s.user_id, ssrc, s.speaking));
             }
@@ -1139,12 +1182,8 @@ impl Registry {
             present.sort();
             self.deliver(session_id, Notice::Joined(present));
         }
-        ssrcs.sort();
-        for (user_id, audio_ssrc) in ssrcs {
-            let notice = Notice::Ssrcs {
-                user_id,
-                audio_ssrc,
-            };
+        ssrcs.sort_by_key(|(user_id, _)| *user_id);
+        for (_, notice) in ssrcs {
             self.deliver(session_id, notice);
         }
         speakers.sort();
@@ -1264,7 +1303,7 @@ impl Registry {
         };
         let command = Command::HoldSession { ssrc, held: false };
         self.effects.push_back(Effect::Dataplane { core, command });
-        self.announce(channel_id, session_id, user_id, ssrc);
+        self.announce(channel_id, session_id, user_id);
         if speaking != 0 {
             self.broadcast(channel_id, session_id, || Notice::Speaking {
                 user_id,
@@ -1301,6 +1340,7 @@ impl Registry {
         session_id: &str,
         mode: Mode,
         declared: Option<SocketAddr>,
+        video_codec: Option<String>,
         now: Instant,
     ) -> Result<Option<Sequenced>, SelectError> {
         self.changes += 1;
@@ -1327,8 +1367,11 @@ impl Registry {
             key: key.0,
             declared,
             slot,
+            video: state.video_spec(),
         };
         state.media = Some(spec.clone());
+        // A video client that named no codec gets Discord's default.
+        let video_codec = video_codec.or_else(|| state.video.as_ref().map(|_| "H264".into()));
         let (channel_id, max_dave) = (state.channel_id, state.dave);
         // The call's DAVE version as it stands with this member in it
         // (its external sender follows Session Description).
@@ -1343,10 +1386,14 @@ impl Registry {
             }
         };
         let state = self.states.get_mut(session_id).expect("looked up above");
-        let keyed = state
-            .stream
-            .as_mut()
-            .map(|stream| stream.notice(Notice::Keyed { mode, key, dave }));
+        let keyed = state.stream.as_mut().map(|stream| {
+            stream.notice(Notice::Keyed {
+                mode,
+                key,
+                dave,
+                video_codec,
+            })
+        });
         self.effects.push_back(Effect::Dataplane {
             core,
             command: Command::UpsertSession(spec),
@@ -1568,6 +1615,32 @@ impl Registry {
         });
     }
 
+    /// Op 12 from a member: the state of its video streams, relayed to the
+    /// others (and kept for those who join later) when it changed. Every
+    /// SSRC it names must be its own.
+    pub fn video(&mut self, session_id: &str, op: &Video) -> Result<(), VideoError> {
+        let Some(state) = self.states.get_mut(session_id).filter(|s| s.in_call()) else {
+            return Ok(());
+        };
+        let Some(ssrc) = state.ssrc else {
+            return Ok(());
+        };
+        let changed = match &mut state.video {
+            Some(video) => video.update(ssrc, op)?,
+            // A client without video streams may still say so (all 0).
+            None if [op.video_ssrc, op.rtx_ssrc].iter().all(|s| *s == 0) => false,
+            None => return Err(VideoError::ForeignSsrc),
+        };
+        if changed {
+            self.changes += 1;
+            let channel_id = state.channel_id;
+            if let Some(ssrcs) = state.ssrcs() {
+                self.broadcast(channel_id, session_id, || ssrcs.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// The gateway connection went away ([`Departure`]). Parked: the
     /// session waits for a Resume until the resume grace ends (SSRC, key
     /// and address stay on the data plane, media keeps flowing). Left: the
@@ -1672,6 +1745,8 @@ struct SavedSession {
     observed: Option<SocketAddr>,
     proven: Option<SocketAddr>,
     slot: Option<u32>,
+    #[serde(default)]
+    video: Option<MemberVideo>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -1750,6 +1825,7 @@ impl Registry {
                         observed: st.observed,
                         proven: st.proven,
                         slot: st.slot,
+                        video: st.video.clone(),
                     }),
             })
             .collect();
@@ -1829,6 +1905,11 @@ impl Registry {
             });
             match session {
                 Some(s) => {
+                    for video in s.video.iter().flat_map(MemberVideo::ssrcs) {
+                        self.ssrcs.insert(video, st.session_id.clone());
+                    }
+                    let video = s.video.as_ref().map(MemberVideo::spec).unwrap_or_default();
+                    state.video = s.video;
                     state.ssrc = Some(s.ssrc);
                     state.dave = s.dave;
                     state.speaking = s.speaking;
@@ -1843,6 +1924,7 @@ impl Registry {
                         key: m.key.0,
                         declared: m.declared,
                         slot,
+                        video,
                     });
                     state.observed = s.observed;
                     state.proven = s.proven;
@@ -1953,6 +2035,8 @@ mod tests {
             session_id: session_id.into(),
             token: token.into(),
             max_dave_protocol_version: None,
+            video: false,
+            streams: Vec::new(),
         };
         r.identify(conn, version >= 8, &id, Instant::now(), LIMIT)
     }
@@ -2115,27 +2199,27 @@ mod tests {
         r.speaking(&a, 1);
         effects(&mut r);
         let ib = identify(&mut r, 11, 4, "1", "8", &b, &ch.token).unwrap();
-        assert_eq!(ib.ready.notice, Notice::Ready { ssrc: ib.ssrc });
+        assert_eq!(
+            ib.ready.notice,
+            Notice::Ready {
+                ssrc: ib.ssrc,
+                streams: Vec::new()
+            }
+        );
         assert_eq!(ib.ready.seq, None, "v4 numbers nothing");
         let e = effects(&mut r);
         assert_eq!(
             notices(&e, 10),
             vec![
                 Notice::Joined(vec![sf(8)]),
-                Notice::Ssrcs {
-                    user_id: sf(8),
-                    audio_ssrc: ib.ssrc
-                }
+                Notice::Ssrcs(member_ssrcs(sf(8), ib.ssrc, None))
             ]
         );
         assert_eq!(
             notices(&e, 11),
             vec![
                 Notice::Joined(vec![sf(7)]),
-                Notice::Ssrcs {
-                    user_id: sf(7),
-                    audio_ssrc: ia.ssrc
-                },
+                Notice::Ssrcs(member_ssrcs(sf(7), ia.ssrc, None)),
                 Notice::Speaking {
                     user_id: sf(7),
                     ssrc: ia.ssrc,
@@ -2214,7 +2298,7 @@ mod tests {
             .unwrap();
         let ia = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let ib = identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
-        let keyed = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now());
+        let keyed = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, None, Instant::now());
         let Ok(Some(Sequenced {
             seq: Some(4),
             notice: Notice::Keyed { key, .. },
@@ -2271,7 +2355,7 @@ mod tests {
             .unwrap();
         let id = identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         let owner = id.ssrc % 3;
-        r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now())
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, None, Instant::now())
             .unwrap();
         let slot = match effects(&mut r).last() {
             Some(Effect::Dataplane {
@@ -2353,10 +2437,10 @@ mod tests {
             .unwrap();
         identify(&mut r, 10, 8, "1", "7", &a, &ch.token).unwrap();
         identify(&mut r, 11, 8, "1", "8", &b, &ch.token).unwrap();
-        let first = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now());
+        let first = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, None, Instant::now());
         // A second Select Protocol of the same session keeps its slot,
         // with a fresh key.
-        let second = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now());
+        let second = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, None, Instant::now());
         let key = |k: Result<Option<Sequenced>, _>| match k {
             Ok(Some(Sequenced {
                 notice: Notice::Keyed { key, .. },
@@ -2366,7 +2450,7 @@ mod tests {
         };
         assert_ne!(key(first), key(second));
         assert_eq!(
-            r.select_protocol(&b, Mode::Aes256GcmRtpSize, None, Instant::now()),
+            r.select_protocol(&b, Mode::Aes256GcmRtpSize, None, None, Instant::now()),
             Err(SelectError::Full)
         );
     }
@@ -2569,6 +2653,63 @@ mod tests {
     /// that heard more than the save kept resumes with nothing missing;
     /// without the data plane only the channel and voice states return.
     #[test]
+    fn a_video_member_comes_back_with_its_streams() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(2, StdRng::seed_from_u64(15));
+        let ch = r.channel_req(sf(100), Some(sf(1)), t0);
+        let a = r.voice_state_create(sf(7), sf(100), t0).unwrap();
+        let id = Identify {
+            server_id: sf(1),
+            user_id: sf(7),
+            session_id: a.clone(),
+            token: ch.token.clone(),
+            max_dave_protocol_version: None,
+            video: true,
+            streams: Vec::new(),
+        };
+        let ia = r.identify(10, true, &id, t0, LIMIT).unwrap();
+        let Notice::Ready { streams, .. } = &ia.ready.notice else {
+            panic!("{:?}", ia.ready.notice)
+        };
+        let stream = streams[0].clone();
+        r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, None, t0)
+            .unwrap();
+        effects(&mut r);
+        let saved: Saved = serde_json::from_str(&serde_json::to_string(&r.save(t0)).unwrap()).unwrap();
+
+        let mut back = Registry::new(2, StdRng::seed_from_u64(16));
+        back.restore(saved, t0, Duration::ZERO, true);
+        back.take_over();
+        let spec = effects(&mut back)
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Dataplane {
+                    command: Command::UpsertSession(spec),
+                    ..
+                } => Some(spec),
+                _ => None,
+            })
+            .expect("the session is pushed again");
+        assert_eq!(spec.video.ssrcs().collect::<Vec<_>>(), [stream.ssrc, stream.rtx_ssrc]);
+        assert!(spec.video.receive);
+        // Its streams are still its own: an op 12 naming them is taken,
+        // one naming anything else is not.
+        let live = Video {
+            audio_ssrc: ia.ssrc,
+            video_ssrc: stream.ssrc,
+            rtx_ssrc: stream.rtx_ssrc,
+            streams: Vec::new(),
+        };
+        assert_eq!(back.video(&a, &live), Ok(()));
+        let forged = Video {
+            video_ssrc: stream.ssrc + 2,
+            ..live
+        };
+        assert_eq!(back.video(&a, &forged), Err(VideoError::ForeignSsrc));
+        assert_eq!(back.ssrcs.get(&stream.rtx_ssrc), Some(&a), "still allocated");
+    }
+
+    #[test]
     fn a_saved_registry_comes_back_parked_with_its_keys() {
         let t0 = Instant::now();
         let mut r = Registry::new(2, StdRng::seed_from_u64(5));
@@ -2581,7 +2722,7 @@ mod tests {
         let Ok(Some(Sequenced {
             notice: Notice::Keyed { key, .. },
             ..
-        })) = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, Instant::now())
+        })) = r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, None, Instant::now())
         else {
             panic!("keyed");
         };
@@ -2680,9 +2821,11 @@ mod tests {
                 session_id: sid.clone(),
                 token: ch.token.clone(),
                 max_dave_protocol_version: Some(1),
+                video: false,
+                streams: Vec::new(),
             };
             r.identify(user, true, &id, t0, LIMIT).unwrap();
-            r.select_protocol(&sid, Mode::Aes256GcmRtpSize, None, t0)
+            r.select_protocol(&sid, Mode::Aes256GcmRtpSize, None, None, t0)
                 .unwrap();
             sessions.push(sid);
         }

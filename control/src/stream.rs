@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use protocol::gateway::{MemberSsrcs, VideoStream};
 use protocol::Snowflake;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shared::Mode;
@@ -26,6 +27,9 @@ pub enum Notice {
     Ready {
         /// The session's SSRC.
         ssrc: u32,
+        /// Its video streams with their SSRCs.
+        #[serde(default)]
+        streams: Vec<VideoStream>,
     },
     /// The session selected a protocol: its mode and key (Session
     /// Description).
@@ -36,19 +40,19 @@ pub enum Notice {
         key: SessionKey,
         /// The call's DAVE protocol version (0: none).
         dave: u16,
+        /// The video codec it preferred (None: it offered none and has no
+        /// video).
+        #[serde(default)]
+        video_codec: Option<String>,
     },
     /// These members are in the call: they joined, or were there when the
     /// session joined (Clients Connect).
     Joined(Vec<Snowflake>),
     /// This member left the call (Client Disconnect).
     Left(Snowflake),
-    /// A member's SSRCs (op 12), sent with its join.
-    Ssrcs {
-        /// The member.
-        user_id: Snowflake,
-        /// Its audio SSRC.
-        audio_ssrc: u32,
-    },
+    /// A member's SSRCs and video streams (op 12), sent with its join and
+    /// when its video changes.
+    Ssrcs(MemberSsrcs),
     /// Something of the call's end-to-end encryption (DAVE ops 21-30).
     Dave(DaveNotice),
     /// A member's speaking flags and SSRC (Speaking).
@@ -85,7 +89,7 @@ impl Notice {
             Notice::Joined(users) if users.len() == 1 => Some(Supersedes::Presence(users[0])),
             Notice::Left(user) => Some(Supersedes::Presence(*user)),
             Notice::Speaking { user_id, .. } => Some(Supersedes::Speaking(*user_id)),
-            Notice::Ssrcs { user_id, .. } => Some(Supersedes::Ssrcs(*user_id)),
+            Notice::Ssrcs(m) => Some(Supersedes::Ssrcs(m.user_id)),
             _ => None,
         }
     }

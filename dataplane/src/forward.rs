@@ -31,7 +31,9 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 
 use rustc_hash::FxHashMap;
-use shared::{Command, CoreStats, Counters, DropReason, Drops, Event, Mode, SessionSpec};
+use shared::{
+    Command, CoreStats, Counters, DropReason, Drops, Event, Mode, SessionSpec, VideoSpec,
+};
 
 use crate::crypto::{self, CryptoError, KeyState, ReplayId, MAX_OVERHEAD};
 use crate::packet::{self, Datagram, Kind, DISCOVERY_LEN};
@@ -431,6 +433,19 @@ struct Session {
     /// The member left the call but may resume ([`Command::HoldSession`]):
     /// nothing is forwarded to or from it.
     held: bool,
+    /// Its video SSRCs, and whether it receives the others' video.
+    video: VideoSpec,
+}
+
+/// A video or RTX SSRC of a session (its owner): media on it is the
+/// owner's, opened with the owner's key and counted in the owner's
+/// replay windows, except for the RTP-header window of
+/// `xsalsa20_poly1305`, whose nonce is the header itself and so names the
+/// SSRC: each stream has its own sequence numbers and clock.
+#[derive(Debug, Default)]
+struct Alias {
+    owner: u32,
+    headers: HeaderWindow,
 }
 
 impl Session {
@@ -450,6 +465,7 @@ impl Session {
             headers: HeaderWindow::default(),
             recent: None,
             held: false,
+            video: VideoSpec::default(),
             out_next: 0,
             out_reserved: 0,
             out_first: 0,
@@ -506,6 +522,8 @@ pub struct Forwarder {
     /// channel numbers (packets only look them up, never insert), so a
     /// keyed hash buys nothing on the per-packet path.
     sessions: FxHashMap<u32, Session>,
+    /// Video and RTX SSRCs, to the session that sends on them.
+    aliases: FxHashMap<u32, Alias>,
     channels: FxHashMap<u64, Vec<u32>>,
     /// Every proven address on the server (this core's sessions and, told
     /// by control, other cores'): who may get a keepalive echo. Inserted
@@ -540,6 +558,7 @@ impl Forwarder {
             core,
             config,
             sessions: FxHashMap::with_capacity_and_hasher(1024, Default::default()),
+            aliases: FxHashMap::with_capacity_and_hasher(64, Default::default()),
             channels: FxHashMap::with_capacity_and_hasher(256, Default::default()),
             bound: FxHashMap::with_capacity_and_hasher(1024, Default::default()),
             counters,
@@ -653,10 +672,8 @@ impl Forwarder {
                 Ok(())
             }
             Command::RemoveChannel { channel } => {
-                for ssrc in self.channels.remove(&channel).unwrap_or_default() {
-                    if let Some(s) = self.sessions.remove(&ssrc) {
-                        self.unbind(s.addr, ssrc);
-                    }
+                for ssrc in self.channels.get(&channel).cloned().unwrap_or_default() {
+                    self.remove(ssrc);
                 }
                 Ok(())
             }
@@ -758,6 +775,36 @@ impl Forwarder {
         if let Some(s) = self.sessions.remove(&ssrc) {
             self.leave(ssrc, s.channel);
             self.unbind(s.addr, ssrc);
+            for alias in s.video.ssrcs() {
+                self.aliases.remove(&alias);
+            }
+        }
+    }
+
+    /// Sets `ssrc`'s video; `fresh`: under a new key, so the aliases'
+    /// replay windows start over. An alias that is some session's own
+    /// SSRC is ignored (control never hands one out twice).
+    fn set_video(&mut self, ssrc: u32, video: VideoSpec, fresh: bool) {
+        let Some(s) = self.sessions.get_mut(&ssrc) else {
+            return;
+        };
+        let old = std::mem::replace(&mut s.video, video);
+        for alias in old.ssrcs().filter(|a| !video.aliases.contains(a)) {
+            if self.aliases.get(&alias).is_some_and(|a| a.owner == ssrc) {
+                self.aliases.remove(&alias);
+            }
+        }
+        for alias in video.ssrcs() {
+            if self.sessions.contains_key(&alias) {
+                continue;
+            }
+            let entry = self.aliases.entry(alias).or_default();
+            if fresh || entry.owner != ssrc {
+                *entry = Alias {
+                    owner: ssrc,
+                    headers: HeaderWindow::default(),
+                };
+            }
         }
     }
 
@@ -822,7 +869,8 @@ impl Forwarder {
                 return Err(failure.expect("a failure unless the key is usable"));
             }
         };
-        if session.key_id != Some(key_id) {
+        let fresh = session.key_id != Some(key_id);
+        if fresh {
             // A new key (or this core has never sealed with it since it
             // started): fresh replay windows, and outgoing counters from
             // the slot's high-water mark, above every nonce any earlier
@@ -838,6 +886,8 @@ impl Forwarder {
             session.key_id = Some(key_id);
         }
         session.key = Some(key);
+        self.set_video(spec.ssrc, spec.video, fresh);
+        let session = self.sessions.get_mut(&spec.ssrc).expect("joined above");
         // Listen-only members: the declared address counts once discovery
         // saw it come from there.
         if session.addr.is_none() && session.declared_observed() {
@@ -976,16 +1026,30 @@ impl Forwarder {
         packet: &mut [u8],
         out: &mut Outbox,
     ) -> Result<(), DropReason> {
-        let sender = self
-            .sessions
-            .get_mut(&ssrc)
-            .ok_or(DropReason::UnknownSsrc)?;
+        // A session's own SSRC first (audio: one lookup, as before video),
+        // then its video and RTX SSRCs.
+        let (sender, owner, alias) = match self.sessions.get_mut(&ssrc) {
+            Some(sender) => (sender, ssrc, None),
+            None => {
+                let alias = self.aliases.get_mut(&ssrc).ok_or(DropReason::UnknownSsrc)?;
+                let sender = self
+                    .sessions
+                    .get_mut(&alias.owner)
+                    .ok_or(DropReason::UnknownSsrc)?;
+                (sender, alias.owner, Some(&mut alias.headers))
+            }
+        };
+        let video = alias.is_some();
         let key = sender.key.as_ref().ok_or(DropReason::NoKey)?;
         let opened = crypto::open(key, kind, packet).map_err(|e| match e {
             CryptoError::Auth => DropReason::AuthFailed,
             _ => DropReason::Malformed,
         })?;
-        if !sender.accept(kind, opened.replay) {
+        let fresh = match (alias, opened.replay) {
+            (Some(headers), ReplayId::Header { seq, timestamp }) => headers.accept(seq, timestamp),
+            _ => sender.accept(kind, opened.replay),
+        };
+        if !fresh {
             return Err(DropReason::Replay);
         }
         if sender.addr == Some(from) {
@@ -994,14 +1058,14 @@ impl Forwarder {
             // First contact, or NAT rebinding: only a fresh packet of an
             // ordered replay identifier may move the address (a replayed
             // one was rejected above).
-            self.prove(ssrc, from, now);
+            self.prove(owner, from, now);
         }
         // A held sender left the call: its packet is authenticated (and
         // its counter taken, so it cannot be replayed after a resume) but
         // goes to no one.
         let Some(channel) = self
             .sessions
-            .get(&ssrc)
+            .get(&owner)
             .filter(|s| !s.held)
             .map(|s| s.channel)
         else {
@@ -1013,10 +1077,14 @@ impl Forwarder {
         };
         let mut failed = 0;
         for &member in members {
-            if member == ssrc {
+            if member == owner {
                 continue;
             }
-            let Some(m) = self.sessions.get_mut(&member).filter(|m| !m.held) else {
+            let Some(m) = self
+                .sessions
+                .get_mut(&member)
+                .filter(|m| !m.held && (!video || m.video.receive))
+            else {
                 continue;
             };
             let (Some(addr), Some(key)) = (m.addr, &m.key) else {
@@ -1094,6 +1162,7 @@ mod tests {
                 key: self.key,
                 declared,
                 slot: self.ssrc,
+                video: Default::default(),
             })
         }
 
@@ -1909,6 +1978,99 @@ mod tests {
         // A resync end with no beginning changes nothing.
         f.apply(T0, Command::ResyncEnd).unwrap();
         assert!(f.has_session(a.ssrc) && f.has_session(b.ssrc));
+    }
+
+    /// `p`'s session with video on `aliases`, receiving video or not.
+    fn video_spec(p: &Peer, channel: u64, aliases: &[u32], receive: bool) -> Command {
+        let Command::UpsertSession(mut spec) = p.spec(channel, Some(p.addr)) else {
+            unreachable!()
+        };
+        spec.video.aliases[..aliases.len()].copy_from_slice(aliases);
+        spec.video.receive = receive;
+        Command::UpsertSession(spec)
+    }
+
+    /// `p` sends on `ssrc` (one of its aliases) with its key and counter.
+    fn rtp_on(p: &mut Peer, ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let own = std::mem::replace(&mut p.ssrc, ssrc);
+        let packet = p.rtp_at(seq, u32::from(seq) * 3000, payload);
+        p.ssrc = own;
+        packet
+    }
+
+    #[test]
+    fn video_on_an_alias_is_the_senders_and_reaches_only_video_receivers() {
+        for mode in Mode::ALL {
+            let mut f = forwarder();
+            let mut out = Outbox::with_capacity(4);
+            let mut peers: Vec<Peer> = (0..3)
+                .map(|i| Peer::new(10 + i, 6000 + i as u16, mode))
+                .collect();
+            call(&mut f, &mut out, &mut peers, 7);
+            // A sends video on 100 and 101 (RTX); B receives video, C
+            // (an audio-only client) does not.
+            f.apply(T0, video_spec(&peers[0], 7, &[100, 101], true))
+                .unwrap();
+            f.apply(T0, video_spec(&peers[1], 7, &[200, 201], true))
+                .unwrap();
+            let frame = vec![0x5C; 1100];
+            let from = peers[0].addr;
+            let packet = rtp_on(&mut peers[0], 100, 7, &frame);
+            let sent = send(&mut f, T0 + 1, from, &packet, &mut out);
+            assert_eq!(sent.len(), 1, "{mode:?}: only B receives video");
+            assert_eq!(sent[0].0, peers[1].addr);
+            let (ssrc, body, _) = peers[1].open(Kind::Rtp, &sent[0].1).unwrap();
+            assert_eq!((ssrc, body), (100, frame.clone()), "{mode:?}");
+            assert!(peers[2].open(Kind::Rtp, &sent[0].1).is_none());
+            // RTX on 101, and A's audio still reaches both.
+            let rtx = rtp_on(&mut peers[0], 101, 3, b"rtx");
+            assert_eq!(send(&mut f, T0 + 2, from, &rtx, &mut out).len(), 1);
+            let audio = peers[0].rtp(b"voice");
+            let sent = send(&mut f, T0 + 3, from, &audio, &mut out);
+            assert_eq!(sent.len(), 2, "{mode:?}");
+            // The same video packet again is a replay; a stranger's SSRC
+            // is unknown; B's own video does not come back to it.
+            assert!(send(&mut f, T0 + 4, from, &packet, &mut out).is_empty());
+            assert_eq!(f.drops().get(DropReason::Replay), 1, "{mode:?}");
+            let stray = rtp_on(&mut peers[0], 102, 8, b"x");
+            assert!(send(&mut f, T0 + 5, from, &stray, &mut out).is_empty());
+            assert_eq!(f.drops().get(DropReason::UnknownSsrc), 1);
+            let b_from = peers[1].addr;
+            let b_video = rtp_on(&mut peers[1], 200, 1, b"b video");
+            let sent = send(&mut f, T0 + 6, b_from, &b_video, &mut out);
+            assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), [from]);
+            // A new spec without 101 drops it; leaving drops them all.
+            f.apply(T0, video_spec(&peers[0], 7, &[100], true)).unwrap();
+            let rtx = rtp_on(&mut peers[0], 101, 4, b"rtx");
+            assert!(send(&mut f, T0 + 7, from, &rtx, &mut out).is_empty());
+            f.apply(T0, Command::RemoveSession { ssrc: 10 }).unwrap();
+            let video = rtp_on(&mut peers[0], 100, 9, b"late");
+            assert!(send(&mut f, T0 + 8, from, &video, &mut out).is_empty());
+            assert_eq!(f.drops().get(DropReason::UnknownSsrc), 3, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn audio_replayed_under_a_video_ssrc_is_refused() {
+        // In xsalsa20_poly1305_lite the RTP header is not authenticated:
+        // an attacker who rewrites the SSRC of a captured audio packet to
+        // the sender's video SSRC must not get it forwarded twice. The
+        // counter is the sender's, whatever the SSRC.
+        let mut f = forwarder();
+        let mut out = Outbox::with_capacity(4);
+        let mode = Mode::XSalsa20Poly1305Lite;
+        let mut peers: Vec<Peer> = (0..2)
+            .map(|i| Peer::new(10 + i, 6100 + i as u16, mode))
+            .collect();
+        call(&mut f, &mut out, &mut peers, 7);
+        f.apply(T0, video_spec(&peers[0], 7, &[100], true)).unwrap();
+        f.apply(T0, video_spec(&peers[1], 7, &[], true)).unwrap();
+        let from = peers[0].addr;
+        let mut audio = peers[0].rtp(b"voice");
+        assert_eq!(send(&mut f, T0 + 1, from, &audio, &mut out).len(), 1);
+        audio[8..12].copy_from_slice(&100u32.to_be_bytes());
+        assert!(send(&mut f, T0 + 2, from, &audio, &mut out).is_empty());
+        assert_eq!(f.drops().get(DropReason::Replay), 1);
     }
 
     #[test]

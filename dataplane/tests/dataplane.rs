@@ -234,6 +234,7 @@ impl Client {
             key: self.key,
             declared,
             slot: self.ssrc,
+            video: Default::default(),
         })
     }
 }

@@ -150,6 +150,7 @@ fn channel() -> (Forwarder, SocketAddr, KeyState) {
                 key,
                 declared: Some(addr),
                 slot: i,
+                video: Default::default(),
             }),
         )
         .unwrap();

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protocol::gateway::{ClientMessage, HeartbeatAck};
 pub use protocol::gateway::{
-    Identify, Ready, ServerMessage, SessionDescription, SPEAKING_MICROPHONE,
+    Codec, Identify, MemberSsrcs, Ready, SelectProtocol, SelectProtocolData, ServerMessage,
+    SessionDescription, StreamRequest, Video, VideoStream, SPEAKING_MICROPHONE, UDP,
 };
 use protocol::Snowflake;
 
@@ -40,6 +41,23 @@ pub fn gateway_url(base: &str, version: u8) -> String {
 fn snowflake(id: &str) -> Result<Snowflake> {
     id.parse()
         .map_err(|_| ClientError::Protocol(format!("{id:?} is not a snowflake")))
+}
+
+/// Identify for `[server_id, user_id, session_id, token]`, saying the
+/// client supports DAVE up to `max_dave`, without video.
+pub fn identify(
+    [server_id, user_id, session_id, token]: [&str; 4],
+    max_dave: u16,
+) -> Result<Identify> {
+    Ok(Identify {
+        server_id: snowflake(server_id)?,
+        user_id: snowflake(user_id)?,
+        session_id: session_id.to_owned(),
+        token: token.to_owned(),
+        max_dave_protocol_version: Some(max_dave),
+        video: false,
+        streams: Vec::new(),
+    })
 }
 
 /// A voice gateway connection.
@@ -129,14 +147,14 @@ impl GatewayClient {
         token: &str,
         max_dave: u16,
     ) -> Result<Ready> {
-        self.send_identify(&Identify {
-            server_id: snowflake(server_id)?,
-            user_id: snowflake(user_id)?,
-            session_id: session_id.to_owned(),
-            token: token.to_owned(),
-            max_dave_protocol_version: Some(max_dave),
-        })
-        .await?;
+        let ids = [server_id, user_id, session_id, token];
+        self.identify_as(identify(ids, max_dave)?).await
+    }
+
+    /// Sends `identify` (any fields: video streams, say) and waits for
+    /// Ready.
+    pub async fn identify_as(&mut self, identify: Identify) -> Result<Ready> {
+        self.send_identify(&identify).await?;
         self.wait("gateway Ready", |e| match e {
             GatewayEvent::Message(ServerMessage::Ready(r)) => Ok(r),
             e => Err(e),
@@ -174,6 +192,19 @@ impl GatewayClient {
     ) -> Result<()> {
         let select = |s: &mut GatewaySession| s.select_protocol(address, port, mode);
         self.link.act(select).await
+    }
+
+    /// Sends `select` (codecs, say) and waits for Session Description.
+    pub async fn select_protocol_as(
+        &mut self,
+        select: SelectProtocol,
+    ) -> Result<SessionDescription> {
+        self.send(ClientMessage::SelectProtocol(select)).await?;
+        self.wait("gateway Session Description", |e| match e {
+            GatewayEvent::Message(ServerMessage::SessionDescription(s)) => Ok(s),
+            e => Err(e),
+        })
+        .await
     }
 
     /// Sends Speaking `{speaking: flags, delay: 0, ssrc}` with our SSRC.

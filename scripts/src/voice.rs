@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use crate::crypto::{Mode, KEY_LEN};
 use crate::error::Result;
-use crate::gateway::{GatewayClient, Ready, SessionDescription};
+use crate::gateway::{
+    Codec, GatewayClient, Identify, Ready, SelectProtocol, SelectProtocolData, SessionDescription,
+    UDP,
+};
 use crate::udp::VoiceUdp;
 use crate::ws::HeartbeatTask;
 
@@ -51,15 +54,33 @@ impl VoiceClient {
         mode: Mode,
         max_dave: u16,
     ) -> Result<Self> {
+        let identify = crate::gateway::identify([server_id, user_id, session_id, token], max_dave)?;
+        Self::join_as(gateway_url, version, identify, mode, None).await
+    }
+
+    /// [`join`](Self::join) with any Identify (video streams, say) and
+    /// the `codecs` Select Protocol offers.
+    pub async fn join_as(
+        gateway_url: &str,
+        version: u8,
+        identify: Identify,
+        mode: Mode,
+        codecs: Option<Vec<Codec>>,
+    ) -> Result<Self> {
         let mut gateway = GatewayClient::connect(gateway_url, version).await?;
-        let ready = gateway
-            .identify_dave(server_id, user_id, session_id, token, max_dave)
-            .await?;
+        let ready = gateway.identify_as(identify).await?;
         let mut udp = VoiceUdp::bind(ready.addr(), ready.ssrc).await?;
         let seen = udp.discover().await?;
-        let session = gateway
-            .select_protocol(seen.ip(), seen.port(), mode)
-            .await?;
+        let select = SelectProtocol {
+            protocol: UDP.into(),
+            data: SelectProtocolData {
+                address: Some(seen.ip()),
+                port: Some(seen.port()),
+                mode: mode.name().into(),
+            },
+            codecs,
+        };
+        let session = gateway.select_protocol_as(select).await?;
         udp.set_session(session.mode, &session.secret_key, 0)?;
         let interval = gateway.wait_hello().await?;
         let heartbeat = Some(gateway.spawn_heartbeat(interval));

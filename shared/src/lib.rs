@@ -41,7 +41,8 @@ mod region;
 mod ring;
 
 pub use message::{
-    Command, CoreStats, DecodeError, DropReason, Drops, Event, Mode, SessionSpec, SLOT_SIZE,
+    Command, CoreStats, DecodeError, DropReason, Drops, Event, Mode, SessionSpec, VideoSpec,
+    MAX_ALIASES, SLOT_SIZE,
 };
 pub use region::{Counters, Region, RegionConfig, RegionError, LAYOUT_VERSION, MAGIC};
 pub use ring::{Consumer, Corrupt, PopError, Producer, PushError, Wire};

@@ -69,6 +69,32 @@ pub struct SessionSpec {
     /// mark of the nonce counters it sealed with, so a restarted core never
     /// reuses one under this key. Unique among live sessions.
     pub slot: u32,
+    /// Its video: the SSRCs it sends video on, and whether it receives
+    /// the others'.
+    pub video: VideoSpec,
+}
+
+/// The most video and RTX SSRCs one session sends on (two per stream,
+/// three streams).
+pub const MAX_ALIASES: usize = 6;
+
+/// A session's video on the data plane. Media on an alias is the
+/// session's own (same key, same replay counters, same address) and goes
+/// only to members that receive video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VideoSpec {
+    /// Its video and RTX SSRCs; 0 is unused. Each one unique on the
+    /// server, and on the session's core (`alias % cores`).
+    pub aliases: [u32; MAX_ALIASES],
+    /// Media on the other members' aliases is forwarded to it.
+    pub receive: bool,
+}
+
+impl VideoSpec {
+    /// The aliases in use.
+    pub fn ssrcs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.aliases.iter().copied().filter(|&a| a != 0)
+    }
 }
 
 impl Drop for SessionSpec {
@@ -437,6 +463,10 @@ impl Wire for Command {
                     .bytes(&s.key)
                     .addr(s.declared)
                     .u32(s.slot);
+                for alias in s.video.aliases {
+                    p.u32(alias);
+                }
+                p.u8(u8::from(s.video.receive));
             }
             Command::RemoveSession { ssrc } => {
                 p.u8(TAG_REMOVE_SESSION).u32(*ssrc);
@@ -484,6 +514,10 @@ impl Wire for Command {
                 key: g.array(),
                 declared: g.addr()?,
                 slot: g.u32(),
+                video: VideoSpec {
+                    aliases: std::array::from_fn(|_| g.u32()),
+                    receive: g.u8() != 0,
+                },
             }),
             TAG_REMOVE_SESSION => Command::RemoveSession { ssrc: g.u32() },
             TAG_HOLD_SESSION => Command::HoldSession {
@@ -615,6 +649,10 @@ mod tests {
                     key: std::array::from_fn(|i| i as u8),
                     declared,
                     slot: 65_535,
+                    video: VideoSpec {
+                        aliases: [7, u32::MAX, 0, 0, 13, 1],
+                        receive: declared.is_some(),
+                    },
                 }));
             }
         }
@@ -680,6 +718,7 @@ mod tests {
             key: [0; 32],
             declared: None,
             slot: 0,
+            video: VideoSpec::default(),
         })
         .encode(&mut slot);
         slot[21] = 77; // the mode byte

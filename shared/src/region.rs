@@ -35,7 +35,7 @@ use crate::ring::{ring_bytes, Consumer, Corrupt, Producer};
 /// First 8 bytes of a region: "VOICESHM" in ASCII.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"VOICESHM");
 /// Bumped whenever the header, ring or message layout changes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 const HEADER_BYTES: usize = 128;
 

@@ -472,6 +472,7 @@ mod tests {
             key,
             declared: None,
             slot: 0,
+            video: Default::default(),
         }))
         .unwrap();
         let slots_at = r.command_ring_offset(0) + std::mem::size_of::<RingHeader>();
@@ -506,6 +507,7 @@ mod tests {
                     key: [i as u8; 32],
                     declared: None,
                     slot: i as u32,
+                    video: Default::default(),
                 });
                 match tx.push(&msg) {
                     Ok(()) => i += 1,

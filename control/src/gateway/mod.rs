@@ -34,7 +34,7 @@ use protocol::gateway::frame::Frame;
 use protocol::gateway::{
     self as wire, ClientDisconnect, ClientMessage, ClientsConnect, CloseCode, DavePrepareEpoch,
     DavePrepareTransition, DaveTransition, DecodeError, HeartbeatAck, Hello, Identify,
-    MemberSpeaking, MemberSsrcs, Millis, Opcode, Ready, Resume, ServerMessage, SessionDescription,
+    MemberSpeaking, Millis, Opcode, Ready, Resume, ServerMessage, SessionDescription, Video,
     NUMBERED,
 };
 use protocol::Envelope;
@@ -44,6 +44,7 @@ use crate::connection::{grace, refuse, Context, Protocol, Refusal, Result, PRE_A
 use crate::dave::DaveNotice;
 use crate::limit::{Bucket, RateLimit};
 use crate::registry::{ConnId, Departure, IdentifyError, Kick, Notice, Push, Registry, Sequenced};
+use crate::video::VideoError;
 use crate::Output;
 
 /// Gateway settings shared by every connection.
@@ -81,7 +82,12 @@ pub struct SelectProtocol {
     pub mode: Mode,
     /// The address the client says it has (advisory).
     pub declared: Option<SocketAddr>,
+    /// The video codec it prefers among those it offered.
+    pub video_codec: Option<String>,
 }
+
+/// The longest codec name taken from a client (`H264`, `AV1`, `VP9`).
+const MAX_CODEC_NAME: usize = 16;
 
 /// A client message, decoded by [`Protocol::handle_text`].
 #[derive(Debug, Clone)]
@@ -96,6 +102,8 @@ pub enum Incoming {
     SelectProtocol(SelectProtocol),
     /// Speaking op 5 with its flags.
     Speaking(u32),
+    /// Video op 12.
+    Video(Video),
     /// DAVE op 26 (binary): an MLS key package.
     DaveKeyPackage(Vec<u8>),
     /// DAVE op 28 (binary): a commit and maybe a welcome.
@@ -104,7 +112,7 @@ pub enum Incoming {
     DaveReady(u16),
     /// DAVE op 31: a commit or welcome could not be processed.
     DaveInvalid,
-    /// An op accepted and ignored (video, client flags).
+    /// An op accepted and ignored (client flags, media sink wants).
     Ignored,
 }
 
@@ -211,8 +219,9 @@ impl Connection {
             ClientMessage::Speaking(speaking) => Incoming::Speaking(speaking.speaking),
             ClientMessage::DaveTransitionReady(t) => Incoming::DaveReady(t.transition_id),
             ClientMessage::DaveInvalidCommitWelcome(_) => Incoming::DaveInvalid,
-            // Video (12) and client flags/platform (14-20): accepted and
-            // ignored while video is off.
+            ClientMessage::Video(video) => Incoming::Video(video),
+            // Client flags, platform, media sink wants (14-20): accepted
+            // and ignored.
             ClientMessage::Ignored(_) => Incoming::Ignored,
         })
     }
@@ -275,20 +284,26 @@ impl Connection {
     /// have none: see [`Connection::output`]).
     pub fn message(&self, notice: &Notice) -> ServerMessage {
         match notice {
-            Notice::Ready { ssrc } => ServerMessage::Ready(Ready {
+            Notice::Ready { ssrc, streams } => ServerMessage::Ready(Ready {
                 ssrc: *ssrc,
                 ip: IpAddr::V4(self.config.udp_ip),
                 port: self.config.udp_port,
                 modes: self.config.modes.iter().map(|m| m.name().into()).collect(),
                 heartbeat_interval: Some(Millis::from(self.config.heartbeat_interval)),
+                streams: streams.clone(),
             }),
-            Notice::Keyed { mode, key, dave } => {
-                ServerMessage::SessionDescription(SessionDescription {
-                    mode: *mode,
-                    secret_key: key.0,
-                    dave_protocol_version: *dave,
-                })
-            }
+            Notice::Keyed {
+                mode,
+                key,
+                dave,
+                video_codec,
+            } => ServerMessage::SessionDescription(SessionDescription {
+                mode: *mode,
+                secret_key: key.0,
+                dave_protocol_version: *dave,
+                audio_codec: Some("opus".into()),
+                video_codec: video_codec.clone(),
+            }),
             Notice::Dave(DaveNotice::PrepareTransition {
                 protocol_version,
                 transition_id,
@@ -312,16 +327,7 @@ impl Connection {
             Notice::Joined(user_ids) => ServerMessage::ClientsConnect(ClientsConnect {
                 user_ids: user_ids.clone(),
             }),
-            Notice::Ssrcs {
-                user_id,
-                audio_ssrc,
-            } => ServerMessage::MemberSsrcs(MemberSsrcs {
-                user_id: *user_id,
-                audio_ssrc: *audio_ssrc,
-                video_ssrc: 0,
-                rtx_ssrc: 0,
-                streams: Vec::new(),
-            }),
+            Notice::Ssrcs(ssrcs) => ServerMessage::MemberSsrcs(ssrcs.clone()),
             Notice::Left(user_id) => {
                 ServerMessage::ClientDisconnect(ClientDisconnect { user_id: *user_id })
             }
@@ -358,7 +364,17 @@ impl Connection {
             .address
             .zip(select.data.port)
             .map(|(ip, port)| SocketAddr::new(ip, port));
-        Ok(SelectProtocol { mode, declared })
+        let video_codec = select
+            .video_codec()
+            .filter(|name| {
+                name.len() <= MAX_CODEC_NAME && name.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .map(str::to_owned);
+        Ok(SelectProtocol {
+            mode,
+            declared,
+            video_codec,
+        })
     }
 
     fn identify(&mut self, now: Instant, id: &Identify, registry: &mut Registry) -> Result<()> {
@@ -408,7 +424,13 @@ impl Connection {
             return Err(not_authenticated());
         };
         let keyed = registry
-            .select_protocol(&session_id, select.mode, select.declared, now)
+            .select_protocol(
+                &session_id,
+                select.mode,
+                select.declared,
+                select.video_codec.clone(),
+                now,
+            )
             .map_err(|_| refuse(CloseCode::BadRequest, "server full"))?;
         if let Some(keyed) = keyed {
             self.send(&keyed);
@@ -486,6 +508,12 @@ impl Protocol for Connection {
                 }
                 Ok(())
             }
+            Incoming::Video(video) => match &self.session {
+                Some(session_id) => registry
+                    .video(session_id, &video)
+                    .map_err(|e| refuse(CloseCode::DecodeError, video_reason(e))),
+                None => Ok(()),
+            },
             // DAVE: what the call refuses is counted, never a close.
             Incoming::DaveKeyPackage(bytes) => {
                 if let Some(session_id) = &self.session {
@@ -637,6 +665,12 @@ fn kick_refusal(kick: Kick) -> Refusal {
         Kick::Disconnected => refuse(CloseCode::Disconnected, "disconnected"),
         Kick::Drained { restart: true } => refuse(CloseCode::ServerCrashed, "server restarting"),
         Kick::Drained { restart: false } => refuse(CloseCode::Disconnected, "server shutting down"),
+    }
+}
+
+fn video_reason(e: VideoError) -> &'static str {
+    match e {
+        VideoError::ForeignSsrc => "video ssrc not the session's",
     }
 }
 

@@ -356,14 +356,7 @@ impl World {
     }
 
     pub(crate) fn identify(&mut self, i: usize, user_id: Snowflake, session_id: &str, token: &str) {
-        self.client(i).identify(Identify {
-            server_id: GUILD,
-            user_id,
-            session_id: session_id.into(),
-            token: token.into(),
-            max_dave_protocol_version: Some(0),
-        });
-        self.run();
+        self.identify_dave(i, user_id, session_id, token, 0);
     }
 
     /// Identify with `max_dave_protocol_version` = `max_dave`.
@@ -375,13 +368,12 @@ impl World {
         token: &str,
         max_dave: u16,
     ) {
-        self.client(i).identify(Identify {
-            server_id: GUILD,
-            user_id,
-            session_id: session_id.into(),
-            token: token.into(),
-            max_dave_protocol_version: Some(max_dave),
-        });
+        self.identify_as(i, identify(user_id, session_id, token, max_dave));
+    }
+
+    /// Sends `id` (video streams, say); then everything moves.
+    pub(crate) fn identify_as(&mut self, i: usize, id: Identify) {
+        self.client(i).identify(id);
         self.run();
     }
 
@@ -522,6 +514,24 @@ pub(crate) fn ssrcs(user: u64, audio_ssrc: u32) -> ServerMessage {
         rtx_ssrc: 0,
         streams: Vec::new(),
     })
+}
+
+/// Identify for `user_id` on the harness's guild.
+pub(crate) fn identify(
+    user_id: Snowflake,
+    session_id: &str,
+    token: &str,
+    max_dave: u16,
+) -> Identify {
+    Identify {
+        server_id: GUILD,
+        user_id,
+        session_id: session_id.into(),
+        token: token.into(),
+        max_dave_protocol_version: Some(max_dave),
+        video: false,
+        streams: Vec::new(),
+    }
 }
 
 /// Identify as raw JSON, for tests that send what a client would not.

@@ -12,6 +12,7 @@ mod dave;
 mod gateway;
 mod harness;
 mod lvsp;
+mod video;
 
 use std::time::Duration;
 

@@ -502,6 +502,7 @@ impl Core {
                 key: key_bytes(m.ssrc),
                 declared,
                 slot: i as u32,
+                video: Default::default(),
             }));
             if matches!(m.setup, Setup::Trusted) {
                 core.apply(Command::TrustAddress {

@@ -31,7 +31,8 @@
 //! [`PRE_AUTH_MAX_MESSAGE`] is refused with 4002 unparsed. Data-plane
 //! commands about an SSRC go to the core that owns it (bindings to every
 //! other core, never the owner); no two live sessions share a counter
-//! slot; an observed address is never proven, trusted or bound (issue 8:
+//! slot; a session's video SSRCs are on its core and are no session's
+//! own SSRC; an observed address is never proven, trusted or bound (issue 8:
 //! only proven addresses are pushed back after a restart). The registry's
 //! counts are consistent, and once every socket is gone and the grace
 //! periods pass, every session has ended.
@@ -406,6 +407,10 @@ impl Call {
             Command::UpsertSession(spec) => {
                 assert_eq!(spec.ssrc % CORES, core, "{command:?} on core {core}");
                 assert_ne!(spec.ssrc, 0);
+                for alias in spec.video.ssrcs() {
+                    assert_eq!(alias % CORES, core, "video {alias} of {command:?}");
+                    assert!(alias != spec.ssrc && !self.live.contains_key(&alias));
+                }
                 let shared = self
                     .live
                     .iter()

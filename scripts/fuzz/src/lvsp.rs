@@ -111,6 +111,8 @@ impl Server {
             session_id: sid,
             token,
             max_dave_protocol_version: None,
+            video: true,
+            streams: Vec::new(),
         };
         registry
             .identify(1, true, &identify, now, rate)

@@ -65,6 +65,7 @@ mod tests {
                     key: [0x42; 32],
                     declared: Some(v6),
                     slot: 65_535,
+                    video: Default::default(),
                 })),
             ),
             ("remove", slot(&Command::RemoveChannel { channel: 2 })),

@@ -540,6 +540,8 @@ mod tests {
             session_id: "s".into(),
             token: "t".into(),
             max_dave_protocol_version: Some(0),
+            video: false,
+            streams: Vec::new(),
         });
         assert_eq!(sent(&mut s)[0]["op"], 0);
         assert!(matches!(s.speaking(1), Err(SessionError::Protocol(_))));

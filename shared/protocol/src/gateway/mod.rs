@@ -61,7 +61,8 @@ numbered! {
         Undocumented10 = 10,
         /// Server → client: [`ClientsConnect`].
         ClientsConnect = 11,
-        /// Both ways: video streams (accepted, not acted on yet).
+        /// Both ways: video streams ([`Video`] from a client,
+        /// [`MemberSsrcs`] to the others).
         Video = 12,
         /// Server → client: [`ClientDisconnect`].
         ClientDisconnect = 13,
@@ -278,6 +279,40 @@ pub struct Identify {
     /// The highest DAVE version the client speaks (0 or absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_dave_protocol_version: Option<u16>,
+    /// The client sends or receives video (a video stream is allocated
+    /// when it names none in `streams`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub video: bool,
+    /// The video streams the client will send, each answered in Ready
+    /// with its SSRCs (null or not a list: none).
+    #[serde(
+        default,
+        deserialize_with = "advisory_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub streams: Vec<StreamRequest>,
+}
+
+impl Identify {
+    /// Whether the client asked for video: `video` or any `streams`.
+    pub fn wants_video(&self) -> bool {
+        self.video || !self.streams.is_empty()
+    }
+}
+
+/// A stream in Identify's `streams`: what the client will send. Values the
+/// server cannot use are None rather than errors (clients vary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRequest {
+    /// `video` or `screen`.
+    #[serde(rename = "type", default, deserialize_with = "advisory")]
+    pub kind: Option<String>,
+    /// The simulcast layer's id (`"100"`, `"50"`).
+    #[serde(default, deserialize_with = "advisory")]
+    pub rid: Option<String>,
+    /// Its quality in percent.
+    #[serde(default, deserialize_with = "advisory")]
+    pub quality: Option<u32>,
 }
 
 /// Select Protocol op 1. Decoding checks `protocol` before `data`: any
@@ -292,6 +327,20 @@ pub struct SelectProtocol {
     /// The codecs the client offers (video clients send them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codecs: Option<Vec<Codec>>,
+}
+
+impl SelectProtocol {
+    /// The video codec the client prefers among those it offered: the
+    /// lowest priority, the first listed among equals.
+    pub fn video_codec(&self) -> Option<&str> {
+        self.codecs
+            .iter()
+            .flatten()
+            .filter(|c| c.kind == "video")
+            .enumerate()
+            .min_by_key(|(i, c)| (c.priority.unwrap_or(u32::MAX), *i))
+            .map(|(_, c)| c.name.as_str())
+    }
 }
 
 /// The protocol [`SelectProtocol`] names.
@@ -334,6 +383,11 @@ fn advisory<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Opti
     })
 }
 
+/// A list used only when it reads as a list of `T`: anything else is empty.
+fn advisory_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    advisory(d).map(Option::unwrap_or_default)
+}
+
 /// A codec in Select Protocol's `codecs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Codec {
@@ -342,7 +396,8 @@ pub struct Codec {
     /// `audio` or `video`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Preference (higher first).
+    /// Preference: the lowest is preferred (Discord's clients list
+    /// theirs in ascending order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u32>,
     /// The RTP payload type.
@@ -516,6 +571,73 @@ pub struct Ready {
     /// The heartbeat interval again (old clients read it here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval: Option<Millis>,
+    /// The client's video streams with their SSRCs (empty without video;
+    /// always present: video clients read `streams[0]`).
+    #[serde(default)]
+    pub streams: Vec<VideoStream>,
+}
+
+/// A video stream with its SSRCs: in Ready, in a client's op 12 and in
+/// the op 12 the others get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoStream {
+    /// `video` or `screen`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The simulcast layer's id.
+    #[serde(default)]
+    pub rid: String,
+    /// The stream's RTP SSRC.
+    #[serde(default)]
+    pub ssrc: u32,
+    /// Its retransmission (RTX) SSRC.
+    #[serde(default)]
+    pub rtx_ssrc: u32,
+    /// Whether it is being sent.
+    #[serde(default)]
+    pub active: bool,
+    /// Its quality in percent.
+    #[serde(default)]
+    pub quality: u32,
+    /// Bits per second at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bitrate: Option<u32>,
+    /// Frames per second at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_framerate: Option<u32>,
+    /// The largest resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_resolution: Option<Resolution>,
+}
+
+/// A video stream's largest resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// `fixed` or `source`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Pixels.
+    pub width: u32,
+    /// Pixels.
+    pub height: u32,
+}
+
+/// Op 12 from a client: its SSRCs and the state of its video streams
+/// (`video_ssrc` 0: video stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Video {
+    /// Its audio SSRC.
+    #[serde(default)]
+    pub audio_ssrc: u32,
+    /// Its video SSRC (0: none).
+    #[serde(default)]
+    pub video_ssrc: u32,
+    /// Its retransmission SSRC (0: none).
+    #[serde(default)]
+    pub rtx_ssrc: u32,
+    /// Its streams.
+    #[serde(default)]
+    pub streams: Vec<VideoStream>,
 }
 
 impl Ready {
@@ -543,6 +665,13 @@ pub struct SessionDescription {
     /// The DAVE version of the call, 0 without DAVE. Always present:
     /// clients break without it.
     pub dave_protocol_version: u16,
+    /// The audio codec (`opus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_codec: Option<String>,
+    /// The video codec: the one the client preferred among those it
+    /// offered in Select Protocol's `codecs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_codec: Option<String>,
 }
 
 impl fmt::Debug for SessionDescription {
@@ -551,6 +680,8 @@ impl fmt::Debug for SessionDescription {
         f.debug_struct("SessionDescription")
             .field("mode", &self.mode)
             .field("dave_protocol_version", &self.dave_protocol_version)
+            .field("audio_codec", &self.audio_codec)
+            .field("video_codec", &self.video_codec)
             .finish_non_exhaustive()
     }
 }
@@ -576,12 +707,14 @@ pub struct MemberSsrcs {
     /// Its audio SSRC.
     pub audio_ssrc: u32,
     /// Its video SSRC (0: none).
+    #[serde(default)]
     pub video_ssrc: u32,
     /// Its video retransmission SSRC (0: none).
+    #[serde(default)]
     pub rtx_ssrc: u32,
     /// Its video streams.
     #[serde(default)]
-    pub streams: Vec<serde_json::Value>,
+    pub streams: Vec<VideoStream>,
 }
 
 /// Clients Connect op 11.
@@ -642,8 +775,10 @@ pub enum ClientMessage {
     DaveTransitionReady(DaveTransition),
     /// DAVE Invalid Commit/Welcome op 31.
     DaveInvalidCommitWelcome(DaveTransition),
-    /// An op the server accepts without acting on it (video, client
-    /// flags and platform); `d` is not decoded.
+    /// Video op 12.
+    Video(Video),
+    /// An op the server accepts without acting on it (client flags and
+    /// platform, media sink wants); `d` is not decoded.
     Ignored(Opcode),
 }
 
@@ -714,6 +849,7 @@ impl ClientMessage {
             Opcode::DaveMlsInvalidCommitWelcome => {
                 ClientMessage::DaveInvalidCommitWelcome(json::object(env.d())?)
             }
+            Opcode::Video => ClientMessage::Video(json::object(env.d())?),
             op if op.sent_by_server() => return Err(DecodeError::UnknownOpcode),
             op => ClientMessage::Ignored(op),
         })
@@ -729,6 +865,7 @@ impl ClientMessage {
             ClientMessage::Resume(_) => Opcode::Resume,
             ClientMessage::DaveTransitionReady(_) => Opcode::DaveTransitionReady,
             ClientMessage::DaveInvalidCommitWelcome(_) => Opcode::DaveMlsInvalidCommitWelcome,
+            ClientMessage::Video(_) => Opcode::Video,
             ClientMessage::Ignored(op) => *op,
         }
     }
@@ -745,6 +882,7 @@ impl ClientMessage {
             ClientMessage::DaveTransitionReady(m) | ClientMessage::DaveInvalidCommitWelcome(m) => {
                 encode(op, m, None)
             }
+            ClientMessage::Video(m) => encode(op, m, None),
             ClientMessage::Ignored(_) => encode(op, (), None),
         }
     }

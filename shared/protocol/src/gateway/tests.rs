@@ -48,6 +48,8 @@ fn identify_accepts_snowflakes_as_strings_or_integers() {
             session_id: "s".into(),
             token: "t".into(),
             max_dave_protocol_version: Some(1),
+            video: true,
+            streams: Vec::new(),
         }))
     );
     for bad in [
@@ -103,7 +105,7 @@ fn envelope_errors_and_opcode_refusals() {
     }
     // Ops the server accepts without reading them: video, client flags,
     // DAVE ops only the server sends (and 26, binary only).
-    for op in [10, 12, 14, 18, 20, 21, 26] {
+    for op in [10, 14, 15, 18, 20, 21, 26] {
         let m = decode(&format!(r#"{{"op":{op},"d":[1,2,3]}}"#), 8).unwrap();
         assert_eq!(m, ClientMessage::Ignored(Opcode::from_code(op).unwrap()));
     }
@@ -124,6 +126,99 @@ fn envelope_errors_and_opcode_refusals() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn video_identify_and_op_12_are_read_leniently() {
+    // Discord-video-stream's Identify.
+    let m = decode(
+        r#"{"op":0,"d":{"server_id":"1","user_id":"7","session_id":"s","token":"t",
+            "video":true,"streams":[{"type":"screen","rid":"100","quality":100},
+            {"type":7,"rid":null}]}}"#,
+        8,
+    )
+    .unwrap();
+    let ClientMessage::Identify(id) = m else {
+        panic!("{m:?}")
+    };
+    assert!(id.wants_video());
+    assert_eq!(id.streams.len(), 2);
+    assert_eq!(id.streams[0].kind.as_deref(), Some("screen"));
+    assert_eq!(id.streams[0].rid.as_deref(), Some("100"));
+    assert_eq!(id.streams[0].quality, Some(100));
+    assert_eq!((&id.streams[1].kind, &id.streams[1].rid), (&None, &None));
+    // `streams` that is no list is no streams.
+    let m = decode(
+        r#"{"op":0,"d":{"server_id":"1","user_id":"7","session_id":"s","token":"t",
+            "streams":null}}"#,
+        8,
+    )
+    .unwrap();
+    let ClientMessage::Identify(id) = m else {
+        panic!("{m:?}")
+    };
+    assert!(!id.wants_video());
+
+    // Its op 12 when it starts streaming.
+    let m = decode(
+        r#"{"op":12,"d":{"audio_ssrc":5,"video_ssrc":6,"rtx_ssrc":7,"streams":[{"type":"screen",
+            "rid":"100","ssrc":6,"active":true,"quality":100,"rtx_ssrc":7,"max_bitrate":10000,
+            "max_framerate":30,"max_resolution":{"type":"fixed","width":1280,"height":720}}]}}"#,
+        8,
+    )
+    .unwrap();
+    let ClientMessage::Video(v) = m else {
+        panic!("{m:?}")
+    };
+    assert_eq!((v.audio_ssrc, v.video_ssrc, v.rtx_ssrc), (5, 6, 7));
+    let s = &v.streams[0];
+    assert!(s.active);
+    assert_eq!((s.ssrc, s.rtx_ssrc, s.max_framerate), (6, 7, Some(30)));
+    assert_eq!(s.max_resolution.as_ref().map(|r| r.width), Some(1280));
+    // Stopping: video_ssrc 0, the rest absent.
+    let m = decode(r#"{"op":12,"d":{"video_ssrc":0}}"#, 8).unwrap();
+    assert_eq!(
+        m,
+        ClientMessage::Video(Video {
+            audio_ssrc: 0,
+            video_ssrc: 0,
+            rtx_ssrc: 0,
+            streams: Vec::new()
+        })
+    );
+    for bad in [r#"{"op":12,"d":[1]}"#, r#"{"op":12,"d":{"video_ssrc":-1}}"#] {
+        assert_eq!(
+            decode(bad, 8).unwrap_err().close_code(),
+            CloseCode::DecodeError
+        );
+    }
+}
+
+#[test]
+fn the_preferred_video_codec_is_the_lowest_priority() {
+    let m = decode(
+        r#"{"op":1,"d":{"protocol":"udp","data":{"mode":"aead_aes256_gcm_rtpsize"},
+            "codecs":[{"name":"opus","type":"audio","priority":1000,"payload_type":120},
+            {"name":"VP8","type":"video","priority":3000,"payload_type":105},
+            {"name":"H264","type":"video","priority":2000,"payload_type":101,
+             "rtx_payload_type":102},
+            {"name":"VP9","type":"video","priority":2000,"payload_type":103}]}}"#,
+        8,
+    )
+    .unwrap();
+    let ClientMessage::SelectProtocol(s) = m else {
+        panic!("{m:?}")
+    };
+    assert_eq!(s.video_codec(), Some("H264"));
+    let audio_only = decode(
+        r#"{"op":1,"d":{"protocol":"udp","data":{"mode":"aead_aes256_gcm_rtpsize"}}}"#,
+        8,
+    )
+    .unwrap();
+    let ClientMessage::SelectProtocol(s) = audio_only else {
+        panic!()
+    };
+    assert_eq!(s.video_codec(), None);
 }
 
 #[test]
@@ -269,21 +364,37 @@ fn server_messages_have_the_documented_shapes() {
         port: 5000,
         modes: vec![Mode::Aes256GcmRtpSize.name().into()],
         heartbeat_interval: Some(Millis(13750)),
+        streams: vec![VideoStream {
+            kind: "video".into(),
+            rid: "100".into(),
+            ssrc: 78,
+            rtx_ssrc: 79,
+            active: false,
+            quality: 100,
+            max_bitrate: None,
+            max_framerate: None,
+            max_resolution: None,
+        }],
     });
     assert_eq!(
         value(&ready.encode(Some(1))),
         json!({"op": 2, "seq": 1, "d": {"ssrc": 77, "ip": "127.0.0.1", "port": 5000,
-            "modes": ["aead_aes256_gcm_rtpsize"], "heartbeat_interval": 13750}})
+            "modes": ["aead_aes256_gcm_rtpsize"], "heartbeat_interval": 13750,
+            "streams": [{"type": "video", "rid": "100", "ssrc": 78, "rtx_ssrc": 79,
+                "active": false, "quality": 100}]}})
     );
     let sd = ServerMessage::SessionDescription(SessionDescription {
         mode: Mode::XChaCha20Poly1305RtpSize,
         secret_key: [9; 32],
         dave_protocol_version: 0,
+        audio_codec: Some("opus".into()),
+        video_codec: Some("H264".into()),
     });
     assert_eq!(
         value(&sd.encode(None)),
         json!({"op": 4, "d": {"mode": "aead_xchacha20_poly1305_rtpsize",
-            "secret_key": vec![9; 32], "dave_protocol_version": 0}})
+            "secret_key": vec![9; 32], "dave_protocol_version": 0,
+            "audio_codec": "opus", "video_codec": "H264"}})
     );
     assert!(
         !format!("{sd:?}").contains('9'),
@@ -382,6 +493,8 @@ fn client_messages_round_trip() {
             session_id: "s".into(),
             token: "t".into(),
             max_dave_protocol_version: Some(0),
+            video: false,
+            streams: Vec::new(),
         }),
         ClientMessage::SelectProtocol(SelectProtocol {
             protocol: UDP.into(),
@@ -403,6 +516,12 @@ fn client_messages_round_trip() {
             token: "t".into(),
             seq_ack: Some(-1),
         }),
+        ClientMessage::Video(Video {
+            audio_ssrc: 77,
+            video_ssrc: 78,
+            rtx_ssrc: 79,
+            streams: Vec::new(),
+        }),
         ClientMessage::Ignored(Opcode::ClientFlags),
     ];
     for m in messages {
@@ -416,6 +535,8 @@ fn client_messages_round_trip() {
                 session_id: "s".into(),
                 token: "t".into(),
                 max_dave_protocol_version: Some(0),
+                video: false,
+                streams: Vec::new(),
             })
             .encode()
         ),
