@@ -36,6 +36,7 @@ pub mod persist;
 pub mod registry;
 pub mod replay;
 pub mod server;
+pub mod settings;
 pub mod stream;
 pub mod video;
 

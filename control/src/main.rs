@@ -9,16 +9,27 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use control::config::{Config, DataplaneMode, Tls};
 use control::server::Server;
+use control::settings;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Voice server control plane. Every flag has an embedded default: with none
-/// it serves on loopback with a generated secret.
+/// it serves on loopback with a generated secret. Every flag is also a key
+/// of the --config file (`udp_bind = ...` for --udp-bind) and an
+/// environment variable (VOICE_UDP_BIND); flags win over the environment,
+/// which wins over the file.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// A TOML configuration file (see config/voice.example.toml).
+    #[arg(long, env = "VOICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (secrets masked), each setting
+    /// with where it came from, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// LVSP listen address.
     #[arg(long, default_value = "127.0.0.1:5470")]
     lvsp_listen: SocketAddr,
@@ -356,9 +367,40 @@ fn init_logging() {
         .init();
 }
 
+/// The command line: flags, the environment and the --config file (see
+/// [`settings`]).
+fn command() -> clap::Command {
+    settings::with_env(Args::command())
+}
+
+/// Parses the command line, the environment and the configuration file;
+/// None when the effective configuration was printed instead.
+fn arguments() -> anyhow::Result<Option<Args>> {
+    let cmd = command();
+    let cli = cmd.clone().get_matches();
+    let file = match cli.get_one::<PathBuf>("config") {
+        Some(path) => settings::read(&cmd, path)?,
+        None => Vec::new(),
+    };
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    argv.extend(settings::beneath(&cli, &file));
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(argv)
+        .unwrap_or_else(|e| e.exit());
+    let args = Args::from_arg_matches(&matches)?;
+    if args.print_config {
+        print!("{}", settings::effective(&cmd, &matches, &cli, &file));
+        return Ok(None);
+    }
+    Ok(Some(args))
+}
+
 async fn serve() -> anyhow::Result<()> {
     init_logging();
-    let args = Args::parse();
+    let Some(args) = arguments()? else {
+        return Ok(());
+    };
     // Only a secret the server made up is printed: the operator already
     // has theirs, and stdout may end up in a log others can read.
     let generated = args.secret.is_none();
@@ -431,4 +473,59 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/voice.example.toml");
+
+    /// What the example configuration file starts with.
+    const EXAMPLE_HEADER: &str = "\
+The voice server's configuration (control --config PATH).
+
+Every setting below is shown with its default; a commented-out one has
+none. Each is also a flag (--udp-bind for udp_bind) and an environment
+variable (shown): flags win over the environment, which wins over this
+file. Durations are in the unit their name ends with (_ms, _secs).
+Generated from the flags' help by `control`'s tests: edit the help, not
+this file (UPDATE_EXAMPLE_CONFIG=1 cargo test -p control --bin control
+rewrites it).";
+
+    /// The example file is what the flags say; it never drifts.
+    #[test]
+    fn the_example_configuration_is_current() {
+        let generated = settings::example(&command(), EXAMPLE_HEADER);
+        if std::env::var_os("UPDATE_EXAMPLE_CONFIG").is_some() {
+            std::fs::write(EXAMPLE, &generated).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(EXAMPLE).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "{EXAMPLE} is stale: UPDATE_EXAMPLE_CONFIG=1 cargo test -p control --bin control"
+        );
+    }
+
+    /// Read back, the example is the defaults: the same configuration as
+    /// no file at all.
+    #[test]
+    fn the_example_configuration_is_the_defaults() {
+        let cmd = command();
+        let file = settings::read(&cmd, std::path::Path::new(EXAMPLE)).unwrap();
+        let with_defaults = cmd
+            .get_arguments()
+            .filter(|a| settings::key(a).is_some())
+            .filter(|a| !a.get_default_values().is_empty() || !a.get_action().takes_values())
+            .count();
+        assert!(with_defaults > 30);
+        assert_eq!(file.len(), with_defaults, "every setting with a default");
+        let mut argv = vec![std::ffi::OsString::from("control")];
+        let cli = cmd.clone().try_get_matches_from(&argv).unwrap();
+        argv.extend(settings::beneath(&cli, &file));
+        let from_file = cmd.clone().try_get_matches_from(argv).unwrap();
+        let with = Args::from_arg_matches(&from_file).unwrap();
+        let without = Args::from_arg_matches(&cli).unwrap();
+        assert_eq!(format!("{with:?}"), format!("{without:?}"));
+    }
 }

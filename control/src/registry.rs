@@ -2675,7 +2675,8 @@ mod tests {
         r.select_protocol(&a, Mode::Aes256GcmRtpSize, None, None, t0)
             .unwrap();
         effects(&mut r);
-        let saved: Saved = serde_json::from_str(&serde_json::to_string(&r.save(t0)).unwrap()).unwrap();
+        let saved: Saved =
+            serde_json::from_str(&serde_json::to_string(&r.save(t0)).unwrap()).unwrap();
 
         let mut back = Registry::new(2, StdRng::seed_from_u64(16));
         back.restore(saved, t0, Duration::ZERO, true);
@@ -2690,7 +2691,10 @@ mod tests {
                 _ => None,
             })
             .expect("the session is pushed again");
-        assert_eq!(spec.video.ssrcs().collect::<Vec<_>>(), [stream.ssrc, stream.rtx_ssrc]);
+        assert_eq!(
+            spec.video.ssrcs().collect::<Vec<_>>(),
+            [stream.ssrc, stream.rtx_ssrc]
+        );
         assert!(spec.video.receive);
         // Its streams are still its own: an op 12 naming them is taken,
         // one naming anything else is not.
@@ -2706,7 +2710,11 @@ mod tests {
             ..live
         };
         assert_eq!(back.video(&a, &forged), Err(VideoError::ForeignSsrc));
-        assert_eq!(back.ssrcs.get(&stream.rtx_ssrc), Some(&a), "still allocated");
+        assert_eq!(
+            back.ssrcs.get(&stream.rtx_ssrc),
+            Some(&a),
+            "still allocated"
+        );
     }
 
     #[test]

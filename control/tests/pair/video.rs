@@ -180,7 +180,10 @@ fn a_screen_share_is_announced_now_and_to_those_who_join_later() {
     let c2 = w.reconnect(c);
     w.client(c2).resume(GUILD, &s[2], &token);
     w.run();
-    assert_eq!(member_ssrcs(&w.messages(c2), 7), std::slice::from_ref(&live));
+    assert_eq!(
+        member_ssrcs(&w.messages(c2), 7),
+        std::slice::from_ref(&live)
+    );
 
     // Claiming another member's SSRC closes A with 4002 and tells
     // nobody anything.
