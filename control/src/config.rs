@@ -181,6 +181,12 @@ pub struct Config {
     /// control went away, waiting for a new control to take it over, before
     /// it stops. Default 60 s.
     pub reattach_window: Duration,
+    /// Logs are JSON lines (control's and the data plane child's).
+    /// Default false: lines for people.
+    pub log_json: bool,
+    /// The data plane child's log filter (RUST_LOG directives). Default
+    /// None: RUST_LOG as the child inherits it.
+    pub log_level: Option<String>,
 }
 
 /// A configuration that cannot work.
@@ -252,6 +258,8 @@ impl Config {
             state_dir: None,
             dave: crate::dave::DaveMode::On,
             reattach_window: Duration::from_secs(60),
+            log_json: false,
+            log_level: None,
         }
     }
 

@@ -46,6 +46,11 @@ pub trait Protocol {
     /// Whether Identify (or Resume) succeeded: the connection leaves the
     /// server's pending budget.
     fn is_identified(&self) -> bool;
+    /// Who is on the other end once identified, for the connection's log
+    /// span: (user, channel, SSRC); never a token or session id.
+    fn identity(&self) -> Option<(u64, u64, u32)> {
+        None
+    }
     /// When the server may read this connection's next frame: None for
     /// now. A connection whose peer is trusted (an identified LVSP link)
     /// waits out a spent message budget here (back-pressure: the server

@@ -211,6 +211,16 @@ struct Args {
     /// went away, waiting for a new control to take it over.
     #[arg(long, default_value_t = 60)]
     reattach_window_secs: u64,
+    /// What to log: tracing filter directives (`info`, `warn`,
+    /// `info,control::gateway=debug`). Default: RUST_LOG, else info.
+    /// Reloaded on SIGHUP. The websocket and TLS libraries never log below
+    /// info (they would print frames, with tokens and keys).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log lines for people (`human`) or one JSON object per line
+    /// (`json`), on stderr.
+    #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
 }
 
 impl Args {
@@ -305,6 +315,8 @@ impl Args {
         c.state_dir = self.state_dir;
         c.dave = self.dave;
         c.reattach_window = Duration::from_secs(self.reattach_window_secs);
+        c.log_json = self.log_format == "json";
+        c.log_level = self.log_level;
         Ok(c)
     }
 }
@@ -340,31 +352,54 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr at RUST_LOG's levels (default info), except that the
-/// websocket and TLS libraries never log below info: at debug and trace they
-/// print whole frames, and with them tokens, session ids and keys. A second
-/// filter rather than extra RUST_LOG directives, because a more specific
-/// directive in RUST_LOG (`tungstenite::protocol=trace`) would win over ours.
-fn init_logging() {
+/// Where the log filter can be changed while the server runs.
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter `args` ask for: --log-level, else RUST_LOG, else info.
+fn log_filter(args: &Args) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    use tracing_subscriber::EnvFilter;
+    Ok(match &args.log_level {
+        Some(directives) => EnvFilter::try_new(directives).context("--log-level")?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    })
+}
+
+/// Logs to stderr, for people or as JSON lines (each with the fields of
+/// its connection's span: peer, user, channel, SSRC), at --log-level's
+/// levels, except that the websocket and TLS libraries never log below
+/// info: at debug and trace they print whole frames, and with them tokens,
+/// session ids and keys. A second filter rather than extra directives,
+/// because a more specific directive (`tungstenite::protocol=trace`) would
+/// win over ours.
+fn init_logging(args: &Args) -> anyhow::Result<LogFilter> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer};
-    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::Layer;
+    let (wanted, handle) = tracing_subscriber::reload::Layer::new(log_filter(args)?);
     let never_frames = Targets::new()
         .with_default(LevelFilter::TRACE)
         .with_target("tungstenite", LevelFilter::INFO)
         .with_target("tokio_tungstenite", LevelFilter::INFO)
         .with_target("rustls", LevelFilter::INFO)
         .with_target("tokio_rustls", LevelFilter::INFO);
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let format = match args.log_format.as_str() {
+        "json" => format
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        _ => format.boxed(),
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(wanted)
-                .with_filter(never_frames),
-        )
+        .with(wanted)
+        .with(format.with_filter(never_frames))
         .init();
+    Ok(handle)
 }
 
 /// The command line: flags, the environment and the --config file (see
@@ -373,34 +408,33 @@ fn command() -> clap::Command {
     settings::with_env(Args::command())
 }
 
-/// Parses the command line, the environment and the configuration file;
-/// None when the effective configuration was printed instead.
-fn arguments() -> anyhow::Result<Option<Args>> {
+/// The command line this process started with, the environment and the
+/// configuration file (read now), parsed; with the effective configuration
+/// as `--print-config` shows it.
+fn arguments() -> Result<(Args, String), clap::Error> {
     let cmd = command();
-    let cli = cmd.clone().get_matches();
+    let cli = cmd.clone().try_get_matches_from(std::env::args_os())?;
     let file = match cli.get_one::<PathBuf>("config") {
-        Some(path) => settings::read(&cmd, path)?,
+        Some(path) => settings::read(&cmd, path).map_err(|e| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+        })?,
         None => Vec::new(),
     };
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     argv.extend(settings::beneath(&cli, &file));
-    let matches = cmd
-        .clone()
-        .try_get_matches_from(argv)
-        .unwrap_or_else(|e| e.exit());
+    let matches = cmd.clone().try_get_matches_from(argv)?;
     let args = Args::from_arg_matches(&matches)?;
-    if args.print_config {
-        print!("{}", settings::effective(&cmd, &matches, &cli, &file));
-        return Ok(None);
-    }
-    Ok(Some(args))
+    let shown = settings::effective(&cmd, &matches, &cli, &file);
+    Ok((args, shown))
 }
 
 async fn serve() -> anyhow::Result<()> {
-    init_logging();
-    let Some(args) = arguments()? else {
+    let (args, shown) = arguments().unwrap_or_else(|e| e.exit());
+    if args.print_config {
+        print!("{shown}");
         return Ok(());
-    };
+    }
+    let log = init_logging(&args)?;
     // Only a secret the server made up is printed: the operator already
     // has theirs, and stdout may end up in a log others can read.
     let generated = args.secret.is_none();
@@ -445,9 +479,61 @@ async fn serve() -> anyhow::Result<()> {
     println!("shm: {}", server.shm_path.display());
 
     let drain = tokio::spawn(drain_signal(usr1, server.drainer()));
+    let reload = tokio::spawn(reload_signal(server.reloader(), log, secret));
     server.run(shutdown_signal()).await?;
     drain.abort();
+    reload.abort();
     Ok(())
+}
+
+/// SIGHUP reads the command line, the environment and the configuration
+/// file again and applies what can change while serving (see
+/// [`control::server::Reloader`]); a generated secret stays the same.
+async fn reload_signal(
+    reloader: control::server::Reloader,
+    log: LogFilter,
+    generated_secret: Option<String>,
+) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%e, "cannot watch SIGHUP: no reloads");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match reload(&reloader, &log, generated_secret.as_deref()) {
+            Ok(done) => tracing::info!(
+                applied = ?done.applied,
+                needs_restart = ?done.restart,
+                "configuration reloaded"
+            ),
+            Err(e) => {
+                if !e.is::<control::server::ReloadError>() {
+                    reloader.refused();
+                }
+                tracing::error!("reload refused, nothing changed: {e:#}");
+            }
+        }
+    }
+}
+
+/// One reload: everything parsed and read before anything changes.
+fn reload(
+    reloader: &control::server::Reloader,
+    log: &LogFilter,
+    generated_secret: Option<&str>,
+) -> anyhow::Result<control::server::Reloaded> {
+    let (args, _) = arguments().map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+    let filter = log_filter(&args)?;
+    let keep_secret = args.secret.is_none();
+    let mut config = args.into_config()?;
+    if let (true, Some(secret)) = (keep_secret, generated_secret) {
+        config.secret = secret.to_owned();
+    }
+    let done = reloader.reload(config)?;
+    log.reload(filter).context("log filter")?;
+    Ok(done)
 }
 
 /// SIGUSR1 starts a drain (with --drain-restart's say on what follows).

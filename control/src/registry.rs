@@ -253,6 +253,10 @@ pub struct Identified {
 pub struct Resumed {
     /// The session's SSRC (unchanged).
     pub ssrc: u32,
+    /// The member.
+    pub user_id: Snowflake,
+    /// Its channel.
+    pub channel_id: Snowflake,
     /// The numbered notices after the client's `seq_ack`, in order.
     pub missed: Vec<Sequenced>,
 }
@@ -1286,7 +1290,16 @@ impl Registry {
             // missed instead).
             self.welcome(session_id);
         }
-        Ok(Resumed { ssrc, missed })
+        let user_id = self
+            .states
+            .get(session_id)
+            .map_or(Snowflake(0), |s| s.user_id);
+        Ok(Resumed {
+            ssrc,
+            user_id,
+            channel_id,
+            missed,
+        })
     }
 
     /// A member shown leaving resumed within the leave grace: the data

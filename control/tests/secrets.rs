@@ -155,13 +155,47 @@ fn a_short_secret_is_refused_without_being_shown() {
 /// RUST_LOG=trace: nothing secret reaches the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_carry_no_secrets() {
+    let text = logged_call("human").await;
+    assert!(
+        text.contains("gateway{peer="),
+        "gateway lines carry their span"
+    );
+}
+
+/// The same call logged as JSON: every line is one JSON object, the
+/// gateway's lines name the member, its channel and SSRC, and nothing
+/// secret is in any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_no_secrets_and_name_the_member() {
+    let text = logged_call("json").await;
+    let mut members = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        if v["span"]["name"] == "gateway" && v["fields"]["message"] == "identified" {
+            let span = &v["span"];
+            assert!(span["ssrc"].as_u64().is_some_and(|s| s != 0), "{line}");
+            assert_eq!(span["channel"].as_u64(), Some(9100), "{line}");
+            members.insert(span["user"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(members.into_iter().collect::<Vec<_>>(), [9101, 9102]);
+}
+
+/// Runs the call with control logging at trace in `format`; checks that
+/// no secret reached the log and returns it.
+async fn logged_call(format: &str) -> String {
     let log = std::env::temp_dir().join(format!(
         "voice-trace-{}-{}.log",
         std::process::id(),
         rand::random::<u32>()
     ));
     let file = std::fs::File::create(&log).unwrap();
-    let server = ServerProcess::start_with(control_bin(), 1, &[], |c| {
+    let server = ServerProcess::start_with(control_bin(), 1, &["--log-format", format], |c| {
         c.env("RUST_LOG", "trace").stderr(file);
     });
     let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, SECRET)
@@ -219,4 +253,5 @@ async fn trace_logs_carry_no_secrets() {
             panic!("a secret reached the log:\n{}", &text[line..end]);
         }
     }
+    text
 }

@@ -54,6 +54,11 @@ struct Args {
     /// for a new control to take the region over (0: stop at once).
     #[arg(long, default_value_t = 0)]
     reattach_secs: u64,
+    /// Log lines for people (`human`) or as JSON objects (`json`), on
+    /// stderr; the filter is RUST_LOG's (default info).
+    #[arg(long, env = "VOICE_LOG_FORMAT", default_value = "human",
+          value_parser = ["human", "json"])]
+    log_format: String,
 }
 
 /// Parses `args` (the first one is the program name), runs the data plane
@@ -70,13 +75,17 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             };
         }
     };
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+        );
+    let _ = match args.log_format.as_str() {
+        "json" => logs.json().try_init(),
+        _ => logs.try_init(),
+    };
     // A panicking core must not leave its socket dead in the reuseport
     // group (its share of the traffic would vanish) while the other cores
     // run on: the whole process goes, and control's supervision starts a

@@ -37,7 +37,7 @@ use protocol::gateway::{
     MemberSpeaking, Millis, Opcode, Ready, Resume, ServerMessage, SessionDescription, Video,
     NUMBERED,
 };
-use protocol::Envelope;
+use protocol::{Envelope, Snowflake};
 use shared::Mode;
 
 use crate::connection::{grace, refuse, Context, Protocol, Refusal, Result, PRE_AUTH_MAX_MESSAGE};
@@ -125,6 +125,8 @@ pub struct Connection {
     /// The voice state's session id, once identified or resumed.
     session: Option<String>,
     ssrc: Option<u32>,
+    /// The member and its channel, once identified or resumed.
+    member: Option<(Snowflake, Snowflake)>,
     /// The close code this side sent, once it closed.
     closing: Option<u16>,
     /// The client's close frame, once it sent one: its code (None: no
@@ -151,6 +153,7 @@ impl Connection {
             version,
             session: None,
             ssrc: None,
+            member: None,
             closing: None,
             peer_close: None,
             out: VecDeque::new(),
@@ -384,6 +387,7 @@ impl Connection {
             .map_err(identify_refusal)?;
         self.session = Some(id.session_id.clone());
         self.ssrc = Some(identified.ssrc);
+        self.member = Some((id.user_id, identified.channel_id));
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
         // Who is here and which SSRC is whose come as pushes after it.
@@ -405,6 +409,7 @@ impl Connection {
             .map_err(identify_refusal)?;
         self.session = Some(resume.session_id.clone());
         self.ssrc = Some(resumed.ssrc);
+        self.member = Some((resumed.user_id, resumed.channel_id));
         self.identify_by = None;
         self.deadline = now + grace(self.config.heartbeat_interval);
         self.send_unsequenced(ServerMessage::Resumed);
@@ -448,6 +453,11 @@ impl Protocol for Connection {
     /// Whether Identify or Resume succeeded.
     fn is_identified(&self) -> bool {
         self.identify_by.is_none()
+    }
+
+    fn identity(&self) -> Option<(u64, u64, u32)> {
+        let (user, channel) = self.member?;
+        Some((user.0, channel.0, self.ssrc?))
     }
 
     fn handle_ping(&mut self, now: Instant) {

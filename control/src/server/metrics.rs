@@ -204,6 +204,33 @@ pub(super) fn render(shared: &Shared, hub: &Hub) -> String {
     }
     metric(
         &mut out,
+        "voice_reloads_total",
+        "SIGHUP reloads, applied or refused (nothing changed).",
+        "counter",
+    );
+    let reloads = shared.reloads.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = writeln!(
+        out,
+        "voice_reloads_total{{result=\"applied\"}} {}",
+        reloads.applied
+    );
+    let _ = writeln!(
+        out,
+        "voice_reloads_total{{result=\"refused\"}} {}",
+        reloads.refused
+    );
+    metric(
+        &mut out,
+        "voice_restart_pending",
+        "Settings changed by a reload that wait for a restart (1 each).",
+        "gauge",
+    );
+    for setting in &reloads.restart_pending {
+        let _ = writeln!(out, "voice_restart_pending{{setting=\"{setting}\"}} 1");
+    }
+    drop(reloads);
+    metric(
+        &mut out,
         "voice_dataplane_restarts_total",
         "Times the dataplane died and was started again.",
         "counter",

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 use crate::config::{Config, DataplaneMode, DescriptorShortage, Tls};
 use crate::connection::{Context, Protocol};
@@ -36,8 +37,11 @@ use supervisor::Supervisor;
 mod budget;
 mod descriptors;
 mod metrics;
+mod reload;
 mod supervisor;
 pub mod tls;
+
+pub use reload::{ReloadError, Reloaded, Reloader};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +110,10 @@ struct Hub {
 #[derive(Debug)]
 struct Shared {
     hub: Mutex<Hub>,
-    lvsp: Arc<lvsp::Config>,
-    gateway: Arc<gateway::Config>,
+    /// What LVSP connections start with (replaced by a reload).
+    lvsp: std::sync::RwLock<Arc<lvsp::Config>>,
+    /// What gateway connections start with (replaced by a reload).
+    gateway: std::sync::RwLock<Arc<gateway::Config>>,
     ws: WebSocketConfig,
     next_conn: AtomicU64,
     /// Pending and identified connection budgets per listener, indexed by
@@ -127,9 +133,24 @@ struct Shared {
     drain_restart: bool,
     /// Where the state a new control takes over from is saved.
     store: Option<Store>,
+    /// What SIGHUP reloads did.
+    reloads: Mutex<reload::Reloads>,
 }
 
 impl Shared {
+    /// The LVSP settings a new connection starts with.
+    fn lvsp_config(&self) -> Arc<lvsp::Config> {
+        self.lvsp.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The gateway settings a new connection starts with.
+    fn gateway_config(&self) -> Arc<gateway::Config> {
+        self.gateway
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn hub(&self) -> MutexGuard<'_, Hub> {
         // A panic while holding the lock must not take the server down.
         self.hub.lock().unwrap_or_else(|e| e.into_inner())
@@ -266,6 +287,10 @@ pub struct Server {
     pub self_signed_cert: Option<PathBuf>,
     lvsp_tls: Option<TlsAcceptor>,
     gateway_tls: Option<TlsAcceptor>,
+    /// The listeners' certificates, for reloads.
+    certificates: [Option<Arc<tls::Certificate>>; 2],
+    /// The configuration in effect, for reloads.
+    config: Arc<Mutex<Config>>,
     /// Data-plane cores.
     pub cores: u32,
     /// Where the dataplane finds the shared-memory region (a file, or
@@ -315,6 +340,8 @@ impl Server {
             (a, b) if a == b => lvsp_tls.clone(),
             (_, b) => tls::acceptor(b)?,
         };
+        let certificates = [&lvsp_tls, &gateway_tls].map(|t| t.as_ref().map(|(_, c)| c.clone()));
+        let (lvsp_tls, gateway_tls) = (lvsp_tls.map(|(a, _)| a), gateway_tls.map(|(a, _)| a));
         let self_signed_cert = [&config.lvsp_tls, &config.gateway_tls]
             .into_iter()
             .find_map(|t| match t {
@@ -421,20 +448,20 @@ impl Server {
                 dataplane: None,
                 dataplane_changes: 0,
             }),
-            lvsp: Arc::new(lvsp::Config {
+            lvsp: std::sync::RwLock::new(Arc::new(lvsp::Config {
                 secret: config.secret.clone(),
                 heartbeat_interval: config.lvsp_heartbeat,
                 dialect: config.lvsp_dialect,
                 rate: config.lvsp_rate,
-            }),
-            gateway: Arc::new(gateway::Config {
+            })),
+            gateway: std::sync::RwLock::new(Arc::new(gateway::Config {
                 heartbeat_interval: config.gateway_heartbeat,
                 udp_ip: config.public_ip,
                 udp_port,
                 rate: config.gateway_rate,
                 modes: config.modes.clone(),
                 identify_timeout: config.identify_timeout,
-            }),
+            })),
             ws,
             next_conn: AtomicU64::new(1),
             budgets: [
@@ -456,6 +483,7 @@ impl Server {
             drain_deadline: config.drain_deadline,
             drain_restart: config.drain_restart,
             store,
+            reloads: Mutex::default(),
         });
         {
             let mut hub = shared.hub();
@@ -471,6 +499,7 @@ impl Server {
             self_signed_cert,
             lvsp_tls,
             gateway_tls,
+            certificates,
             cores: config.cores,
             shm_path: region.path().to_path_buf(),
             restored,
@@ -480,7 +509,18 @@ impl Server {
             lvsp: lvsp_listener,
             gateway: gateway_listener,
             metrics,
+            config: Arc::new(Mutex::new(config)),
         })
+    }
+
+    /// A handle that applies a new configuration while [`Server::run`]
+    /// serves (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+            certificates: self.certificates.clone(),
+            current: self.config.clone(),
+        }
     }
 
     /// A handle that starts a drain while [`Server::run`] serves.
@@ -504,7 +544,7 @@ impl Server {
             self_signed_cert,
             ..
         } = self;
-        let udp_port = shared.gateway.udp_port;
+        let udp_port = shared.gateway_config().udp_port;
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept_lvsp = tokio::spawn(accept_loop(
             lvsp,
@@ -980,20 +1020,33 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     match kind {
         Kind::Lvsp => {
             let machine =
-                lvsp::Connection::new(shared.lvsp.clone(), peer, now, &mut rand::thread_rng());
-            drive(ws, machine, &shared, None, stop, admission).await;
+                lvsp::Connection::new(shared.lvsp_config(), peer, now, &mut rand::thread_rng());
+            let span = tracing::info_span!("lvsp", %peer);
+            drive(ws, machine, &shared, None, stop, admission)
+                .instrument(span)
+                .await;
         }
         Kind::Gateway => {
             let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = mpsc::unbounded_channel();
             shared.hub().gateways.insert(conn, tx);
+            let config = shared.gateway_config();
             let machine = match gateway::version_from_query(query.as_deref()) {
-                Some(version) => {
-                    gateway::Connection::new(shared.gateway.clone(), conn, version, now)
-                }
-                None => gateway::Connection::unsupported(shared.gateway.clone(), conn, now),
+                Some(version) => gateway::Connection::new(config, conn, version, now),
+                None => gateway::Connection::unsupported(config, conn, now),
             };
-            drive(ws, machine, &shared, Some(rx), stop, admission).await;
+            // Who it is, once identified (never its token or session id).
+            let span = tracing::info_span!(
+                "gateway",
+                %peer,
+                conn,
+                user = tracing::field::Empty,
+                channel = tracing::field::Empty,
+                ssrc = tracing::field::Empty,
+            );
+            drive(ws, machine, &shared, Some(rx), stop, admission)
+                .instrument(span)
+                .await;
             shared.hub().gateways.remove(&conn);
         }
     }
@@ -1008,7 +1061,16 @@ async fn drive<M: Protocol, S: AsyncRead + AsyncWrite + Unpin>(
     mut stop: watch::Receiver<bool>,
     mut admission: Admission,
 ) {
+    let mut named = false;
     'run: loop {
+        if let (false, Some((user, channel, ssrc))) = (named, machine.identity()) {
+            let span = tracing::Span::current();
+            span.record("user", user);
+            span.record("channel", channel);
+            span.record("ssrc", ssrc);
+            named = true;
+            tracing::debug!("identified");
+        }
         match admission.promote(machine.is_identified()) {
             Promotion::Fine => {}
             Promotion::Evicted => break 'run,

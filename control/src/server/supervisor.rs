@@ -74,6 +74,10 @@ pub(super) struct Supervisor {
     /// Seconds a child forwards on once control is gone (0: it stops with
     /// control; killed with it too).
     reattach_secs: u64,
+    /// The child logs JSON lines.
+    log_json: bool,
+    /// The child's log filter (None: RUST_LOG as inherited).
+    log_level: Option<String>,
 }
 
 impl Supervisor {
@@ -126,6 +130,8 @@ impl Supervisor {
             } else {
                 0
             },
+            log_json: config.log_json,
+            log_level: config.log_level.clone(),
         })
     }
 
@@ -173,6 +179,9 @@ impl Supervisor {
                     .arg(self.udp_idle_secs.to_string())
                     .arg("--reattach-secs")
                     .arg(self.reattach_secs.to_string())
+                    .arg("--log-format")
+                    .arg(if self.log_json { "json" } else { "human" })
+                    .envs(self.log_level.iter().map(|l| ("RUST_LOG", l)))
                     // One that may outlive us is left running when we go.
                     .kill_on_drop(self.reattach_secs == 0)
                     .spawn();

@@ -1,9 +1,14 @@
 //! TLS for both websocket listeners (rustls with the ring provider): a
 //! configured certificate, or a generated self-signed one written to a file
-//! so clients can trust it.
+//! so clients can trust it. A configured certificate is read again on
+//! [`Certificate::reload`] (SIGHUP): handshakes from then on present the
+//! new one, connections already up keep theirs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -41,19 +46,66 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The acceptor for a [`Tls`] setting, or None for plain websockets.
-pub fn acceptor(tls: &Tls) -> Result<Option<TlsAcceptor>, TlsError> {
+/// A listener's certificate and key, replaceable while it serves.
+#[derive(Debug)]
+pub struct Certificate {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl Certificate {
+    /// Reads a configured certificate and key (`tls` names them) to swap
+    /// in with [`Certificate::set`]; None when there is nothing to read
+    /// (plain, or self-signed).
+    pub fn load(tls: &Tls) -> Result<Option<CertifiedKey>, TlsError> {
+        let Tls::Files { cert, key } = tls else {
+            return Ok(None);
+        };
+        certified(read_certs(cert)?, read_key(key)?).map(Some)
+    }
+
+    /// Presents `key` in handshakes from now on.
+    pub fn set(&self, key: CertifiedKey) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+    }
+}
+
+/// A certificate chain with its key, checked to belong together.
+fn certified(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(CertifiedKey::from_der(certs, key, &provider)?)
+}
+
+/// The acceptor for a [`Tls`] setting with its certificate, or None for
+/// plain websockets.
+pub fn acceptor(tls: &Tls) -> Result<Option<(TlsAcceptor, Arc<Certificate>)>, TlsError> {
     let (certs, key) = match tls {
         Tls::Off => return Ok(None),
         Tls::Files { cert, key } => (read_certs(cert)?, read_key(key)?),
         Tls::SelfSigned { cert_out, names } => self_signed(cert_out, names)?,
     };
+    let certificate = Arc::new(Certificate {
+        current: RwLock::new(Arc::new(certified(certs, key)?)),
+    });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+        .with_cert_resolver(certificate.clone());
+    Ok(Some((TlsAcceptor::from(Arc::new(config)), certificate)))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
