@@ -335,6 +335,9 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(drop_capabilities_here)
+        .on_thread_park(drop_capabilities_here)
+        .on_thread_unpark(drop_capabilities_here)
         .build()
     {
         Ok(rt) => rt,
@@ -349,6 +352,47 @@ fn main() -> ExitCode {
             eprintln!("control: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Set once everything privileged is done (listeners and UDP sockets bound,
+/// the data plane started): from then on each thread of the runtime drops
+/// its capabilities the next time it starts, parks or wakes (Linux keeps
+/// capabilities per thread), and threads started later inherit none.
+static DROP_CAPABILITIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+thread_local! {
+    static DROPPED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Drops the calling thread's capabilities once [`DROP_CAPABILITIES`] is
+/// set. A thread that cannot drop them takes the process down rather than
+/// serve with privileges nobody meant it to keep.
+fn drop_capabilities_here() {
+    if !DROP_CAPABILITIES.load(std::sync::atomic::Ordering::Acquire) || DROPPED.get() {
+        return;
+    }
+    DROPPED.set(true);
+    if let Err(e) = dataplane::sys::drop_capabilities() {
+        eprintln!("control: dropping capabilities: {e}");
+        std::process::abort();
+    }
+}
+
+/// Gives up every capability (see [`DROP_CAPABILITIES`]) once serving
+/// needs none; says so when there were some, and warns about root.
+fn drop_privileges() {
+    let had = dataplane::sys::permitted_capabilities().unwrap_or(0);
+    DROP_CAPABILITIES.store(true, std::sync::atomic::Ordering::Release);
+    drop_capabilities_here();
+    if had != 0 {
+        tracing::info!(had = format_args!("{had:#x}"), "capabilities dropped");
+    }
+    if nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "running as root (without capabilities now): run as an unprivileged user \
+             (docs/DEPLOYMENT.md, packaging/voice-server.service)"
+        );
     }
 }
 
@@ -443,6 +487,7 @@ async fn serve() -> anyhow::Result<()> {
     let server = Server::start(config)
         .await
         .context("starting the voice server")?;
+    drop_privileges();
     // Watched before "ready": a SIGUSR1 from then on drains, never kills.
     let usr1 = match signal(SignalKind::user_defined1()) {
         Ok(s) => Some(s),

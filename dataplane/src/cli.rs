@@ -145,6 +145,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("reading the bound address")?;
     region.publish_udp_port(local.port());
     tracing::info!(%local, cores, "sockets bound, port published");
+    // Everything privileged is done (the sockets are bound, the memlock
+    // limit raised): no capability is kept, before any executor thread
+    // starts (threads inherit the calling thread's sets).
+    match sys::drop_capabilities() {
+        Ok(0) => {}
+        Ok(had) => tracing::info!(had = format_args!("{had:#x}"), "capabilities dropped"),
+        Err(e) => anyhow::bail!("dropping capabilities: {e}"),
+    }
     let mut config = CoreConfig {
         stats_interval: Duration::from_millis(args.stats_interval_ms),
         ..CoreConfig::default()

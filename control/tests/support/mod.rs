@@ -82,6 +82,13 @@ impl ServerProcess {
         Self::launch(command, 0, &[], false, |_| {})
     }
 
+    /// Starts `command` (which runs control, say through `setpriv`) with
+    /// exactly `args` besides the secret, region in the default memfd.
+    pub fn start_command(mut command: Command, args: &[String]) -> ServerProcess {
+        command.args(args);
+        Self::launch(command, 0, &[], false, |_| {})
+    }
+
     fn launch(
         mut command: Command,
         cores: u32,

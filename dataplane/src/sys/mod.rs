@@ -46,6 +46,91 @@ pub fn raise_memlock(bytes: u64) -> io::Result<u64> {
     Ok(cur.rlim_cur)
 }
 
+/// `capget`/`capset`'s header (`struct __user_cap_header_struct`).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// One half of `capget`/`capset`'s data (`struct __user_cap_data_struct`):
+/// capabilities 0-31, then 32-63.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two [`CapData`], 64 capabilities.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// This process's permitted capabilities, as a bit mask.
+pub fn permitted_capabilities() -> io::Result<u64> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: the header and two data structs are the layout the version-3
+    // call reads and writes; both outlive it.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32)
+}
+
+/// Drops every capability the calling thread holds, for good (Linux keeps
+/// capabilities per thread: call it before starting threads, or on each;
+/// threads started afterwards inherit the empty sets): the bounding set
+/// (where it may: that takes CAP_SETPCAP), the ambient set, then
+/// effective, permitted and inheritable; and sets no_new_privs, so nothing
+/// it executes gains one either (not even as root: execve grants root
+/// nothing beyond the old permitted set then). The server needs a
+/// privilege only to bind a port below 1024 and to raise its locked-memory
+/// limit, both before it serves. Returns the permitted set it had.
+pub fn drop_capabilities() -> io::Result<u64> {
+    let had = permitted_capabilities()?;
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(63)
+        .min(63);
+    for cap in 0..=last {
+        // SAFETY: prctl with integer arguments; EPERM (no CAP_SETPCAP) and
+        // EINVAL (no such capability) leave the set as it was.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    }
+    // SAFETY: prctl with integer arguments. EINVAL on kernels before 4.3
+    // (no ambient set, nothing to clear).
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let none = [CapData::default(); 2];
+    // SAFETY: as in `permitted_capabilities`; capset only reads them.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, none.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(had)
+}
+
 /// Milliseconds of CLOCK_MONOTONIC: the same clock in every process on
 /// the machine, so times kept in the shared region stay comparable across
 /// dataplane restarts.
