@@ -28,9 +28,7 @@ fn the_systemd_unit_verifies_cleanly() {
         .arg("verify")
         .arg(&path)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("systemd-analyze is needed (apt-get install -y systemd): {e}")
-        });
+        .unwrap_or_else(|e| panic!("systemd-analyze is needed (apt-get install -y systemd): {e}"));
     std::fs::remove_dir_all(&dir).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -40,9 +38,15 @@ fn the_systemd_unit_verifies_cleanly() {
 #[test]
 fn the_container_file_matches_the_repository() {
     let file = std::fs::read_to_string(repo().join("packaging/Containerfile")).unwrap();
-    for line in file.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for line in file
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let source = line.split_whitespace().nth(1).unwrap();
-        assert!(repo().join(source).exists(), "{line}: {source} is not in the repository");
+        assert!(
+            repo().join(source).exists(),
+            "{line}: {source} is not in the repository"
+        );
     }
     assert!(file.contains("--bin control") && file.contains("/usr/local/bin/control"));
     assert!(file.contains("USER 65534"), "runs unprivileged");
@@ -56,7 +60,9 @@ fn the_container_file_matches_the_repository() {
     ] {
         let number = port.split('/').next().unwrap();
         assert!(
-            example.lines().any(|l| l.starts_with(key) && l.contains(number)),
+            example
+                .lines()
+                .any(|l| l.starts_with(key) && l.contains(number)),
             "{key} is not on {number}"
         );
         assert!(file.contains(port), "EXPOSE {port}");
@@ -113,6 +119,9 @@ fn several_servers_run_side_by_side() {
         assert!(answer.contains("\"health\""), "{answer}");
     }
     for m in &metrics {
-        assert!(std::net::TcpStream::connect(m).is_err(), "{m} still answers");
+        assert!(
+            std::net::TcpStream::connect(m).is_err(),
+            "{m} still answers"
+        );
     }
 }

@@ -77,6 +77,7 @@ pub mod gateway;
 mod heartbeat;
 pub mod lvsp;
 pub mod rtp;
+pub mod soak;
 pub mod udp;
 pub mod voice;
 pub mod ws;
