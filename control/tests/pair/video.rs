@@ -71,6 +71,14 @@ fn streaming(audio_ssrc: u32, stream: &VideoStream) -> Video {
     }
 }
 
+/// The first message `i` got since the last look that `pick` takes.
+fn first<T>(w: &mut World, i: usize, pick: impl Fn(ServerMessage) -> Option<T>) -> T {
+    w.messages(i)
+        .into_iter()
+        .find_map(pick)
+        .expect("the message was sent")
+}
+
 fn member_ssrcs(messages: &[ServerMessage], user: u64) -> Vec<MemberSsrcs> {
     messages
         .iter()
@@ -87,14 +95,10 @@ fn a_screen_share_is_announced_now_and_to_those_who_join_later() {
     let b = member(&mut w, 8, 8, &s[1], &token);
     let a = w.connect(8);
     w.identify_as(a, screen_share(7, &s[0], &token));
-    let ready = w
-        .messages(a)
-        .into_iter()
-        .find_map(|m| match m {
-            ServerMessage::Ready(r) => Some(r),
-            _ => None,
-        })
-        .expect("Ready");
+    let ready = first(&mut w, a, |m| match m {
+        ServerMessage::Ready(r) => Some(r),
+        _ => None,
+    });
     // One stream as asked, its two SSRCs on the audio SSRC's core.
     assert_eq!(ready.streams.len(), 1);
     let stream = ready.streams[0].clone();
@@ -120,14 +124,10 @@ fn a_screen_share_is_announced_now_and_to_those_who_join_later() {
     w.client(b)
         .select_protocol(Some([127, 0, 0, 1].into()), 4001, "aead_aes256_gcm_rtpsize");
     w.run();
-    let sd = w
-        .messages(a)
-        .into_iter()
-        .find_map(|m| match m {
-            ServerMessage::SessionDescription(sd) => Some(sd),
-            _ => None,
-        })
-        .expect("Session Description");
+    let sd = first(&mut w, a, |m| match m {
+        ServerMessage::SessionDescription(sd) => Some(sd),
+        _ => None,
+    });
     assert_eq!(sd.audio_codec.as_deref(), Some("opus"));
     assert_eq!(sd.video_codec.as_deref(), Some("H264"));
     let specs: Vec<_> = w
@@ -201,14 +201,10 @@ fn audio_only_clients_get_no_streams_and_may_say_they_send_no_video() {
     let (mut w, token, s) = call(42, &[7, 8]);
     let a = member(&mut w, 8, 7, &s[0], &token);
     let b = member(&mut w, 8, 8, &s[1], &token);
-    let ready = w
-        .messages(a)
-        .into_iter()
-        .find_map(|m| match m {
-            ServerMessage::Ready(r) => Some(r),
-            _ => None,
-        })
-        .expect("Ready");
+    let ready = first(&mut w, a, |m| match m {
+        ServerMessage::Ready(r) => Some(r),
+        _ => None,
+    });
     assert!(ready.streams.is_empty());
     let ssrc = ready.ssrc;
     assert_eq!(
