@@ -647,16 +647,25 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
     );
     djs_params["dave"] = json!(true);
     djs_params["silence_ms"] = json!(1500);
-    // discord.py says its SSRC (op 5, not speaking) as soon as it has its
-    // key; discord.js would wait for a Speaking otherwise.
+    // Each says Speaking (op 5) once connected, before it waits for the
+    // other's: both libraries learn SSRCs from op 5 alone, and the server
+    // replays op 5 to a later joiner only for members speaking at the
+    // time. discord.py's own op 5 after its Session Description says it
+    // is not speaking, so without this a discord.js joining after it would
+    // learn its SSRC only from the op 5 its player sends when it starts,
+    // which its first packet can beat (a dropped frame, seen under load).
+    py_params["announce"] = json!(true);
     djs_params["announce"] = json!(true);
     let mut py = Script::python(&py_params);
     let mut djs = Script::node(cert, &djs_params);
-    // What the eavesdropper receives meanwhile.
+    // What the eavesdropper receives meanwhile: from the first packet
+    // until 2 s without one.
     let listening = tokio::spawn(async move {
         let mut got = Vec::new();
-        while let Ok(p) = eavesdropper.udp.recv_timeout(Duration::from_secs(4)).await {
+        let mut wait = Duration::from_secs(30);
+        while let Ok(p) = eavesdropper.udp.recv_timeout(wait).await {
             got.push(p);
+            wait = Duration::from_secs(2);
         }
         (eavesdropper, got)
     });
@@ -697,6 +706,41 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
         eprintln!("{name}: {result}\n{stderr}");
         results.push(result);
     }
+    // The transport payloads the server forwarded were DAVE frames, not the
+    // Opus the two encoded.
+    let (_eavesdropper, got) = listening.await.expect("the eavesdropper");
+    let plain: std::collections::HashSet<Vec<u8>> =
+        py_frames.iter().chain(&djs_frames).cloned().collect();
+    let media: Vec<&scripts::ReceivedPacket> = got
+        .iter()
+        .filter(|p| p.payload.as_slice() != SILENCE_FRAME)
+        .collect();
+    assert!(
+        media.len() >= 2 * FRAMES,
+        "the eavesdropper got {} packets",
+        media.len()
+    );
+    for p in &media {
+        assert!(
+            !plain.contains(&p.payload),
+            "plain Opus reached a non-member: SSRC {} seq {}: {}",
+            p.ssrc,
+            p.seq,
+            hex::encode(&p.payload)
+        );
+        assert!(
+            p.payload.ends_with(&[0xFA, 0xFA]),
+            "not a DAVE frame: SSRC {} seq {}: {}",
+            p.ssrc,
+            p.seq,
+            hex::encode(&p.payload)
+        );
+    }
+    eprintln!(
+        "DAVE: {} end-to-end encrypted frames from discord.py and discord.js seen by a member outside the MLS group, none readable",
+        media.len()
+    );
+
     let (py_result, djs_result) = (&results[0], &results[1]);
     assert_eq!(py_result["errors"], json!([]), "{py_result}");
     // Each decrypted the other's frames, byte for byte, then the silence
@@ -722,36 +766,6 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
     assert!(
         py_result["privacy_code"].is_string(),
         "discord.py has no voice privacy code: {py_result}"
-    );
-
-    // The transport payloads the server forwarded were DAVE frames, not the
-    // Opus the two encoded.
-    let (_eavesdropper, got) = listening.await.expect("the eavesdropper");
-    let plain: std::collections::HashSet<Vec<u8>> =
-        py_frames.iter().chain(&djs_frames).cloned().collect();
-    let media: Vec<&scripts::ReceivedPacket> = got
-        .iter()
-        .filter(|p| p.payload.as_slice() != SILENCE_FRAME)
-        .collect();
-    assert!(
-        media.len() >= 2 * FRAMES,
-        "the eavesdropper got {} packets",
-        media.len()
-    );
-    for p in &media {
-        assert!(
-            !plain.contains(&p.payload),
-            "plain Opus reached a non-member"
-        );
-        assert!(
-            p.payload.ends_with(&[0xFA, 0xFA]),
-            "not a DAVE frame: {:?}",
-            p.payload
-        );
-    }
-    eprintln!(
-        "DAVE: {} end-to-end encrypted frames from discord.py and discord.js seen by a member outside the MLS group, none readable",
-        media.len()
     );
     assert_eq!(server.metric("voice_dave_calls"), 1.0);
 }

@@ -25,8 +25,9 @@
 # (VoiceConnectionState.add_socket_listener, which its IP discovery uses
 # too), opens the transport encryption itself with the library's secret key
 # and negotiated mode (PyNaCl, as the library's encryption uses), and leaves
-# the DAVE layer to the library's own davey session
-# (dave_session.decrypt). SSRC -> user comes from Speaking (op 5), seen
+# the DAVE layer to the library's own davey session (dave_session.decrypt,
+# once the library's player thread, which encrypts with that session, has
+# stopped). SSRC -> user comes from Speaking (op 5), seen
 # through the library's websocket hook (VoiceConnectionState(hook=...)),
 # since discord.py keeps no such map.
 #
@@ -43,6 +44,9 @@
 #   token          CHANNEL_ASSIGN.token from LVSP
 #   frames         Opus frames to send, hex strings, in order
 #   peer_user_id   the member whose frames must be received
+#   announce       true: say Speaking (op 5, voice) once connected, before
+#                  waiting for the peer's (the library's own op 5 after its
+#                  Session Description says it is not speaking)
 #   dave           true: wait until the library's DAVE session is ready at
 #                  protocol version 1 (group formed, no transition pending)
 #                  before saying "ready", so every frame it sends is end-to-
@@ -274,15 +278,27 @@ class Receiver:
         if user is None:
             self.unknown_ssrcs.add(ssrc)
             return
-        state = self.vc._connection
-        if state.dave_session is not None and state.dave_protocol_version != 0 and payload != OPUS_SILENCE:
-            try:
-                payload = state.dave_session.decrypt(user, davey.MediaType.audio, payload)
-            except Exception as e:
-                self.errors.append(f'DAVE from {user}: {e!r}')
-                return
         self.frames.setdefault(user, []).append(payload)
         self.last = time.monotonic()
+
+    def open_dave(self):
+        """The DAVE layer, once the library's player stopped: its thread
+        encrypts with the same davey session, which is left to it alone
+        while it plays (the frames wait here meanwhile)."""
+        state = self.vc._connection
+        if state.dave_session is None or state.dave_protocol_version == 0:
+            return
+        for user, frames in self.frames.items():
+            opened = []
+            for payload in frames:
+                if payload == OPUS_SILENCE:
+                    opened.append(payload)  # sent in the clear
+                    continue
+                try:
+                    opened.append(state.dave_session.decrypt(user, davey.MediaType.audio, payload))
+                except Exception as e:
+                    self.errors.append(f'DAVE from {user}: {e!r}')
+            self.frames[user] = opened
 
     def open(self, data):
         mode = self.vc.mode
@@ -340,6 +356,8 @@ async def main():
         fail(f'discord.py did not connect: {e!r}')
     receiver = Receiver(vc, loop)
     state = vc._connection
+    if params.get('announce'):
+        await vc.ws.speak(discord.SpeakingState.voice)
 
     peer_ssrc = await wait_until(
         f'a Speaking op 5 naming {PEER_ID}',
@@ -376,6 +394,7 @@ async def main():
         lambda: receiver.last is not None and time.monotonic() - receiver.last > SILENCE_S,
         TIMEOUT_S,
     )
+    receiver.open_dave()
     emit(
         {
             'event': 'result',
