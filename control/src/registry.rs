@@ -115,8 +115,11 @@ struct VoiceState {
     conn: Option<ConnId>,
     /// The SSRC handed out at the first Identify.
     ssrc: Option<u32>,
-    /// Last speaking flags the client sent (0 = never / silent).
-    speaking: u32,
+    /// Last speaking flags the client sent since it joined the call
+    /// (None: none yet). Replayed to joiners even when 0: clients such as
+    /// discord.py announce their SSRC with `speaking: 0`, and discord.js
+    /// learns SSRCs from op 5 alone.
+    speaking: Option<u32>,
     /// The gateway session's numbered messages (from Identify on): what a
     /// Resume re-delivers.
     stream: Option<Stream>,
@@ -166,7 +169,7 @@ impl VoiceState {
             channel_id,
             conn: None,
             ssrc: None,
-            speaking: 0,
+            speaking: None,
             stream: None,
             parked_since: None,
             left: false,
@@ -941,7 +944,7 @@ impl Registry {
         state.observed = None;
         let proven = state.proven.take();
         let slot = state.slot.take();
-        state.speaking = 0;
+        state.speaking = None;
         let ssrc = state.ssrc.take();
         let video = state.video.take();
         let (user_id, channel_id) = (state.user_id, state.channel_id);
@@ -1178,8 +1181,8 @@ impl Registry {
             }
             present.push(s.user_id);
             ssrcs.extend(s.ssrcs().map(|notice| (s.user_id, notice)));
-            if let (Some(ssrc), true) = (s.ssrc, s.speaking != 0) {
-                speakers.push((s.user_id, ssrc, s.speaking));
+            if let (Some(ssrc), Some(speaking)) = (s.ssrc, s.speaking) {
+                speakers.push((s.user_id, ssrc, speaking));
             }
         }
         if !present.is_empty() {
@@ -1317,7 +1320,7 @@ impl Registry {
         let command = Command::HoldSession { ssrc, held: false };
         self.effects.push_back(Effect::Dataplane { core, command });
         self.announce(channel_id, session_id, user_id);
-        if speaking != 0 {
+        if let Some(speaking) = speaking {
             self.broadcast(channel_id, session_id, || Notice::Speaking {
                 user_id,
                 ssrc,
@@ -1615,7 +1618,7 @@ impl Registry {
             return;
         };
         let Some(ssrc) = state.ssrc else { return };
-        state.speaking = speaking;
+        state.speaking = Some(speaking);
         let (user_id, channel_id) = (state.user_id, state.channel_id);
         // A newer Speaking of this member replaces its older one in every
         // receiver's resume buffer (`Notice::supersedes`): a member who
@@ -1751,7 +1754,8 @@ struct SavedSession {
     /// Identify's `max_dave_protocol_version`.
     #[serde(default)]
     dave: u16,
-    speaking: u32,
+    /// Saved as a number before it could be None (0 then meant none).
+    speaking: Option<u32>,
     stream: Stream,
     left: bool,
     media: Option<SavedMedia>,

@@ -960,3 +960,19 @@ fn a_resume_below_v8_hears_who_is_in_the_call_again() {
     );
     assert_eq!(w.closed(a2), None);
 }
+
+/// A member that told its SSRC with `speaking: 0` (discord.py does, right
+/// after Session Description) is named to members who join later too:
+/// discord.js maps SSRCs from op 5 alone, and would drop its audio until
+/// it next spoke.
+#[test]
+fn a_silent_op_5_is_replayed_to_joiners() {
+    let (mut w, token, s) = call(22, &[7, 8]);
+    let a = member(&mut w, 8, 7, &s[0], &token);
+    w.client(a).speaking(0).unwrap();
+    w.run();
+    let ssrc_a = w.client(a).ssrc().unwrap();
+    let b = member(&mut w, 8, 8, &s[1], &token);
+    let got = w.messages(b);
+    assert!(got.contains(&speaking(7, ssrc_a, 0)), "{got:?}");
+}
