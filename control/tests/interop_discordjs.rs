@@ -12,29 +12,22 @@
 //! `npm ci --prefix control/tests/interop` (CI's `.ci/run` does it too).
 //! Without node the test fails and says so.
 
+#[path = "support/interop.rs"]
+mod interop;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use interop::{
+    check_node, hex_frames, litecord, opus_frame, Script, CHANNEL, DJS_USER, FRAMES, GUILD,
+    RUST_USER, SILENCE_FRAME,
+};
 use scripts::gateway::ServerMessage;
 use scripts::{ClientError, GatewayEvent, HeartbeatTask, LvspClient, Mode, VoiceClient};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::ServerProcess;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 
-const GUILD: &str = "41771983423143936";
-const CHANNEL: &str = "41771983423143937";
-/// This project's client.
-const RUST_USER: &str = "80351110224678912";
-/// The @discordjs/voice client.
-const DJS_USER: &str = "80351110224678913";
-/// Frames each side sends.
-const FRAMES: usize = 25;
-/// The Opus silence frame @discordjs/voice appends after a resource ends.
-const SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
 /// `AudioResource.silencePaddingFrames` (default 5; the script reports the
 /// value it used and the test checks it).
 const SILENCE_PADDING: usize = 5;
@@ -44,138 +37,6 @@ const SILENCE_PADDING: usize = 5;
 /// readable as soon as the last padding frame was prepared, so that last one
 /// is never sent. Deterministic in the pinned version.
 const SILENCE_SENT: usize = SILENCE_PADDING - 1;
-
-/// The `n`th frame of sender `tag`: a CELT-only fullband 20 ms TOC byte
-/// (0xF8, one frame) and a distinct body, so every frame is a well-formed
-/// Opus packet and differs from every other and from the silence frame.
-fn opus_frame(tag: u8, n: usize) -> Vec<u8> {
-    let mut f = vec![0xF8, tag, n as u8];
-    f.extend((0..37).map(|i| (i * 11 + n * 3 + tag as usize) as u8));
-    f
-}
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// Fails (never skips) when node or the npm project is missing.
-fn check_prerequisites() {
-    let setup = "install Node.js and npm (`apt-get install -y nodejs npm` when \
-                 missing) and run `npm ci --prefix control/tests/interop` from the \
-                 repository root (.ci/run does both)";
-    match std::process::Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!("`node --version` failed ({}): {setup}", out.status),
-        Err(e) => panic!("node is not available ({e}): {setup}"),
-    }
-    let installed = interop_dir().join("node_modules/@discordjs/voice/package.json");
-    if !installed.exists() {
-        // `cargo test` alone must run the whole suite: install the pinned
-        // packages (the lockfile fixes every version) the first time.
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-            .arg(interop_dir())
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "npm ci failed ({status:?}): {setup}"
-        );
-    }
-    assert!(
-        installed.exists(),
-        "{} is missing: {setup}",
-        installed.display()
-    );
-}
-
-/// The node child, its stdin (commands of the "session" scenario), its
-/// stdout lines and a task collecting its stderr.
-struct Node {
-    child: Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: tokio::task::JoinHandle<String>,
-}
-
-impl Node {
-    fn spawn(cert: &Path, params: &Value) -> Node {
-        let mut child = Command::new("node")
-            .arg(interop_dir().join("discordjs_client.mjs"))
-            .current_dir(interop_dir())
-            .env("DISCORDJS_PARAMS", params.to_string())
-            .env("NODE_EXTRA_CA_CERTS", cert)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut err = child.stderr.take().expect("stderr");
-        let stderr = tokio::spawn(async move {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s).await;
-            s
-        });
-        Node {
-            child,
-            stdin,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Sends a command of the "session" scenario and waits for the event
-    /// that answers it.
-    async fn ask(&mut self, command: Value, answer: &str, wait: Duration) -> Result<Value, String> {
-        use tokio::io::AsyncWriteExt;
-        let line = format!("{command}\n");
-        self.stdin
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| format!("writing to node: {e}"))?;
-        self.event(answer, wait).await
-    }
-
-    /// Kills the child and returns what it printed on stderr.
-    async fn stderr(mut self) -> String {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        tokio::time::timeout(Duration::from_secs(5), self.stderr)
-            .await
-            .map(|r| r.unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    /// The next JSON line on stdout whose `event` is `event`.
-    async fn event(&mut self, event: &str, wait: Duration) -> Result<Value, String> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.stdout.next_line())
-                .await
-                .map_err(|_| format!("no {event:?} line within {wait:?}"))?
-                .map_err(|e| format!("reading node's stdout: {e}"))?
-                .ok_or_else(|| format!("node's stdout ended before a {event:?} line"))?;
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue; // not one of ours
-            };
-            if v["event"] == event {
-                return Ok(v);
-            }
-        }
-    }
-}
-
-/// Panics with node's stderr attached.
-async fn node_failed(node: Node, what: String) -> ! {
-    let stderr = node.stderr().await;
-    panic!("{what}\n--- discordjs_client.mjs stderr ---\n{stderr}");
-}
-
-fn hex_frames(frames: &[Vec<u8>]) -> Vec<String> {
-    frames.iter().map(hex::encode).collect()
-}
 
 /// The default offer: discord.js takes AES-GCM, the first mode it supports;
 /// this project's client uses AES-GCM too.
@@ -198,39 +59,6 @@ async fn discordjs_voice_in_xchacha_beside_a_legacy_client() {
         Mode::XSalsa20Poly1305,
     )
     .await;
-}
-
-/// The server with TLS and a certificate of this test's own (node trusts
-/// exactly it), and a short heartbeat interval, so that discord.js
-/// heartbeats (v8 shape, with seq_ack) several times during a call: it
-/// drops a connection whose heartbeats go unacknowledged three times in a
-/// row.
-fn start(extra: &[&str]) -> (ServerProcess, PathBuf) {
-    check_prerequisites();
-    let cert = std::env::temp_dir().join(format!(
-        "voice-interop-cert-{}-{}.pem",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let cert_arg = cert.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--self-signed-cert",
-        &cert_arg,
-        "--gateway-heartbeat-ms",
-        "250",
-    ];
-    args.extend_from_slice(extra);
-    let server = ServerProcess::start(1, &args);
-    assert!(
-        server.gateway_url.starts_with("wss://"),
-        "{}",
-        server.gateway_url
-    );
-    let cert = server
-        .cert
-        .clone()
-        .expect("the server printed its certificate");
-    (server, cert)
 }
 
 /// Litecord's link (heartbeating), the channel's token, discord.js's
@@ -283,6 +111,12 @@ async fn setup(server: &ServerProcess, rust_mode: Mode) -> Setup {
     }
 }
 
+/// The server of [`interop::start`], once node is there.
+fn start(extra: &[&str]) -> (ServerProcess, PathBuf) {
+    check_node();
+    interop::start(extra)
+}
+
 async fn interop(extra: &[&str], djs_mode: &str, rust_mode: Mode) {
     let (server, cert) = start(extra);
     tokio::time::timeout(
@@ -328,22 +162,24 @@ async fn udp_loss(server: &ServerProcess, cert: &Path) {
         "scenario": "udp_loss",
         "timeout_ms": 30_000,
     });
-    let mut node = Node::spawn(cert, &params);
+    let mut node = Script::node(cert, &params);
     let ready = match node.event("ready", Duration::from_secs(20)).await {
         Ok(v) => v,
-        Err(e) => node_failed(node, format!("discord.js never got ready: {e}")).await,
+        Err(e) => {
+            node.failed(format!("discord.js never got ready: {e}"))
+                .await
+        }
     };
     let resumed = match node.event("resumed", Duration::from_secs(15)).await {
         Ok(v) => v,
-        Err(e) => node_failed(node, format!("discord.js did not resume: {e}")).await,
+        Err(e) => node.failed(format!("discord.js did not resume: {e}")).await,
     };
     assert_eq!(
         resumed["ssrc"], ready["ssrc"],
         "the same SSRC after the resume"
     );
-    match tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await {
-        Ok(Ok(status)) if status.success() => {}
-        other => node_failed(node, format!("node after the resume: {other:?}")).await,
+    if let Err(e) = node.exited(Duration::from_secs(10)).await {
+        node.failed(format!("node after the resume: {e}")).await;
     }
     // What the other member was told about discord.js, in order, through
     // its final leave (destroy(): 1000 after the resume).
@@ -404,11 +240,14 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         "silence_ms": 1000,
         "timeout_ms": 30_000,
     });
-    let mut node = Node::spawn(cert, &params);
+    let mut node = Script::node(cert, &params);
 
     let ready = match node.event("ready", Duration::from_secs(20)).await {
         Ok(v) => v,
-        Err(e) => node_failed(node, format!("discord.js never got ready: {e}")).await,
+        Err(e) => {
+            node.failed(format!("discord.js never got ready: {e}"))
+                .await
+        }
     };
     // discord.js takes the first offered mode it supports.
     assert_eq!(ready["mode"], djs_mode, "{ready}");
@@ -434,18 +273,15 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
     while sent < FRAMES || from_djs.len() < expected_from_djs.len() {
         let now = Instant::now();
         if now > deadline {
-            node_failed(
-                node,
-                format!(
-                    "sent {sent} of {FRAMES}; received {} of {} frames from discord.js: {:?}",
-                    from_djs.len(),
-                    expected_from_djs.len(),
-                    from_djs
-                        .iter()
-                        .map(|p| (p.seq, hex::encode(&p.payload[..p.payload.len().min(3)])))
-                        .collect::<Vec<_>>()
-                ),
-            )
+            node.failed(format!(
+                "sent {sent} of {FRAMES}; received {} of {} frames from discord.js: {:?}",
+                from_djs.len(),
+                expected_from_djs.len(),
+                from_djs
+                    .iter()
+                    .map(|p| (p.seq, hex::encode(&p.payload[..p.payload.len().min(3)])))
+                    .collect::<Vec<_>>()
+            ))
             .await;
         }
         if sent < FRAMES && now >= next_send {
@@ -482,7 +318,7 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
 
     let result = match node.event("result", Duration::from_secs(15)).await {
         Ok(v) => v,
-        Err(e) => node_failed(node, format!("discord.js gave no result: {e}")).await,
+        Err(e) => node.failed(format!("discord.js gave no result: {e}")).await,
     };
     // Right after its result discord.js calls `connection.destroy()`,
     // which closes its websocket with 1000: a leave the others see at
@@ -501,17 +337,16 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
                 break destroyed.elapsed();
             }
             Ok(event) => events.push(event),
-            Err(e) => node_failed(node, format!("no Client Disconnect after destroy(): {e}")).await,
+            Err(e) => {
+                node.failed(format!("no Client Disconnect after destroy(): {e}"))
+                    .await
+            }
         }
     };
     eprintln!("discord.js destroy() → op 13 at the other member: {left:?}");
     assert!(left < Duration::from_secs(1), "the leave took {left:?}");
-    let status = match tokio::time::timeout(Duration::from_secs(10), node.child.wait()).await {
-        Ok(status) => status.expect("wait for node"),
-        Err(_) => node_failed(node, "node did not exit after its result".into()).await,
-    };
-    if !status.success() {
-        node_failed(node, format!("node exited with {status}")).await;
+    if let Err(e) = node.exited(Duration::from_secs(10)).await {
+        node.failed(format!("node after its result: {e}")).await;
     }
     let stderr = node.stderr().await;
     eprintln!("discord.js result: {result}\n{stderr}");
@@ -582,33 +417,6 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
     );
 }
 
-/// Litecord's side of a test: its link (heartbeating), the channel's
-/// token, and a voice state per user (its session id).
-struct Litecord {
-    _link: (LvspClient, HeartbeatTask),
-    token: String,
-    sessions: std::collections::HashMap<&'static str, String>,
-}
-
-async fn litecord(server: &ServerProcess, users: &[&'static str]) -> Litecord {
-    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
-        .await
-        .expect("LVSP identify");
-    let heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
-    let assign = lvsp.channel_req(CHANNEL, Some(GUILD)).await;
-    let token = assign.expect("CHANNEL_ASSIGN").token;
-    let mut sessions = std::collections::HashMap::new();
-    for user in users {
-        let done = lvsp.voice_state_create(user, CHANNEL, Some(GUILD)).await;
-        sessions.insert(*user, done.expect("VOICE_STATE_DONE").session_id);
-    }
-    Litecord {
-        _link: (lvsp, heartbeat),
-        token,
-        sessions,
-    }
-}
-
 /// The second @discordjs/voice member.
 const DJS_USER_B: &str = "80351110224678914";
 
@@ -672,11 +480,11 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
             "timeout_ms": 45_000,
         })
     };
-    let mut a = Node::spawn(
+    let mut a = Script::node(
         cert,
         &params(DJS_USER, &sessions[DJS_USER], DJS_USER_B, &frames_a),
     );
-    let mut b = Node::spawn(
+    let mut b = Script::node(
         cert,
         &params(DJS_USER_B, &sessions[DJS_USER_B], DJS_USER, &frames_b),
     );
@@ -690,8 +498,9 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
     });
     for (node, who) in [(&mut a, "A"), (&mut b, "B")] {
         if let Err(e) = node.event("ready", Duration::from_secs(30)).await {
-            let node = std::mem::replace(node, Node::spawn(cert, &json!(null)));
-            node_failed(node, format!("discord.js {who} never got DAVE-ready: {e}")).await;
+            let node = std::mem::replace(node, Script::node(cert, &json!(null)));
+            node.failed(format!("discord.js {who} never got DAVE-ready: {e}"))
+                .await;
         }
     }
     let mut results = Vec::new();
@@ -699,7 +508,10 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
         let mut node = node;
         let result = match node.event("result", Duration::from_secs(30)).await {
             Ok(v) => v,
-            Err(e) => node_failed(node, format!("discord.js {who} gave no result: {e}")).await,
+            Err(e) => {
+                node.failed(format!("discord.js {who} gave no result: {e}"))
+                    .await
+            }
         };
         let stderr = node.stderr().await;
         eprintln!("discord.js {who}: {result}\n{stderr}");
@@ -763,7 +575,7 @@ const DJS_USER_C: &str = "80351110224678915";
 struct Member {
     name: &'static str,
     user: &'static str,
-    node: Node,
+    node: Script,
 }
 
 impl Member {
@@ -791,9 +603,10 @@ impl Member {
             "scenario": "session",
             "timeout_ms": 80_000,
         });
-        let mut node = Node::spawn(cert, &params);
+        let mut node = Script::node(cert, &params);
         if let Err(e) = node.event("ready", Duration::from_secs(20)).await {
-            node_failed(node, format!("discord.js {name} never got ready: {e}")).await;
+            node.failed(format!("discord.js {name} never got ready: {e}"))
+                .await;
         }
         Member { name, user, node }
     }
@@ -861,7 +674,7 @@ impl Member {
             .node
             .ask(json!({"cmd": "leave"}), "never", Duration::from_millis(300))
             .await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.node.child.wait()).await;
+        let _ = self.node.exited(Duration::from_secs(5)).await;
     }
 }
 

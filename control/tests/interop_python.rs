@@ -24,32 +24,26 @@
 //! npm project of `interop_discordjs.rs` as well. Without them the tests
 //! fail and say so.
 
+#[path = "support/interop.rs"]
+mod interop;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use interop::{
+    check_node, hex_frames, interop_dir, litecord, opus_frame, start, Script, CHANNEL, DJS_USER,
+    FRAMES, GUILD, RUST_USER, SILENCE_FRAME,
+};
 use scripts::gateway::ServerMessage;
-use scripts::{ClientError, GatewayEvent, HeartbeatTask, LvspClient, Mode, VoiceClient};
+use scripts::{ClientError, GatewayEvent, Mode, VoiceClient};
 use serde_json::{json, Value};
 use support::ServerProcess;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 
-const GUILD: &str = "41771983423143936";
-const CHANNEL: &str = "41771983423143937";
-/// This project's client.
-const RUST_USER: &str = "80351110224678912";
 /// The discord.py client.
 const PY_USER: &str = "80351110224678916";
-/// The @discordjs/voice client.
-const DJS_USER: &str = "80351110224678913";
-/// Frames each side sends.
-const FRAMES: usize = 25;
-/// The Opus silence frame both libraries send after their audio ends.
-const SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
 /// discord.py's `AudioPlayer`, once its source is exhausted, calls
 /// `send_silence()`: 5 silence frames, back to back, all on the wire (it
 /// checks only that it is still connected). Deterministic in the pinned
@@ -59,25 +53,19 @@ const PY_SILENCE_SENT: usize = 5;
 /// (`interop_discordjs.rs` explains the one fewer than its padding of 5).
 const DJS_SILENCE_SENT: usize = 4;
 
-/// The `n`th frame of sender `tag`: a CELT-only fullband 20 ms TOC byte
-/// (0xF8, one frame) and a distinct body, so every frame is a well-formed
-/// Opus packet and differs from every other and from the silence frame.
-fn opus_frame(tag: u8, n: usize) -> Vec<u8> {
-    let mut f = vec![0xF8, tag, n as u8];
-    f.extend((0..37).map(|i| (i * 11 + n * 3 + tag as usize) as u8));
-    f
+/// discord.py (`python_client.py`) with `params` (the server's
+/// certificate among them).
+fn discord_py(params: &Value) -> Script {
+    let mut command = Command::new(python());
+    command
+        .arg(interop_dir().join("python_client.py"))
+        .env("PYTHON_CLIENT_PARAMS", params.to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    Script::spawn("python_client.py", command)
 }
 
 fn frames(tag: u8) -> Vec<Vec<u8>> {
     (0..FRAMES).map(|n| opus_frame(tag, n)).collect()
-}
-
-fn hex_frames(frames: &[Vec<u8>]) -> Vec<String> {
-    frames.iter().map(hex::encode).collect()
-}
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
 /// The virtual environment's interpreter, the pinned packages installed
@@ -138,192 +126,6 @@ fn install_python_packages() -> Result<PathBuf, String> {
         ));
     }
     Ok(python)
-}
-
-/// Node and the npm project of `interop_discordjs.rs` (installed by it or
-/// here on a first run). Fails, never skips, when node is missing.
-fn check_node() {
-    let setup = "install Node.js and npm (`apt-get install -y nodejs npm` when \
-                 missing) and run `npm ci --prefix control/tests/interop` from the \
-                 repository root (.ci/run does both)";
-    match std::process::Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!("`node --version` failed ({}): {setup}", out.status),
-        Err(e) => panic!("node is not available ({e}): {setup}"),
-    }
-    let installed = interop_dir().join("node_modules/@discordjs/voice/package.json");
-    if !installed.exists() {
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-            .arg(interop_dir())
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "npm ci failed ({status:?}): {setup}"
-        );
-    }
-    assert!(
-        installed.exists(),
-        "{} is missing: {setup}",
-        installed.display()
-    );
-}
-
-/// A client script (Python or node) as a child: its JSON lines on stdout
-/// and a task collecting its stderr.
-struct Script {
-    name: &'static str,
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: tokio::task::JoinHandle<String>,
-}
-
-impl Script {
-    /// discord.py, with `params` (the server's certificate among them).
-    fn python(params: &Value) -> Script {
-        let mut command = Command::new(python());
-        command
-            .arg(interop_dir().join("python_client.py"))
-            .env("PYTHON_CLIENT_PARAMS", params.to_string())
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        Script::spawn("python_client.py", command)
-    }
-
-    /// @discordjs/voice, trusting `cert`.
-    fn node(cert: &Path, params: &Value) -> Script {
-        let mut command = Command::new("node");
-        command
-            .arg(interop_dir().join("discordjs_client.mjs"))
-            .env("DISCORDJS_PARAMS", params.to_string())
-            .env("NODE_EXTRA_CA_CERTS", cert);
-        Script::spawn("discordjs_client.mjs", command)
-    }
-
-    fn spawn(name: &'static str, mut command: Command) -> Script {
-        let mut child = command
-            .current_dir(interop_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut err = child.stderr.take().expect("stderr");
-        let stderr = tokio::spawn(async move {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s).await;
-            s
-        });
-        Script {
-            name,
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// The next JSON line on stdout whose `event` is `event`.
-    async fn event(&mut self, event: &str, wait: Duration) -> Result<Value, String> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.stdout.next_line())
-                .await
-                .map_err(|_| format!("no {event:?} line within {wait:?}"))?
-                .map_err(|e| format!("reading stdout: {e}"))?
-                .ok_or_else(|| format!("stdout ended before a {event:?} line"))?;
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue; // not one of ours
-            };
-            if v["event"] == event {
-                return Ok(v);
-            }
-        }
-    }
-
-    /// Waits (bounded) for a successful exit.
-    async fn exited(&mut self, wait: Duration) -> Result<(), String> {
-        match tokio::time::timeout(wait, self.child.wait()).await {
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => Err(format!("exited with {status}")),
-            Ok(Err(e)) => Err(format!("wait: {e}")),
-            Err(_) => Err(format!("still running after {wait:?}")),
-        }
-    }
-
-    /// Kills the child and returns what it printed on stderr.
-    async fn stderr(mut self) -> String {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        tokio::time::timeout(Duration::from_secs(5), self.stderr)
-            .await
-            .map(|r| r.unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    /// Panics with the script's stderr attached.
-    async fn failed(self, what: String) -> ! {
-        let name = self.name;
-        let stderr = self.stderr().await;
-        panic!("{what}\n--- {name} stderr ---\n{stderr}");
-    }
-}
-
-/// The server with TLS and a certificate of this test's own (Python and
-/// node trust exactly it), and a short heartbeat interval, so that
-/// discord.py heartbeats (v8 shape, with seq_ack) several times in a call.
-fn start(extra: &[&str]) -> (ServerProcess, PathBuf) {
-    let cert = std::env::temp_dir().join(format!(
-        "voice-interop-py-cert-{}-{}.pem",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let cert_arg = cert.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--self-signed-cert",
-        &cert_arg,
-        "--gateway-heartbeat-ms",
-        "250",
-    ];
-    args.extend_from_slice(extra);
-    let server = ServerProcess::start(1, &args);
-    assert!(
-        server.gateway_url.starts_with("wss://"),
-        "{}",
-        server.gateway_url
-    );
-    let cert = server
-        .cert
-        .clone()
-        .expect("the server printed its certificate");
-    (server, cert)
-}
-
-/// Litecord's side: its link (heartbeating), the channel's token, and a
-/// voice state per user (its session id).
-struct Litecord {
-    _link: (LvspClient, HeartbeatTask),
-    token: String,
-    sessions: std::collections::HashMap<&'static str, String>,
-}
-
-async fn litecord(server: &ServerProcess, users: &[&'static str]) -> Litecord {
-    let (mut lvsp, _) = LvspClient::connect(&server.lvsp_url, &server.secret)
-        .await
-        .expect("LVSP identify");
-    let heartbeat = lvsp.spawn_heartbeat(lvsp.heartbeat_interval());
-    let assign = lvsp.channel_req(CHANNEL, Some(GUILD)).await;
-    let token = assign.expect("CHANNEL_ASSIGN").token;
-    let mut sessions = std::collections::HashMap::new();
-    for user in users {
-        let done = lvsp.voice_state_create(user, CHANNEL, Some(GUILD)).await;
-        sessions.insert(*user, done.expect("VOICE_STATE_DONE").session_id);
-    }
-    Litecord {
-        _link: (lvsp, heartbeat),
-        token,
-        sessions,
-    }
 }
 
 /// The parameters of `python_client.py` (and, but for `cafile`, of
@@ -414,7 +216,7 @@ async fn call(server: &ServerProcess, cert: &Path, py_mode: &str, rust_mode: Mod
 
     let (rust_frames, py_frames) = (frames(0x52), frames(0x50));
     let ids = (PY_USER, sessions[PY_USER].as_str(), token.as_str());
-    let mut py = Script::python(&params(server, cert, ids, RUST_USER, &py_frames));
+    let mut py = discord_py(&params(server, cert, ids, RUST_USER, &py_frames));
     let ready = match py.event("ready", Duration::from_secs(20)).await {
         Ok(v) => v,
         Err(e) => py.failed(format!("discord.py never got ready: {e}")).await,
@@ -656,7 +458,7 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
     // which its first packet can beat (a dropped frame, seen under load).
     py_params["announce"] = json!(true);
     djs_params["announce"] = json!(true);
-    let mut py = Script::python(&py_params);
+    let mut py = discord_py(&py_params);
     let mut djs = Script::node(cert, &djs_params);
     // What the eavesdropper receives meanwhile: from the first packet
     // until 2 s without one.
