@@ -24,7 +24,7 @@ use interop::{
     RUST_USER, SILENCE_FRAME,
 };
 use scripts::gateway::ServerMessage;
-use scripts::{ClientError, GatewayEvent, HeartbeatTask, LvspClient, Mode, VoiceClient};
+use scripts::{GatewayEvent, HeartbeatTask, LvspClient, Mode, VoiceClient};
 use serde_json::json;
 use support::ServerProcess;
 
@@ -266,55 +266,11 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
         .cloned()
         .chain(std::iter::repeat_n(SILENCE_FRAME.to_vec(), SILENCE_SENT))
         .collect();
-    let mut from_djs: Vec<scripts::ReceivedPacket> = Vec::new();
-    let mut sent = 0;
-    let mut next_send = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sent < FRAMES || from_djs.len() < expected_from_djs.len() {
-        let now = Instant::now();
-        if now > deadline {
-            node.failed(format!(
-                "sent {sent} of {FRAMES}; received {} of {} frames from discord.js: {:?}",
-                from_djs.len(),
-                expected_from_djs.len(),
-                from_djs
-                    .iter()
-                    .map(|p| (p.seq, hex::encode(&p.payload[..p.payload.len().min(3)])))
-                    .collect::<Vec<_>>()
-            ))
-            .await;
-        }
-        if sent < FRAMES && now >= next_send {
-            rust.udp
-                .send_opus(&rust_frames[sent])
-                .await
-                .expect("send opus");
-            sent += 1;
-            next_send += Duration::from_millis(20);
-            continue;
-        }
-        let wait = if sent < FRAMES {
-            next_send.saturating_duration_since(now)
-        } else {
-            deadline.saturating_duration_since(now)
+    let from_djs =
+        match interop::exchange(&mut rust, &rust_frames, djs_ssrc, expected_from_djs.len()).await {
+            Ok(got) => got,
+            Err(e) => node.failed(format!("with discord.js: {e}")).await,
         };
-        match rust
-            .udp
-            .recv_timeout(wait.max(Duration::from_millis(1)))
-            .await
-        {
-            Ok(p) => {
-                assert_eq!(p.ssrc, djs_ssrc, "a packet from an unknown SSRC");
-                from_djs.push(p);
-            }
-            Err(ClientError::Timeout(_)) => {}
-            Err(e) => panic!("receiving: {e}"),
-        }
-    }
-    // Anything extra would arrive shortly after.
-    while let Ok(p) = rust.udp.recv_timeout(Duration::from_millis(300)).await {
-        from_djs.push(p);
-    }
 
     let result = match node.event("result", Duration::from_secs(15)).await {
         Ok(v) => v,
@@ -324,24 +280,9 @@ async fn call(server: &ServerProcess, cert: &Path, djs_mode: &str, rust_mode: Mo
     // which closes its websocket with 1000: a leave the others see at
     // once, not after the resume grace.
     let destroyed = Instant::now();
-    let mut events = Vec::new();
-    let left = loop {
-        match rust
-            .gateway
-            .next_event_timeout(Duration::from_secs(3))
-            .await
-        {
-            Ok(GatewayEvent::Message(ServerMessage::ClientDisconnect(c)))
-                if c.user_id.to_string() == DJS_USER =>
-            {
-                break destroyed.elapsed();
-            }
-            Ok(event) => events.push(event),
-            Err(e) => {
-                node.failed(format!("no Client Disconnect after destroy(): {e}"))
-                    .await
-            }
-        }
+    let (left, mut events) = match interop::left(&mut rust, DJS_USER, destroyed).await {
+        Ok(left) => left,
+        Err(e) => node.failed(format!("after its leave: {e}")).await,
     };
     eprintln!("discord.js destroy() → op 13 at the other member: {left:?}");
     assert!(left < Duration::from_secs(1), "the leave took {left:?}");

@@ -37,7 +37,7 @@ use interop::{
     FRAMES, GUILD, RUST_USER, SILENCE_FRAME,
 };
 use scripts::gateway::ServerMessage;
-use scripts::{ClientError, GatewayEvent, Mode, VoiceClient};
+use scripts::{GatewayEvent, Mode, VoiceClient};
 use serde_json::{json, Value};
 use support::ServerProcess;
 use tokio::process::Command;
@@ -239,55 +239,11 @@ async fn call(server: &ServerProcess, cert: &Path, py_mode: &str, rust_mode: Mod
         .cloned()
         .chain(std::iter::repeat_n(SILENCE_FRAME.to_vec(), PY_SILENCE_SENT))
         .collect();
-    let mut from_py: Vec<scripts::ReceivedPacket> = Vec::new();
-    let mut sent = 0;
-    let mut next_send = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sent < FRAMES || from_py.len() < expected_from_py.len() {
-        let now = Instant::now();
-        if now > deadline {
-            let got: Vec<_> = from_py
-                .iter()
-                .map(|p| (p.seq, hex::encode(&p.payload[..p.payload.len().min(3)])))
-                .collect();
-            let what = format!(
-                "sent {sent} of {FRAMES}; received {} of {} frames from discord.py: {got:?}",
-                from_py.len(),
-                expected_from_py.len(),
-            );
-            py.failed(what).await;
-        }
-        if sent < FRAMES && now >= next_send {
-            rust.udp
-                .send_opus(&rust_frames[sent])
-                .await
-                .expect("send opus");
-            sent += 1;
-            next_send += Duration::from_millis(20);
-            continue;
-        }
-        let wait = if sent < FRAMES {
-            next_send.saturating_duration_since(now)
-        } else {
-            deadline.saturating_duration_since(now)
+    let from_py =
+        match interop::exchange(&mut rust, &rust_frames, py_ssrc, expected_from_py.len()).await {
+            Ok(got) => got,
+            Err(e) => py.failed(format!("with discord.py: {e}")).await,
         };
-        match rust
-            .udp
-            .recv_timeout(wait.max(Duration::from_millis(1)))
-            .await
-        {
-            Ok(p) => {
-                assert_eq!(p.ssrc, py_ssrc, "a packet from an unknown SSRC");
-                from_py.push(p);
-            }
-            Err(ClientError::Timeout(_)) => {}
-            Err(e) => panic!("receiving: {e}"),
-        }
-    }
-    // Anything extra would arrive shortly after.
-    while let Ok(p) = rust.udp.recv_timeout(Duration::from_millis(300)).await {
-        from_py.push(p);
-    }
 
     let result = match py.event("result", Duration::from_secs(15)).await {
         Ok(v) => v,
@@ -297,24 +253,9 @@ async fn call(server: &ServerProcess, cert: &Path, py_mode: &str, rust_mode: Mod
     // which closes the voice websocket with 1000: a leave the others see at
     // once, not after the resume grace.
     let disconnected = Instant::now();
-    let mut events = Vec::new();
-    let left = loop {
-        match rust
-            .gateway
-            .next_event_timeout(Duration::from_secs(3))
-            .await
-        {
-            Ok(GatewayEvent::Message(ServerMessage::ClientDisconnect(c)))
-                if c.user_id.to_string() == PY_USER =>
-            {
-                break disconnected.elapsed();
-            }
-            Ok(event) => events.push(event),
-            Err(e) => {
-                let what = format!("no Client Disconnect after disconnect(): {e}");
-                py.failed(what).await
-            }
-        }
+    let (left, mut events) = match interop::left(&mut rust, PY_USER, disconnected).await {
+        Ok(left) => left,
+        Err(e) => py.failed(format!("after its leave: {e}")).await,
     };
     eprintln!("discord.py disconnect() → op 13 at the other member: {left:?}");
     assert!(left < Duration::from_secs(1), "the leave took {left:?}");

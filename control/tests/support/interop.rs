@@ -246,3 +246,88 @@ pub async fn litecord(server: &ServerProcess, users: &[&'static str]) -> Litecor
         sessions,
     }
 }
+
+/// Both directions at once: `rust` sends `frames` every 20 ms while
+/// receiving what the client with `peer_ssrc` sends, until it sent them
+/// all and received `expected` packets, then for 300 ms more to catch any
+/// extra. Err (what was missing) after 20 s.
+pub async fn exchange(
+    rust: &mut scripts::VoiceClient,
+    frames: &[Vec<u8>],
+    peer_ssrc: u32,
+    expected: usize,
+) -> Result<Vec<scripts::ReceivedPacket>, String> {
+    use std::time::Instant;
+    let mut got: Vec<scripts::ReceivedPacket> = Vec::new();
+    let mut sent = 0;
+    let mut next_send = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent < frames.len() || got.len() < expected {
+        let now = Instant::now();
+        if now > deadline {
+            let heads: Vec<_> = got
+                .iter()
+                .map(|p| (p.seq, hex::encode(&p.payload[..p.payload.len().min(3)])))
+                .collect();
+            return Err(format!(
+                "sent {sent} of {}; received {} of {expected} frames: {heads:?}",
+                frames.len(),
+                got.len(),
+            ));
+        }
+        if sent < frames.len() && now >= next_send {
+            rust.udp.send_opus(&frames[sent]).await.expect("send opus");
+            sent += 1;
+            next_send += Duration::from_millis(20);
+            continue;
+        }
+        let wait = if sent < frames.len() {
+            next_send.saturating_duration_since(now)
+        } else {
+            deadline.saturating_duration_since(now)
+        };
+        match rust
+            .udp
+            .recv_timeout(wait.max(Duration::from_millis(1)))
+            .await
+        {
+            Ok(p) => {
+                assert_eq!(p.ssrc, peer_ssrc, "a packet from an unknown SSRC");
+                got.push(p);
+            }
+            Err(scripts::ClientError::Timeout(_)) => {}
+            Err(e) => panic!("receiving: {e}"),
+        }
+    }
+    while let Ok(p) = rust.udp.recv_timeout(Duration::from_millis(300)).await {
+        got.push(p);
+    }
+    Ok(got)
+}
+
+/// Waits for the Client Disconnect (op 13) of `user` at `rust`: how long
+/// after `since` it came, and every event before it. Err after 3 s
+/// without an event.
+pub async fn left(
+    rust: &mut scripts::VoiceClient,
+    user: &str,
+    since: std::time::Instant,
+) -> Result<(Duration, Vec<scripts::GatewayEvent>), String> {
+    use scripts::gateway::ServerMessage;
+    let mut events = Vec::new();
+    loop {
+        match rust
+            .gateway
+            .next_event_timeout(Duration::from_secs(3))
+            .await
+        {
+            Ok(scripts::GatewayEvent::Message(ServerMessage::ClientDisconnect(c)))
+                if c.user_id.to_string() == user =>
+            {
+                return Ok((since.elapsed(), events));
+            }
+            Ok(event) => events.push(event),
+            Err(e) => return Err(format!("no Client Disconnect: {e}")),
+        }
+    }
+}
