@@ -1106,13 +1106,8 @@ impl Registry {
         };
         // Video streams, on the channel's core like the audio SSRC; kept
         // (like it) when the client identifies again.
-        let video = match &self.states[session_id].video {
-            Some(video) => Some(video.clone()),
-            None if id.wants_video() => Some(MemberVideo::allocate(&id.streams, || {
-                self.allocate_ssrc(core, session_id)
-            })),
-            None => None,
-        };
+        let new_video = (self.states[session_id].video.is_none() && id.wants_video())
+            .then(|| MemberVideo::allocate(&id.streams, || self.allocate_ssrc(core, session_id)));
         let capacity = self.stream_capacity;
         let state = self
             .states
@@ -1125,11 +1120,14 @@ impl Registry {
         state.ssrc = Some(ssrc);
         state.parked_since = None;
         state.idle_since = None;
-        let streams = video
+        if new_video.is_some() {
+            state.video = new_video;
+        }
+        let streams = state
+            .video
             .as_ref()
             .map(|v| v.streams.clone())
             .unwrap_or_default();
-        state.video = video;
         let stream = state.stream.insert(Stream::new(numbered, capacity));
         let ready = stream.notice(Notice::Ready { ssrc, streams });
         self.effects.push_back(Effect::Dataplane {

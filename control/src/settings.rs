@@ -139,7 +139,7 @@ pub fn parse(cmd: &Command, path: &str, text: &str) -> Result<Vec<FileSetting>, 
         let values = strings(arg, value.get_ref()).map_err(error)?;
         let flag = format!("--{}", arg.get_long().expect("settings have long names"));
         let mut args = Vec::new();
-        if matches!(arg.get_action(), ArgAction::SetTrue) {
+        if is_switch(arg) {
             if values == ["true"] {
                 args.push(OsString::from(&flag));
             }
@@ -185,11 +185,20 @@ fn check(arg: &Arg, value: &str) -> Result<(), String> {
     Err(why)
 }
 
+/// Whether `arg` takes several values (repeated, or a delimited list).
+fn takes_many(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::Append) || arg.get_value_delimiter().is_some()
+}
+
+/// Whether `arg` is a switch (present or not, no value).
+fn is_switch(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::SetTrue)
+}
+
 /// The strings a value stands for: one, or one per element of a list for
 /// a flag that takes several.
 fn strings(arg: &Arg, value: &toml::Value) -> Result<Vec<String>, String> {
-    let many = matches!(arg.get_action(), ArgAction::Append) || arg.get_value_delimiter().is_some();
-    let flag = matches!(arg.get_action(), ArgAction::SetTrue);
+    let flag = is_switch(arg);
     let one = |v: &toml::Value| -> Result<String, String> {
         match v {
             toml::Value::Boolean(b) if flag => Ok(b.to_string()),
@@ -201,9 +210,8 @@ fn strings(arg: &Arg, value: &toml::Value) -> Result<Vec<String>, String> {
         }
     };
     match value {
-        toml::Value::Array(items) if many => items.iter().map(one).collect(),
+        toml::Value::Array(items) if takes_many(arg) => items.iter().map(one).collect(),
         toml::Value::Array(_) => Err("takes one value, not a list".into()),
-        v if many => Ok(vec![one(v)?]),
         v => Ok(vec![one(v)?]),
     }
 }
@@ -260,7 +268,7 @@ pub fn effective(
             .get_raw(id)
             .map(|v| v.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
-        let flag = matches!(arg.get_action(), ArgAction::SetTrue);
+        let flag = is_switch(arg);
         let shown = if values.is_empty() && !flag {
             let _ = writeln!(out, "# {key} = (none)  # {from}");
             continue;
@@ -285,8 +293,7 @@ fn literal(arg: &Arg, values: &[String]) -> String {
             toml::Value::String(v.clone()).to_string()
         }
     };
-    let many = matches!(arg.get_action(), ArgAction::Append) || arg.get_value_delimiter().is_some();
-    if many {
+    if takes_many(arg) {
         let items: Vec<String> = values.iter().map(scalar).collect();
         format!("[{}]", items.join(", "))
     } else {
@@ -324,7 +331,7 @@ pub fn example(cmd: &Command, header: &str) -> String {
             .iter()
             .map(|v| v.to_string_lossy().into_owned())
             .collect();
-        if matches!(arg.get_action(), ArgAction::SetTrue) {
+        if is_switch(arg) {
             let _ = writeln!(out, "{key} = false");
         } else if defaults.is_empty() {
             let _ = writeln!(out, "# {key} =");

@@ -519,9 +519,13 @@ impl Protocol for Connection {
                 Ok(())
             }
             Incoming::Video(video) => match &self.session {
-                Some(session_id) => registry
-                    .video(session_id, &video)
-                    .map_err(|e| refuse(CloseCode::DecodeError, video_reason(e))),
+                Some(session_id) => {
+                    registry
+                        .video(session_id, &video)
+                        .map_err(|VideoError::ForeignSsrc| {
+                            refuse(CloseCode::DecodeError, "video ssrc not the session's")
+                        })
+                }
                 None => Ok(()),
             },
             // DAVE: what the call refuses is counted, never a close.
@@ -675,12 +679,6 @@ fn kick_refusal(kick: Kick) -> Refusal {
         Kick::Disconnected => refuse(CloseCode::Disconnected, "disconnected"),
         Kick::Drained { restart: true } => refuse(CloseCode::ServerCrashed, "server restarting"),
         Kick::Drained { restart: false } => refuse(CloseCode::Disconnected, "server shutting down"),
-    }
-}
-
-fn video_reason(e: VideoError) -> &'static str {
-    match e {
-        VideoError::ForeignSsrc => "video ssrc not the session's",
     }
 }
 

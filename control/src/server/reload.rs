@@ -61,6 +61,22 @@ macro_rules! changed {
     }};
 }
 
+/// Like [`changed!`], and puts the old value back into `$new` for each:
+/// what needs a restart keeps its old value, so the next reload reports it
+/// again.
+macro_rules! kept {
+    ($old:expr, $new:expr, [$($field:ident),* $(,)?]) => {{
+        let mut names: Vec<&'static str> = Vec::new();
+        $(
+            if $old.$field != $new.$field {
+                names.push(stringify!($field));
+                $new.$field = $old.$field.clone();
+            }
+        )*
+        names
+    }};
+}
+
 /// Applies new configurations to a running server ([`super::Server::reloader`]).
 #[derive(Debug)]
 pub struct Reloader {
@@ -105,7 +121,7 @@ impl Reloader {
             .refused += 1;
     }
 
-    fn apply(&self, new: Config) -> Result<Reloaded, ReloadError> {
+    fn apply(&self, mut new: Config) -> Result<Reloaded, ReloadError> {
         new.validate()?;
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let old = &*current;
@@ -120,19 +136,25 @@ impl Reloader {
         // Every file is read before any is swapped in: all or nothing.
         let mut loaded = Vec::new();
         for (i, (was, now)) in tls.into_iter().enumerate() {
-            match (was, now, &self.certificates[i]) {
-                (Tls::Files { .. }, Tls::Files { .. }, Some(cert)) => {
-                    if let Some(key) = Certificate::load(now)? {
-                        loaded.push((names[i], cert, key));
-                    }
+            if let (Tls::Files { .. }, Tls::Files { .. }, Some(cert)) =
+                (was, now, &self.certificates[i])
+            {
+                if let Some(key) = Certificate::load(now)? {
+                    loaded.push((names[i], cert, key));
                 }
-                (was, now, _) if was != now => report.restart.push(names[i]),
-                _ => {}
             }
         }
         for (name, cert, key) in loaded {
             cert.set(key);
             report.applied.push(name);
+        }
+        // Another kind of TLS (plain, self-signed, files) needs a restart.
+        let files = |t: &Tls| matches!(t, Tls::Files { .. });
+        if !(files(&old.lvsp_tls) && files(&new.lvsp_tls)) {
+            report.restart.extend(kept!(old, new, [lvsp_tls]));
+        }
+        if !(files(&old.gateway_tls) && files(&new.gateway_tls)) {
+            report.restart.extend(kept!(old, new, [gateway_tls]));
         }
 
         let lvsp = changed!(old, new, [secret, lvsp_heartbeat, lvsp_dialect, lvsp_rate]);
@@ -193,7 +215,7 @@ impl Reloader {
             });
             report.applied.extend(graces);
         }
-        report.restart.extend(changed!(
+        report.restart.extend(kept!(
             old,
             new,
             [
@@ -228,40 +250,7 @@ impl Reloader {
                 log_json,
             ]
         ));
-        // What needs a restart keeps its old value here too, so the next
-        // reload reports it again.
-        let mut kept = new;
-        keep_restart_fields(&mut kept, old);
-        *current = kept;
+        *current = new;
         Ok(report)
     }
-}
-
-/// Copies into `new` every field of `old` a reload does not apply.
-fn keep_restart_fields(new: &mut Config, old: &Config) {
-    let applied = new.clone();
-    *new = old.clone();
-    new.lvsp_tls = match (&old.lvsp_tls, &applied.lvsp_tls) {
-        (Tls::Files { .. }, t @ Tls::Files { .. }) => t.clone(),
-        (t, _) => t.clone(),
-    };
-    new.gateway_tls = match (&old.gateway_tls, &applied.gateway_tls) {
-        (Tls::Files { .. }, t @ Tls::Files { .. }) => t.clone(),
-        (t, _) => t.clone(),
-    };
-    new.secret = applied.secret;
-    new.lvsp_heartbeat = applied.lvsp_heartbeat;
-    new.lvsp_dialect = applied.lvsp_dialect;
-    new.lvsp_rate = applied.lvsp_rate;
-    new.gateway_heartbeat = applied.gateway_heartbeat;
-    new.public_ip = applied.public_ip;
-    new.gateway_rate = applied.gateway_rate;
-    new.modes = applied.modes;
-    new.identify_timeout = applied.identify_timeout;
-    new.lvsp_grace = applied.lvsp_grace;
-    new.gateway_resume_grace = applied.gateway_resume_grace;
-    new.gateway_leave_grace = applied.gateway_leave_grace;
-    new.voice_state_idle = applied.voice_state_idle;
-    new.channel_idle = applied.channel_idle;
-    new.log_level = applied.log_level;
 }
