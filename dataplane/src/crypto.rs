@@ -340,6 +340,23 @@ pub fn seal(
     }
 }
 
+/// Whether an RTP datagram `sealed` in an rtpsize mode would be misread as
+/// carrying a header extension it does not have. @discordjs/voice (0.19)
+/// takes bytes 12-13 equal to 0xBEDE for a one-byte-header extension
+/// without looking at the X bit, and cuts the opened payload by the length
+/// it reads next, mostly to nothing. With no CSRC and no extension those
+/// bytes are the first two of the ciphertext: one datagram in 65,536.
+/// Sealed again under the next counter, it reads right.
+pub fn misread_as_extended(mode: Mode, kind: Kind, sealed: &[u8]) -> bool {
+    const EXTENSION_OR_CSRC: u8 = 0x1f;
+    matches!(
+        mode,
+        Mode::Aes256GcmRtpSize | Mode::XChaCha20Poly1305RtpSize
+    ) && kind == Kind::Rtp
+        && sealed.first().is_some_and(|b| b & EXTENSION_OR_CSRC == 0)
+        && sealed.get(12..14) == Some(&rtp::ONE_BYTE_PROFILE.to_be_bytes()[..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

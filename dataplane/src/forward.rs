@@ -1093,18 +1093,28 @@ impl Forwarder {
             if kind == Kind::Rtcp && key.mode() == Mode::XSalsa20Poly1305 {
                 continue; // its nonce would be the RTCP header: reused
             }
-            if m.out_next - m.out_first >= 1 << 32 {
+            // A datagram may take two counters (see below).
+            if m.out_next + 1 - m.out_first >= 1 << 32 {
                 continue; // every nonce of this key is spent
             }
-            if m.out_next >= m.out_reserved {
+            if m.out_next + 1 >= m.out_reserved {
                 // Reserve the next block before sealing with any of it:
                 // the mark lives in shared memory, so it survives us.
-                m.out_reserved = m.out_next + COUNTER_BLOCK;
+                m.out_reserved = m.out_reserved.max(m.out_next) + COUNTER_BLOCK;
                 self.counters.raise_nonce_mark(m.slot, m.out_reserved);
             }
             let counter = m.out_next as u32;
-            match out.push(addr, |slot| crypto::seal(key, kind, counter, plain, slot)) {
-                Ok(()) => m.out_next += 1,
+            let mut used = 1;
+            let sealed = out.push(addr, |slot| {
+                let len = crypto::seal(key, kind, counter, plain, slot)?;
+                if !crypto::misread_as_extended(key.mode(), kind, &slot[..len]) {
+                    return Ok(len);
+                }
+                used = 2;
+                crypto::seal(key, kind, counter.wrapping_add(1), plain, slot)
+            });
+            match sealed {
+                Ok(()) => m.out_next += used,
                 Err(_) => failed += 1,
             }
         }
@@ -2047,6 +2057,53 @@ mod tests {
             let video = rtp_on(&mut peers[0], 100, 9, b"late");
             assert!(send(&mut f, T0 + 8, from, &video, &mut out).is_empty());
             assert_eq!(f.drops().get(DropReason::UnknownSsrc), 3, "{mode:?}");
+        }
+    }
+
+    /// A datagram whose ciphertext would begin 0xBEDE (which
+    /// @discordjs/voice reads as a header extension) goes out sealed under
+    /// the next counter instead, and the counters go on after it.
+    #[test]
+    fn ciphertext_that_reads_as_an_extension_is_sealed_again() {
+        for mode in [Mode::Aes256GcmRtpSize, Mode::XChaCha20Poly1305RtpSize] {
+            let mut f = forwarder();
+            let mut out = Outbox::with_capacity(1);
+            let mut peers = vec![Peer::new(30, 7000, mode), Peer::new(31, 7001, mode)];
+            call(&mut f, &mut out, &mut peers, 3);
+            let from = peers[0].addr;
+            let p = peers[0].rtp(b"first");
+            let got = send(&mut f, T0, from, &p, &mut out);
+            let (_, _, first) = peers[1].open(Kind::Rtp, &got[0].1).expect("opens");
+            // Both modes are stream ciphers whose keystream depends on the
+            // key and nonce only: the receiver's under the next counter
+            // makes a payload whose ciphertext starts 0xBEDE.
+            let next = first + 1;
+            let mut probe = vec![0x80, 0x78, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            probe.extend_from_slice(&[0, 0]);
+            let keystream = peers[1].cipher.encrypt_with(&probe, next, [0; 24]).unwrap();
+            let payload = [keystream[12] ^ 0xBE, keystream[13] ^ 0xDE, b'x', b'y'];
+            let p = peers[0].rtp(&payload);
+            let got = send(&mut f, T0, from, &p, &mut out);
+            assert_eq!(got.len(), 1, "{mode:?}");
+            let bytes = &got[0].1;
+            let plain = peers[1].cipher.decrypt(bytes).expect("opens");
+            let under_next = peers[1].cipher.encrypt_with(&plain, next, [0; 24]).unwrap();
+            assert_eq!(
+                under_next[12..14],
+                [0xBE, 0xDE],
+                "{mode:?}: the probe works"
+            );
+            assert_ne!(bytes[12..14], [0xBE, 0xDE], "{mode:?}");
+            let (ssrc, body, counter) = peers[1].open(Kind::Rtp, bytes).expect("opens");
+            assert_eq!(
+                (ssrc, body.as_slice(), counter),
+                (30, &payload[..], next + 1)
+            );
+            let p = peers[0].rtp(b"after");
+            let got = send(&mut f, T0, from, &p, &mut out);
+            let (_, _, after) = peers[1].open(Kind::Rtp, &got[0].1).expect("opens");
+            assert_eq!(after, next + 2, "{mode:?}");
+            assert_eq!(f.drops().total(), 0);
         }
     }
 

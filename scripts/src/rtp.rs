@@ -4,12 +4,10 @@
 //!
 //! Everything here is pure: bytes in, bytes or values out.
 
-pub use protocol::rtp::{header_len, Kind, FIXED_HEADER_LEN};
+pub use protocol::rtp::{header_len, Kind, FIXED_HEADER_LEN, ONE_BYTE_PROFILE};
 
 /// Payload type of Opus audio on Discord voice.
 pub const OPUS_PAYLOAD_TYPE: u8 = 0x78;
-/// The "one-byte header" extension profile (RFC 8285) Discord clients use.
-pub const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 /// Samples per 20 ms Opus frame at 48 kHz: the timestamp step.
 pub const SAMPLES_PER_FRAME: u32 = 960;
 

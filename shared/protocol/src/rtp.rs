@@ -16,6 +16,8 @@ pub const RTCP_HEADER_LEN: usize = 8;
 /// RTP never uses them). Covers SR/RR/SDES/BYE/APP (200-204), the
 /// feedback messages NACK (205) and PLI/FIR (206), and the rest.
 pub const RTCP_TYPES: RangeInclusive<u8> = 192..=223;
+/// The "one-byte header" extension profile (RFC 8285) Discord clients use.
+pub const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 
 /// RTP or RTCP: which clear header and replay window a packet uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
