@@ -65,16 +65,20 @@
 //! Websockets use `ws://`; `wss://` needs a TLS feature of
 //! tokio-tungstenite enabled, with no change to this API.
 
-#![forbid(unsafe_code)]
+// Only `blaster::mmsg` is allowed `unsafe` (sendmmsg/recvmmsg with
+// per-datagram source addresses, which nix cannot express).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod blaster;
+pub mod capacity;
 pub mod crypto;
 pub mod dave;
 pub mod error;
 pub mod flood;
 pub mod gateway;
 mod heartbeat;
+pub mod local_server;
 pub mod lvsp;
 pub mod rtp;
 pub mod soak;

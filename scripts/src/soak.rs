@@ -19,9 +19,7 @@
 //! last quarter of the run (counted from the end of the first round:
 //! warming up is not growth).
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +27,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::blaster::{run, Config, Pacing, ServerTarget, TargetReport};
+use crate::local_server::{metric, rss_kib, LocalServer};
 use crate::Mode;
 
 /// Realistic load with churn for a bounded time; loss, latency, memory.
@@ -102,102 +101,6 @@ struct Sample {
     dataplane_kib: u64,
 }
 
-/// The server this tool started: killed when dropped.
-struct Server {
-    child: Child,
-    lvsp: String,
-    gateway: String,
-    metrics: String,
-    cert: Option<PathBuf>,
-    secret: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(args: &Args) -> anyhow::Result<Server> {
-    let secret: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    let mut child = Command::new(&args.control)
-        .args([
-            "--lvsp-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--udp-bind",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--cores", &args.cores.to_string(), "--log-level", "warn"])
-        .env("VOICE_SECRET", &secret)
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", args.control.display()))?;
-    let stdout = child.stdout.take().context("control's stdout")?;
-    let mut fields = std::collections::HashMap::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some((k, v)) = line.split_once(": ") {
-            fields.insert(k.to_owned(), v.to_owned());
-        }
-        if line.starts_with("shm: ") {
-            break;
-        }
-    }
-    let field = |k: &str| {
-        fields
-            .get(k)
-            .cloned()
-            .with_context(|| format!("control printed no {k}"))
-    };
-    Ok(Server {
-        lvsp: field("lvsp")?,
-        gateway: field("gateway")?.trim_end_matches("/?v=8").to_owned(),
-        metrics: field("metrics")?
-            .trim_start_matches("http://")
-            .trim_end_matches("/metrics")
-            .to_owned(),
-        cert: fields.get("cert").map(PathBuf::from),
-        secret,
-        child,
-    })
-}
-
-/// A metric's value from the server's `/metrics`.
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// A process's resident memory, KiB (0 when it is gone).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Runs the soak `args` describe, printing as it goes and at the end;
 /// whether it passed (no invalid packet, loss and memory growth within
 /// their limits).
@@ -208,7 +111,7 @@ pub fn soak(args: &Args) -> anyhow::Result<bool> {
         args.duration_secs
     );
     anyhow::ensure!(args.cohorts >= 1 && args.round_secs >= 1 && args.sample_secs >= 1);
-    let server = start(args)?;
+    let server = LocalServer::start(&args.control, args.cores, None, &[])?;
     let control_pid = server.child.id();
     let dataplane_pid = metric(&server.metrics, "voice_dataplane_pid")
         .context("the server reports no data plane pid")? as u32;

@@ -5,6 +5,7 @@
 //! [`parse_discovery_response`], [`keepalive`], [`parse_keepalive`]);
 //! [`VoiceUdp`] is the thin tokio socket around them.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -168,6 +169,34 @@ impl VoiceUdp {
     /// clients over addresses this way).
     pub async fn bind_from(local: SocketAddr, server: SocketAddr, ssrc: u32) -> Result<Self> {
         let socket = UdpSocket::bind(local).await?;
+        socket.connect(server).await?;
+        Ok(VoiceUdp {
+            socket,
+            server,
+            ssrc,
+            sequence: 0,
+            timestamp: 0,
+            cipher: None,
+            keepalive_counter: 0,
+            last_keepalive_echo: None,
+        })
+    }
+
+    /// [`bind_from`](Self::bind_from) with `SO_REUSEADDR`, so that `local`
+    /// can share its port with a socket bound to the wildcard address.
+    pub async fn bind_reusing(local: SocketAddr, server: SocketAddr, ssrc: u32) -> Result<Self> {
+        use nix::sys::socket::{self as sock, sockopt, AddressFamily, SockFlag, SockType};
+        let family = match local {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+        let fd = sock::socket(family, SockType::Datagram, flags, None).map_err(io::Error::from)?;
+        sock::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(io::Error::from)?;
+        let std_socket = std::net::UdpSocket::from(fd);
+        let addr = sock::SockaddrStorage::from(local);
+        sock::bind(std::os::fd::AsRawFd::as_raw_fd(&std_socket), &addr).map_err(io::Error::from)?;
+        let socket = UdpSocket::from_std(std_socket)?;
         socket.connect(server).await?;
         Ok(VoiceUdp {
             socket,

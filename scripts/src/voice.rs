@@ -1,5 +1,6 @@
 //! [`VoiceClient`]: a whole voice client (gateway + UDP) joined in one call.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::crypto::{Mode, KEY_LEN};
@@ -67,9 +68,37 @@ impl VoiceClient {
         mode: Mode,
         codecs: Option<Vec<Codec>>,
     ) -> Result<Self> {
+        Self::join_with(gateway_url, version, identify, mode, codecs, None).await
+    }
+
+    /// [`join`](Self::join) with UDP bound to `local` with `SO_REUSEADDR`
+    /// (a load generator's clients share one port on many loopback
+    /// addresses, and its shared socket already holds the port).
+    pub async fn join_from(
+        local: SocketAddr,
+        gateway_url: &str,
+        version: u8,
+        ids: [&str; 4],
+        mode: Mode,
+    ) -> Result<Self> {
+        let identify = crate::gateway::identify(ids, 0)?;
+        Self::join_with(gateway_url, version, identify, mode, None, Some(local)).await
+    }
+
+    async fn join_with(
+        gateway_url: &str,
+        version: u8,
+        identify: Identify,
+        mode: Mode,
+        codecs: Option<Vec<Codec>>,
+        local: Option<SocketAddr>,
+    ) -> Result<Self> {
         let mut gateway = GatewayClient::connect(gateway_url, version).await?;
         let ready = gateway.identify_as(identify).await?;
-        let mut udp = VoiceUdp::bind(ready.addr(), ready.ssrc).await?;
+        let mut udp = match local {
+            Some(local) => VoiceUdp::bind_reusing(local, ready.addr(), ready.ssrc).await?,
+            None => VoiceUdp::bind(ready.addr(), ready.ssrc).await?,
+        };
         let seen = udp.discover().await?;
         let select = SelectProtocol {
             protocol: UDP.into(),

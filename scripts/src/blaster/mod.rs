@@ -51,7 +51,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod capacity;
 mod config;
+mod engine;
+pub mod host;
+mod mmsg;
 mod packet;
 mod relay;
 mod report;

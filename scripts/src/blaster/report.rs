@@ -26,7 +26,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_histogram(h: &Histogram<u64>) -> Self {
+    pub(super) fn from_histogram(h: &Histogram<u64>) -> Self {
         let us = |ns: u64| ns as f64 / 1000.0;
         Latency {
             p50: us(h.value_at_quantile(0.50)),

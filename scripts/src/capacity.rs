@@ -1,0 +1,213 @@
+//! `capacity`: pinned measurements of one data-plane core. Starts the
+//! server itself (control and its one data-plane core on CPU 0), pins the
+//! load generator ([`crate::blaster::capacity`]) to another CPU and the
+//! plain relay baseline to CPU 0, and runs:
+//!
+//! - `capacity compare`: saturation at fan-out 1 and 4, server egress
+//!   against the relay's;
+//! - `capacity search`: the most realistic clients one core carries.
+//!
+//! See BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::blaster::capacity::{self, Bench, Joiner, Limits, Profile};
+use crate::blaster::host::{cpus, pin_to};
+use crate::blaster::ServerTarget;
+use crate::local_server::LocalServer;
+use crate::Mode;
+
+/// Pinned capacity measurements of one data-plane core.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "capacity", version)]
+pub struct Args {
+    /// The `control` binary to start.
+    #[arg(long, default_value = "target/release/control", global = true)]
+    pub control: PathBuf,
+    /// The CPU of the load generator (and of control's own threads); the
+    /// data plane's core and the relay run on CPU 0.
+    #[arg(long, default_value_t = 1, global = true)]
+    pub generator_cpu: usize,
+    /// Encryption mode the clients select.
+    #[arg(long, default_value = "aead_aes256_gcm_rtpsize", global = true)]
+    pub mode: Mode,
+    /// Datagram size on the wire, bytes (Opus at 64 kb/s: about 160).
+    #[arg(long, default_value_t = 160, global = true)]
+    pub packet_size: usize,
+    /// Open and check one received datagram in this many.
+    #[arg(long, default_value_t = 64, global = true)]
+    pub verify_every: u64,
+    /// Lower control's priority (nice 10) below the data plane's on the
+    /// shared CPU.
+    #[arg(long, global = true)]
+    pub renice_control: bool,
+    /// The measurement.
+    #[command(subcommand)]
+    pub what: What,
+}
+
+/// The measurement.
+#[derive(Debug, Clone, Subcommand)]
+pub enum What {
+    /// Saturate the server and then the relay at each fan-out.
+    Compare {
+        /// Fan-outs (receivers per packet).
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+        fanouts: Vec<usize>,
+        /// Rooms (one talker each) per fan-out.
+        #[arg(long, default_value_t = 50)]
+        rooms: usize,
+        /// Sending window per phase, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+    },
+    /// Add clients until loss or latency passes its limit.
+    Search {
+        /// Members per room.
+        #[arg(long, default_value_t = 5)]
+        room_size: usize,
+        /// Talkers per room.
+        #[arg(long, default_value_t = 1)]
+        talkers: usize,
+        /// Packets per second per talker.
+        #[arg(long, default_value_t = 50)]
+        pps: u32,
+        /// Clients of the first step.
+        #[arg(long, default_value_t = 500)]
+        start: usize,
+        /// Each step multiplies the clients by this.
+        #[arg(long, default_value_t = 1.25)]
+        growth: f64,
+        /// Never more clients than this.
+        #[arg(long, default_value_t = 20_000)]
+        max_clients: usize,
+        /// Loss limit, percent.
+        #[arg(long, default_value_t = 0.1)]
+        max_loss_pct: f64,
+        /// p99 latency limit, as a multiple of the relay's at the same load.
+        #[arg(long, default_value_t = 1.2)]
+        max_p99_ratio: f64,
+        /// Sending window per phase, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Start no step after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        max_secs: u64,
+        /// Phases per target and step, alternating (the median p99 counts).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+}
+
+/// Runs the measurement `args` asks for and returns its JSON document
+/// (the phases are printed on stderr as they end).
+pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        cpus() >= 2 && args.generator_cpu != 0 && args.generator_cpu < cpus(),
+        "needs two CPUs: the target on CPU 0 and --generator-cpu on another (this machine has {})",
+        cpus()
+    );
+    // Every thread of this process (the runtime's too) on the generator's
+    // CPU; control is started there as well. The data plane pins its core
+    // to CPU 0 itself.
+    pin_to(args.generator_cpu).context("pinning the generator")?;
+    // As many connections as the open-file limit (20,000 here) allows.
+    let server = LocalServer::start(
+        &args.control,
+        1,
+        Some(&["taskset", "-c", "0"]),
+        &["--max-connections", "19000"],
+    )?;
+    if args.renice_control {
+        renice_threads(server.child.id(), 10);
+    }
+    let mut target = ServerTarget::new(&server.lvsp, &server.secret, &server.gateway);
+    target.cert = server.cert.clone();
+    target.mode = args.mode;
+    let bench = Bench {
+        target_cpu: 0,
+        mode: args.mode,
+        packet_size: args.packet_size,
+        verify_every: args.verify_every,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let json = runtime.block_on(async {
+        let mut joiner = Joiner::connect(target).await?;
+        anyhow::Ok(match args.what.clone() {
+            What::Compare {
+                fanouts,
+                rooms,
+                duration,
+            } => {
+                let duration = Duration::from_secs_f64(duration.clamp(0.1, 600.0));
+                let results = capacity::compare(&bench, &mut joiner, &fanouts, rooms, duration).await?;
+                for c in &results {
+                    eprintln!(
+                        "fan-out {}: server {:.0} pps, relay {:.0} pps, ratio {:.3} \
+                         (per CPU second {:.3}){}",
+                        c.fanout,
+                        c.server.egress_pps,
+                        c.relay.egress_pps,
+                        c.ratio,
+                        c.cpu_ratio,
+                        c.generator_bound
+                            .as_deref()
+                            .map(|why| format!(" (generator-bound: {why})"))
+                            .unwrap_or_default()
+                    );
+                }
+                serde_json::json!({ "compare": results, "mode": args.mode.name(), "packet_size": args.packet_size })
+            }
+            What::Search {
+                room_size,
+                talkers,
+                pps,
+                start,
+                growth,
+                max_clients,
+                max_loss_pct,
+                max_p99_ratio,
+                duration,
+                max_secs,
+                repeats,
+            } => {
+                anyhow::ensure!(room_size >= 2 && (1..=room_size).contains(&talkers) && growth > 1.0);
+                let profile = Profile { room_size, talkers, pps };
+                let limits = Limits {
+                    max_loss: max_loss_pct / 100.0,
+                    max_p99_ratio,
+                    start,
+                    growth,
+                    max_clients,
+                    duration: Duration::from_secs_f64(duration.clamp(0.1, 600.0)),
+                    max_time: Duration::from_secs(max_secs),
+                    repeats,
+                };
+                let s = capacity::search(&bench, &mut joiner, profile, limits).await?;
+                eprintln!("capacity: {} clients in rooms of {room_size} with {talkers} talker(s)", s.capacity);
+                serde_json::json!({ "search": s, "mode": args.mode.name(), "packet_size": args.packet_size })
+            }
+        })
+    })?;
+    drop(server);
+    Ok(json)
+}
+
+fn renice_threads(pid: u32, nice: i32) {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let _ = std::process::Command::new("renice")
+                .args(["-n", &nice.to_string(), "-p"])
+                .arg(t.file_name())
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
