@@ -1,16 +1,17 @@
 //! The glue: one pinned glommio executor per core around a [`Forwarder`].
 //!
-//! Each core runs two tasks:
+//! Each core runs one task, [`serve`], that does two things:
 //!
-//! - the **receive loop**: one non-blocking `recvmmsg` takes every waiting
+//! - **forwarding**: one non-blocking `recvmmsg` takes every waiting
 //!   datagram (up to 32) into buffers allocated once, [`Forwarder::handle`]
 //!   decides each in place into one [`Outbox`], and `sendmmsg` sends the
 //!   whole batch's fan-out (falling back to glommio's `send_to` when the
-//!   socket buffer is full). With nothing waiting, the loop sleeps in
-//!   io_uring on a peek of the next datagram. Busy time counts the
-//!   batch's work, not the junk in it;
-//! - the **control tick** (every millisecond): apply commands from the
-//!   command ring, let the forwarder expire idle addresses, queue
+//!   socket buffer is full). With nothing waiting, the thread sleeps in
+//!   `ppoll(2)` until a datagram arrives or the tick is due. Busy time
+//!   counts the batch's work, not the junk in it;
+//! - the **control tick** (every millisecond, between batches): apply
+//!   commands from the command ring, let the forwarder expire idle
+//!   addresses, queue
 //!   [`Event::Drops`] and [`Event::Stats`] every `stats_interval` (with the
 //!   kernel's count of datagrams the socket buffer dropped), move queued
 //!   events into the event ring (keeping what does not fit for the next
@@ -25,10 +26,8 @@
 //! panicking core aborts the process (see `cli`), so supervision restarts
 //! it whole rather than leaving a core's socket dead in the group.
 
-use std::cell::RefCell;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -243,88 +242,110 @@ fn hex_bytes(s: &str) -> Option<Vec<u8>> {
 async fn run_core(
     core: u32,
     socket: UdpSocket,
-    forwarder: Forwarder,
-    commands: Consumer<Command>,
-    mut events: Producer<Event>,
+    mut forwarder: Forwarder,
+    mut commands: Consumer<Command>,
+    events: Producer<Event>,
     config: CoreConfig,
     fault: Option<Vec<u8>>,
 ) -> Result<(), CoreError> {
-    let socket = Rc::new(sys::socket::into_glommio(socket));
-    let forwarder = Rc::new(RefCell::new(forwarder));
+    let socket = sys::socket::into_glommio(socket);
     tracing::info!(core, "core running");
-
-    let commands = Rc::new(RefCell::new(commands));
-    let receive = glommio::spawn_local(receive_loop(
-        socket.clone(),
-        forwarder.clone(),
-        commands.clone(),
-        fault,
-    ));
-
-    let mut next_stats = Instant::now() + config.stats_interval;
-    // The kernel's drop count is a wrapping u32: accumulate its steps from
-    // where it stood when this process took the socket (it may have served
-    // an earlier dataplane).
-    let mut kernel_drops = sys::socket::receive_drops(socket.as_raw_fd()).unwrap_or(0);
-    let mut overflow = 0u64;
-    let outcome = loop {
-        let tick = (|| {
-            let mut f = forwarder.borrow_mut();
-            let now = sys::monotonic_ms();
-            apply_commands(&mut f, &mut commands.borrow_mut(), now)?;
-            f.tick(now);
-            let at = Instant::now();
-            if at >= next_stats {
-                next_stats = at + config.stats_interval;
-                match sys::socket::receive_drops(socket.as_raw_fd()) {
-                    Ok(n) => {
-                        overflow += u64::from(n.wrapping_sub(kernel_drops));
-                        kernel_drops = n;
-                        f.note_overflow(overflow);
-                    }
-                    Err(e) => tracing::debug!(error = %e, "reading socket drops failed"),
-                }
-                let (stats, drops) = (Event::Stats(f.stats()), f.drops());
-                // Statistics are cumulative: newer reports replace ones
-                // still waiting for room in the ring.
-                let queue = f.events();
-                queue.retain(|e| !matches!(e, Event::Stats(_) | Event::Drops { .. }));
-                queue.push_back(Event::Drops { core, drops });
-                queue.push_back(stats);
-            }
-            let queue = f.events();
-            while let Some(event) = queue.front() {
-                match events.push(event) {
-                    Ok(()) => {
-                        queue.pop_front();
-                    }
-                    Err(PushError::Full) => break, // keep it for the next tick
-                    Err(PushError::Corrupt(source)) => {
-                        return Err(CoreError::Ring { core, source })
-                    }
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = tick {
-            tracing::error!(core, error = %e, "stopping the data plane");
-            break Err(e);
-        }
-        if sys::shutdown_requested() {
-            break Ok(());
-        }
-        glommio::timer::sleep(config.command_poll).await;
-    };
-    receive.cancel().await;
-    // Last report so control sees the final counters.
-    let f = forwarder.borrow();
-    let _ = events.push(&Event::Drops {
+    let mut tick = Tick {
         core,
-        drops: f.drops(),
+        events,
+        stats_interval: config.stats_interval,
+        next_stats: Instant::now() + config.stats_interval,
+        // The kernel's drop count is a wrapping u32: accumulate its steps
+        // from where it stood when this process took the socket (it may
+        // have served an earlier dataplane).
+        kernel_drops: sys::socket::receive_drops(socket.as_raw_fd()).unwrap_or(0),
+        overflow: 0,
+    };
+    let outcome = serve(
+        &socket,
+        &mut forwarder,
+        &mut commands,
+        &mut tick,
+        fault,
+        config.command_poll,
+    )
+    .await;
+    if let Err(e) = &outcome {
+        tracing::error!(core, error = %e, "stopping the data plane");
+    }
+    // Last report so control sees the final counters.
+    let _ = tick.events.push(&Event::Drops {
+        core,
+        drops: forwarder.drops(),
     });
-    let _ = events.push(&Event::Stats(f.stats()));
+    let _ = tick.events.push(&Event::Stats(forwarder.stats()));
     tracing::info!(core, "core stopped");
     outcome
+}
+
+/// The control tick's state: where the statistics and the kernel's drop
+/// count stood, and the event ring.
+struct Tick {
+    core: u32,
+    events: Producer<Event>,
+    stats_interval: Duration,
+    next_stats: Instant,
+    kernel_drops: u32,
+    overflow: u64,
+}
+
+impl Tick {
+    /// Applies waiting commands, lets the forwarder expire idle
+    /// addresses, queues statistics when due and moves queued events into
+    /// the event ring (what does not fit waits for the next tick).
+    fn run(
+        &mut self,
+        f: &mut Forwarder,
+        commands: &mut Consumer<Command>,
+        fd: std::os::fd::RawFd,
+    ) -> Result<(), CoreError> {
+        let now = sys::monotonic_ms();
+        apply_commands(f, commands, now)?;
+        f.tick(now);
+        let at = Instant::now();
+        if at >= self.next_stats {
+            self.next_stats = at + self.stats_interval;
+            match sys::socket::receive_drops(fd) {
+                Ok(n) => {
+                    self.overflow += u64::from(n.wrapping_sub(self.kernel_drops));
+                    self.kernel_drops = n;
+                    f.note_overflow(self.overflow);
+                }
+                Err(e) => tracing::debug!(error = %e, "reading socket drops failed"),
+            }
+            let (stats, drops) = (Event::Stats(f.stats()), f.drops());
+            // Statistics are cumulative: newer reports replace ones still
+            // waiting for room in the ring.
+            let queue = f.events();
+            queue.retain(|e| !matches!(e, Event::Stats(_) | Event::Drops { .. }));
+            queue.push_back(Event::Drops {
+                core: self.core,
+                drops,
+            });
+            queue.push_back(stats);
+        }
+        let queue = f.events();
+        while let Some(event) = queue.front() {
+            match self.events.push(event) {
+                Ok(()) => {
+                    queue.pop_front();
+                }
+                Err(PushError::Full) => break, // keep it for the next tick
+                Err(PushError::Corrupt(source)) => {
+                    return Err(CoreError::Ring {
+                        core: self.core,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Applies every command waiting in the ring.
@@ -354,22 +375,29 @@ fn apply_commands(
     }
 }
 
-async fn receive_loop(
-    socket: Rc<glommio::net::UdpSocket>,
-    forwarder: Rc<RefCell<Forwarder>>,
-    commands: Rc<RefCell<Consumer<Command>>>,
+async fn serve(
+    socket: &glommio::net::UdpSocket,
+    f: &mut Forwarder,
+    commands: &mut Consumer<Command>,
+    tick: &mut Tick,
     fault: Option<Vec<u8>>,
-) {
+    tick_every: Duration,
+) -> Result<(), CoreError> {
     let fd = socket.as_raw_fd();
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut rx = sys::socket::BatchReceiver::new();
     let mut out = Outbox::with_capacity(64);
     let mut tx = sys::socket::BatchSender::new();
-    let mut peek = [0u8; 1];
+    let mut next_tick = Instant::now();
     loop {
-        // Everything already waiting, in one recvmmsg. When nothing is,
-        // sleep in io_uring until a datagram arrives (a peek, which leaves
-        // it for the next recvmmsg): under load no wait happens at all.
+        if Instant::now() >= next_tick {
+            tick.run(f, commands, fd)?;
+            if sys::shutdown_requested() {
+                return Ok(());
+            }
+            next_tick = Instant::now() + tick_every;
+        }
+        // Everything already waiting, in one recvmmsg.
         let n = match rx.recv(fd) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
@@ -381,42 +409,40 @@ async fn receive_loop(
             }
         };
         if n == 0 {
-            if let Err(e) = socket.peek_from(&mut peek).await {
-                tracing::debug!(error = %e, "waiting for datagrams failed");
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
+            // Nothing waiting: the thread sleeps in ppoll(2) until a
+            // datagram arrives or the tick is due (the core has nothing
+            // else to do). A datagram then costs one wake-up and no
+            // io_uring round trip: sleeping on a peek through glommio's
+            // ring cost a quarter more CPU at 60,000 datagrams a second
+            // out (BENCHMARKS.md). Under load no wait happens at all.
+            sys::socket::wait_readable(fd, next_tick.saturating_duration_since(Instant::now()));
             continue;
         }
         let start = Instant::now();
         let now = sys::monotonic_ms();
         out.clear();
         let mut work = 0u64;
-        {
-            let mut f = forwarder.borrow_mut();
-            // Commands first (one atomic load when the ring is empty): a
-            // client that just got Ready or Session Description is known to
-            // the core before its first datagram is judged, without waiting
-            // for the next tick. A corrupt ring is left for the tick to
-            // report.
-            let _ = apply_commands(&mut f, &mut commands.borrow_mut(), now);
-            for i in 0..n {
-                if let Some((from, packet)) = rx.datagram(i) {
-                    if fault.as_deref() == Some(&packet[..]) {
-                        panic!("injected fault ({FAULT_ENV})");
-                    }
-                    work += u64::from(f.handle(now, from, packet, &mut out));
+        // Commands first (one atomic load when the ring is empty): a
+        // client that just got Ready or Session Description is known to
+        // the core before its first datagram is judged, without waiting
+        // for the next tick. A corrupt ring is left for the tick to report.
+        let _ = apply_commands(f, commands, now);
+        for i in 0..n {
+            if let Some((from, packet)) = rx.datagram(i) {
+                if fault.as_deref() == Some(&packet[..]) {
+                    panic!("injected fault ({FAULT_ENV})");
                 }
+                work += u64::from(f.handle(now, from, packet, &mut out));
             }
         }
-        send_all(&socket, &forwarder, &mut tx, &out, v6).await;
+        send_all(socket, f, &mut tx, &out, v6).await;
         // Busy time is what real work cost: a batch's time pro rata of the
         // datagrams in it that were work, so a flood of junk (refused in a
         // few tens of nanoseconds each) does not read as load. Junk that
         // does overload a core shows as socket-buffer overflow instead.
         let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let busy = elapsed.saturating_mul(work) / (n as u64).max(1);
-        forwarder.borrow_mut().note_busy(busy);
-        // Let the command tick run between batches under sustained load.
+        f.note_busy(busy);
         glommio::yield_if_needed().await;
     }
 }
@@ -426,7 +452,7 @@ async fn receive_loop(
 /// full.
 async fn send_all(
     socket: &glommio::net::UdpSocket,
-    forwarder: &RefCell<Forwarder>,
+    f: &mut Forwarder,
     tx: &mut sys::socket::BatchSender,
     out: &Outbox,
     v6: bool,
@@ -436,7 +462,6 @@ async fn send_all(
     while next < out.len() {
         match tx.send(fd, out.iter().skip(next), v6) {
             Ok(sent) => {
-                let mut f = forwarder.borrow_mut();
                 for (_, bytes) in out.iter().skip(next).take(sent) {
                     f.note_sent(bytes.len());
                 }
@@ -447,9 +472,7 @@ async fn send_all(
                     break;
                 };
                 let to = sys::socket::for_family(to, v6);
-                let sent = socket.send_to(bytes, to).await;
-                let mut f = forwarder.borrow_mut();
-                match sent {
+                match socket.send_to(bytes, to).await {
                     Ok(len) => f.note_sent(len),
                     Err(e) => {
                         tracing::debug!(%to, error = %e, "send_to failed");
@@ -460,7 +483,7 @@ async fn send_all(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "sendmmsg failed");
-                forwarder.borrow_mut().note_send_failed();
+                f.note_send_failed();
                 next += 1;
             }
         }

@@ -249,6 +249,26 @@ pub fn steering_program(cores: u32) -> [libc::sock_filter; 19] {
 const SO_MEMINFO: libc::c_int = 55;
 const SK_MEMINFO_VARS: usize = 9;
 
+/// Blocks the calling thread until `fd` is readable or `timeout` passed
+/// (`ppoll(2)`, to the nanosecond); whether it is readable. An
+/// interrupted or failed wait reads as not readable: the caller reads (or
+/// not) and comes back.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+    };
+    // SAFETY: `pfd` is one valid, writable pollfd and `ts` a valid
+    // timespec, both for the whole call; no signal mask is passed.
+    let ready = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    ready > 0 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Datagrams the kernel dropped on this socket because its receive buffer
 /// was full (a wrapping 32-bit count since the socket was created).
 pub fn receive_drops(fd: std::os::fd::RawFd) -> io::Result<u32> {
