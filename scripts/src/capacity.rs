@@ -65,6 +65,18 @@ pub enum What {
         #[arg(long, default_value_t = 5.0)]
         duration: f64,
     },
+    /// Draw SVG charts from saved `compare` and `search` output.
+    Plot {
+        /// A `capacity compare` JSON document.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// `capacity search` JSON documents (one chart pair each).
+        #[arg(long)]
+        search: Vec<PathBuf>,
+        /// Where the SVG files go.
+        #[arg(long, default_value = "docs/benchmarks")]
+        out_dir: PathBuf,
+    },
     /// Add clients until loss or latency passes its limit.
     Search {
         /// Members per room.
@@ -106,6 +118,14 @@ pub enum What {
 /// Runs the measurement `args` asks for and returns its JSON document
 /// (the phases are printed on stderr as they end).
 pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
+    if let What::Plot {
+        compare,
+        search,
+        out_dir,
+    } = &args.what
+    {
+        return plot(compare.as_deref(), search, out_dir);
+    }
     anyhow::ensure!(
         cpus() >= 2 && args.generator_cpu != 0 && args.generator_cpu < cpus(),
         "needs two CPUs: the target on CPU 0 and --generator-cpu on another (this machine has {})",
@@ -141,6 +161,7 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let json = runtime.block_on(async {
         let mut joiner = Joiner::connect(target).await?;
         anyhow::Ok(match args.what.clone() {
+            What::Plot { .. } => unreachable!("plotted above"),
             What::Compare {
                 fanouts,
                 rooms,
@@ -210,4 +231,136 @@ fn renice_threads(pid: u32, nice: i32) {
                 .status();
         }
     }
+}
+
+const SERVER: &str = "#1f77b4";
+const RELAY: &str = "#ff7f0e";
+
+/// Writes the charts of saved `compare` and `search` documents into
+/// `out_dir`; returns the list of files written.
+fn plot(
+    compare: Option<&std::path::Path>,
+    searches: &[PathBuf],
+    out_dir: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    use crate::blaster::plot::{bars, lines, Group, Series};
+    std::fs::create_dir_all(out_dir)?;
+    let read = |p: &std::path::Path| -> anyhow::Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        // The document is the last line (stderr may have been merged in).
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("");
+        serde_json::from_str(line).with_context(|| format!("parsing {}", p.display()))
+    };
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let mut written = Vec::new();
+    let mut write = |name: String, svg: String| -> anyhow::Result<()> {
+        let path = out_dir.join(name);
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path.display().to_string());
+        Ok(())
+    };
+    if let Some(path) = compare {
+        let doc = read(path)?;
+        let results = doc["compare"].as_array().context("no compare results")?;
+        let groups: Vec<Group> = results
+            .iter()
+            .map(|c| Group {
+                label: format!("fan-out {}", c["fanout"]),
+                values: vec![f(&c["server"]["egress_pps"]), f(&c["relay"]["egress_pps"])],
+            })
+            .collect();
+        let title = format!(
+            "Saturated egress, one core ({}, {} B)",
+            doc["mode"].as_str().unwrap_or("?"),
+            doc["packet_size"]
+        );
+        write(
+            "compare.svg".into(),
+            bars(
+                &title,
+                "datagrams out per second",
+                &[("server", SERVER), ("relay", RELAY)],
+                &groups,
+            ),
+        )?;
+    }
+    for path in searches {
+        let doc = read(path)?;
+        let s = &doc["search"];
+        let profile = &s["profile"];
+        let tag = format!("{}x{}", profile["room_size"], profile["talkers"]);
+        let steps = s["steps"].as_array().context("no search steps")?;
+        let series = |target: &str, field: &dyn Fn(&serde_json::Value) -> f64| -> Vec<(f64, f64)> {
+            steps
+                .iter()
+                .map(|st| (f(&st[target]["clients"]), field(&st[target])))
+                .collect()
+        };
+        let room = format!(
+            "rooms of {} with {} talker(s) at {} pps",
+            profile["room_size"], profile["talkers"], profile["pps"]
+        );
+        let offered = |p: &serde_json::Value| f(&p["egress_pps"]) / (1.0 - f(&p["loss"])).max(1e-9);
+        write(
+            format!("search-{tag}-throughput.svg"),
+            lines(
+                &format!("Throughput, {room}"),
+                "concurrent clients",
+                "datagrams out per second",
+                &[
+                    Series {
+                        name: "offered".into(),
+                        color: "#999999",
+                        points: series("server", &offered),
+                    },
+                    Series {
+                        name: "server".into(),
+                        color: SERVER,
+                        points: series("server", &|p| f(&p["egress_pps"])),
+                    },
+                    Series {
+                        name: "relay".into(),
+                        color: RELAY,
+                        points: series("relay", &|p| f(&p["egress_pps"])),
+                    },
+                ],
+            ),
+        )?;
+        write(
+            format!("search-{tag}-latency.svg"),
+            lines(
+                &format!("Latency, {room}"),
+                "concurrent clients",
+                "microseconds",
+                &[
+                    Series {
+                        name: "server p99".into(),
+                        color: SERVER,
+                        points: series("server", &|p| f(&p["latency_us"]["p99"])),
+                    },
+                    Series {
+                        name: "relay p99".into(),
+                        color: RELAY,
+                        points: series("relay", &|p| f(&p["latency_us"]["p99"])),
+                    },
+                    Series {
+                        name: "server p50".into(),
+                        color: "#6baed6",
+                        points: series("server", &|p| f(&p["latency_us"]["p50"])),
+                    },
+                    Series {
+                        name: "relay p50".into(),
+                        color: "#fdae6b",
+                        points: series("relay", &|p| f(&p["latency_us"]["p50"])),
+                    },
+                ],
+            ),
+        )?;
+    }
+    Ok(serde_json::json!({ "written": written }))
 }

@@ -57,6 +57,7 @@ mod engine;
 pub mod host;
 mod mmsg;
 mod packet;
+pub mod plot;
 mod relay;
 mod report;
 mod server;
