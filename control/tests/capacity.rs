@@ -33,7 +33,15 @@ fn check_phase(p: &Value, what: &str) {
 
 #[test]
 fn compare_and_search_run_end_to_end() {
-    let json = capacity(&["compare", "--rooms", "4", "--duration", "0.5"]);
+    let json = capacity(&[
+        "compare",
+        "--rooms",
+        "4",
+        "--duration",
+        "0.5",
+        "--repeats",
+        "2",
+    ]);
     let compare = json["compare"].as_array().expect("compare results");
     assert_eq!(compare.len(), 2, "{json}");
     for (c, fanout) in compare.iter().zip([1, 4]) {
@@ -42,6 +50,9 @@ fn compare_and_search_run_end_to_end() {
         check_phase(&c["relay"], "relay");
         let ratio = c["ratio"].as_f64().unwrap();
         assert!(ratio > 0.0, "{c}");
+        let ratios = c["ratios"].as_array().unwrap();
+        assert_eq!(ratios.len(), 2, "{c}");
+        assert!(ratios.iter().any(|r| r.as_f64() == Some(ratio)), "{c}");
         // At fan-out 4 every packet a talker sends reaches four.
         let (server, relay) = (&c["server"], &c["relay"]);
         for p in [server, relay] {
