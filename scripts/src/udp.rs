@@ -169,17 +169,7 @@ impl VoiceUdp {
     /// clients over addresses this way).
     pub async fn bind_from(local: SocketAddr, server: SocketAddr, ssrc: u32) -> Result<Self> {
         let socket = UdpSocket::bind(local).await?;
-        socket.connect(server).await?;
-        Ok(VoiceUdp {
-            socket,
-            server,
-            ssrc,
-            sequence: 0,
-            timestamp: 0,
-            cipher: None,
-            keepalive_counter: 0,
-            last_keepalive_echo: None,
-        })
+        Self::connected(socket, server, ssrc).await
     }
 
     /// [`bind_from`](Self::bind_from) with `SO_REUSEADDR`, so that `local`
@@ -196,7 +186,10 @@ impl VoiceUdp {
         let std_socket = std::net::UdpSocket::from(fd);
         let addr = sock::SockaddrStorage::from(local);
         sock::bind(std::os::fd::AsRawFd::as_raw_fd(&std_socket), &addr).map_err(io::Error::from)?;
-        let socket = UdpSocket::from_std(std_socket)?;
+        Self::connected(UdpSocket::from_std(std_socket)?, server, ssrc).await
+    }
+
+    async fn connected(socket: UdpSocket, server: SocketAddr, ssrc: u32) -> Result<Self> {
         socket.connect(server).await?;
         Ok(VoiceUdp {
             socket,

@@ -105,6 +105,30 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
+/// One call's message headers, addresses, control buffers and iovecs, on
+/// the stack; the caller points them at each other just before the call.
+struct Headers {
+    hdrs: [libc::mmsghdr; BATCH],
+    names: [libc::sockaddr_in; BATCH],
+    control: [[u64; CONTROL_WORDS]; BATCH],
+    iov: [libc::iovec; BATCH],
+}
+
+impl Headers {
+    fn new() -> Self {
+        Headers {
+            // SAFETY: all-zero is a valid value of these plain C structs.
+            hdrs: unsafe { zeroed() },
+            names: [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            control: [[0u64; CONTROL_WORDS]; BATCH],
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; BATCH],
+        }
+    }
+}
+
 /// Sends up to [`BATCH`] of `msgs` in one `sendmmsg` without blocking.
 /// Returns how many went (0 when the socket buffer is full).
 pub fn send(socket: BorrowedFd<'_>, msgs: &[Out<'_>]) -> io::Result<usize> {
@@ -112,14 +136,12 @@ pub fn send(socket: BorrowedFd<'_>, msgs: &[Out<'_>]) -> io::Result<usize> {
     if n == 0 {
         return Ok(0);
     }
-    // SAFETY: all-zero is a valid value of these plain C structs.
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    let mut names = [sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); BATCH];
-    let mut control = [[0u64; CONTROL_WORDS]; BATCH];
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
+    let Headers {
+        mut hdrs,
+        mut names,
+        mut control,
+        mut iov,
+    } = Headers::new();
     for (i, m) in msgs[..n].iter().enumerate() {
         names[i] = sockaddr(m.dst);
         // The kernel only reads through this pointer (sendmmsg).
@@ -180,15 +202,12 @@ pub fn recv(socket: BorrowedFd<'_>, slots: &mut [[u8; SLOT]], got: &mut [In]) ->
     if n == 0 {
         return Ok(0);
     }
-    // SAFETY: all-zero is a valid value of these plain C structs.
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    // SAFETY: as above.
-    let mut names: [libc::sockaddr_in; BATCH] = unsafe { zeroed() };
-    let mut control = [[0u64; CONTROL_WORDS]; BATCH];
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
+    let Headers {
+        mut hdrs,
+        mut names,
+        mut control,
+        mut iov,
+    } = Headers::new();
     for (i, slot) in slots[..n].iter_mut().enumerate() {
         iov[i].iov_base = slot.as_mut_ptr().cast();
         iov[i].iov_len = SLOT;
