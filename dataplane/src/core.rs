@@ -375,6 +375,9 @@ fn apply_commands(
     }
 }
 
+/// The core's one task: forwards what arrives, runs the tick when due,
+/// and sleeps when there is nothing to do. Returns at shutdown, or with
+/// the error that stops the data plane (a corrupt ring).
 async fn serve(
     socket: &glommio::net::UdpSocket,
     f: &mut Forwarder,
