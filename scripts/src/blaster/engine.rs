@@ -214,6 +214,11 @@ impl Fleet {
         let send_end = start + offer.duration;
         let recv_end = send_end + offer.drain;
         let period_ns = offer.pps.map(|pps| 1_000_000_000 / u64::from(pps.max(1)));
+        // Packets per talker in the window, paced: duration × rate.
+        let paced_total = offer.pps.map(|pps| {
+            let each = (offer.duration.as_secs_f64() * f64::from(pps)).round() as u64;
+            each.max(1) * talkers.len() as u64
+        });
         let mut cursor = 0u64; // packets sent or skipped so far, all talkers
         let mut next_keepalive = start;
         let mut keepalive_counter = 0u32;
@@ -232,17 +237,24 @@ impl Fleet {
             }
             let mut busy = false;
             // Send what is due (paced) or a batch (saturating).
-            if now >= start && now < send_end && !talkers.is_empty() {
-                let due = match period_ns {
+            // Paced: every packet of the window is sent, late ones as soon
+            // as this thread runs again (a descheduled generator must not
+            // read as loss). Saturating: batches until the window ends.
+            let sending = match paced_total {
+                Some(total) => now >= start && cursor < total,
+                None => now >= start && now < send_end,
+            };
+            if sending && !talkers.is_empty() {
+                let due = match (period_ns, paced_total) {
                     // Talker k's n-th packet is due at n·period + k·period/T.
-                    Some(period) => {
-                        let elapsed = ns(now) - ns(start);
+                    (Some(period), Some(total)) => {
+                        let elapsed = ns(now.min(send_end)) - ns(start);
                         let t = talkers.len() as u64;
                         let done_periods = elapsed / period;
                         let within = elapsed % period;
-                        done_periods * t + (within * t / period + 1).min(t)
+                        (done_periods * t + (within * t / period + 1).min(t)).min(total)
                     }
-                    None => cursor + BATCH as u64,
+                    _ => cursor + BATCH as u64,
                 };
                 while cursor < due {
                     let n = ((due - cursor) as usize).min(BATCH);
