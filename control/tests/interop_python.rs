@@ -372,33 +372,18 @@ async fn dave_call(server: &ServerProcess, cert: &Path) {
     );
 
     let (py_frames, djs_frames) = (frames(0x50), frames(0x44));
-    let mut py_params = params(
-        server,
-        cert,
-        (PY_USER, &sessions[PY_USER], token),
-        DJS_USER,
-        &py_frames,
-    );
-    py_params["dave"] = json!(true);
-    py_params["silence_ms"] = json!(1500);
-    let mut djs_params = params(
-        server,
-        cert,
-        (DJS_USER, &sessions[DJS_USER], token),
-        PY_USER,
-        &djs_frames,
-    );
-    djs_params["dave"] = json!(true);
-    djs_params["silence_ms"] = json!(1500);
-    // Each says Speaking (op 5) once connected, before it waits for the
-    // other's: both libraries learn SSRCs from op 5 alone, and the server
-    // replays op 5 to a later joiner only for members speaking at the
-    // time. discord.py's own op 5 after its Session Description says it
-    // is not speaking, so without this a discord.js joining after it would
-    // learn its SSRC only from the op 5 its player sends when it starts,
-    // which its first packet can beat (a dropped frame, seen under load).
-    py_params["announce"] = json!(true);
-    djs_params["announce"] = json!(true);
+    // Each also says Speaking (op 5) once connected, before it waits for
+    // the other's: both libraries learn SSRCs from op 5 alone, and an
+    // announcement before the first packet means no frame can beat it.
+    let dave_params = |me: &str, peer: &str, frames: &[Vec<u8>]| {
+        let mut p = params(server, cert, (me, &sessions[me], token), peer, frames);
+        p["dave"] = json!(true);
+        p["silence_ms"] = json!(1500);
+        p["announce"] = json!(true);
+        p
+    };
+    let py_params = dave_params(PY_USER, DJS_USER, &py_frames);
+    let djs_params = dave_params(DJS_USER, PY_USER, &djs_frames);
     let mut py = discord_py(&py_params);
     let mut djs = Script::node(cert, &djs_params);
     // What the eavesdropper receives meanwhile: from the first packet

@@ -11,9 +11,9 @@
 //!   counts the batch's work, not the junk in it;
 //! - the **control tick** (every millisecond, between batches): apply
 //!   commands from the command ring, let the forwarder expire idle
-//!   addresses, queue
-//!   [`Event::Drops`] and [`Event::Stats`] every `stats_interval` (with the
-//!   kernel's count of datagrams the socket buffer dropped), move queued
+//!   addresses, queue [`Event::Drops`] and [`Event::Stats`] every
+//!   `stats_interval` (with the kernel's count of datagrams the socket
+//!   buffer dropped), move queued
 //!   events into the event ring (keeping what does not fit for the next
 //!   tick), and notice shutdown.
 //!
@@ -252,7 +252,10 @@ async fn run_core(
     tracing::info!(core, "core running");
     let mut tick = Tick {
         core,
+        fd: socket.as_raw_fd(),
         events,
+        every: config.command_poll,
+        next: Instant::now(),
         stats_interval: config.stats_interval,
         next_stats: Instant::now() + config.stats_interval,
         // The kernel's drop count is a wrapping u32: accumulate its steps
@@ -261,15 +264,7 @@ async fn run_core(
         kernel_drops: sys::socket::receive_drops(socket.as_raw_fd()).unwrap_or(0),
         overflow: 0,
     };
-    let outcome = serve(
-        &socket,
-        &mut forwarder,
-        &mut commands,
-        &mut tick,
-        fault,
-        config.command_poll,
-    )
-    .await;
+    let outcome = serve(&socket, &mut forwarder, &mut commands, &mut tick, fault).await;
     if let Err(e) = &outcome {
         tracing::error!(core, error = %e, "stopping the data plane");
     }
@@ -283,11 +278,15 @@ async fn run_core(
     outcome
 }
 
-/// The control tick's state: where the statistics and the kernel's drop
-/// count stood, and the event ring.
+/// The control tick's state: when it is next due, where the statistics
+/// and the kernel's drop count stood, and the event ring.
 struct Tick {
     core: u32,
+    /// The core's socket (its drop count).
+    fd: std::os::fd::RawFd,
     events: Producer<Event>,
+    every: Duration,
+    next: Instant,
     stats_interval: Duration,
     next_stats: Instant,
     kernel_drops: u32,
@@ -295,6 +294,11 @@ struct Tick {
 }
 
 impl Tick {
+    /// How long until the tick is due (zero: now).
+    fn wait(&self) -> Duration {
+        self.next.saturating_duration_since(Instant::now())
+    }
+
     /// Applies waiting commands, lets the forwarder expire idle
     /// addresses, queues statistics when due and moves queued events into
     /// the event ring (what does not fit waits for the next tick).
@@ -302,15 +306,15 @@ impl Tick {
         &mut self,
         f: &mut Forwarder,
         commands: &mut Consumer<Command>,
-        fd: std::os::fd::RawFd,
     ) -> Result<(), CoreError> {
+        self.next = Instant::now() + self.every;
         let now = sys::monotonic_ms();
         apply_commands(f, commands, now)?;
         f.tick(now);
         let at = Instant::now();
         if at >= self.next_stats {
             self.next_stats = at + self.stats_interval;
-            match sys::socket::receive_drops(fd) {
+            match sys::socket::receive_drops(self.fd) {
                 Ok(n) => {
                     self.overflow += u64::from(n.wrapping_sub(self.kernel_drops));
                     self.kernel_drops = n;
@@ -384,21 +388,18 @@ async fn serve(
     commands: &mut Consumer<Command>,
     tick: &mut Tick,
     fault: Option<Vec<u8>>,
-    tick_every: Duration,
 ) -> Result<(), CoreError> {
     let fd = socket.as_raw_fd();
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut rx = sys::socket::BatchReceiver::new();
     let mut out = Outbox::with_capacity(64);
     let mut tx = sys::socket::BatchSender::new();
-    let mut next_tick = Instant::now();
     loop {
-        if Instant::now() >= next_tick {
-            tick.run(f, commands, fd)?;
+        if tick.wait().is_zero() {
+            tick.run(f, commands)?;
             if sys::shutdown_requested() {
                 return Ok(());
             }
-            next_tick = Instant::now() + tick_every;
         }
         // Everything already waiting, in one recvmmsg.
         let n = match rx.recv(fd) {
@@ -418,7 +419,7 @@ async fn serve(
             // io_uring round trip: sleeping on a peek through glommio's
             // ring cost a quarter more CPU at 60,000 datagrams a second
             // out (BENCHMARKS.md). Under load no wait happens at all.
-            sys::socket::wait_readable(fd, next_tick.saturating_duration_since(Instant::now()));
+            sys::socket::wait_readable(fd, tick.wait());
             continue;
         }
         let start = Instant::now();

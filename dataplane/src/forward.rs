@@ -2078,8 +2078,7 @@ mod tests {
             // key and nonce only: the receiver's under the next counter
             // makes a payload whose ciphertext starts 0xBEDE.
             let next = first + 1;
-            let mut probe = vec![0x80, 0x78, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            probe.extend_from_slice(&[0, 0]);
+            let probe = [0x80, 0x78, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
             let keystream = peers[1].cipher.encrypt_with(&probe, next, [0; 24]).unwrap();
             let payload = [keystream[12] ^ 0xBE, keystream[13] ^ 0xDE, b'x', b'y'];
             let p = peers[0].rtp(&payload);

@@ -306,10 +306,9 @@ impl Fleet {
                 next_keepalive = now + KEEPALIVE_EVERY;
                 keepalive_counter = keepalive_counter.wrapping_add(1);
                 let ka = keepalive(keepalive_counter);
-                for chunk in (0..clients).collect::<Vec<_>>().chunks(BATCH) {
-                    let outs: Vec<Out<'_>> = chunk
-                        .iter()
-                        .map(|&i| Out {
+                for first in (0..clients).step_by(BATCH) {
+                    let outs: Vec<Out<'_>> = (first..clients.min(first + BATCH))
+                        .map(|i| Out {
                             src: client_ip(i),
                             dst: self.target,
                             bytes: &ka,
