@@ -80,6 +80,8 @@ pub struct Config {
     /// A proven client address nothing came from (no authenticated media,
     /// no keepalive) for this long stops receiving. Default 60 s.
     pub udp_idle: Duration,
+    /// How the data plane's cores move datagrams. Default mmsg.
+    pub packet_io: dataplane::core::PacketIo,
     /// LVSP heartbeat interval (milliseconds on the wire, seconds in the
     /// litecord dialect). Default 10 s.
     pub lvsp_heartbeat: Duration,
@@ -220,6 +222,7 @@ impl Config {
             dataplane: DataplaneMode::Embedded,
             shm_path: None,
             udp_idle: Duration::from_secs(60),
+            packet_io: dataplane::core::PacketIo::default(),
             lvsp_heartbeat: Duration::from_millis(10_000),
             lvsp_dialect: lvsp::Dialect::Spec,
             lvsp_grace: Duration::from_secs(300),

@@ -91,6 +91,12 @@ struct Args {
     /// media, no keepalive) before the data plane stops sending to it.
     #[arg(long, default_value_t = 60)]
     udp_idle_secs: u64,
+    /// How the data plane's cores move datagrams: `mmsg`
+    /// (recvmmsg/sendmmsg) or `uring` (their own io_uring: multishot
+    /// receive into provided buffers, batched sends; Linux 6.0). See
+    /// BENCHMARKS.md for how they compare.
+    #[arg(long, value_enum, default_value_t = dataplane::core::PacketIo::default())]
+    packet_io: dataplane::core::PacketIo,
     /// LVSP heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     lvsp_heartbeat_ms: u64,
@@ -272,6 +278,7 @@ impl Args {
         }
         c.shm_path = self.shm;
         c.udp_idle = Duration::from_secs(self.udp_idle_secs);
+        c.packet_io = self.packet_io;
         c.lvsp_heartbeat = Duration::from_millis(self.lvsp_heartbeat_ms);
         c.gateway_heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
         c.lvsp_dialect = self.lvsp_dialect;

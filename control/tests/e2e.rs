@@ -75,6 +75,26 @@ async fn a_call_through_control_rings_and_dataplane() {
     }
 }
 
+/// The same call with the data plane's cores on the io_uring packet path
+/// (multishot receive into provided buffers, batched sendmsg).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_call_on_the_io_uring_packet_path() {
+    let server = ServerProcess::start(2, &["--packet-io", "uring"]);
+    let pid = server.metric("voice_dataplane_pid") as u32;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the data plane runs");
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == b"--packet-io" && w[1] == b"uring"),
+        "the data plane was started with {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    tokio::time::timeout(Duration::from_secs(120), call(&server))
+        .await
+        .expect("the call finished in time");
+    assert!(server.stop().success());
+}
+
 async fn call(server: &ServerProcess) {
     // Litecord's side: a channel and four voice states.
     let (mut lvsp, ready) = LvspClient::connect(&server.lvsp_url, &server.secret)

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::core::{self, CoreConfig};
+use crate::core::{self, CoreConfig, PacketIo};
 use crate::sys;
 use anyhow::Context;
 use clap::Parser;
@@ -54,6 +54,11 @@ struct Args {
     /// for a new control to take the region over (0: stop at once).
     #[arg(long, default_value_t = 0)]
     reattach_secs: u64,
+    /// How each core moves datagrams: `mmsg` (recvmmsg/sendmmsg) or
+    /// `uring` (its own io_uring: multishot receive into provided buffers,
+    /// batched sends; Linux 6.0).
+    #[arg(long, value_enum, default_value_t = PacketIo::default())]
+    packet_io: PacketIo,
     /// Log lines for people (`human`) or as JSON objects (`json`), on
     /// stderr; the filter is RUST_LOG's (default info).
     #[arg(long, env = "VOICE_LOG_FORMAT", default_value = "human",
@@ -144,7 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .local_addr()
         .context("reading the bound address")?;
     region.publish_udp_port(local.port());
-    tracing::info!(%local, cores, "sockets bound, port published");
+    tracing::info!(%local, cores, packet_io = args.packet_io.name(), "sockets bound, port published");
     // Everything privileged is done (the sockets are bound, the memlock
     // limit raised): no capability is kept, before any executor thread
     // starts (threads inherit the calling thread's sets).
@@ -155,6 +160,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut config = CoreConfig {
         stats_interval: Duration::from_millis(args.stats_interval_ms),
+        packet_io: args.packet_io,
         ..CoreConfig::default()
     };
     config.forward.idle_ms = args.udp_idle_secs.saturating_mul(1000);

@@ -2,13 +2,15 @@
 //!
 //! Each core runs one task, [`serve`], that does two things:
 //!
-//! - **forwarding**: one non-blocking `recvmmsg` takes every waiting
-//!   datagram (up to 32) into buffers allocated once, [`Forwarder::handle`]
-//!   decides each in place into one [`Outbox`], and `sendmmsg` sends the
-//!   whole batch's fan-out (falling back to glommio's `send_to` when the
-//!   socket buffer is full). With nothing waiting, the thread sleeps in
-//!   `ppoll(2)` until a datagram arrives or the tick is due. Busy time
-//!   counts the batch's work, not the junk in it;
+//! - **forwarding**: a batch of every waiting datagram (up to 32) is
+//!   received into buffers allocated once, [`Forwarder::handle`] decides
+//!   each in place into one [`Outbox`], and the whole batch's fan-out is
+//!   sent. By default ([`PacketIo::Mmsg`]) one non-blocking `recvmmsg`
+//!   receives and `sendmmsg` sends (falling back to glommio's `send_to`
+//!   when the socket buffer is full), and with nothing waiting the thread
+//!   sleeps in `ppoll(2)` until a datagram arrives or the tick is due;
+//!   [`PacketIo::Uring`] does the same through the core's own io_uring.
+//!   Busy time counts the batch's work, not the junk in it;
 //! - the **control tick** (every millisecond, between batches): apply
 //!   commands from the command ring, let the forwarder expire idle
 //!   addresses, queue [`Event::Drops`] and [`Event::Stats`] every
@@ -56,8 +58,33 @@ pub struct CoreConfig {
     pub io_memory: usize,
     /// io_uring submission queue depth per ring. Default 64.
     pub ring_depth: usize,
+    /// How datagrams move between the socket and the forwarder.
+    pub packet_io: PacketIo,
     /// Idle timeout and answer budgets of the forwarder.
     pub forward: ForwardConfig,
+}
+
+/// How a core moves datagrams (`--packet-io`). Both were measured side by
+/// side (BENCHMARKS.md, "Packet I/O"); the default is the faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PacketIo {
+    /// `recvmmsg`/`sendmmsg` on the socket; `ppoll` when idle.
+    #[default]
+    Mmsg,
+    /// The core's own io_uring: a multishot receive into provided
+    /// buffers and batched `sendmsg` submissions ([`sys::uring`]). Needs
+    /// Linux 6.0.
+    Uring,
+}
+
+impl PacketIo {
+    /// The value's name, as `--packet-io` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PacketIo::Mmsg => "mmsg",
+            PacketIo::Uring => "uring",
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -67,6 +94,7 @@ impl Default for CoreConfig {
             command_poll: Duration::from_millis(1),
             io_memory: 1 << 20,
             ring_depth: 64,
+            packet_io: PacketIo::default(),
             forward: ForwardConfig::default(),
         }
     }
@@ -104,6 +132,17 @@ pub enum CoreError {
         core: u32,
         /// What happened.
         message: String,
+    },
+    /// The core's packet I/O could not be set up (`--packet-io uring` on
+    /// a kernel without multishot receive, or without locked memory).
+    #[error("core {core}: cannot set up {packet_io} packet I/O: {source}")]
+    PacketIo {
+        /// The core.
+        core: u32,
+        /// The path asked for.
+        packet_io: &'static str,
+        /// What the kernel said.
+        source: std::io::Error,
     },
     /// A core's ring in the region is corrupt: the region cannot be
     /// trusted any more.
@@ -264,7 +303,15 @@ async fn run_core(
         kernel_drops: sys::socket::receive_drops(socket.as_raw_fd()).unwrap_or(0),
         overflow: 0,
     };
-    let outcome = serve(&socket, &mut forwarder, &mut commands, &mut tick, fault).await;
+    let outcome = serve(
+        &socket,
+        config.packet_io,
+        &mut forwarder,
+        &mut commands,
+        &mut tick,
+        fault,
+    )
+    .await;
     if let Err(e) = &outcome {
         tracing::error!(core, error = %e, "stopping the data plane");
     }
@@ -381,9 +428,11 @@ fn apply_commands(
 
 /// The core's one task: forwards what arrives, runs the tick when due,
 /// and sleeps when there is nothing to do. Returns at shutdown, or with
-/// the error that stops the data plane (a corrupt ring).
+/// the error that stops the data plane (a corrupt ring, packet I/O that
+/// cannot be set up).
 async fn serve(
     socket: &glommio::net::UdpSocket,
+    packet_io: PacketIo,
     f: &mut Forwarder,
     commands: &mut Consumer<Command>,
     tick: &mut Tick,
@@ -391,9 +440,21 @@ async fn serve(
 ) -> Result<(), CoreError> {
     let fd = socket.as_raw_fd();
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
-    let mut rx = sys::socket::BatchReceiver::new();
+    let mut io = match packet_io {
+        PacketIo::Mmsg => Io::Mmsg {
+            rx: sys::socket::BatchReceiver::new(),
+            tx: sys::socket::BatchSender::new(),
+        },
+        PacketIo::Uring => {
+            let ring = sys::uring::UringIo::new(fd, v6).map_err(|source| CoreError::PacketIo {
+                core: tick.core,
+                packet_io: packet_io.name(),
+                source,
+            })?;
+            Io::Uring(Box::new(ring))
+        }
+    };
     let mut out = Outbox::with_capacity(64);
-    let mut tx = sys::socket::BatchSender::new();
     loop {
         if tick.wait().is_zero() {
             tick.run(f, commands)?;
@@ -401,45 +462,40 @@ async fn serve(
                 return Ok(());
             }
         }
-        // Everything already waiting, in one recvmmsg.
-        let n = match rx.recv(fd) {
+        let start = Instant::now();
+        let now = sys::monotonic_ms();
+        out.clear();
+        // Commands first (one atomic load when the ring is empty): a
+        // client that just got Ready or Session Description is known to
+        // the core before its first datagram is judged, without waiting
+        // for the next tick. A corrupt ring is left for the tick to report.
+        let _ = apply_commands(f, commands, now);
+        let mut work = 0u64;
+        // Everything already waiting, up to one batch.
+        let received = io.receive(fd, |from, packet| {
+            if fault.as_deref() == Some(&packet[..]) {
+                panic!("injected fault ({FAULT_ENV})");
+            }
+            work += u64::from(f.handle(now, from, packet, &mut out));
+        });
+        let n = match received {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(e) => {
-                tracing::debug!(error = %e, "recvmmsg failed");
+                tracing::debug!(error = %e, "receiving failed");
                 // Do not spin on a persistent error.
                 glommio::timer::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };
         if n == 0 {
-            // Nothing waiting: the thread sleeps in ppoll(2) until a
-            // datagram arrives or the tick is due (the core has nothing
-            // else to do). A datagram then costs one wake-up and no
-            // io_uring round trip: sleeping on a peek through glommio's
-            // ring cost a quarter more CPU at 60,000 datagrams a second
-            // out (BENCHMARKS.md). Under load no wait happens at all.
-            sys::socket::wait_readable(fd, tick.wait());
+            // Nothing waiting: the thread sleeps until a datagram arrives
+            // or the tick is due (the core has nothing else to do). Under
+            // load no wait happens at all.
+            io.wait(fd, tick.wait());
             continue;
         }
-        let start = Instant::now();
-        let now = sys::monotonic_ms();
-        out.clear();
-        let mut work = 0u64;
-        // Commands first (one atomic load when the ring is empty): a
-        // client that just got Ready or Session Description is known to
-        // the core before its first datagram is judged, without waiting
-        // for the next tick. A corrupt ring is left for the tick to report.
-        let _ = apply_commands(f, commands, now);
-        for i in 0..n {
-            if let Some((from, packet)) = rx.datagram(i) {
-                if fault.as_deref() == Some(&packet[..]) {
-                    panic!("injected fault ({FAULT_ENV})");
-                }
-                work += u64::from(f.handle(now, from, packet, &mut out));
-            }
-        }
-        send_all(socket, f, &mut tx, &out, v6).await;
+        io.send(socket, f, &out, v6).await;
         // Busy time is what real work cost: a batch's time pro rata of the
         // datagrams in it that were work, so a flood of junk (refused in a
         // few tens of nanoseconds each) does not read as load. Junk that
@@ -448,6 +504,76 @@ async fn serve(
         let busy = elapsed.saturating_mul(work) / (n as u64).max(1);
         f.note_busy(busy);
         glommio::yield_if_needed().await;
+    }
+}
+
+/// A core's packet I/O ([`PacketIo`]).
+enum Io {
+    Mmsg {
+        rx: sys::socket::BatchReceiver,
+        tx: sys::socket::BatchSender,
+    },
+    /// Boxed: the ring is much larger than the mmsg arrays' pointers.
+    Uring(Box<sys::uring::UringIo>),
+}
+
+impl Io {
+    /// Hands every datagram already waiting (up to one batch) to `each`,
+    /// in place; how many. `WouldBlock` or zero: none.
+    fn receive(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        mut each: impl FnMut(std::net::SocketAddr, &mut [u8]),
+    ) -> std::io::Result<usize> {
+        match self {
+            Io::Mmsg { rx, .. } => {
+                let n = rx.recv(fd)?;
+                for i in 0..n {
+                    if let Some((from, packet)) = rx.datagram(i) {
+                        each(from, packet);
+                    }
+                }
+                Ok(n)
+            }
+            Io::Uring(ring) => ring.receive(sys::socket::RX_BATCH, each),
+        }
+    }
+
+    /// Sleeps until a datagram may be waiting or `timeout` passed.
+    fn wait(&mut self, fd: std::os::fd::RawFd, timeout: Duration) {
+        match self {
+            // ppoll(2): a datagram costs one wake-up and no io_uring round
+            // trip (sleeping on a peek through glommio's ring cost a
+            // quarter more CPU at 60,000 datagrams a second out,
+            // BENCHMARKS.md).
+            Io::Mmsg { .. } => {
+                sys::socket::wait_readable(fd, timeout);
+            }
+            Io::Uring(ring) => ring.wait(timeout),
+        }
+    }
+
+    /// Sends everything in `out`.
+    async fn send(
+        &mut self,
+        socket: &glommio::net::UdpSocket,
+        f: &mut Forwarder,
+        out: &Outbox,
+        v6: bool,
+    ) {
+        match self {
+            Io::Mmsg { tx, .. } => send_all(socket, f, tx, out, v6).await,
+            Io::Uring(ring) => ring.send(out.iter(), |result| match result {
+                Ok(len) => f.note_sent(len),
+                Err(errno) => {
+                    tracing::debug!(
+                        error = %std::io::Error::from_raw_os_error(errno),
+                        "sendmsg failed"
+                    );
+                    f.note_send_failed();
+                }
+            }),
+        }
     }
 }
 

@@ -41,6 +41,11 @@ pub struct Args {
     /// Open and check one received datagram in this many.
     #[arg(long, default_value_t = 64, global = true)]
     pub verify_every: u64,
+    /// The data plane's packet I/O path (control's `--packet-io`). Several
+    /// (comma-separated) make `compare` start one server per path and
+    /// measure each beside the same relay phases; `search` takes one.
+    #[arg(long, value_delimiter = ',', default_value = "mmsg", global = true)]
+    pub packet_io: Vec<String>,
     /// Lower control's priority (nice 10) below the data plane's on the
     /// shared CPU.
     #[arg(long, global = true)]
@@ -139,28 +144,41 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     // CPU; control is started there as well. The data plane pins its core
     // to CPU 0 itself.
     pin_to(args.generator_cpu).context("pinning the generator")?;
-    // As many connections as the open-file limit (20,000 here) allows.
-    let server = LocalServer::start(
-        &args.control,
-        1,
-        Some(&["taskset", "-c", "0"]),
-        // Every client connects from 127.0.0.1: let the joins that run at
-        // once all be pending handshakes from that one address.
-        &[
-            "--max-connections",
-            "19000",
-            "--max-pending-per-address",
-            "64",
-            "--max-pending-per-prefix",
-            "64",
-        ],
-    )?;
-    if args.renice_control {
-        renice_threads(server.child.id(), 10);
+    anyhow::ensure!(
+        !args.packet_io.is_empty()
+            && (args.packet_io.len() == 1 || matches!(args.what, What::Compare { .. })),
+        "--packet-io: one path for search, one or more for compare"
+    );
+    // One server per packet I/O path, all on CPU 0 (only the one being
+    // measured has traffic). As many connections as the open-file limit
+    // (20,000 here) allows.
+    let mut servers = Vec::with_capacity(args.packet_io.len());
+    for packet_io in &args.packet_io {
+        let server = LocalServer::start(
+            &args.control,
+            1,
+            Some(&["taskset", "-c", "0"]),
+            // Every client connects from 127.0.0.1: let the joins that run
+            // at once all be pending handshakes from that one address.
+            &[
+                "--max-connections",
+                "19000",
+                "--max-pending-per-address",
+                "64",
+                "--max-pending-per-prefix",
+                "64",
+                "--packet-io",
+                packet_io,
+            ],
+        )?;
+        if args.renice_control {
+            renice_threads(server.child.id(), 10);
+        }
+        let mut target = ServerTarget::new(&server.lvsp, &server.secret, &server.gateway);
+        target.cert = server.cert.clone();
+        target.mode = args.mode;
+        servers.push((packet_io.clone(), server, target));
     }
-    let mut target = ServerTarget::new(&server.lvsp, &server.secret, &server.gateway);
-    target.cert = server.cert.clone();
-    target.mode = args.mode;
     let bench = Bench {
         target_cpu: 0,
         mode: args.mode,
@@ -172,7 +190,10 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         .enable_all()
         .build()?;
     let json = runtime.block_on(async {
-        let mut joiner = Joiner::connect(target).await?;
+        let mut joiners = Vec::with_capacity(servers.len());
+        for (name, _, target) in &servers {
+            joiners.push((name.clone(), Joiner::connect(target.clone()).await?));
+        }
         anyhow::Ok(match args.what.clone() {
             What::Plot { .. } => unreachable!("plotted above"),
             What::Compare {
@@ -182,22 +203,25 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
                 repeats,
             } => {
                 let duration = Duration::from_secs_f64(duration.clamp(0.1, 600.0));
-                let results = capacity::compare(&bench, &mut joiner, &fanouts, rooms, duration, repeats).await?;
+                let results = capacity::compare(&bench, &mut joiners, &fanouts, rooms, duration, repeats).await?;
                 for c in &results {
-                    eprintln!(
-                        "fan-out {}: server {:.0} pps, relay {:.0} pps, ratio {:.3} \
-                         (per CPU second {:.3}; every pair {:.3?}){}",
-                        c.fanout,
-                        c.server.egress_pps,
-                        c.relay.egress_pps,
-                        c.ratio,
-                        c.cpu_ratio,
-                        c.ratios,
-                        c.generator_bound
-                            .as_deref()
-                            .map(|why| format!(" (generator-bound: {why})"))
-                            .unwrap_or_default()
-                    );
+                    for k in std::iter::once(&c.first).chain(&c.alternatives) {
+                        eprintln!(
+                            "fan-out {} ({}): server {:.0} pps, relay {:.0} pps, ratio {:.3} \
+                             (per CPU second {:.3}; every pair {:.3?}){}",
+                            c.fanout,
+                            k.packet_io,
+                            k.server.egress_pps,
+                            k.relay.egress_pps,
+                            k.ratio,
+                            k.cpu_ratio,
+                            k.ratios,
+                            k.generator_bound
+                                .as_deref()
+                                .map(|why| format!(" (generator-bound: {why})"))
+                                .unwrap_or_default()
+                        );
+                    }
                 }
                 serde_json::json!({ "compare": results, "mode": args.mode.name(), "packet_size": args.packet_size })
             }
@@ -226,13 +250,13 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
                     max_time: Duration::from_secs(max_secs),
                     repeats,
                 };
-                let s = capacity::search(&bench, &mut joiner, profile, limits).await?;
+                let s = capacity::search(&bench, &mut joiners[0].1, profile, limits).await?;
                 eprintln!("capacity: {} clients in rooms of {room_size} with {talkers} talker(s)", s.capacity);
-                serde_json::json!({ "search": s, "mode": args.mode.name(), "packet_size": args.packet_size })
+                serde_json::json!({ "search": s, "mode": args.mode.name(), "packet_size": args.packet_size, "packet_io": args.packet_io[0] })
             }
         })
     })?;
-    drop(server);
+    drop(servers);
     Ok(json)
 }
 
@@ -250,6 +274,7 @@ fn renice_threads(pid: u32, nice: i32) {
 
 const SERVER: &str = "#1f77b4";
 const RELAY: &str = "#ff7f0e";
+const ALTERNATIVE: &str = "#17becf";
 
 /// Writes the charts of saved `compare` and `search` documents into
 /// `out_dir`; returns the list of files written.
@@ -282,11 +307,44 @@ fn plot(
     if let Some(path) = compare {
         let doc = read(path)?;
         let results = doc["compare"].as_array().context("no compare results")?;
+        // The servers (by packet I/O path, where the document names it),
+        // then the relay.
+        let contenders = |c: &serde_json::Value| -> Vec<serde_json::Value> {
+            std::iter::once(c.clone())
+                .chain(c["alternatives"].as_array().cloned().unwrap_or_default())
+                .collect()
+        };
+        let first = results.first().map(contenders).unwrap_or_default();
+        let names: Vec<String> = first
+            .iter()
+            .map(|k| match k["packet_io"].as_str() {
+                Some(io) if first.len() > 1 => format!("server ({io})"),
+                _ => "server".to_string(),
+            })
+            .chain(["relay".to_string()])
+            .collect();
+        let colors = [SERVER, ALTERNATIVE, "#2ca02c", "#9467bd"];
+        let legend: Vec<(&str, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let color = if i + 1 == names.len() {
+                    RELAY
+                } else {
+                    colors[i % colors.len()]
+                };
+                (n.as_str(), color)
+            })
+            .collect();
         let groups: Vec<Group> = results
             .iter()
             .map(|c| Group {
                 label: format!("fan-out {}", c["fanout"]),
-                values: vec![f(&c["server"]["egress_pps"]), f(&c["relay"]["egress_pps"])],
+                values: contenders(c)
+                    .iter()
+                    .map(|k| f(&k["server"]["egress_pps"]))
+                    .chain([f(&c["relay"]["egress_pps"])])
+                    .collect(),
             })
             .collect();
         let title = format!(
@@ -296,12 +354,7 @@ fn plot(
         );
         write(
             "compare.svg".into(),
-            bars(
-                &title,
-                "datagrams out per second",
-                &[("server", SERVER), ("relay", RELAY)],
-                &groups,
-            ),
+            bars(&title, "datagrams out per second", &legend, &groups),
         )?;
     }
     for path in searches {

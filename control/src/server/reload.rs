@@ -227,6 +227,7 @@ impl Reloader {
                 dataplane,
                 shm_path,
                 udp_idle,
+                packet_io,
                 lvsp_replay,
                 lvsp_identify_timeout,
                 handshake_timeout,

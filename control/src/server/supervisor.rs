@@ -59,6 +59,8 @@ pub(super) struct Supervisor {
     /// Seconds a proven address may stay silent (the dataplane's
     /// `--udp-idle-secs`).
     udp_idle_secs: u64,
+    /// The dataplane's `--packet-io`.
+    packet_io: dataplane::core::PacketIo,
     /// Where it binds; after the first start, with the port it got, so a
     /// restarted dataplane serves the port clients were told.
     bind: SocketAddr,
@@ -118,6 +120,7 @@ impl Supervisor {
             launcher,
             shm: shm.to_path_buf(),
             udp_idle_secs: config.udp_idle.as_secs().max(1),
+            packet_io: config.packet_io,
             bind,
             start_timeout: config.dataplane_start_timeout,
             child: None,
@@ -177,6 +180,8 @@ impl Supervisor {
                     .arg(fds.join(","))
                     .arg("--udp-idle-secs")
                     .arg(self.udp_idle_secs.to_string())
+                    .arg("--packet-io")
+                    .arg(self.packet_io.name())
                     .arg("--reattach-secs")
                     .arg(self.reattach_secs.to_string())
                     .arg("--log-format")

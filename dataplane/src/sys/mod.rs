@@ -1,8 +1,9 @@
 //! Everything that talks to the OS below std: sockets and BPF, libsodium,
-//! resource limits, signals. The only module of the crate allowed `unsafe`.
+//! io_uring, resource limits, signals. The only module of the crate allowed `unsafe`.
 
 pub mod socket;
 pub mod sodium;
+pub mod uring;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -382,6 +382,38 @@ impl BatchSender {
         packets: impl Iterator<Item = (SocketAddr, &'a [u8])>,
         v6_socket: bool,
     ) -> io::Result<usize> {
+        let n = self.prepare(packets, v6_socket);
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: `prepare` made the first `n` headers point at live
+        // addresses in `self.addrs` and iovecs in `self.iovs`, whose buffers
+        // are borrowed from `packets` for the whole call ('a outlives it);
+        // the kernel only reads them (and writes msg_len inside
+        // `self.msgs`).
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc as usize)
+        }
+    }
+
+    /// Fills the first headers (at most [`BATCH`]) for `packets`; how many.
+    /// Header `i` then points at `packets`' `i`th buffer: it may be handed
+    /// to the kernel only while that buffer lives.
+    pub(super) fn prepare<'a>(
+        &mut self,
+        packets: impl Iterator<Item = (SocketAddr, &'a [u8])>,
+        v6_socket: bool,
+    ) -> usize {
         let mut n = 0;
         for (to, bytes) in packets.take(BATCH) {
             let addr = socket2::SockAddr::from(for_family(to, v6_socket));
@@ -409,26 +441,21 @@ impl BatchSender {
             hdr.msg_flags = 0;
             n += 1;
         }
-        if n == 0 {
-            return Ok(0);
-        }
-        // SAFETY: the first `n` headers point at live addresses in
-        // `self.addrs` and iovecs in `self.iovs`, whose buffers are borrowed
-        // from `packets` for the whole call ('a outlives it); the kernel only
-        // reads them (and writes msg_len inside `self.msgs`).
-        let rc = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc as usize)
-        }
+        n
+    }
+
+    /// Datagram `i` as [`prepare`](Self::prepare) left it: its bytes,
+    /// and its destination address and that address's length.
+    pub(super) fn datagram(
+        &self,
+        i: usize,
+    ) -> (libc::iovec, *const libc::sockaddr, libc::socklen_t) {
+        let hdr = &self.msgs[i].msg_hdr;
+        (
+            self.iovs[i],
+            hdr.msg_name.cast_const().cast(),
+            hdr.msg_namelen,
+        )
     }
 }
 

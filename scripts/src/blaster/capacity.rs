@@ -370,6 +370,19 @@ fn relay_fleet(
 pub struct Comparison {
     /// Receivers per packet.
     pub fanout: usize,
+    /// The first server against the relay.
+    #[serde(flatten)]
+    pub first: Contender,
+    /// Other servers (another packet I/O path) against the same relay
+    /// phases, in the same run.
+    pub alternatives: Vec<Contender>,
+}
+
+/// One server against the relay, at one fan-out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Contender {
+    /// The server's name (its data plane's packet I/O path).
+    pub packet_io: String,
     /// The server's phase.
     pub server: Phase,
     /// The relay's phase, same load, same CPU.
@@ -384,12 +397,38 @@ pub struct Comparison {
     pub generator_bound: Option<String>,
 }
 
-/// Saturates the server and then the relay at each fan-out in `fanouts`
-/// (`rooms` rooms of fan-out + 1 members, one talker each) for
-/// `duration`, `repeats` times in turn, and compares their egress.
+impl Contender {
+    /// The pair (server, relay) with the median ratio of `pairs`, with
+    /// every pair's ratio beside it.
+    fn median(packet_io: String, mut pairs: Vec<(Phase, Phase)>) -> Contender {
+        let ratio = |(s, r): &(Phase, Phase)| s.egress_pps / r.egress_pps.max(1e-9);
+        let ratios: Vec<f64> = pairs.iter().map(ratio).collect();
+        pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+        let (server, relay) = pairs.swap_remove(pairs.len() / 2);
+        let generator_bound = server
+            .generator_bound(true)
+            .into_iter()
+            .chain(relay.generator_bound(true))
+            .reduce(|a, b| format!("{a}; {b}"));
+        Contender {
+            packet_io,
+            ratio: server.egress_pps / relay.egress_pps.max(1e-9),
+            cpu_ratio: server.egress_per_cpu_second / relay.egress_per_cpu_second.max(1e-9),
+            ratios,
+            server,
+            relay,
+            generator_bound,
+        }
+    }
+}
+
+/// Saturates each server of `servers` (named, in order) and then the
+/// relay at each fan-out in `fanouts` (`rooms` rooms of fan-out + 1
+/// members, one talker each) for `duration`, `repeats` times in turn, and
+/// compares each server's egress with the relay's.
 pub async fn compare(
     bench: &Bench,
-    joiner: &mut Joiner,
+    servers: &mut [(String, Joiner)],
     fanouts: &[usize],
     rooms: usize,
     duration: Duration,
@@ -399,51 +438,57 @@ pub async fn compare(
     let mut out = Vec::new();
     for &fanout in fanouts {
         let room_size = fanout + 1;
-        let mut fleet = Fleet::new(
-            0,
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-            room_size,
-            1,
-            true,
-        )?;
-        // A fresh set of rooms per fan-out: the joiner counts rooms
-        // across fleets.
-        let have = joiner.rooms;
-        joiner.grow(&mut fleet, have + rooms, room_size).await?;
+        let mut fleets = Vec::with_capacity(servers.len());
+        for (_, joiner) in servers.iter_mut() {
+            let mut fleet = Fleet::new(
+                0,
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                room_size,
+                1,
+                true,
+            )?;
+            // A fresh set of rooms per fan-out: the joiner counts rooms
+            // across fleets.
+            let have = joiner.rooms;
+            joiner.grow(&mut fleet, have + rooms, room_size).await?;
+            fleets.push(fleet);
+        }
         let offer = bench.offer(None, duration, None);
         let clients = rooms * room_size;
         let mut plain = relay_fleet(&relay, bench, room_size, 1, rooms)?;
-        // Server and relay take turns; the pair with the median ratio is
-        // reported, with every pair's ratio beside it.
-        let mut pairs = Vec::new();
+        // The servers and the relay take turns; each server's pairs
+        // (server, relay of the same turn).
+        let mut pairs: Vec<Vec<(Phase, Phase)>> = vec![Vec::new(); servers.len()];
         for _ in 0..repeats.max(1) {
-            let (back, m) = run_fleet(fleet, offer.clone()).await?;
-            fleet = back;
-            let server = Phase::new("server", clients, &m);
-            eprintln!("fan-out {fanout}: {}", server.line());
+            let mut phases = Vec::with_capacity(servers.len());
+            let mut back = Vec::with_capacity(servers.len());
+            for (fleet, (name, _)) in fleets.into_iter().zip(servers.iter()) {
+                let (fleet, m) = run_fleet(fleet, offer.clone()).await?;
+                back.push(fleet);
+                let server = Phase::new("server", clients, &m);
+                eprintln!("fan-out {fanout} ({name}): {}", server.line());
+                phases.push(server);
+            }
+            fleets = back;
             let (back, m) = relay.phase(plain, offer.clone(), bench.target_cpu).await?;
             plain = back;
             let relay_phase = Phase::new("relay", clients, &m);
             eprintln!("fan-out {fanout}: {}", relay_phase.line());
-            pairs.push((server, relay_phase));
+            for (server, pairs) in phases.into_iter().zip(&mut pairs) {
+                pairs.push((server, relay_phase.clone()));
+            }
         }
-        let ratio = |(s, r): &(Phase, Phase)| s.egress_pps / r.egress_pps.max(1e-9);
-        let ratios: Vec<f64> = pairs.iter().map(ratio).collect();
-        pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
-        let (server, relay_phase) = pairs.swap_remove(pairs.len() / 2);
-        let generator_bound = server
-            .generator_bound(true)
-            .into_iter()
-            .chain(relay_phase.generator_bound(true))
-            .reduce(|a, b| format!("{a}; {b}"));
+        let mut contenders = servers
+            .iter()
+            .zip(pairs)
+            .map(|((name, _), pairs)| Contender::median(name.clone(), pairs));
+        let Some(first) = contenders.next() else {
+            return Err(BlasterError::Config("no server to compare".into()));
+        };
         out.push(Comparison {
             fanout,
-            ratio: server.egress_pps / relay_phase.egress_pps.max(1e-9),
-            cpu_ratio: server.egress_per_cpu_second / relay_phase.egress_per_cpu_second.max(1e-9),
-            ratios,
-            server,
-            relay: relay_phase,
-            generator_bound,
+            first,
+            alternatives: contenders.collect(),
         });
     }
     Ok(out)
