@@ -5,19 +5,19 @@
 //! - **forwarding**: a batch of every waiting datagram (up to 32) is
 //!   received into buffers allocated once, [`Forwarder::handle`] decides
 //!   each in place into one [`Outbox`], and the whole batch's fan-out is
-//!   sent. By default ([`PacketIo::Mmsg`]) one non-blocking `recvmmsg`
-//!   receives and `sendmmsg` sends (falling back to glommio's `send_to`
-//!   when the socket buffer is full), and with nothing waiting the thread
-//!   sleeps in `ppoll(2)` until a datagram arrives or the tick is due;
+//!   sent. By default ([`PacketIo::Mmsg`]) one `recvmmsg` receives and
+//!   `sendmmsg` sends (falling back to glommio's `send_to` when the socket
+//!   buffer is full); once a batch has emptied the socket, the next
+//!   `recvmmsg` sleeps in the socket until a datagram arrives or the tick
+//!   interval passes, so a wake-up costs one system call in and one out.
 //!   [`PacketIo::Uring`] does the same through the core's own io_uring.
 //!   Busy time counts the batch's work, not the junk in it;
 //! - the **control tick** (every millisecond, between batches): apply
 //!   commands from the command ring, let the forwarder expire idle
 //!   addresses, queue [`Event::Drops`] and [`Event::Stats`] every
 //!   `stats_interval` (with the kernel's count of datagrams the socket
-//!   buffer dropped), move queued
-//!   events into the event ring (keeping what does not fit for the next
-//!   tick), and notice shutdown.
+//!   buffer dropped), move queued events into the event ring (keeping what
+//!   does not fit for the next tick), and notice shutdown.
 //!
 //! The calling thread watches over the cores: it stops them when a signal
 //! arrives, when control goes away and no new control takes the region
@@ -28,6 +28,7 @@
 //! panicking core aborts the process (see `cli`), so supervision restarts
 //! it whole rather than leaving a core's socket dead in the group.
 
+use std::io::ErrorKind;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -68,7 +69,8 @@ pub struct CoreConfig {
 /// side (BENCHMARKS.md, "Packet I/O"); the default is the faster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PacketIo {
-    /// `recvmmsg`/`sendmmsg` on the socket; `ppoll` when idle.
+    /// `recvmmsg`/`sendmmsg` on the socket, sleeping in `recvmmsg` when
+    /// idle.
     #[default]
     Mmsg,
     /// The core's own io_uring: a multishot receive into provided
@@ -441,10 +443,19 @@ async fn serve(
     let fd = socket.as_raw_fd();
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let mut io = match packet_io {
-        PacketIo::Mmsg => Io::Mmsg {
-            rx: sys::socket::BatchReceiver::new(),
-            tx: sys::socket::BatchSender::new(),
-        },
+        PacketIo::Mmsg => {
+            // Receives that wait sleep in the socket, up to the tick's
+            // interval.
+            sys::socket::block_for(fd, tick.every).map_err(|source| CoreError::PacketIo {
+                core: tick.core,
+                packet_io: packet_io.name(),
+                source,
+            })?;
+            Io::Mmsg {
+                rx: sys::socket::BatchReceiver::new(),
+                tx: sys::socket::BatchSender::new(),
+            }
+        }
         PacketIo::Uring => {
             let ring = sys::uring::UringIo::new(fd, v6).map_err(|source| CoreError::PacketIo {
                 core: tick.core,
@@ -455,6 +466,10 @@ async fn serve(
         }
     };
     let mut out = Outbox::with_capacity(64);
+    // Whether the last batch emptied the socket: then the next receive
+    // waits (the core has nothing else to do) instead of asking again and
+    // being told there is nothing. Under load it never does.
+    let mut drained = false;
     loop {
         if tick.wait().is_zero() {
             tick.run(f, commands)?;
@@ -462,17 +477,27 @@ async fn serve(
                 return Ok(());
             }
         }
+        match io.receive(fd, drained.then(|| tick.wait())) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "receiving failed");
+                // Do not spin on a persistent error.
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        }
         let start = Instant::now();
         let now = sys::monotonic_ms();
         out.clear();
         // Commands first (one atomic load when the ring is empty): a
         // client that just got Ready or Session Description is known to
-        // the core before its first datagram is judged, without waiting
-        // for the next tick. A corrupt ring is left for the tick to report.
+        // the core before its first datagram is judged, even one that woke
+        // the core, without waiting for the next tick. A corrupt ring is
+        // left for the tick to report.
         let _ = apply_commands(f, commands, now);
         let mut work = 0u64;
-        // Everything already waiting, up to one batch.
-        let received = io.receive(fd, |from, packet| {
+        let received = io.each_received(|from, packet| {
             if fault.as_deref() == Some(&packet[..]) {
                 panic!("injected fault ({FAULT_ENV})");
             }
@@ -480,19 +505,14 @@ async fn serve(
         });
         let n = match received {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(e) => {
                 tracing::debug!(error = %e, "receiving failed");
-                // Do not spin on a persistent error.
                 glommio::timer::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };
+        drained = n < sys::socket::RX_BATCH;
         if n == 0 {
-            // Nothing waiting: the thread sleeps until a datagram arrives
-            // or the tick is due (the core has nothing else to do). Under
-            // load no wait happens at all.
-            io.wait(fd, tick.wait());
             continue;
         }
         io.send(socket, f, &out, v6).await;
@@ -518,38 +538,39 @@ enum Io {
 }
 
 impl Io {
-    /// Hands every datagram already waiting (up to one batch) to `each`,
-    /// in place; how many. `WouldBlock` or zero: none.
-    fn receive(
+    /// Receives what is waiting (up to one batch), after waiting for it
+    /// when `wait` says how long the core may sleep: in the socket (up to
+    /// the tick interval it was given) for mmsg, in the ring for uring.
+    /// `WouldBlock` or `Interrupted`: nothing came.
+    fn receive(&mut self, fd: std::os::fd::RawFd, wait: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Io::Mmsg { rx, .. } => rx.recv(fd, wait.is_some_and(|w| !w.is_zero())).map(drop),
+            Io::Uring(ring) => {
+                if let Some(timeout) = wait {
+                    ring.wait(timeout);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands each datagram [`receive`](Self::receive) took (up to one
+    /// batch) to `each`, in place; how many. An error only when none came
+    /// and the ring's receive failed.
+    fn each_received(
         &mut self,
-        fd: std::os::fd::RawFd,
         mut each: impl FnMut(std::net::SocketAddr, &mut [u8]),
     ) -> std::io::Result<usize> {
         match self {
             Io::Mmsg { rx, .. } => {
-                let n = rx.recv(fd)?;
-                for i in 0..n {
+                for i in 0..rx.len() {
                     if let Some((from, packet)) = rx.datagram(i) {
                         each(from, packet);
                     }
                 }
-                Ok(n)
+                Ok(rx.len())
             }
             Io::Uring(ring) => ring.receive(sys::socket::RX_BATCH, each),
-        }
-    }
-
-    /// Sleeps until a datagram may be waiting or `timeout` passed.
-    fn wait(&mut self, fd: std::os::fd::RawFd, timeout: Duration) {
-        match self {
-            // ppoll(2): a datagram costs one wake-up and no io_uring round
-            // trip (sleeping on a peek through glommio's ring cost a
-            // quarter more CPU at 60,000 datagrams a second out,
-            // BENCHMARKS.md).
-            Io::Mmsg { .. } => {
-                sys::socket::wait_readable(fd, timeout);
-            }
-            Io::Uring(ring) => ring.wait(timeout),
         }
     }
 

@@ -63,6 +63,8 @@ const MAX_QUEUED_EVENTS: usize = 4096;
 
 /// How often idle addresses are looked for, milliseconds.
 const SWEEP_MS: u64 = 1000;
+/// Sessions one [`Forwarder::tick`] looks at for idleness.
+const SWEEP_CHUNK: usize = 256;
 
 /// A token budget: `burst` at once, refilled at `per_second`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,30 +399,22 @@ struct Binding {
 }
 
 /// One SSRC on this core.
+/// One session. The fields fan-out reads for every receiver of every
+/// packet (whether it is held or takes video, where it is, its key, its
+/// outgoing counters) come first, in declared order from a cache-line
+/// boundary, so that a receiver costs two lines rather than a line per
+/// field across the kilobyte; the rest (the sender's replay windows, what
+/// discovery saw) follows.
 #[derive(Debug)]
+#[repr(C, align(64))]
 struct Session {
-    channel: u64,
-    user: u64,
-    /// Key and mode (after Select Protocol); `None` while only announced.
-    key: Option<KeyState>,
-    /// Mode and a keyed digest of the key, to tell a re-push of the same
-    /// session from a new key without keeping another copy of the key.
-    key_id: Option<(Mode, u64)>,
+    /// The member left the call but may resume ([`Command::HoldSession`]):
+    /// nothing is forwarded to or from it.
+    held: bool,
     /// The session's counter slot.
     slot: u32,
-    /// What the client declared in Select Protocol.
-    declared: Option<SocketAddr>,
-    /// Where its last IP discovery requests came from (unauthenticated).
-    observed: [Option<SocketAddr>; OBSERVATIONS],
     /// Proven address: media is sent here.
     addr: Option<SocketAddr>,
-    /// When authenticated media last came from `addr` (or it was proven).
-    heard: u64,
-    rtp_counters: ReplayWindow,
-    rtcp_counters: ReplayWindow,
-    headers: HeaderWindow,
-    /// Unordered replay digests, for the modes that have them.
-    recent: Option<Box<RecentSet>>,
     /// Next nonce counter to seal with for this member, and the counter
     /// up to which the shared table reserves them.
     out_next: u64,
@@ -428,13 +422,28 @@ struct Session {
     /// `out_next` when the key was set: 2^32 counters later the nonce
     /// space of the key is spent and nothing more is sealed to it.
     out_first: u64,
-    /// The SSRC's discovery-reply budget.
-    answers: Bucket,
-    /// The member left the call but may resume ([`Command::HoldSession`]):
-    /// nothing is forwarded to or from it.
-    held: bool,
     /// Its video SSRCs, and whether it receives the others' video.
     video: VideoSpec,
+    /// Key and mode (after Select Protocol); `None` while only announced.
+    key: Option<KeyState>,
+    channel: u64,
+    /// When authenticated media last came from `addr` (or it was proven).
+    heard: u64,
+    user: u64,
+    /// Mode and a keyed digest of the key, to tell a re-push of the same
+    /// session from a new key without keeping another copy of the key.
+    key_id: Option<(Mode, u64)>,
+    /// What the client declared in Select Protocol.
+    declared: Option<SocketAddr>,
+    /// Where its last IP discovery requests came from (unauthenticated).
+    observed: [Option<SocketAddr>; OBSERVATIONS],
+    rtp_counters: ReplayWindow,
+    rtcp_counters: ReplayWindow,
+    headers: HeaderWindow,
+    /// Unordered replay digests, for the modes that have them.
+    recent: Option<Box<RecentSet>>,
+    /// The SSRC's discovery-reply budget.
+    answers: Bucket,
 }
 
 /// A video or RTX SSRC of a session (its owner): media on it is the
@@ -521,7 +530,12 @@ pub struct Forwarder {
     /// By SSRC. Fx hashing: the keys are control's random SSRCs and
     /// channel numbers (packets only look them up, never insert), so a
     /// keyed hash buys nothing on the per-packet path.
-    sessions: FxHashMap<u32, Session>,
+    ///
+    /// Boxed: a session is about a kilobyte (its cipher state and replay
+    /// windows), so the table itself stays small enough to stay in cache
+    /// (a lookup then costs one miss, on the session, not one on a
+    /// kilobyte-wide bucket) and growing it moves pointers, not sessions.
+    sessions: FxHashMap<u32, Box<Session>>,
     /// Video and RTX SSRCs, to the session that sends on them.
     aliases: FxHashMap<u32, Alias>,
     channels: FxHashMap<u64, Vec<u32>>,
@@ -538,6 +552,9 @@ pub struct Forwarder {
     events: VecDeque<Event>,
     /// When idle addresses are next looked for.
     next_sweep: u64,
+    /// The sessions of the sweep under way, and how far it got.
+    sweep: Vec<u32>,
+    sweep_at: usize,
     /// Between [`Command::ResyncBegin`] and [`Command::ResyncEnd`]: the
     /// sessions and bindings the new control has not named again yet.
     unconfirmed: Option<Unconfirmed>,
@@ -571,6 +588,8 @@ impl Forwarder {
             drops: Drops::default(),
             events: VecDeque::with_capacity(256),
             next_sweep: 0,
+            sweep: Vec::new(),
+            sweep_at: 0,
             unconfirmed: None,
         }
     }
@@ -757,7 +776,7 @@ impl Forwarder {
         let session = self
             .sessions
             .entry(ssrc)
-            .or_insert_with(|| Session::new(channel, 0, budget, now));
+            .or_insert_with(|| Box::new(Session::new(channel, 0, budget, now)));
         session.channel = channel;
         session
     }
@@ -903,27 +922,37 @@ impl Forwarder {
     }
 
     /// Time passes: proven addresses nothing came from for
-    /// [`ForwardConfig::idle_ms`] stop receiving. Cheap to call often.
+    /// [`ForwardConfig::idle_ms`] stop receiving. Cheap to call often:
+    /// every [`SWEEP_MS`] a sweep over the sessions starts, and each call
+    /// looks at [`SWEEP_CHUNK`] of them, so that a core with thousands of
+    /// sessions never stops forwarding for the whole sweep at once.
     pub fn tick(&mut self, now: u64) {
-        if now < self.next_sweep {
-            return;
+        if self.sweep_at >= self.sweep.len() {
+            if now < self.next_sweep {
+                return;
+            }
+            self.next_sweep = now + SWEEP_MS;
+            self.sweep.clear();
+            self.sweep.extend(self.sessions.keys());
+            self.sweep_at = 0;
         }
-        self.next_sweep = now + SWEEP_MS;
+        let end = (self.sweep_at + SWEEP_CHUNK).min(self.sweep.len());
         let idle = self.config.idle_ms;
-        let counters = &self.counters;
-        let mut expired = Vec::new();
-        for (&ssrc, s) in &mut self.sessions {
+        for i in self.sweep_at..end {
+            let ssrc = self.sweep[i];
+            // Gone since the sweep started, or never proven.
+            let Some(s) = self.sessions.get_mut(&ssrc) else {
+                continue;
+            };
             let Some(addr) = s.addr else { continue };
-            let last = s.heard.max(counters.alive(s.slot));
+            let last = s.heard.max(self.counters.alive(s.slot));
             if now.saturating_sub(last) >= idle {
                 s.addr = None;
-                expired.push((ssrc, addr));
+                self.unbind(Some(addr), ssrc);
+                self.event(Event::AddressExpired { ssrc, addr });
             }
         }
-        for (ssrc, addr) in expired {
-            self.unbind(Some(addr), ssrc);
-            self.event(Event::AddressExpired { ssrc, addr });
-        }
+        self.sweep_at = end;
     }
 
     /// Handles one datagram received from `from` at time `now`, queuing
@@ -1259,6 +1288,21 @@ mod tests {
                 ssrc: c.ssrc,
                 channel,
                 user: 1,
+            },
+        )
+        .unwrap();
+    }
+
+    /// `c` in `channel` with its key, at the address control vouches for
+    /// (as after a resync).
+    fn join_trusted(f: &mut Forwarder, c: &Peer, channel: u64) {
+        announce(f, c, channel);
+        f.apply(T0, c.spec(channel, Some(c.addr))).unwrap();
+        f.apply(
+            T0,
+            Command::TrustAddress {
+                ssrc: c.ssrc,
+                addr: c.addr,
             },
         )
         .unwrap();
@@ -1719,16 +1763,7 @@ mod tests {
         let listener = Peer::aes(92, 4001);
         let setup = |f: &mut Forwarder, talker: &mut Peer| {
             for p in [&*talker, &listener] {
-                announce(f, p, 10);
-                f.apply(T0, p.spec(10, Some(p.addr))).unwrap();
-                f.apply(
-                    T0,
-                    Command::TrustAddress {
-                        ssrc: p.ssrc,
-                        addr: p.addr,
-                    },
-                )
-                .unwrap();
+                join_trusted(f, p, 10);
             }
         };
         let mut first = Forwarder::new(0, ForwardConfig::default(), table.clone());
@@ -1795,6 +1830,63 @@ mod tests {
         let got = send(&mut f, t2, peers[0].addr, &p, &mut out);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, peers[2].addr);
+    }
+
+    /// A core with many sessions sweeps them a chunk per tick, so it
+    /// never stops forwarding for the whole sweep; every idle address
+    /// still expires within the sweep's ticks, and a session that leaves
+    /// mid-sweep is skipped.
+    #[test]
+    fn the_idle_sweep_takes_a_chunk_per_tick() {
+        let mut f = forwarder();
+        let n = 2 * SWEEP_CHUNK + 10;
+        let peers: Vec<Peer> = (0..n)
+            .map(|i| Peer::aes(1 + i as u32, 20_000 + i as u16))
+            .collect();
+        for p in &peers {
+            join_trusted(&mut f, p, 30);
+        }
+        events(&mut f);
+        let expired = |f: &mut Forwarder| {
+            events(f)
+                .iter()
+                .filter(|e| matches!(e, Event::AddressExpired { .. }))
+                .count()
+        };
+        let t = T0 + ForwardConfig::default().idle_ms;
+        f.tick(t);
+        assert_eq!(expired(&mut f), SWEEP_CHUNK);
+        // One that the sweep has not reached yet leaves.
+        let last = f.sweep[f.sweep.len() - 1];
+        f.apply(t, Command::RemoveSession { ssrc: last }).unwrap();
+        events(&mut f);
+        f.tick(t + 1);
+        assert_eq!(expired(&mut f), SWEEP_CHUNK);
+        f.tick(t + 2);
+        assert_eq!(expired(&mut f), 9);
+        // The sweep is over; the next starts a second later.
+        f.tick(t + 3);
+        assert_eq!(expired(&mut f), 0);
+        assert!(peers.iter().all(|p| f.address(p.ssrc).is_none()));
+    }
+
+    /// What fan-out reads of each receiver lies in the session's first
+    /// two cache lines (the key's mode and cipher pointer included).
+    #[test]
+    fn a_receivers_hot_fields_share_two_cache_lines() {
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(align_of::<Session>(), 64);
+        let ends = [
+            offset_of!(Session, held) + size_of::<bool>(),
+            offset_of!(Session, slot) + size_of::<u32>(),
+            offset_of!(Session, addr) + size_of::<Option<SocketAddr>>(),
+            offset_of!(Session, out_next) + size_of::<u64>(),
+            offset_of!(Session, out_reserved) + size_of::<u64>(),
+            offset_of!(Session, out_first) + size_of::<u64>(),
+            offset_of!(Session, video) + size_of::<VideoSpec>(),
+            offset_of!(Session, key) + 32,
+        ];
+        assert!(ends.iter().all(|&end| end <= 128), "{ends:?}");
     }
 
     #[test]

@@ -249,24 +249,37 @@ pub fn steering_program(cores: u32) -> [libc::sock_filter; 19] {
 const SO_MEMINFO: libc::c_int = 55;
 const SK_MEMINFO_VARS: usize = 9;
 
-/// Blocks the calling thread until `fd` is readable or `timeout` passed
-/// (`ppoll(2)`, to the nanosecond); whether it is readable. An
-/// interrupted or failed wait reads as not readable: the caller reads (or
-/// not) and comes back.
-pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
+/// Makes the socket `fd` blocking, with receives that give up after
+/// `timeout` (`SO_RCVTIMEO`): a receive that is asked to wait then sleeps
+/// in the socket itself, one system call per wake-up. Every other call on
+/// it passes `MSG_DONTWAIT`. (The flag belongs to the open file, which
+/// control keeps a copy of only to hand to the next data plane, after
+/// this one is gone.)
+pub fn block_for(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        // At least a microsecond: zero would mean "never time out".
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
     };
-    // SAFETY: `pfd` is one valid, writable pollfd and `ts` a valid
-    // timespec, both for the whole call; no signal mask is passed.
-    let ready = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-    ready > 0 && pfd.revents & libc::POLLIN != 0
+    // SAFETY: `fd` is an open socket borrowed for the calls; `tv` is a
+    // valid timeval whose size we pass.
+    unsafe {
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Datagrams the kernel dropped on this socket because its receive buffer
@@ -513,9 +526,11 @@ impl BatchReceiver {
         }
     }
 
-    /// Takes up to [`RX_BATCH`] waiting datagrams from the socket `fd`
-    /// without waiting; `WouldBlock` when none is there.
-    pub fn recv(&mut self, fd: std::os::fd::RawFd) -> io::Result<usize> {
+    /// Takes up to [`RX_BATCH`] waiting datagrams from the socket `fd`;
+    /// `WouldBlock` when none is there. With `wait`, on a socket made
+    /// blocking by [`block_for`], it first waits up to that timeout for
+    /// one (and then takes what else is waiting without waiting again).
+    pub fn recv(&mut self, fd: std::os::fd::RawFd, wait: bool) -> io::Result<usize> {
         self.count = 0;
         for i in 0..RX_BATCH {
             self.iovs[i] = libc::iovec {
@@ -541,7 +556,11 @@ impl BatchReceiver {
                 fd,
                 self.msgs.as_mut_ptr(),
                 RX_BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                if wait {
+                    libc::MSG_WAITFORONE
+                } else {
+                    libc::MSG_DONTWAIT
+                },
                 std::ptr::null_mut(),
             )
         };
@@ -550,6 +569,16 @@ impl BatchReceiver {
         }
         self.count = rc as usize;
         Ok(self.count)
+    }
+
+    /// Datagrams the last call received.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the last call received nothing.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     /// Datagram `i` of the last call: where it came from and its bytes
@@ -723,7 +752,7 @@ mod tests {
         let to = rx.local_addr().unwrap();
         let mut batch = BatchReceiver::new();
         assert_eq!(
-            batch.recv(rx.as_raw_fd()).unwrap_err().kind(),
+            batch.recv(rx.as_raw_fd(), false).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
         // More than one batch waiting, one of them longer than a buffer.
@@ -734,7 +763,7 @@ mod tests {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut got = Vec::new();
-        while let Ok(n) = batch.recv(rx.as_raw_fd()) {
+        while let Ok(n) = batch.recv(rx.as_raw_fd(), false) {
             for i in 0..n {
                 let (from, bytes) = batch.datagram(i).unwrap();
                 assert_eq!(from, tx.local_addr().unwrap());
