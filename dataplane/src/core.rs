@@ -74,7 +74,7 @@ pub enum PacketIo {
     #[default]
     Mmsg,
     /// The core's own io_uring: a multishot receive into provided
-    /// buffers and batched `sendmsg` submissions ([`sys::uring`]). Needs
+    /// buffers and batched `send` submissions ([`sys::uring`]). Needs
     /// Linux 6.0.
     Uring,
 }
@@ -589,7 +589,7 @@ impl Io {
                 Err(errno) => {
                     tracing::debug!(
                         error = %std::io::Error::from_raw_os_error(errno),
-                        "sendmsg failed"
+                        "send failed"
                     );
                     f.note_send_failed();
                 }
