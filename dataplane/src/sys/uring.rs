@@ -265,6 +265,7 @@ impl UringIo {
                     // Full (the receive's re-arm took room): make room.
                     if let Err(e) = self.ring.submit() {
                         tracing::debug!(error = %e, "io_uring submit failed");
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                 }
                 queued += 1;
