@@ -398,8 +398,7 @@ struct Binding {
     slot: u32,
 }
 
-/// One SSRC on this core.
-/// One session. The fields fan-out reads for every receiver of every
+/// One session (an audio SSRC) on this core. The fields fan-out reads for every receiver of every
 /// packet (whether it is held or takes video, where it is, its key, its
 /// outgoing counters) come first, in declared order from a cache-line
 /// boundary, so that a receiver costs two lines rather than a line per

@@ -115,6 +115,30 @@ struct Headers {
 }
 
 impl Headers {
+    /// Points header `i` at its own address and iovec and at
+    /// `control_len` bytes of its control buffer, and the iovec at `len`
+    /// bytes from `base`; returns the header.
+    fn link(
+        &mut self,
+        i: usize,
+        base: *mut libc::c_void,
+        len: usize,
+        control_len: usize,
+    ) -> &mut libc::msghdr {
+        self.iov[i] = libc::iovec {
+            iov_base: base,
+            iov_len: len,
+        };
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut self.iov[i];
+        h.msg_iovlen = 1;
+        h.msg_control = self.control[i].as_mut_ptr().cast();
+        h.msg_controllen = control_len as _;
+        h
+    }
+
     fn new() -> Self {
         Headers {
             // SAFETY: all-zero is a valid value of these plain C structs.
@@ -136,25 +160,14 @@ pub fn send(socket: BorrowedFd<'_>, msgs: &[Out<'_>]) -> io::Result<usize> {
     if n == 0 {
         return Ok(0);
     }
-    let Headers {
-        mut hdrs,
-        mut names,
-        mut control,
-        mut iov,
-    } = Headers::new();
+    let mut headers = Headers::new();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let control_len = unsafe { libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) } as usize;
     for (i, m) in msgs[..n].iter().enumerate() {
-        names[i] = sockaddr(m.dst);
+        headers.names[i] = sockaddr(m.dst);
         // The kernel only reads through this pointer (sendmmsg).
-        iov[i].iov_base = m.bytes.as_ptr() as *mut libc::c_void;
-        iov[i].iov_len = m.bytes.len();
-        let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_iov = &mut iov[i];
-        h.msg_iovlen = 1;
-        h.msg_control = control[i].as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE only computes a size.
-        h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) } as _;
+        let bytes = m.bytes.as_ptr() as *mut libc::c_void;
+        let h = headers.link(i, bytes, m.bytes.len(), control_len);
         // SAFETY: msg_control points at CONTROL_WORDS aligned words, room
         // for one cmsghdr and an in_pktinfo (checked above), so the first
         // header is inside it and its data fits.
@@ -173,12 +186,13 @@ pub fn send(socket: BorrowedFd<'_>, msgs: &[Out<'_>]) -> io::Result<usize> {
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), info);
         }
     }
-    // SAFETY: `hdrs[..n]` point at names, iovecs and control buffers that
-    // live until the call returns, and at datagrams borrowed from `msgs`.
+    // SAFETY: `headers.hdrs[..n]` point at names, iovecs and control
+    // buffers in `headers`, which lives (unmoved) until the call returns,
+    // and at datagrams borrowed from `msgs`.
     let r = unsafe {
         libc::sendmmsg(
             socket.as_raw_fd(),
-            hdrs.as_mut_ptr(),
+            headers.hdrs.as_mut_ptr(),
             n as libc::c_uint,
             libc::MSG_DONTWAIT,
         )
@@ -202,29 +216,17 @@ pub fn recv(socket: BorrowedFd<'_>, slots: &mut [[u8; SLOT]], got: &mut [In]) ->
     if n == 0 {
         return Ok(0);
     }
-    let Headers {
-        mut hdrs,
-        mut names,
-        mut control,
-        mut iov,
-    } = Headers::new();
+    let mut headers = Headers::new();
     for (i, slot) in slots[..n].iter_mut().enumerate() {
-        iov[i].iov_base = slot.as_mut_ptr().cast();
-        iov[i].iov_len = SLOT;
-        let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_iov = &mut iov[i];
-        h.msg_iovlen = 1;
-        h.msg_control = control[i].as_mut_ptr().cast();
-        h.msg_controllen = CONTROL_WORDS * 8;
+        headers.link(i, slot.as_mut_ptr().cast(), SLOT, CONTROL_WORDS * 8);
     }
-    // SAFETY: `hdrs[..n]` point at buffers that live until the call
-    // returns, each as long as it says.
+    // SAFETY: `headers.hdrs[..n]` point at buffers in `headers` (unmoved)
+    // and in `slots`, which live until the call returns, each as long as
+    // it says.
     let r = unsafe {
         libc::recvmmsg(
             socket.as_raw_fd(),
-            hdrs.as_mut_ptr(),
+            headers.hdrs.as_mut_ptr(),
             n as libc::c_uint,
             libc::MSG_DONTWAIT,
             std::ptr::null_mut(),
@@ -239,8 +241,8 @@ pub fn recv(socket: BorrowedFd<'_>, slots: &mut [[u8; SLOT]], got: &mut [In]) ->
         };
     }
     let r = r as usize;
-    for i in 0..r {
-        let h = &hdrs[i].msg_hdr;
+    for (i, (hdr, got)) in headers.hdrs.iter().zip(got.iter_mut()).take(r).enumerate() {
+        let h = &hdr.msg_hdr;
         let mut dst = Ipv4Addr::UNSPECIFIED;
         // SAFETY: the kernel filled msg_control with msg_controllen bytes
         // of well-formed control messages; CMSG_FIRSTHDR/NXTHDR stay
@@ -256,14 +258,14 @@ pub fn recv(socket: BorrowedFd<'_>, slots: &mut [[u8; SLOT]], got: &mut [In]) ->
                 c = libc::CMSG_NXTHDR(h, c);
             }
         }
-        let name = &names[i];
-        got[i] = In {
+        let name = &headers.names[i];
+        *got = In {
             dst,
             src: SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
                 u16::from_be(name.sin_port),
             ),
-            len: (hdrs[i].msg_len as usize).min(SLOT),
+            len: (hdr.msg_len as usize).min(SLOT),
         };
     }
     Ok(r)
